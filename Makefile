@@ -1,0 +1,58 @@
+# Umbra: two commands for users (`make demo`, `make test`); the rest are steps they use.
+# Everything installs into .venv (Python) and node_modules (buf) inside the repository.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+BUF    := node_modules/.bin/buf
+
+.PHONY: help install tools protos check-protos lint-protos breaking test demo up down status clean
+
+help:
+	@echo "make demo          install, start the services, run the main job, print where results are"
+	@echo "make test          install and run the whole test suite (what CI runs)"
+	@echo "make protos        regenerate Python code from proto/ into clients/umbra/"
+	@echo "make check-protos  fail when the committed generated code differs from proto/"
+	@echo "make lint-protos   buf lint (STANDARD)"
+	@echo "make breaking      buf breaking against main"
+	@echo "make up|down|status  start, stop or show the local services"
+
+install: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml clients/pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet -c constraints.txt -e ./clients -e '.[dev]'
+	touch $@
+
+tools: node_modules/.installed
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+protos: install
+	$(PY) scripts/protos.py generate
+
+check-protos: install
+	$(PY) scripts/protos.py check
+
+lint-protos: install tools
+	$(PY) scripts/protos.py lint --buf $(BUF)
+
+breaking: install tools
+	$(PY) scripts/protos.py breaking --buf $(BUF) --against-branch main
+
+test: install tools check-protos lint-protos breaking
+	$(VENV)/bin/pytest
+
+demo: install
+	$(PY) scripts/demo.py
+
+up: install
+	$(VENV)/bin/umbra up
+down: install
+	$(VENV)/bin/umbra down
+status: install
+	$(VENV)/bin/umbra status
+
+clean:
+	rm -rf $(VENV) node_modules .build .pytest_cache .hypothesis out
