@@ -1,0 +1,86 @@
+"""Service configuration: one frozen dataclass, read from the environment once, in `umbra serve`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from umbra.client import layout
+
+MIB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float, integer: bool) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: {raw!r} is not a {'whole number' if integer else 'number'}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}: {value} is below the minimum {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything a service needs to start. Secrets are excluded from repr so they never reach a log."""
+
+    service: str
+    host: str
+    port: int
+    data_dir: Path
+    # Internal credential: the coordinator presents it to workers; workers require it.
+    service_token: str = field(repr=False)
+    # Admin credential of the coordinator (creates tenants). Only its hash is kept in memory by the server.
+    admin_key: str = field(default="", repr=False)
+    grace_seconds: float = 30.0
+    max_message_bytes: int = 16 * MIB
+    max_workers: int = 16
+    max_wait_seconds: float = 60.0
+    log_level: str = "INFO"
+
+    @property
+    def public(self) -> bool:
+        return self.service in layout.PUBLIC_SERVICES
+
+    @classmethod
+    def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> "ServiceConfig":
+        env = os.environ if environ is None else environ
+        try:
+            ep = layout.endpoint(service, env)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        home = layout.home(env)
+        token = env.get("UMBRA_SERVICE_TOKEN", "")
+        if len(token) < 16:
+            raise ConfigError(
+                "UMBRA_SERVICE_TOKEN: must be set to a secret of at least 16 characters "
+                "(`umbra up` makes one in $UMBRA_HOME/secrets/)"
+            )
+        admin_key = env.get("UMBRA_ADMIN_KEY", "")
+        if service in layout.PUBLIC_SERVICES and len(admin_key) < 16:
+            raise ConfigError("UMBRA_ADMIN_KEY: the coordinator needs an admin key of at least 16 characters")
+        level = env.get("UMBRA_LOG_LEVEL", "INFO").upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError(f"UMBRA_LOG_LEVEL: {level!r} is not one of DEBUG, INFO, WARNING, ERROR")
+        return cls(
+            service=service,
+            host=ep.host,
+            port=ep.port,
+            data_dir=Path(env.get(f"UMBRA_{service.upper()}_DATA_DIR") or home / service),
+            service_token=token,
+            admin_key=admin_key,
+            grace_seconds=_number(env, "UMBRA_GRACE_SECONDS", 30.0, minimum=0, integer=False),
+            max_message_bytes=int(_number(env, "UMBRA_MAX_MESSAGE_BYTES", 16 * MIB, minimum=1024, integer=True)),
+            max_workers=int(_number(env, "UMBRA_MAX_WORKERS", 16, minimum=1, integer=True)),
+            max_wait_seconds=_number(env, "UMBRA_MAX_WAIT_SECONDS", 60.0, minimum=0, integer=False),
+            log_level=level,
+        )

@@ -1,0 +1,251 @@
+"""Runs long work on background threads and keeps its operation record current.
+
+    op = runner.start(kind="Train", tenant=t, metadata=TrainMetadata(), work=train, request_id=req.request_id)
+
+`work(ctx)` gets an `OperationContext`: it reports progress (persisted into the operation's typed metadata,
+whose first field is always a `umbra.common.v1.OperationProgress` named `progress`), checks for cancellation,
+and returns the response message. An `UmbraError` it raises becomes the operation's error with its code;
+anything else becomes INTERNAL with a generic message (the traceback is logged once).
+
+On start-up, operations that a previous process left unfinished are completed with an OPERATION_INTERRUPTED
+error, so a client asking about them after a crash gets an answer, never NOT_FOUND.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from google.longrunning import operations_proto_pb2 as lro
+from google.protobuf import any_pb2, message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from umbra.client import protos
+from umbra.common.v1 import privacy_pb2
+from umbra.runtime import auth, logs
+from umbra.runtime.errors import (DOMAIN, Cancelled, FailedPrecondition, Interrupted, InvalidInput, NotFound,
+                                  UmbraError)
+from umbra.runtime.operations.store import OperationStore, Record
+
+log = logging.getLogger(__name__)
+NAME = re.compile(r"^operations/[0-9a-f]{32}$")
+
+
+def new_name() -> str:
+    """Time-ordered, so listing by name lists by creation."""
+    return f"operations/{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
+
+
+def validate_name(name: str, field: str = "name") -> str:
+    if not NAME.match(name):
+        raise InvalidInput(field, "must look like 'operations/' followed by 32 hex digits")
+    return name
+
+
+def _error_status(exc: UmbraError) -> status_pb2.Status:
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN, metadata=exc.metadata))
+    return status_pb2.Status(code=exc.code.value[0], message=exc.message, details=[info])
+
+
+class OperationContext:
+    """What a piece of long work sees of its operation."""
+
+    def __init__(self, runner: "OperationRunner", op: lro.Operation, metadata: message.Message, tenant: str):
+        self._runner = runner
+        self._op = op
+        self.metadata = metadata  # the typed metadata; edit its own fields, then call save()
+        self.tenant = tenant
+        self.cancel_event = threading.Event()
+
+    @property
+    def name(self) -> str:
+        return self._op.name
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_event.is_set()
+
+    def check_cancelled(self) -> None:
+        """Raises Cancelled once a client has asked to cancel; call it between units of work."""
+        if self.cancel_event.is_set():
+            raise Cancelled("cancelled by request")
+
+    def report(self, *, stage: str | None = None, done: int | None = None, total: int | None = None,
+               unit: str | None = None, message: str | None = None,
+               privacy_spent: privacy_pb2.PrivacyCost | None = None) -> None:
+        progress = self.metadata.progress
+        if stage is not None:
+            progress.stage = stage
+        if done is not None:
+            progress.done = done
+        if total is not None:
+            progress.total = total
+        if unit is not None:
+            progress.unit = unit
+        if message is not None:
+            progress.message = message
+        if privacy_spent is not None:
+            progress.privacy_spent.CopyFrom(privacy_spent)
+        self.save()
+
+    def save(self) -> None:
+        self._runner._save(self._op, self.metadata)
+
+
+class OperationRunner:
+    def __init__(self, store: OperationStore, *, service: str, max_workers: int = 4):
+        self.store = store
+        self.service = service
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="operation")
+        self._running: dict[str, OperationContext] = {}
+        self._lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._stopping = threading.Event()
+        self._interrupt_unfinished("the service restarted before it finished")
+
+    # -- starting and running -------------------------------------------------------------------------------
+
+    def start(self, *, kind: str, tenant: str, metadata: message.Message,
+              work: Callable[[OperationContext], message.Message], request_id: str = "") -> lro.Operation:
+        """Records a new operation and starts its work; a repeated request_id returns the first operation."""
+        if self._stopping.is_set():
+            raise FailedPrecondition("the service is shutting down; retry on another replica",
+                                     reason="SHUTTING_DOWN")
+        op = lro.Operation(name=new_name())
+        progress = metadata.progress
+        progress.stage = "queued"
+        progress.create_time.GetCurrentTime()
+        progress.update_time.CopyFrom(progress.create_time)
+        op.metadata.Pack(metadata)
+        record = self.store.insert(op, tenant=tenant, kind=kind, request_id=request_id)
+        if record.operation.name != op.name:
+            log.info("request_id seen before; returning %s", record.operation.name)
+            return record.operation
+        ctx = OperationContext(self, op, metadata, tenant)
+        with self._lock:
+            self._running[op.name] = ctx
+        self._pool.submit(self._run, ctx, work, auth.current())
+        log.info("operation %s (%s) started", op.name, kind)
+        return op
+
+    def _run(self, ctx: OperationContext, work: Callable, principal: auth.Principal) -> None:
+        with logs.bound(operation=ctx.name, tenant=ctx.tenant), auth.bound(principal):
+            try:
+                ctx.report(stage="running")
+                ctx.check_cancelled()
+                response = work(ctx)
+                ctx._op.response.Pack(response)
+                ctx.metadata.progress.stage = "done"
+                log.info("operation %s done", ctx.name)
+            except UmbraError as exc:
+                ctx._op.error.CopyFrom(_error_status(exc))
+                ctx.metadata.progress.stage = "cancelled" if isinstance(exc, Cancelled) else "failed"
+                log.info("operation %s ended: %s", ctx.name, exc.message, extra={"code": exc.code.name})
+            except Exception:  # noqa: BLE001 - the operation must end, with a generic error
+                log.exception("operation %s failed with an unexpected error", ctx.name)
+                ctx._op.error.CopyFrom(status_pb2.Status(code=code_pb2.INTERNAL,
+                                                         message=f"internal error (operation {ctx.name})"))
+                ctx.metadata.progress.stage = "failed"
+            finally:
+                ctx._op.done = True
+                ctx.metadata.progress.end_time.GetCurrentTime()
+                self._save(ctx._op, ctx.metadata)
+                with self._lock:
+                    self._running.pop(ctx.name, None)
+
+    def _save(self, op: lro.Operation, metadata: message.Message) -> None:
+        metadata.progress.update_time.GetCurrentTime()
+        op.metadata.Pack(metadata)
+        self.store.save(op)
+        with self._changed:
+            self._changed.notify_all()
+
+    # -- the Operations methods -------------------------------------------------------------------------------
+
+    def get(self, name: str, tenant: str) -> Record:
+        record = self.store.get(validate_name(name))
+        if record is None or record.tenant != tenant:  # another tenant's operation does not exist for you
+            raise NotFound("operation", name)
+        return record
+
+    def cancel(self, name: str, tenant: str) -> None:
+        """Asks the work to stop; it ends with CANCELLED at its next check. Done operations stay as they are."""
+        record = self.get(name, tenant)
+        if record.operation.done:
+            return
+        self.store.request_cancel(name)
+        with self._lock:
+            ctx = self._running.get(name)
+        if ctx is not None:
+            ctx.metadata.progress.cancel_requested = True
+            ctx.cancel_event.set()
+            ctx.save()
+        log.info("operation %s: cancel requested", name)
+
+    def delete(self, name: str, tenant: str) -> None:
+        record = self.get(name, tenant)
+        if not record.operation.done:
+            raise FailedPrecondition(f"operation {name} is still running; cancel it first",
+                                     reason="OPERATION_RUNNING")
+        self.store.delete(name)
+
+    def wait(self, name: str, tenant: str, timeout: float) -> lro.Operation:
+        """The operation once done, or as it stands when `timeout` seconds pass (or the service stops)."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            op = self.get(name, tenant).operation
+            remaining = deadline - time.monotonic()
+            if op.done or remaining <= 0 or self._stopping.is_set():
+                return op
+            with self._changed:
+                # Wake on any change here; poll at least every second for work done by another replica.
+                self._changed.wait(min(remaining, 1.0))
+
+    # -- stopping ----------------------------------------------------------------------------------------------
+
+    def shutdown(self, grace: float) -> None:
+        """Cancels running work, waits up to `grace` seconds for it to stop, and marks what is left interrupted."""
+        self._stopping.set()
+        with self._changed:
+            self._changed.notify_all()
+        with self._lock:
+            running = list(self._running.values())
+        for ctx in running:
+            ctx.cancel_event.set()
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._running:
+                    break
+            time.sleep(0.05)
+        self._interrupt_unfinished("the service stopped before it finished")
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _interrupt_unfinished(self, why: str) -> None:
+        with self._lock:
+            running = set(self._running)
+        for record in self.store.unfinished():
+            op = record.operation
+            if op.name in running and not self._stopping.is_set():
+                continue
+            if record.cancel_requested:
+                exc: UmbraError = Cancelled(f"cancelled by request; {why}")
+            else:
+                exc = Interrupted(f"interrupted: {why}; start it again with a new request_id")
+            op.done = True
+            op.error.CopyFrom(_error_status(exc))
+            metadata = protos.unpack(op.metadata)
+            if metadata is not None and hasattr(metadata, "progress"):
+                metadata.progress.stage = "interrupted"
+                metadata.progress.end_time.GetCurrentTime()
+                metadata.progress.update_time.GetCurrentTime()
+                op.metadata.Pack(metadata)
+            self.store.save(op)
+            log.warning("operation %s marked interrupted: %s", op.name, why)
+

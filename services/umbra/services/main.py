@@ -1,0 +1,19 @@
+"""`umbra serve <service>`: read the configuration once, then serve until SIGTERM."""
+
+from __future__ import annotations
+
+import sys
+
+from umbra.runtime.config import ConfigError, ServiceConfig
+from umbra.runtime.server import serve
+from umbra.services.registry import spec
+
+
+def serve_service(service: str) -> int:
+    try:
+        config = ServiceConfig.from_env(service)
+        service_spec = spec(service)
+    except (ConfigError, ValueError) as exc:
+        print(f"umbra serve {service}: {exc}", file=sys.stderr)
+        return 2
+    return serve(config, service_spec)
