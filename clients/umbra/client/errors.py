@@ -33,8 +33,8 @@ class UmbraRpcError(Exception):
                 if bad.field_violations:
                     field = bad.field_violations[0].field
         rpc_id = ""
-        if hasattr(error, "initial_metadata"):
-            rpc_id = dict(error.initial_metadata() or ()).get("x-request-id", "")
+        if hasattr(error, "trailing_metadata"):
+            rpc_id = dict(error.trailing_metadata() or ()).get("x-request-id", "")
         return cls(error.code(), error.details() or "", reason=reason, field=field, metadata=metadata,
                    rpc_id=rpc_id)
 

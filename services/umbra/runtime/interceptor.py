@@ -1,6 +1,7 @@
 """The one server interceptor. For every call it
 
-1. takes (or makes) the RPC id and sends it back as `x-request-id`;
+1. takes (or makes) the RPC id and sends it back as `x-request-id` in the trailers (not in headers: a call
+   whose headers were sent is committed and gRPC's client-side retries would no longer apply);
 2. authenticates the caller, so an unauthenticated call is answered UNAUTHENTICATED and never reaches a servicer;
 3. binds RPC id, method and tenant to the logging context;
 4. turns a request that is not valid protobuf into INVALID_ARGUMENT (grpc would say INTERNAL);
@@ -59,6 +60,11 @@ def _internal_status(rpc_id: str) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
+def _with_rpc_id(status: grpc.Status, rpc_id: str) -> grpc.Status:
+    # abort_with_status replaces the trailers, so the RPC id goes in with the status details.
+    return status._replace(trailing_metadata=tuple(status.trailing_metadata) + ((REQUEST_ID_HEADER, rpc_id),))
+
+
 def _safe_deserializer(deserialize: Callable | None, type_name: str) -> Callable | None:
     if deserialize is None:
         return None
@@ -95,34 +101,39 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
             rpc_id = metadata.get(REQUEST_ID_HEADER, "")
             if not _REQUEST_ID.match(rpc_id):
                 rpc_id = uuid.uuid4().hex
-            context.send_initial_metadata(((REQUEST_ID_HEADER, rpc_id),))
+            context.set_trailing_metadata(((REQUEST_ID_HEADER, rpc_id),))
             return rpc_id
 
+        def authenticate(context, rpc_id: str, started: float) -> auth.Principal:
+            try:
+                return auth.ANONYMOUS if exempt else self._authenticator.authenticate(metadata)
+            except UmbraError as exc:
+                self._finish(context, rpc_id, exc, started)  # aborts the call
+                raise
+
         def call(behavior, request, context):
-            rpc_id = begin(context)
-            started = time.monotonic()
+            rpc_id, started = begin(context), time.monotonic()
             with logs.bound(rpc_id=rpc_id, method=method):
-                try:
-                    principal = auth.ANONYMOUS if exempt else self._authenticator.authenticate(metadata)
-                    with logs.bound(tenant=principal.tenant), auth.bound(principal):
+                principal = authenticate(context, rpc_id, started)
+                with logs.bound(tenant=principal.tenant), auth.bound(principal):
+                    try:
                         response = behavior(request, context)
+                    except Exception as exc:  # noqa: BLE001 - this is the one place errors become statuses
+                        self._finish(context, rpc_id, exc, started)
                     self._log_done(context, started, quiet=exempt)
                     return response
-                except Exception as exc:  # noqa: BLE001 - this is the one place errors become statuses
-                    self._finish(context, rpc_id, exc, started)
 
         def call_streaming(behavior, request, context):
             # A generator: everything, authentication included, runs while grpc iterates the responses.
-            rpc_id = begin(context)
-            started = time.monotonic()
+            rpc_id, started = begin(context), time.monotonic()
             with logs.bound(rpc_id=rpc_id, method=method):
-                try:
-                    principal = auth.ANONYMOUS if exempt else self._authenticator.authenticate(metadata)
-                    with logs.bound(tenant=principal.tenant), auth.bound(principal):
+                principal = authenticate(context, rpc_id, started)
+                with logs.bound(tenant=principal.tenant), auth.bound(principal):
+                    try:
                         yield from behavior(request, context)
-                    self._log_done(context, started)
-                except Exception as exc:  # noqa: BLE001
-                    self._finish(context, rpc_id, exc, started)
+                    except Exception as exc:  # noqa: BLE001
+                        self._finish(context, rpc_id, exc, started)
+                    self._log_done(context, started, quiet=exempt)
 
         deserializer = _safe_deserializer(handler.request_deserializer, type_name)
         if handler.unary_unary:
@@ -150,10 +161,10 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
         elapsed = round((time.monotonic() - started) * 1000, 1)
         if isinstance(exc, UmbraError):
             log.info("rpc failed: %s", exc.message, extra={"code": exc.code.name, "duration_ms": elapsed})
-            context.abort_with_status(to_status(exc))
+            context.abort_with_status(_with_rpc_id(to_status(exc), rpc_id))
         log.error("rpc failed with an unexpected error", exc_info=exc,
                   extra={"code": "INTERNAL", "duration_ms": elapsed})
-        context.abort_with_status(_internal_status(rpc_id))
+        context.abort_with_status(_with_rpc_id(_internal_status(rpc_id), rpc_id))
 
     @staticmethod
     def _log_done(context, started: float, quiet: bool = False) -> None:

@@ -1,0 +1,28 @@
+"""Fixtures shared by the test levels (helpers live in support.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from support import Served, start_service
+from umbra.client.layout import SERVICES
+
+
+@pytest.fixture(params=SERVICES)
+def any_service(request, tmp_path) -> Iterator[Served]:
+    """Each of the five services in turn, started in this process on a free port."""
+    served = start_service(request.param, tmp_path)
+    yield served
+    served.running.stop(grace=0)
+
+
+@pytest.fixture(scope="module")
+def all_services(tmp_path_factory) -> Iterator[dict[str, Served]]:
+    """All five services at once, for the tests that walk every RPC."""
+    root = tmp_path_factory.mktemp("services")
+    served = {name: start_service(name, root) for name in SERVICES}
+    yield served
+    for s in served.values():
+        s.running.stop(grace=0)
