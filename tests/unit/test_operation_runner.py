@@ -1,0 +1,50 @@
+import threading
+
+import pytest
+from google.protobuf import duration_pb2
+
+from umbra.runtime.errors import FailedPrecondition, InvalidInput
+from umbra.runtime.operations import OperationRunner, OperationStore
+from umbra.training.v1 import training_service_pb2
+
+
+def test_request_id_returns_the_first_operation(tmp_path):
+    runner = OperationRunner(OperationStore(tmp_path / "ops.sqlite3"), service="test")
+    release = threading.Event()
+
+    def work(ctx):
+        release.wait(5)
+        return duration_pb2.Duration(seconds=1)
+
+    first = runner.start(kind="K", tenant="acme", metadata=training_service_pb2.EvaluateMetadata(), work=work,
+                         request_id="r-1")
+    again = runner.start(kind="K", tenant="acme", metadata=training_service_pb2.EvaluateMetadata(), work=work,
+                         request_id="r-1")
+    other_tenant = runner.start(kind="K", tenant="globex", metadata=training_service_pb2.EvaluateMetadata(),
+                                work=work, request_id="r-1")
+    assert again.name == first.name and other_tenant.name != first.name
+    release.set()
+    assert runner.wait(first.name, "acme", 5).done
+    runner.shutdown(1)
+    with pytest.raises(FailedPrecondition):
+        runner.start(kind="K", tenant="acme", metadata=training_service_pb2.EvaluateMetadata(), work=work)
+
+
+def test_unexpected_errors_become_a_generic_internal_error(tmp_path):
+    runner = OperationRunner(OperationStore(tmp_path / "ops.sqlite3"), service="test")
+
+    def work(ctx):
+        raise RuntimeError("database password is hunter2")
+
+    op = runner.start(kind="K", tenant="acme", metadata=training_service_pb2.EvaluateMetadata(), work=work)
+    done = runner.wait(op.name, "acme", 5)
+    assert done.error.code == 13 and "hunter2" not in done.error.message
+    runner.shutdown(0)
+
+
+@pytest.mark.parametrize("name", ["", "operations/", "operations/XYZ", "ops/" + "0" * 32, "operations/" + "0" * 33])
+def test_operation_names_are_validated(tmp_path, name):
+    runner = OperationRunner(OperationStore(tmp_path / "ops.sqlite3"), service="test")
+    with pytest.raises(InvalidInput, match="name"):
+        runner.get(name, "acme")
+    runner.shutdown(0)

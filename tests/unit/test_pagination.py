@@ -1,0 +1,34 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from umbra.runtime import pagination
+from umbra.runtime.errors import InvalidInput
+
+
+@given(position=st.text(), query=st.text())
+def test_token_round_trip(position, query):
+    assert pagination.decode_token(pagination.encode_token(position, query), query) == position
+
+
+@given(position=st.text(), query=st.text(), other=st.text())
+def test_token_is_bound_to_its_query(position, query, other):
+    token = pagination.encode_token(position, query)
+    if other != query:
+        with pytest.raises(InvalidInput, match="page_token"):
+            pagination.decode_token(token, other)
+
+
+@given(st.text())
+def test_garbage_tokens_are_invalid_input_never_a_crash(token):
+    try:
+        pagination.decode_token(token, "q")
+    except InvalidInput as exc:
+        assert exc.field == "page_token"
+
+
+def test_page_size():
+    assert pagination.page_size(0) == pagination.DEFAULT_PAGE_SIZE
+    assert pagination.page_size(10**6) == pagination.MAX_PAGE_SIZE
+    with pytest.raises(InvalidInput, match="page_size"):
+        pagination.page_size(-1)
