@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml clients/pyproject.toml constraints.txt
 
 tools: node_modules/.installed
 node_modules/.installed: package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
+	npm install --no-audit --no-fund --loglevel=error  # not `npm ci`: it rejects the lock npm writes here (no entries for other platforms' optional buf binaries)
 	touch $@
 
 protos: install
