@@ -18,6 +18,7 @@ def test_keys_are_stored_hashed_and_revocable(tmp_path):
         store.revoke("other-tenant", key_id)  # a tenant cannot revoke another's key
     store.revoke("acme", key_id)
     assert store.verify(key) is None
+    store.revoke("acme", key_id)  # again: still revoked, no error
 
 
 def test_authenticator(tmp_path):

@@ -118,10 +118,13 @@ class ApiKeyStore:
         return key_id, f"umbra_{key_id}_{secret}"
 
     def revoke(self, tenant: str, key_id: str) -> None:
+        """Revokes one of the tenant's keys; revoking it again is a no-op (safe to retry)."""
         with self._lock:
-            cur = self._db.execute("UPDATE api_keys SET revoke_time = ? WHERE key_id = ? AND tenant = ? "
-                                   "AND revoke_time IS NULL", (time.time(), key_id, tenant))
-        if cur.rowcount == 0:
+            self._db.execute("UPDATE api_keys SET revoke_time = ? WHERE key_id = ? AND tenant = ? "
+                             "AND revoke_time IS NULL", (time.time(), key_id, tenant))
+            exists = self._db.execute("SELECT 1 FROM api_keys WHERE key_id = ? AND tenant = ?",
+                                      (key_id, tenant)).fetchone()
+        if exists is None:
             raise NotFound("api key", key_id)
 
     def verify(self, key: str) -> str | None:

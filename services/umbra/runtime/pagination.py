@@ -11,6 +11,7 @@ from umbra.runtime.errors import InvalidInput
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+MAX_TOKEN_CHARS = 1024  # ours are far shorter; a longer one is not ours, and is not worth parsing
 
 
 def page_size(value: int, field: str = "page_size") -> int:
@@ -34,11 +35,13 @@ def decode_token(token: str, query: str, field: str = "page_token") -> str | Non
     """The position a token resumes after, or None for the first page."""
     if not token:
         return None
+    if len(token) > MAX_TOKEN_CHARS:
+        raise InvalidInput(field, "is not a token this service issued")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         data = json.loads(raw)
         position, query_hash = data["after"], data["query"]
-    except (binascii.Error, ValueError, KeyError, TypeError):
+    except (binascii.Error, ValueError, KeyError, TypeError, RecursionError):
         raise InvalidInput(field, "is not a token this service issued") from None
     if not isinstance(position, str) or query_hash != _query_hash(query):
         raise InvalidInput(field, "belongs to a different query; repeat the request that returned it")

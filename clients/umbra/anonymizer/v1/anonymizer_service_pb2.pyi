@@ -100,14 +100,16 @@ class AnonymizedImage(_message.Message):
     def __init__(self, image: _Optional[_Union[_image_pb2.Image, _Mapping]] = ..., released_attributes: _Optional[_Iterable[_Union[_image_pb2.AttributeValue, _Mapping]]] = ..., privacy_cost: _Optional[_Union[_privacy_pb2.PrivacyCost, _Mapping]] = ...) -> None: ...
 
 class AnonymizeRequest(_message.Message):
-    __slots__ = ("settings", "dataset", "sample_keys")
+    __slots__ = ("settings", "dataset", "sample_keys", "request_id")
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     settings: AnonymizationSettings
     dataset: _refs_pb2.DatasetRef
     sample_keys: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, settings: _Optional[_Union[AnonymizationSettings, _Mapping]] = ..., dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., sample_keys: _Optional[_Iterable[str]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, settings: _Optional[_Union[AnonymizationSettings, _Mapping]] = ..., dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., sample_keys: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class AnonymizeResponse(_message.Message):
     __slots__ = ("images", "privacy_cost")

@@ -195,12 +195,14 @@ class ClassMetrics(_message.Message):
     def __init__(self, class_name: _Optional[str] = ..., precision: _Optional[float] = ..., recall: _Optional[float] = ..., support: _Optional[int] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("model", "dataset")
+    __slots__ = ("model", "dataset", "request_id")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     model: _refs_pb2.ModelRef
     dataset: _refs_pb2.DatasetRef
-    def __init__(self, model: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, model: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
     __slots__ = ("operation",)
