@@ -66,9 +66,9 @@ def parser() -> argparse.ArgumentParser:
     for name, help_text in (("up", "start services in the background"), ("down", "stop services"),
                             ("status", "show each service's health")):
         cmd = sub.add_parser(name, help=help_text)
-        cmd.add_argument("services", nargs="*", choices=[[], *layout.SERVICES], metavar="service",
+        cmd.add_argument("services", nargs="*", metavar="service",
                          help=f"one or more of {', '.join(layout.SERVICES)} (default: all)")
-        cmd.set_defaults(func=lambda args, name=name: _local(name, args.services or list(layout.SERVICES)))
+        cmd.set_defaults(func=lambda args, name=name: _local(name, args.services))
     ops = sub.add_parser("operations", help="long-running operations on the coordinator")
     ops_sub = ops.add_subparsers(dest="action", required=True)
     lst = ops_sub.add_parser("list", help="list your operations")
@@ -85,7 +85,12 @@ def parser() -> argparse.ArgumentParser:
 def _local(command: str, services: list[str]) -> int:
     from umbra.cli import local
 
-    return getattr(local, command)(services)
+    unknown = [s for s in services if s not in layout.SERVICES]
+    if unknown:
+        print(f"umbra {command}: unknown service {', '.join(unknown)}; known: {', '.join(layout.SERVICES)}",
+              file=sys.stderr)
+        return 2
+    return getattr(local, command)(services or list(layout.SERVICES))
 
 
 def main(argv: list[str] | None = None) -> int:
