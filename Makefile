@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 BUF    := node_modules/.bin/buf
 
-.PHONY: help install tools protos check-protos lint-protos breaking test demo up down status clean
+.PHONY: help install tools protos check-protos lint-protos breaking lint test demo up down status clean
 
 help:
 	@echo "make demo          install, start the services, run the main job, print where results are"
@@ -16,6 +16,7 @@ help:
 	@echo "make check-protos  fail when the committed generated code differs from proto/"
 	@echo "make lint-protos   buf lint (STANDARD)"
 	@echo "make breaking      buf breaking against main"
+	@echo "make lint          ruff over the Python code"
 	@echo "make up|down|status  start, stop or show the local services"
 
 install: $(VENV)/.installed
@@ -41,7 +42,10 @@ lint-protos: install tools
 breaking: install tools
 	$(PY) scripts/protos.py breaking --buf $(BUF) --against-branch main
 
-test: install tools check-protos lint-protos breaking
+lint: install
+	$(VENV)/bin/ruff check services clients tests scripts benchmarks
+
+test: install tools check-protos lint-protos breaking lint
 	$(VENV)/bin/pytest
 
 demo: install

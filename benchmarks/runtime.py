@@ -133,7 +133,8 @@ def main() -> int:
     report = {
         "seconds_per_path": seconds,
         "paths": results,
-        "runtime_health_vs_bare_ratio": round(results["runtime_health"]["calls_per_s"] / results["bare"]["calls_per_s"], 3),
+        "runtime_health_vs_bare_ratio": round(
+            results["runtime_health"]["calls_per_s"] / results["bare"]["calls_per_s"], 3),
         "authenticated_vs_bare_ratio": round(
             results["runtime_authenticated"]["calls_per_s"] / results["bare"]["calls_per_s"], 3),
     }

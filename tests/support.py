@@ -11,7 +11,6 @@ from pathlib import Path
 import grpc
 
 from umbra.client.channel import open_channel
-from umbra.client.layout import SERVICES
 from umbra.runtime.auth import ApiKeyStore
 from umbra.runtime.config import ServiceConfig
 from umbra.runtime.server import RunningService, create_server

@@ -17,6 +17,7 @@ from google.longrunning import operations_proto_pb2 as lro
 from google.protobuf import duration_pb2, empty_pb2
 from google.rpc import code_pb2
 
+from sleeper import call as sleeper_call
 from support import ADMIN_KEY, SERVICE_TOKEN, free_port
 from umbra.client import health_of, protos
 from umbra.client.channel import open_channel
@@ -26,11 +27,6 @@ SLEEPER = Path(__file__).parent.parent / "sleeper.py"
 pytestmark = pytest.mark.slow
 
 
-def sleeper_call(channel, method, request, response_type, **kwargs):
-    return channel.unary_unary(f"/umbra.test.v1.Sleeper/{method}", request_serializer=type(request).SerializeToString,
-                               response_deserializer=response_type.FromString)(request, **kwargs)
-
-
 def spawn(args: list[str], home: Path, port: int, service: str = "training") -> subprocess.Popen:
     env = dict(os.environ, UMBRA_HOME=str(home), UMBRA_SERVICE_TOKEN=SERVICE_TOKEN, UMBRA_ADMIN_KEY=ADMIN_KEY,
                UMBRA_GRACE_SECONDS="10", **{f"UMBRA_{service.upper()}_PORT": str(port)})
@@ -38,7 +34,8 @@ def spawn(args: list[str], home: Path, port: int, service: str = "training") -> 
     proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while health_of(f"127.0.0.1:{port}", timeout=0.5) != "SERVING":
-        assert proc.poll() is None, f"server exited with {proc.returncode}: {(home / f'{service}-{port}.log').read_text()}"
+        log = (home / f"{service}-{port}.log").read_text()
+        assert proc.poll() is None, f"server exited with {proc.returncode}: {log}"
         assert time.monotonic() < deadline, "server did not become healthy in 30 s"
         time.sleep(0.1)
     return proc

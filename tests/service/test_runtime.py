@@ -19,13 +19,12 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from sleeper import SERVICE as SLEEPER_SERVICE, call, sleeper_spec
 from support import SERVICE_TOKEN, config_for, status_details
-from umbra.client import Client, protos
+from umbra.client import protos
 from umbra.client.channel import open_channel
-from umbra.client.operations import progress_of
+from umbra.client.operations import OperationsClient, progress_of
 from umbra.runtime import logs
 from umbra.runtime.errors import InvalidInput
 from umbra.runtime.server import create_server
-from umbra.training.v1 import training_service_pb2
 
 CONTRACT = {
     "coordinator": "umbra.coordinator.v1.TenantService",
@@ -146,9 +145,10 @@ def test_request_id_is_echoed_and_logged(sleeper):
     logs.configure("sleeper", "INFO", stream)
     try:
         channel = open_channel(target, SERVICE_TOKEN, tenant="acme")
-        _, call_info = channel.unary_unary(f"/{SLEEPER_SERVICE}/Sleep", request_serializer=duration_pb2.Duration.SerializeToString,
-                                           response_deserializer=empty_pb2.Empty.FromString).with_call(
-            duration_pb2.Duration(), metadata=(("x-request-id", "req-42"),), timeout=5)
+        sleep = channel.unary_unary(f"/{SLEEPER_SERVICE}/Sleep",
+                                    request_serializer=duration_pb2.Duration.SerializeToString,
+                                    response_deserializer=empty_pb2.Empty.FromString)
+        _, call_info = sleep.with_call(duration_pb2.Duration(), metadata=(("x-request-id", "req-42"),), timeout=5)
         assert dict(call_info.trailing_metadata())["x-request-id"] == "req-42"
     finally:
         logging.getLogger().handlers.clear()
@@ -257,10 +257,7 @@ def test_sdk_waits_with_progress(sleeper, capsys):
     _, _, target = sleeper
     op = call(open_channel(target, SERVICE_TOKEN, tenant="acme"), "Start", duration_pb2.Duration(nanos=500_000_000),
               lro.Operation, timeout=5)
-    client = Client(target, SERVICE_TOKEN)
-    client.channel = open_channel(target, SERVICE_TOKEN, tenant="acme")
-    from umbra.client.operations import OperationsClient
-
-    result = OperationsClient(client.channel).result(op.name, duration_pb2.Duration, progress=True, poll_seconds=0.2)
+    operations = OperationsClient(open_channel(target, SERVICE_TOKEN, tenant="acme"))
+    result = operations.result(op.name, duration_pb2.Duration, progress=True, poll_seconds=0.2)
     assert result.nanos == 500_000_000
     assert "ticks" in capsys.readouterr().err  # the progress bar was drawn on stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -93,10 +94,11 @@ class RunningService:
         self._stopped.set()
         grace = self.runtime.config.grace_seconds if grace is None else grace
         log.info("shutting down (grace %.1fs)", grace)
+        deadline = time.monotonic() + grace
         self.health.enter_graceful_shutdown()
-        done = self.server.stop(grace)
-        self.runtime.operations.shutdown(grace)
-        done.wait(grace + 1)
+        done = self.server.stop(grace)  # refuses new calls at once; in-flight ones get the grace period
+        self.runtime.operations.shutdown(grace)  # meanwhile, running work is cancelled and waited for
+        done.wait(max(deadline - time.monotonic(), 0) + 1)
         for close in reversed(self.runtime.closers):
             close()
         self.runtime.operations.store.close()

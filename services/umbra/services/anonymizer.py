@@ -17,5 +17,6 @@ class AnonymizerServicer(anonymizer_service_pb2_grpc.AnonymizerServiceServicer):
 
 SPEC = ServiceSpec(
     name="anonymizer",
-    build=worker(anonymizer_service_pb2, anonymizer_service_pb2_grpc, "AnonymizerService", lambda runtime: AnonymizerServicer()),
+    build=worker(anonymizer_service_pb2, anonymizer_service_pb2_grpc, "AnonymizerService",
+                 lambda runtime: AnonymizerServicer()),
 )

@@ -14,5 +14,6 @@ class DistortionServicer(distortion_service_pb2_grpc.DistortionServiceServicer):
 
 SPEC = ServiceSpec(
     name="distortion",
-    build=worker(distortion_service_pb2, distortion_service_pb2_grpc, "DistortionService", lambda runtime: DistortionServicer()),
+    build=worker(distortion_service_pb2, distortion_service_pb2_grpc, "DistortionService",
+                 lambda runtime: DistortionServicer()),
 )

@@ -19,5 +19,6 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
 
 SPEC = ServiceSpec(
     name="training",
-    build=worker(training_service_pb2, training_service_pb2_grpc, "TrainingService", lambda runtime: TrainingServicer()),
+    build=worker(training_service_pb2, training_service_pb2_grpc, "TrainingService",
+                 lambda runtime: TrainingServicer()),
 )

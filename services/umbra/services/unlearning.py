@@ -14,5 +14,6 @@ class UnlearningServicer(unlearning_service_pb2_grpc.UnlearningServiceServicer):
 
 SPEC = ServiceSpec(
     name="unlearning",
-    build=worker(unlearning_service_pb2, unlearning_service_pb2_grpc, "UnlearningService", lambda runtime: UnlearningServicer()),
+    build=worker(unlearning_service_pb2, unlearning_service_pb2_grpc, "UnlearningService",
+                 lambda runtime: UnlearningServicer()),
 )
