@@ -169,6 +169,6 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
     @staticmethod
     def _log_done(context, started: float, quiet: bool = False) -> None:
         """One line per call; health checks and reflection (probes, tools) only at DEBUG."""
-        code = context.code() if hasattr(context, "code") else None
-        log.log(logging.DEBUG if quiet else logging.INFO, "rpc done", extra={"code": (code or grpc.StatusCode.OK).name,
-                                    "duration_ms": round((time.monotonic() - started) * 1000, 1)})
+        code = (context.code() if hasattr(context, "code") else None) or grpc.StatusCode.OK
+        elapsed = round((time.monotonic() - started) * 1000, 1)
+        log.log(logging.DEBUG if quiet else logging.INFO, "rpc done", extra={"code": code.name, "duration_ms": elapsed})
