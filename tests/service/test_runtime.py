@@ -27,7 +27,7 @@ from umbra.runtime.errors import InvalidInput
 from umbra.runtime.server import create_server
 
 CONTRACT = {
-    "coordinator": "umbra.coordinator.v1.TenantService",
+    "coordinator": "umbra.coordinator.v1.JobService",  # still unbuilt: a call that passes auth gets UNIMPLEMENTED
     "anonymizer": "umbra.anonymizer.v1.AnonymizerService",
     "distortion": "umbra.distortion.v1.DistortionService",
     "training": "umbra.training.v1.TrainingService",

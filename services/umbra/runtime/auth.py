@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from umbra.runtime.errors import InvalidInput, NotFound, Unauthenticated
+from umbra.runtime.errors import InvalidInput, NotFound, PermissionDenied, Unauthenticated
 
 AUTHORIZATION = "authorization"
 TENANT_HEADER = "x-umbra-tenant"
@@ -45,6 +45,14 @@ _current: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal"
 def current() -> Principal:
     """The caller of the RPC being served (set by the interceptor)."""
     return _current.get()
+
+
+def require_tenant(why: str) -> str:
+    """The calling tenant; PERMISSION_DENIED for callers who are not a tenant (admin, anonymous)."""
+    principal = current()
+    if principal.kind != "tenant" and not (principal.kind == "service" and principal.tenant):
+        raise PermissionDenied(why)
+    return principal.tenant
 
 
 def validate_tenant_id(value: str, field: str = "tenant") -> str:
@@ -126,6 +134,23 @@ class ApiKeyStore:
                                       (key_id, tenant)).fetchone()
         if exists is None:
             raise NotFound("api key", key_id)
+
+    def list(self, tenant: str, *, after: str = "", limit: int = 1000) -> list[tuple[str, str, float, float | None]]:
+        """(key_id, display_name, create_time, revoke_time) of a tenant's keys, in key_id order."""
+        with self._lock:
+            return self._db.execute("SELECT key_id, display_name, create_time, revoke_time FROM api_keys "
+                                    "WHERE tenant = ? AND key_id > ? ORDER BY key_id LIMIT ?",
+                                    (tenant, after, limit)).fetchall()
+
+    def key(self, tenant: str, key_id: str) -> tuple[str, str, float, float | None] | None:
+        with self._lock:
+            return self._db.execute("SELECT key_id, display_name, create_time, revoke_time FROM api_keys "
+                                    "WHERE tenant = ? AND key_id = ?", (tenant, key_id)).fetchone()
+
+    def revoke_all(self, tenant: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE api_keys SET revoke_time = ? WHERE tenant = ? AND revoke_time IS NULL",
+                             (time.time(), tenant))
 
     def verify(self, key: str) -> str | None:
         """The tenant owning a valid, unrevoked key, or None."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from umbra.client import layout
+from umbra.storage.factory import StoreConfig
 
 MIB = 1024 * 1024
 
@@ -46,6 +47,11 @@ class ServiceConfig:
     max_workers: int = 16
     max_wait_seconds: float = 60.0
     log_level: str = "INFO"
+    store: StoreConfig = field(default_factory=StoreConfig)
+    # How long presigned upload and download URLs stay valid.
+    presign_seconds: int = 3600
+    # Uploads not committed within this time are deleted (objects and record).
+    upload_ttl_seconds: float = 24 * 3600.0
 
     @property
     def public(self) -> bool:
@@ -71,6 +77,10 @@ class ServiceConfig:
         level = env.get("UMBRA_LOG_LEVEL", "INFO").upper()
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"UMBRA_LOG_LEVEL: {level!r} is not one of DEBUG, INFO, WARNING, ERROR")
+        try:
+            store = StoreConfig.from_env(env, home)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         return cls(
             service=service,
             host=ep.host,
@@ -83,4 +93,7 @@ class ServiceConfig:
             max_workers=int(_number(env, "UMBRA_MAX_WORKERS", 16, minimum=1, integer=True)),
             max_wait_seconds=_number(env, "UMBRA_MAX_WAIT_SECONDS", 60.0, minimum=0, integer=False),
             log_level=level,
+            store=store,
+            presign_seconds=int(_number(env, "UMBRA_PRESIGN_SECONDS", 3600, minimum=60, integer=True)),
+            upload_ttl_seconds=_number(env, "UMBRA_UPLOAD_TTL_SECONDS", 24 * 3600.0, minimum=0, integer=False),
         )

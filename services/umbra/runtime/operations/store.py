@@ -66,6 +66,14 @@ class OperationStore:
                     raise
                 return _record(row)
 
+    def find(self, tenant: str, kind: str, request_id: str) -> Record | None:
+        """The operation a (tenant, kind, request_id) started, if any."""
+        with self._lock:
+            row = self._db.execute("SELECT operation, tenant, kind, cancel_requested FROM operations "
+                                   "WHERE tenant = ? AND kind = ? AND request_id = ?",
+                                   (tenant, kind, request_id)).fetchone()
+        return None if row is None else _record(row)
+
     def save(self, op: lro.Operation) -> None:
         with self._lock:
             self._db.execute("UPDATE operations SET operation = ?, done = ? WHERE name = ?",

@@ -1,0 +1,56 @@
+"""The coordinator: Umbra's only public API. Callers present a tenant API key or the admin key.
+
+Built so far: tenants and their API keys, datasets and their versions. Protection jobs, the ledger and
+publishing answer UNIMPLEMENTED until they are built.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from umbra.coordinator.v1 import (
+    dataset_service_pb2,
+    dataset_service_pb2_grpc,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    ledger_service_pb2,
+    ledger_service_pb2_grpc,
+    model_service_pb2,
+    model_service_pb2_grpc,
+    tenant_service_pb2,
+    tenant_service_pb2_grpc,
+)
+from umbra.runtime.auth import ApiKeyStore, TenantAuthenticator
+from umbra.runtime.server import Built, Runtime, ServiceSpec, registration
+from umbra.services.coordinator.datasets import DatasetServicer
+from umbra.services.coordinator.db import CoordinatorDB
+from umbra.services.coordinator.stubs import JobServicer, LedgerServicer, ModelServicer
+from umbra.services.coordinator.tenants import TenantServicer
+from umbra.storage import open_store
+
+
+def build(runtime: Runtime) -> Built:
+    config = runtime.config
+    db = CoordinatorDB(config.data_dir / "coordinator.sqlite3")
+    api_keys = ApiKeyStore(config.data_dir / "api_keys.sqlite3")
+    store = open_store(config.store)
+    datasets = DatasetServicer(db, store, runtime.operations, presign_seconds=config.presign_seconds,
+                               upload_ttl_seconds=config.upload_ttl_seconds)
+    datasets.recover()
+    stop_sweeper = threading.Event()
+    datasets.start_sweeper(stop_sweeper)
+    runtime.closers += [db.close, api_keys.close, stop_sweeper.set]
+    return Built(
+        registrations=[
+            registration(tenant_service_pb2, tenant_service_pb2_grpc, "TenantService",
+                         TenantServicer(db, api_keys, store)),
+            registration(dataset_service_pb2, dataset_service_pb2_grpc, "DatasetService", datasets),
+            registration(job_service_pb2, job_service_pb2_grpc, "JobService", JobServicer()),
+            registration(ledger_service_pb2, ledger_service_pb2_grpc, "LedgerService", LedgerServicer()),
+            registration(model_service_pb2, model_service_pb2_grpc, "ModelService", ModelServicer()),
+        ],
+        authenticator=TenantAuthenticator(api_keys, config.admin_key),
+    )
+
+
+SPEC = ServiceSpec(name="coordinator", build=build)

@@ -1,0 +1,59 @@
+"""Rows of the coordinator's database to protobuf messages (the only place the two meet)."""
+
+from __future__ import annotations
+
+from google.protobuf import timestamp_pb2
+
+from umbra.common.v1 import privacy_pb2, refs_pb2
+from umbra.coordinator.v1 import dataset_service_pb2 as ds
+from umbra.coordinator.v1 import tenant_service_pb2 as ts
+from umbra.services.coordinator.db import DatasetRow, TenantRow, VersionRow
+from umbra.storage import keys
+
+
+def timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
+    if seconds is None:
+        return None
+    ts_ = timestamp_pb2.Timestamp()
+    ts_.FromNanoseconds(int(seconds * 1e9))
+    return ts_
+
+
+def tenant_to_proto(row: TenantRow) -> ts.Tenant:
+    return ts.Tenant(
+        name=f"tenants/{row.id}", display_name=row.display_name,
+        state=ts.Tenant.STATE_ACTIVE if row.state == "ACTIVE" else ts.Tenant.STATE_DELETED,
+        privacy_budget=privacy_pb2.PrivacyBudget(epsilon=row.budget_epsilon, delta=row.budget_delta),
+        bucket=keys.bucket(row.id), create_time=timestamp(row.create_time))
+
+
+def api_key_to_proto(tenant: str, key_id: str, display_name: str, create_time: float,
+                     revoke_time: float | None) -> ts.ApiKey:
+    return ts.ApiKey(name=f"tenants/{tenant}/apiKeys/{key_id}", display_name=display_name,
+                     create_time=timestamp(create_time), revoke_time=timestamp(revoke_time))
+
+
+def dataset_to_proto(row: DatasetRow) -> ds.Dataset:
+    return ds.Dataset(name=f"datasets/{row.id}", display_name=row.display_name, description=row.description,
+                      latest_version=row.latest_version, create_time=timestamp(row.create_time))
+
+
+_STATES = {"UPLOADING": ds.DatasetVersion.STATE_UPLOADING, "COMMITTING": ds.DatasetVersion.STATE_COMMITTING,
+           "COMMITTED": ds.DatasetVersion.STATE_COMMITTED, "FAILED": ds.DatasetVersion.STATE_FAILED}
+_ORIGINS = {"UPLOAD": ds.DatasetVersion.ORIGIN_UPLOAD, "ANONYMIZED": ds.DatasetVersion.ORIGIN_ANONYMIZED,
+            "DISTORTED": ds.DatasetVersion.ORIGIN_DISTORTED}
+
+
+def version_to_proto(row: VersionRow, bucket: str) -> ds.DatasetVersion:
+    stats = row.stats
+    msg = ds.DatasetVersion(
+        name=f"datasets/{row.dataset}/versions/{row.version}", state=_STATES[row.state], origin=_ORIGINS[row.origin],
+        sample_count=stats.get("samples", 0), shard_count=stats.get("shards", row.shard_count),
+        size_bytes=stats.get("size_bytes", 0), label_columns=stats.get("label_columns", []),
+        attribute_columns=stats.get("attribute_columns", []), split_counts=stats.get("split_counts", {}),
+        image_size=stats.get("image_size", 0), create_time=timestamp(row.create_time),
+        commit_time=timestamp(row.commit_time))
+    if row.state == "COMMITTED":
+        msg.manifest.CopyFrom(refs_pb2.ObjectRef(bucket=bucket, key=keys.manifest(row.dataset, row.version),
+                                                 sha256=stats.get("manifest_sha256", "")))
+    return msg

@@ -1,0 +1,334 @@
+"""DatasetService: the calling tenant's datasets and their immutable versions.
+
+Upload: CreateDatasetVersion gives one target per shard plus one for the manifest (presigned PUT URLs when
+the store has them; otherwise the client streams through UploadDatasetChunk). CommitDatasetVersion checks
+every shard against the manifest and then writes the final manifest: the moment the version becomes visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+from umbra.coordinator.v1 import dataset_service_pb2 as ds
+from umbra.coordinator.v1 import dataset_service_pb2_grpc
+from umbra.common.v1 import refs_pb2
+from umbra.dataset import manifest as mf
+from umbra.runtime import auth, pagination
+from umbra.runtime.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound
+from umbra.runtime.operations import OperationRunner
+from umbra.services.coordinator import convert, names
+from umbra.services.coordinator.db import CoordinatorDB, DatasetRow, VersionRow
+from umbra.storage import datasets as stored, keys
+from umbra.storage.base import CHUNK, ObjectStore
+
+log = logging.getLogger(__name__)
+MAX_SHARDS = 100_000
+MAX_UPLOAD_BYTES = 4 * 1024**3
+MANIFEST = "manifest"
+
+
+def _tenant() -> str:
+    return auth.require_tenant("datasets belong to a tenant: call with a tenant API key")
+
+
+def _text(value: str, field: str, limit: int) -> str:
+    if len(value) > limit:
+        raise InvalidInput(field, f"must be at most {limit} characters")
+    return value
+
+
+class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
+    def __init__(self, db: CoordinatorDB, store: ObjectStore, operations: OperationRunner, *,
+                 presign_seconds: int, upload_ttl_seconds: float):
+        self.db, self.store, self.operations = db, store, operations
+        self.presign_seconds = presign_seconds
+        self.upload_ttl_seconds = upload_ttl_seconds
+
+    # -- datasets ---------------------------------------------------------------------------------------------
+
+    def _dataset(self, tenant: str, name: str, field: str = "name") -> DatasetRow:
+        dataset = names.dataset(name, field)
+        row = self.db.dataset(tenant, dataset)
+        if row is None:
+            raise NotFound("dataset", name)
+        return row
+
+    def CreateDataset(self, request, context):
+        tenant = _tenant()
+        dataset = keys.validate_resource_id(request.dataset_id, "dataset_id")
+        row = DatasetRow(tenant, dataset, _text(request.dataset.display_name or dataset, "dataset.display_name", 200),
+                         _text(request.dataset.description, "dataset.description", 2000), time.time())
+        created = self.db.insert_dataset(row, request.request_id)
+        if created is None:
+            raise AlreadyExists(f"dataset {dataset!r} already exists", metadata={"dataset": dataset})
+        return ds.CreateDatasetResponse(dataset=convert.dataset_to_proto(created))
+
+    def GetDataset(self, request, context):
+        return ds.GetDatasetResponse(dataset=convert.dataset_to_proto(self._dataset(_tenant(), request.name)))
+
+    def ListDatasets(self, request, context):
+        tenant = _tenant()
+        size = pagination.page_size(request.page_size)
+        after = pagination.decode_token(request.page_token, "datasets") or ""
+        rows = self.db.datasets(tenant, after, size + 1)
+        response = ds.ListDatasetsResponse(datasets=[convert.dataset_to_proto(r) for r in rows[:size]])
+        if len(rows) > size:
+            response.next_page_token = pagination.encode_token(rows[size - 1].id, "datasets")
+        return response
+
+    def DeleteDataset(self, request, context):
+        tenant = _tenant()
+        row = self._dataset(tenant, request.name)
+        self.db.delete_dataset(tenant, row.id)  # invisible from here on; objects go next (or in the sweep)
+        removed = self.store.delete_prefix(keys.bucket(tenant), keys.dataset_prefix(row.id))
+        log.info("dataset %s deleted (%d objects)", row.id, removed)
+        return ds.DeleteDatasetResponse()
+
+    # -- versions ---------------------------------------------------------------------------------------------
+
+    def _version(self, tenant: str, name: str, field: str = "name") -> VersionRow:
+        dataset, number = names.version(name, field)
+        row = self.db.version(tenant, dataset, number)
+        if row is None:
+            raise NotFound("dataset version", name)
+        return row
+
+    def _target(self, tenant: str, key: str, shard: str, *, upload: bool = True) -> ds.UploadTarget:
+        """Where to PUT (upload) or GET one object: a presigned URL, or none (then stream through us)."""
+        url = ""
+        if self.store.presigns:
+            presign = self.store.presign_put if upload else self.store.presign_get
+            url = presign(keys.bucket(tenant), key, self.presign_seconds) or ""
+        target = ds.UploadTarget(shard=shard, url=url)
+        if url:
+            target.expire_time.FromSeconds(int(time.time()) + self.presign_seconds)
+        return target
+
+    def CreateDatasetVersion(self, request, context):
+        tenant = _tenant()
+        dataset = self._dataset(tenant, request.parent, "parent")
+        if not 1 <= request.shard_count <= MAX_SHARDS:
+            raise InvalidInput("shard_count", f"must be between 1 and {MAX_SHARDS}")
+        self.store.ensure_bucket(keys.bucket(tenant))
+        row, _ = self.db.new_version(tenant, dataset.id, request.shard_count, "UPLOAD", request.request_id)
+        if row.state != "UPLOADING":
+            raise FailedPrecondition(f"version {row.version} made by this request_id is {row.state.lower()}",
+                                     reason="VERSION_NOT_UPLOADING")
+        return ds.CreateDatasetVersionResponse(
+            dataset_version=convert.version_to_proto(row, keys.bucket(tenant)),
+            shard_targets=[self._target(tenant, keys.shard(row.dataset, row.version, mf.shard_name(i)),
+                                        mf.shard_name(i)) for i in range(row.shard_count)],
+            manifest_target=self._target(tenant, keys.upload_manifest(row.dataset, row.version), MANIFEST))
+
+    def _object_key(self, row: VersionRow, shard: str, field: str) -> str:
+        if shard == MANIFEST:
+            return keys.upload_manifest(row.dataset, row.version)
+        if not mf.SHARD.match(shard) or int(shard[6:12]) >= row.shard_count:
+            raise InvalidInput(field, f"must be 'manifest' or one of shard-000000.tar … "
+                                      f"{mf.shard_name(row.shard_count - 1)}")
+        return keys.shard(row.dataset, row.version, shard)
+
+    def UploadDatasetChunk(self, request_iterator, context):
+        tenant = _tenant()
+        first = next(request_iterator, None)
+        if first is None:
+            raise InvalidInput("request", "the stream was empty")
+        row = self._version(tenant, first.dataset_version, "dataset_version")
+        if row.state not in ("UPLOADING", "FAILED"):
+            raise FailedPrecondition(f"version {row.version} is {row.state.lower()}; uploads are closed",
+                                     reason="VERSION_NOT_UPLOADING")
+        key = self._object_key(row, first.shard, "shard")
+        stream = _ChunkStream(first, request_iterator)
+        info = self.store.put_stream(keys.bucket(tenant), key, stream, sha256="")
+        if not stream.sha256:
+            self.store.delete(keys.bucket(tenant), key)
+            raise InvalidInput("sha256", "the last message must carry the SHA-256 of the whole object")
+        if stream.sha256 != info.sha256:
+            self.store.delete(keys.bucket(tenant), key)
+            raise InvalidInput("sha256", f"the bytes received hash to {info.sha256}, not {stream.sha256}")
+        return ds.UploadDatasetChunkResponse(object=refs_pb2.ObjectRef(bucket=info.bucket, key=info.key,
+                                                                       sha256=info.sha256, size_bytes=info.size))
+
+    def CommitDatasetVersion(self, request, context):
+        tenant = _tenant()
+        row = self._version(tenant, request.name)
+        kind = "CommitDatasetVersion"
+        if request.request_id:
+            earlier = self.operations.store.find(tenant, kind, request.request_id)
+            if earlier is not None:
+                return ds.CommitDatasetVersionResponse(operation=earlier.operation)
+        if not self.db.set_version_state(tenant, row.dataset, row.version, "COMMITTING",
+                                         expect=("UPLOADING", "FAILED")):
+            state = self.db.version(tenant, row.dataset, row.version).state.lower()
+            raise FailedPrecondition(f"version {row.version} is {state}", reason="VERSION_NOT_UPLOADING")
+        bucket = keys.bucket(tenant)
+
+        def commit(ctx) -> ds.DatasetVersion:
+            try:
+                return self._commit(ctx, bucket, row, request.drop_invalid)
+            except BaseException as exc:
+                state = "UPLOADING" if ctx.cancelled else "FAILED"
+                self.db.set_version_state(tenant, row.dataset, row.version, state, expect=("COMMITTING",),
+                                          error=getattr(exc, "message", "internal error"))
+                raise
+
+        op = self.operations.start(kind=kind, tenant=tenant, metadata=ds.CommitDatasetVersionMetadata(), work=commit,
+                                   request_id=request.request_id)
+        return ds.CommitDatasetVersionResponse(operation=op)
+
+    def _commit(self, ctx, bucket: str, row: VersionRow, drop_invalid: bool) -> ds.DatasetVersion:
+        ctx.report(stage="checking shards", unit="shards", total=row.shard_count)
+        check = stored.check_upload(self.store, bucket, row.dataset, row.version,
+                                    progress=lambda done, total: ctx.report(done=done, total=total),
+                                    cancelled=lambda: ctx.cancelled)
+        ctx.check_cancelled()
+        for name, reason in check.problems[:1000]:
+            ctx.metadata.problems.add(sample=name, reason=reason)
+        ctx.save()
+        header, kept = stored.publishable(check, drop_invalid)
+        size = sum(s.size for s in kept)
+        ctx.report(stage="writing manifest")
+        manifest = self.store.put(bucket, keys.manifest(row.dataset, row.version), mf.dumps(header, kept),
+                                  content_type="application/x-ndjson")  # the version is visible from here
+        summary = stored.stats(header, kept, size) | {"manifest_sha256": manifest.sha256}
+        self.db.set_version_state(row.tenant, row.dataset, row.version, "COMMITTED", expect=("COMMITTING",),
+                                  stats=summary)
+        log.info("dataset %s v%d committed: %d samples, %d dropped", row.dataset, row.version, len(kept),
+                 len(check.samples) - len(kept))
+        return convert.version_to_proto(self.db.version(row.tenant, row.dataset, row.version), bucket)
+
+    def GetDatasetVersion(self, request, context):
+        tenant = _tenant()
+        return ds.GetDatasetVersionResponse(
+            dataset_version=convert.version_to_proto(self._version(tenant, request.name), keys.bucket(tenant)))
+
+    def ListDatasetVersions(self, request, context):
+        tenant = _tenant()
+        dataset = self._dataset(tenant, request.parent, "parent")
+        size = pagination.page_size(request.page_size)
+        after = pagination.decode_token(request.page_token, f"versions/{dataset.id}") or "0"
+        if not after.isdigit():
+            raise InvalidInput("page_token", "is not a token this service issued")
+        rows = self.db.versions(tenant, dataset.id, int(after), size + 1)
+        response = ds.ListDatasetVersionsResponse(
+            dataset_versions=[convert.version_to_proto(r, keys.bucket(tenant)) for r in rows[:size]])
+        if len(rows) > size:
+            response.next_page_token = pagination.encode_token(str(rows[size - 1].version), f"versions/{dataset.id}")
+        return response
+
+    def _committed(self, tenant: str, name: str, field: str) -> VersionRow:
+        row = self._version(tenant, name, field)
+        if row.state != "COMMITTED":
+            raise FailedPrecondition(f"version {row.version} is {row.state.lower()}, not committed",
+                                     reason="VERSION_NOT_COMMITTED")
+        return row
+
+    def ExportDatasetVersion(self, request, context):
+        tenant = _tenant()
+        row = self._committed(tenant, request.name, "name")
+        header = stored.DatasetReader(self.store, keys.bucket(tenant), row.dataset, row.version).header
+        return ds.ExportDatasetVersionResponse(
+            shard_sources=[self._target(tenant, keys.shard(row.dataset, row.version, s), s, upload=False)
+                           for s in header.shards],
+            manifest_source=self._target(tenant, keys.manifest(row.dataset, row.version), MANIFEST, upload=False))
+
+    def DownloadDatasetChunk(self, request, context):
+        tenant = _tenant()
+        row = self._committed(tenant, request.dataset_version, "dataset_version")
+        key = (keys.manifest(row.dataset, row.version) if request.shard == MANIFEST
+               else self._object_key(row, request.shard, "shard"))
+        return self._stream(keys.bucket(tenant), key)
+
+    def _stream(self, bucket: str, key: str) -> Iterator[ds.DownloadDatasetChunkResponse]:
+        digest, offset = hashlib.sha256(), 0
+        with self.store.open(bucket, key) as stream:
+            while chunk := stream.read(CHUNK):
+                digest.update(chunk)
+                yield ds.DownloadDatasetChunkResponse(offset=offset, data=chunk)
+                offset += len(chunk)
+        yield ds.DownloadDatasetChunkResponse(offset=offset, sha256=digest.hexdigest())
+
+    # -- recovery and garbage ---------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """After a restart: a commit that wrote its manifest is committed; any other interrupted commit goes
+        back to uploading. Then abandoned uploads are swept."""
+        for row in self.db.versions_in(("COMMITTING",)):
+            bucket = keys.bucket(row.tenant)
+            if self.store.stat(bucket, keys.manifest(row.dataset, row.version)) is not None:
+                reader = stored.DatasetReader(self.store, bucket, row.dataset, row.version)
+                samples = list(reader.samples())
+                summary = stored.stats(reader.header, samples, sum(s.size for s in samples))
+                self.db.set_version_state(row.tenant, row.dataset, row.version, "COMMITTED", expect=("COMMITTING",),
+                                          stats=summary)
+            else:
+                self.db.set_version_state(row.tenant, row.dataset, row.version, "UPLOADING", expect=("COMMITTING",),
+                                          error="the commit was interrupted by a restart; commit again")
+        self.sweep()
+
+    def sweep(self, now: float | None = None) -> int:
+        """Deletes uploads left unfinished for longer than the TTL: their objects, then their rows."""
+        now = time.time() if now is None else now
+        swept = 0
+        for row in self.db.versions_in(("UPLOADING", "FAILED")):
+            if now - row.create_time >= self.upload_ttl_seconds:
+                self.store.delete_prefix(keys.bucket(row.tenant), keys.version_prefix(row.dataset, row.version))
+                self.db.delete_version(row.tenant, row.dataset, row.version)
+                log.info("swept abandoned upload %s v%d", row.dataset, row.version)
+                swept += 1
+        return swept
+
+    def start_sweeper(self, stop: threading.Event, interval: float = 3600.0) -> threading.Thread:
+        def loop() -> None:
+            while not stop.wait(interval):
+                try:
+                    self.sweep()
+                except Exception:  # noqa: BLE001 - the next round tries again
+                    log.exception("sweep failed")
+
+        thread = threading.Thread(target=loop, name="upload-sweeper", daemon=True)
+        thread.start()
+        return thread
+
+
+class _ChunkStream:
+    """The chunks of an UploadDatasetChunk stream as a file-like object, checking target and offsets."""
+
+    def __init__(self, first, rest: Iterator):
+        self._target = (first.dataset_version, first.shard)
+        self._pending = [first]
+        self._rest = rest
+        self._offset = 0
+        self._buffer = b""
+        self.sha256 = ""
+
+    def _next(self) -> bytes | None:
+        message = self._pending.pop() if self._pending else next(self._rest, None)
+        if message is None:
+            return None
+        if (message.dataset_version, message.shard) != self._target:
+            raise InvalidInput("shard", "every message of one stream must name the same version and shard")
+        if message.offset != self._offset:
+            raise InvalidInput("offset", f"expected {self._offset}, got {message.offset}")
+        self._offset += len(message.data)
+        if self._offset > MAX_UPLOAD_BYTES:
+            raise InvalidInput("data", f"an object may be at most {MAX_UPLOAD_BYTES} bytes")
+        if message.sha256:
+            self.sha256 = message.sha256
+        return message.data
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            data = self._next()
+            if data is None:
+                break
+            self._buffer += data
+        if size < 0:
+            out, self._buffer = self._buffer, b""
+        else:
+            out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out

@@ -1,0 +1,136 @@
+"""TenantService: tenants (admin only) and the calling tenant's API keys."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from umbra.coordinator.v1 import tenant_service_pb2 as ts
+from umbra.coordinator.v1 import tenant_service_pb2_grpc
+from umbra.runtime import auth, pagination
+from umbra.runtime.auth import ApiKeyStore, validate_tenant_id
+from umbra.runtime.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
+from umbra.services.coordinator import convert, names
+from umbra.services.coordinator.db import CoordinatorDB, TenantRow
+from umbra.storage import keys
+from umbra.storage.base import ObjectStore
+
+log = logging.getLogger(__name__)
+DEFAULT_BUDGET = (10.0, 1e-5)  # epsilon, delta: what a tenant gets unless the admin says otherwise
+
+
+def _admin() -> None:
+    if auth.current().kind != "admin":
+        raise PermissionDenied("only the admin credential may manage tenants")
+
+
+def _tenant_caller() -> str:
+    return auth.require_tenant("API keys belong to a tenant: call with that tenant's key")
+
+
+def _budget(budget, field: str) -> tuple[float, float]:
+    epsilon, delta = budget.epsilon, budget.delta
+    if not math.isfinite(epsilon) or epsilon <= 0:
+        raise InvalidInput(f"{field}.epsilon", "must be a positive number")
+    if not math.isfinite(delta) or not 0 <= delta < 1:
+        raise InvalidInput(f"{field}.delta", "must be in [0, 1)")
+    return epsilon, delta
+
+
+def _display_name(value: str, field: str) -> str:
+    if len(value) > 200 or any(ord(c) < 32 for c in value):
+        raise InvalidInput(field, "must be at most 200 printable characters")
+    return value
+
+
+class TenantServicer(tenant_service_pb2_grpc.TenantServiceServicer):
+    def __init__(self, db: CoordinatorDB, api_keys: ApiKeyStore, store: ObjectStore):
+        self.db, self.keys, self.store = db, api_keys, store
+
+    def CreateTenant(self, request, context):
+        _admin()
+        tenant = validate_tenant_id(request.tenant_id, "tenant_id")
+        display = _display_name(request.tenant.display_name or tenant, "tenant.display_name")
+        epsilon, delta = (_budget(request.tenant.privacy_budget, "tenant.privacy_budget")
+                          if request.tenant.HasField("privacy_budget") else DEFAULT_BUDGET)
+        if self.db.tenant(tenant) is not None:
+            raise AlreadyExists(f"tenant {tenant!r} already exists (its first key was shown when it was created; "
+                                "a tenant can make more with CreateApiKey)", metadata={"tenant": tenant})
+        self.store.ensure_bucket(keys.bucket(tenant))  # idempotent; before the row, so a tenant always has one
+        row = TenantRow(tenant, display, "ACTIVE", epsilon, delta, time.time())
+        if not self.db.insert_tenant(row):
+            raise AlreadyExists(f"tenant {tenant!r} already exists", metadata={"tenant": tenant})
+        key_id, secret = self.keys.issue(tenant, "first key")
+        log.info("tenant %s created", tenant)
+        return ts.CreateTenantResponse(tenant=convert.tenant_to_proto(row), api_key_secret=secret,
+                                       api_key=convert.api_key_to_proto(tenant, *self.keys.key(tenant, key_id)))
+
+    def _visible_tenant(self, name: str) -> TenantRow:
+        tenant = names.tenant(name)
+        principal = auth.current()
+        row = self.db.tenant(tenant)
+        if row is None or row.state != "ACTIVE" or (principal.kind != "admin" and principal.tenant != tenant):
+            raise NotFound("tenant", name)
+        return row
+
+    def GetTenant(self, request, context):
+        return ts.GetTenantResponse(tenant=convert.tenant_to_proto(self._visible_tenant(request.name)))
+
+    def ListTenants(self, request, context):
+        _admin()
+        size = pagination.page_size(request.page_size)
+        after = pagination.decode_token(request.page_token, "tenants") or ""
+        rows = self.db.tenants(after, size + 1)
+        response = ts.ListTenantsResponse(tenants=[convert.tenant_to_proto(r) for r in rows[:size]])
+        if len(rows) > size:
+            response.next_page_token = pagination.encode_token(rows[size - 1].id, "tenants")
+        return response
+
+    def UpdateTenant(self, request, context):
+        _admin()
+        row = self._visible_tenant(request.tenant.name)
+        paths = set(request.update_mask.paths)
+        unknown = paths - {"display_name", "privacy_budget"}
+        if not paths or unknown:
+            raise InvalidInput("update_mask", "must name 'display_name' and/or 'privacy_budget'")
+        changes: dict = {}
+        if "display_name" in paths:
+            changes["display_name"] = _display_name(request.tenant.display_name, "tenant.display_name")
+        if "privacy_budget" in paths:
+            changes["budget_epsilon"], changes["budget_delta"] = _budget(request.tenant.privacy_budget,
+                                                                         "tenant.privacy_budget")
+        self.db.update_tenant(row.id, **changes)
+        return ts.UpdateTenantResponse(tenant=convert.tenant_to_proto(self.db.tenant(row.id)))
+
+    def DeleteTenant(self, request, context):
+        _admin()
+        row = self._visible_tenant(request.name)
+        self.keys.revoke_all(row.id)
+        self.db.update_tenant(row.id, state="DELETED")
+        log.info("tenant %s deleted; its keys are revoked", row.id)
+        return ts.DeleteTenantResponse(tenant=convert.tenant_to_proto(self.db.tenant(row.id)))
+
+    def CreateApiKey(self, request, context):
+        tenant = _tenant_caller()
+        key_id, secret = self.keys.issue(tenant, _display_name(request.display_name, "display_name"))
+        return ts.CreateApiKeyResponse(api_key=convert.api_key_to_proto(tenant, *self.keys.key(tenant, key_id)),
+                                       api_key_secret=secret)
+
+    def ListApiKeys(self, request, context):
+        tenant = _tenant_caller()
+        size = pagination.page_size(request.page_size)
+        after = pagination.decode_token(request.page_token, "api_keys") or ""
+        rows = self.keys.list(tenant, after=after, limit=size + 1)
+        response = ts.ListApiKeysResponse(api_keys=[convert.api_key_to_proto(tenant, *r) for r in rows[:size]])
+        if len(rows) > size:
+            response.next_page_token = pagination.encode_token(rows[size - 1][0], "api_keys")
+        return response
+
+    def RevokeApiKey(self, request, context):
+        tenant = _tenant_caller()
+        owner, key_id = names.api_key(request.name)
+        if owner != tenant:
+            raise NotFound("api key", request.name)
+        self.keys.revoke(tenant, key_id)
+        return ts.RevokeApiKeyResponse(api_key=convert.api_key_to_proto(tenant, *self.keys.key(tenant, key_id)))

@@ -1,0 +1,51 @@
+"""The object layout. Every key is built here from validated ids; nothing from a request is used verbatim.
+
+    umbra-<tenant>/datasets/<dataset>/v<version>/manifest.jsonl           visible once written (last)
+    umbra-<tenant>/datasets/<dataset>/v<version>/upload/manifest.jsonl    the client's, before commit
+    umbra-<tenant>/datasets/<dataset>/v<version>/shards/shard-000000.tar
+"""
+
+from __future__ import annotations
+
+import re
+
+from umbra.dataset.manifest import SHARD
+from umbra.runtime.auth import validate_tenant_id
+from umbra.runtime.errors import InvalidInput
+
+RESOURCE_ID = re.compile(r"^[a-z][a-z0-9-]{1,61}[a-z0-9]$")
+
+
+def validate_resource_id(value: str, field: str) -> str:
+    if not RESOURCE_ID.match(value):
+        raise InvalidInput(field, "must be 3-63 characters of lower-case letters, digits and '-', starting with "
+                                  "a letter and not ending with '-'")
+    return value
+
+
+def bucket(tenant: str) -> str:
+    return f"umbra-{validate_tenant_id(tenant)}"
+
+
+def dataset_prefix(dataset: str) -> str:
+    return f"datasets/{validate_resource_id(dataset, 'dataset')}/"
+
+
+def version_prefix(dataset: str, version: int) -> str:
+    if version < 1:
+        raise InvalidInput("version", "must be 1 or more")
+    return f"{dataset_prefix(dataset)}v{version}/"
+
+
+def manifest(dataset: str, version: int) -> str:
+    return version_prefix(dataset, version) + "manifest.jsonl"
+
+
+def upload_manifest(dataset: str, version: int) -> str:
+    return version_prefix(dataset, version) + "upload/manifest.jsonl"
+
+
+def shard(dataset: str, version: int, name: str) -> str:
+    if not SHARD.match(name):
+        raise InvalidInput("shard", "must look like shard-000000.tar")
+    return version_prefix(dataset, version) + "shards/" + name
