@@ -87,3 +87,16 @@ def status_details(error: grpc.RpcError) -> dict:
             detail.Unpack(bad)
             found["fields"] = [v.field for v in bad.field_violations]
     return found
+
+
+def start_coordinator(data_dir: Path, **overrides) -> RunningService:
+    """A coordinator on a free port with its own data folder (local object store unless overridden)."""
+    return create_server(config_for("coordinator", data_dir, **overrides), spec("coordinator")).start()
+
+
+def create_tenant(target: str, tenant: str) -> str:
+    """Creates a tenant with the admin key; returns its first API key."""
+    from umbra.coordinator.v1 import tenant_service_pb2, tenant_service_pb2_grpc
+
+    stub = tenant_service_pb2_grpc.TenantServiceStub(open_channel(target, ADMIN_KEY))
+    return stub.CreateTenant(tenant_service_pb2.CreateTenantRequest(tenant_id=tenant), timeout=30).api_key_secret

@@ -5,6 +5,8 @@
     umbra down [service ...]     stop them (SIGTERM, then SIGKILL after the grace period)
     umbra status [service ...]   health of each service
     umbra operations list|get|wait|cancel   long-running operations on the coordinator
+    umbra tenants create|list               tenants (admin key: UMBRA_ADMIN_KEY or $UMBRA_HOME/secrets/admin-key)
+    umbra datasets upload|list|show|export|delete   datasets (tenant key: UMBRA_API_KEY)
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ def parser() -> argparse.ArgumentParser:
         if action == "wait":
             cmd.add_argument("--timeout", type=float, default=None, help="seconds (default: until done)")
     ops.set_defaults(func=_operations)
+    from umbra.cli import resources
+
+    resources.add_commands(sub)
     return p
 
 

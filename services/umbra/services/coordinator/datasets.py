@@ -115,11 +115,11 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             raise InvalidInput("shard_count", f"must be between 1 and {MAX_SHARDS}")
         self.store.ensure_bucket(keys.bucket(tenant))
         row, _ = self.db.new_version(tenant, dataset.id, request.shard_count, "UPLOAD", request.request_id)
-        if row.state != "UPLOADING":
-            raise FailedPrecondition(f"version {row.version} made by this request_id is {row.state.lower()}",
-                                     reason="VERSION_NOT_UPLOADING")
+        response = ds.CreateDatasetVersionResponse(dataset_version=convert.version_to_proto(row, keys.bucket(tenant)))
+        if row.state not in ("UPLOADING", "FAILED"):  # a retry after the commit began: nothing left to upload
+            return response
         return ds.CreateDatasetVersionResponse(
-            dataset_version=convert.version_to_proto(row, keys.bucket(tenant)),
+            dataset_version=response.dataset_version,
             shard_targets=[self._target(tenant, keys.shard(row.dataset, row.version, mf.shard_name(i)),
                                         mf.shard_name(i)) for i in range(row.shard_count)],
             manifest_target=self._target(tenant, keys.upload_manifest(row.dataset, row.version), MANIFEST))
