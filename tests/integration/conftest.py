@@ -1,64 +1,20 @@
-"""A real S3 server for the storage tests: testcontainers' MinIO where a Docker engine runs, otherwise the
-project's own Ceph RADOS Gateway (deploy/s3/rgw.sh), started once per test session and stopped after."""
+"""Fixtures for the storage tests: a real S3 server once per session, and each backend in turn."""
 
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from umbra.storage.factory import StoreConfig
+from storage_server import S3Server, docker_available, rgw_env, rgw
 from umbra.storage.local import LocalObjectStore
-from umbra.storage.s3 import S3ObjectStore
-
-ROOT = Path(__file__).resolve().parents[2]
-RGW = ROOT / "deploy" / "s3" / "rgw.sh"
-
-
-@dataclass(frozen=True)
-class S3Server:
-    endpoint: str
-    access_key: str
-    secret_key: str
-    kind: str  # "minio (testcontainers)" or "ceph-rgw"
-
-    def config(self) -> StoreConfig:
-        return StoreConfig(kind="s3", endpoint=self.endpoint, access_key=self.access_key, secret_key=self.secret_key)
-
-    def store(self, **kwargs) -> S3ObjectStore:
-        return S3ObjectStore(self.endpoint, self.access_key, self.secret_key, **kwargs)
-
-
-def _docker_available() -> bool:
-    try:
-        import docker
-
-        docker.from_env().ping()
-        return True
-    except Exception:  # noqa: BLE001 - no engine, no socket, no permission: all mean "no Docker"
-        return False
-
-
-def rgw(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(RGW), *args], capture_output=True, text=True, timeout=600)
-
-
-def _rgw_env() -> dict[str, str]:
-    env = {}
-    for line in rgw("env").stdout.splitlines():
-        name, _, value = line.partition("=")
-        env[name.strip()] = value.strip()
-    return env
 
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
-    if _docker_available():
+    if docker_available():
         from testcontainers.minio import MinioContainer
 
         with MinioContainer() as minio:
@@ -69,7 +25,7 @@ def s3_server() -> Iterator[S3Server]:
     if not already_running:
         started = rgw("start")
         assert started.returncode == 0, f"could not start the S3 server:\n{started.stdout}\n{started.stderr}"
-    env = _rgw_env()
+    env = rgw_env()
     try:
         yield S3Server(env["UMBRA_S3_ENDPOINT"], env["UMBRA_S3_ACCESS_KEY"], env["UMBRA_S3_SECRET_KEY"], "ceph-rgw")
     finally:
