@@ -400,7 +400,8 @@ osd crush update on start = true
 crush location = root=default host=umbra-s3
 
 [client.rgw.a]
-rgw frontends = beast endpoint=127.0.0.1:$PORT
+# tcp_nodelay: without it a small GET waits ~40 ms on delayed ACKs (measured: 44 ms per 5 KB GET)
+rgw frontends = beast endpoint=127.0.0.1:$PORT tcp_nodelay=1
 rgw thread pool size = 64
 rgw enable usage log = false
 # started together with the OSD: notice the OSD coming up within 1 s, not 5 s
