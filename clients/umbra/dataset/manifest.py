@@ -3,9 +3,10 @@
     {"format": "umbra-dataset/1", "image_size": 64, "label_columns": [...], "attribute_columns": [...],
      "shards": ["shard-000000.tar", ...], "shard_sha256": {"shard-000000.tar": "…"}, "samples": 3000, "seed": 0}
     {"key": "img-000001", "shard": "shard-000000.tar", "split": "train", "sha256": "…", "size": 1234,
-     "labels": {"gender": "female"}, "attributes": {"age": 23}}
+     "labels": {"gender": "1", "age": "23"}, "attributes": {"age": 23.0}, "media_type": "image/png"}
 
-Keys are validated: they become object and tar member names, so only [A-Za-z0-9._-] and no leading dot.
+Keys are validated: they become tar member names (`<key>.png`, USTAR: at most 100 bytes) and WebDataset
+groups members by the part before the first dot, so a key is 1-95 characters of [A-Za-z0-9_-], no dots.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from dataclasses import asdict, dataclass, field
 
 FORMAT = "umbra-dataset/1"
 SPLITS = ("train", "val", "test")
-KEY = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
+KEY = re.compile(r"^[A-Za-z0-9_-]{1,95}$")
+MEDIA_TYPES = ("image/png", "image/jpeg")
 SHARD = re.compile(r"^shard-\d{6}\.tar$")
 
 
@@ -26,9 +28,8 @@ class ManifestError(ValueError):
 
 
 def validate_key(key: str) -> str:
-    if not KEY.match(key) or ".." in key:
-        raise ManifestError(f"sample key {key!r}: use 1-128 characters of letters, digits, '.', '_', '-', "
-                            "not starting with '.'")
+    if not KEY.match(key):
+        raise ManifestError(f"sample key {key!r}: use 1-95 characters of letters, digits, '_' and '-'")
     return key
 
 
@@ -95,6 +96,9 @@ def parse_sample(line: str, number: int) -> Sample:
         raise ManifestError(f"manifest line {number}: split {sample.split!r} is not one of {', '.join(SPLITS)}")
     if not SHARD.match(sample.shard):
         raise ManifestError(f"manifest line {number}: shard {sample.shard!r} is not like shard-000000.tar")
+    if sample.media_type not in MEDIA_TYPES:
+        raise ManifestError(f"manifest line {number}: media_type {sample.media_type!r} is not one of "
+                            f"{', '.join(MEDIA_TYPES)}")
     if not re.fullmatch(r"[0-9a-f]{64}", sample.sha256) or sample.size <= 0:
         raise ManifestError(f"manifest line {number}: sha256 and size must describe a non-empty image")
     return sample

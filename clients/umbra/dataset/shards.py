@@ -1,5 +1,6 @@
 """Tar shards of encoded images, WebDataset-compatible: members `<key>.png` (or `.jpg`) and `<key>.json`
-(labels and attributes), in key order within a shard. A shard closes when it would pass `max_bytes`."""
+(labels and attributes), in the order samples are added. A shard closes when adding a sample would take it
+past `max_bytes` (give or take the tar format's padding, a few KiB)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import BinaryIO
 
-from umbra.dataset.manifest import Sample, shard_name
+from umbra.dataset.manifest import Sample, shard_name, validate_key
 
 DEFAULT_SHARD_BYTES = 64 * 1024 * 1024
 
@@ -35,9 +36,14 @@ class ShardWriter:
         self._buffer: io.BytesIO | None = None
         self._tar: tarfile.TarFile | None = None
         self.shards: list[str] = []
+        self._keys: set[str] = set()
 
     def add(self, sample: Sample, image: bytes) -> Sample:
-        """Adds one sample; returns it with its shard filled in."""
+        """Adds one sample; returns it with its shard filled in. Keys are validated and may not repeat."""
+        validate_key(sample.key)
+        if sample.key in self._keys:
+            raise ValueError(f"sample key {sample.key!r} was already added")
+        self._keys.add(sample.key)
         meta = json.dumps({"labels": sample.labels, "attributes": sample.attributes}, sort_keys=True).encode()
         needed = len(image) + len(meta) + 3 * 512
         if self._tar is not None and self._buffer.tell() + needed > self._max:
