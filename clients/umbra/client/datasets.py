@@ -216,8 +216,7 @@ class _Bar:
                 self.close()
                 self.bar = tqdm(total=total, desc=name, file=sys.stderr, dynamic_ncols=True)
             self.bar.total = total
-            self.bar.n = done
-            self.bar.refresh()
+            self.bar.update(done - self.bar.n)  # update() redraws at most every 0.1 s
 
         return update
 
