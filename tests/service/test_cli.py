@@ -81,6 +81,32 @@ def test_buf_curl_calls_every_service_through_reflection(stack):
             assert answer.returncode != 0 and "unimplemented" in answer.stdout + answer.stderr
 
 
+def test_tenant_and_dataset_commands(stack, tmp_path):
+    from umbra.dataset import synthetic
+
+    env, home, _ = stack
+    env = dict(env, UMBRA_ENDPOINT=f"127.0.0.1:{env[port_env('coordinator')]}")
+    key_file = tmp_path / "acme.key"
+    created = umbra("tenants", "create", "acme", "--key-file", str(key_file), env=env)
+    assert "tenants/acme created" in created.stdout and oct(key_file.stat().st_mode & 0o777) == "0o600"
+    assert "tenants/acme" in umbra("tenants", "list", env=env).stdout
+    tenant_env = dict(env, UMBRA_API_KEY=key_file.read_text().strip())
+    faces = synthetic.write_folder(tmp_path / "faces", 12, size=32, seed=1)
+    uploaded = umbra("datasets", "upload", str(faces), "--dataset", "faces", "--image-size", "32", env=tenant_env)
+    assert "datasets/faces/versions/1 committed: 12 images" in uploaded.stdout
+    assert "datasets/faces" in umbra("datasets", "list", env=tenant_env).stdout
+    shown = json.loads(umbra("datasets", "show", "faces", "--version", "1", env=tenant_env).stdout)
+    assert shown["state"] == "STATE_COMMITTED" and shown["sampleCount"] == "12"
+    umbra("datasets", "export", "faces", str(tmp_path / "back"), "--version", "1", env=tenant_env)
+    assert len(list((tmp_path / "back" / "images").iterdir())) == 12
+    (faces / "images" / "synth-000003.png").write_text("not a png")
+    bad = umbra("datasets", "upload", str(faces), "--dataset", "faces2", env=tenant_env, check=False)
+    assert bad.returncode == 1 and "synth-000003.png" in bad.stderr
+    umbra("datasets", "delete", "faces", env=tenant_env)
+    missing = umbra("datasets", "show", "faces", env=tenant_env, check=False)
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+
+
 def test_down_stops_everything(stack):
     env, home, _ = stack
     down = umbra("down", env=env)

@@ -177,7 +177,7 @@ def _readline(stream) -> str:
 
 def _lines(stream) -> Iterator[str]:
     rest = b""
-    while chunk := stream.read(1024 * 1024):
+    while chunk := stream.read(64 * 1024):  # small reads: a big manifest is never held whole
         rest += chunk
         *lines, rest = rest.split(b"\n")
         for line in lines:
