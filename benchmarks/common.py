@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,12 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out" / "bench"
 FACE_SAMPLE = ROOT.parent / "shared" / "data" / "utkface64-dev"
 RGW = ROOT / "deploy" / "s3" / "rgw.sh"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def default_data(data: Path | None, scratch: Path, count: int = 3000, size: int = 64) -> tuple[Path, str]:

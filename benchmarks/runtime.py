@@ -20,7 +20,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,17 +33,9 @@ from google.longrunning import operations_pb2_grpc
 from google.longrunning import operations_proto_pb2 as lro
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from benchmarks.common import OUT, free_port, write_result
 from umbra.client import health_of
 from umbra.client.channel import open_channel
-
-OUT = Path("out/bench")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def serve_bare(port: int) -> None:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
@@ -138,10 +129,7 @@ def main() -> int:
         "authenticated_vs_bare_ratio": round(
             results["runtime_authenticated"]["calls_per_s"] / results["bare"]["calls_per_s"], 3),
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    tmp = OUT / "runtime.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(OUT / "runtime.json")
+    write_result("runtime", report)
     plot(results, OUT / "runtime.png")
     print(json.dumps(report, indent=2))
     print(f"wrote {OUT / 'runtime.json'} and {OUT / 'runtime.png'}")

@@ -24,21 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import OUT, default_data, s3_server, write_result
+from benchmarks.common import OUT, default_data, free_port, s3_server, write_result
 from umbra.client import health_of
 from umbra.client.channel import open_channel
 from umbra.client.datasets import DatasetsClient
 from umbra.coordinator.v1 import tenant_service_pb2, tenant_service_pb2_grpc
 from umbra.storage.datasets import DatasetReader
 from umbra.storage.s3 import S3ObjectStore
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> int:
