@@ -219,3 +219,19 @@ def test_chunk_uploads_are_checked(coordinator):
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
         assert status_details(err.value)["fields"] == [field]
     assert UmbraRpcError.from_rpc_error(err.value).field == "sha256"
+
+
+def test_datasets_list_in_pages(coordinator):
+    _, target = coordinator
+    client = datasets_for(target, create_tenant(target, "acme"))
+    for name in ("one", "two", "three"):
+        client.ensure(f"set-{name}")
+    seen, token = [], ""
+    while True:
+        page = client.stub.ListDatasets(ds.ListDatasetsRequest(page_size=1, page_token=token), timeout=10)
+        assert len(page.datasets) <= 1
+        seen += [d.name for d in page.datasets]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == ["datasets/set-one", "datasets/set-three", "datasets/set-two"]
