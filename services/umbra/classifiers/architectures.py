@@ -1,0 +1,132 @@
+"""The registry of classifier architectures: small, for 32-64 px faces, and DP-compatible (GroupNorm, never
+BatchNorm, so Opacus can compute per-sample gradients). Every model has `features(x)` (the penultimate layer,
+used by MDP and the unlearning probes) and `head`; `forward = head(features(x))`.
+
+    model = create("groupnorm_cnn", num_classes=2, image_size=32)
+
+Inputs are float images in [0, 1], shape (N, 3, H, W); models normalize them themselves with the mean and
+std in their config, so every caller (training, evaluation, Triton) feeds the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Saved beside the weights (config.json): everything needed to rebuild the model."""
+
+    architecture: str
+    num_classes: int
+    image_size: int
+    classes: list[str] = field(default_factory=list)
+    width: int = 32
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        data = json.loads(text)
+        data["mean"], data["std"] = tuple(data["mean"]), tuple(data["std"])
+        return cls(**data)
+
+
+def _groups(channels: int) -> int:
+    return min(8, channels)
+
+
+class _Normalize(nn.Module):
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class GroupNormCNN(nn.Module):
+    """Four conv blocks (conv, GroupNorm, ReLU, max-pool), then global average pooling and a linear head."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        w = config.width
+        chans = [3, w, 2 * w, 4 * w, 4 * w]
+        blocks: list[nn.Module] = [_Normalize(config.mean, config.std)]
+        for i, (cin, cout) in enumerate(zip(chans, chans[1:], strict=False)):
+            blocks += [nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(_groups(cout), cout), nn.ReLU()]
+            if i < 3:
+                blocks.append(nn.MaxPool2d(2))
+        blocks += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.body = nn.Sequential(*blocks)
+        self.head = nn.Linear(chans[-1], config.num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.norm1 = nn.GroupNorm(_groups(cout), cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.norm2 = nn.GroupNorm(_groups(cout), cout)
+        self.relu = nn.ReLU()
+        self.shortcut = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.GroupNorm(_groups(cout), cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """A ResNet-10-like network with GroupNorm: a stem and four stages of one basic block each."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        w = config.width
+        self.body = nn.Sequential(
+            _Normalize(config.mean, config.std),
+            nn.Conv2d(3, w, 3, padding=1, bias=False), nn.GroupNorm(_groups(w), w), nn.ReLU(),
+            _BasicBlock(w, w, 1), _BasicBlock(w, 2 * w, 2), _BasicBlock(2 * w, 4 * w, 2), _BasicBlock(4 * w, 4 * w, 2),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(4 * w, config.num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {
+    "groupnorm_cnn": GroupNormCNN,
+    "small_resnet": SmallResNet,
+}
+IMAGE_SIZES = (32, 64)
+
+
+def create(config: ModelConfig) -> nn.Module:
+    """A freshly initialized model; ValueError (naming the choices) for an unknown architecture or size."""
+    if config.architecture not in REGISTRY:
+        raise ValueError(f"architecture {config.architecture!r} is not one of {', '.join(REGISTRY)}")
+    if config.image_size not in IMAGE_SIZES:
+        raise ValueError(f"image_size {config.image_size} is not one of {IMAGE_SIZES}")
+    if config.num_classes < 2:
+        raise ValueError("num_classes must be at least 2")
+    return REGISTRY[config.architecture](config)

@@ -1,0 +1,68 @@
+"""A labelled split of a dataset version as tensors in memory (uint8, so 3,000 faces at 64 px take 37 MB),
+read by streaming the version's shards once."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from umbra.runtime.errors import InvalidInput
+from umbra.storage.datasets import DatasetReader
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    images: torch.Tensor  # uint8, (N, 3, H, W)
+    labels: torch.Tensor  # int64, (N,)
+    classes: list[str]
+    keys: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def floats(self, index: slice | torch.Tensor | None = None) -> torch.Tensor:
+        """Images as float32 in [0, 1] (what every model takes)."""
+        images = self.images if index is None else self.images[index]
+        return images.float().div_(255.0)
+
+
+def _decode(data: bytes, size: int) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        image = image.convert("RGB")
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.BILINEAR)
+        return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def load_split(reader: DatasetReader, *, task: str, split: str, image_size: int,
+               classes: list[str] | None = None) -> LabelledImages:
+    """The samples of one split labelled by the `task` column. `classes` fixes the label order (use the training
+    split's for evaluation); when None, it is the sorted set of values found. Fails before any compute on an
+    unknown column, an empty split, or a single class."""
+    if task not in reader.header.label_columns:
+        raise InvalidInput("task", f"{task!r} is not a label column of this dataset "
+                                   f"(it has {', '.join(reader.header.label_columns) or 'none'})")
+    images, labels, keys = [], [], []
+    for sample, data in reader.iter_images(split=split):
+        if task in sample.labels:
+            images.append(_decode(data, image_size))
+            labels.append(sample.labels[task])
+            keys.append(sample.key)
+    if not images:
+        raise InvalidInput("dataset.split", f"split {split!r} has no samples labelled with {task!r}")
+    if classes is None:
+        classes = sorted(set(labels), key=lambda v: (len(v), v))  # "2" before "10"
+        if len(classes) < 2:
+            raise InvalidInput("task", f"{task!r} has a single value ({classes[0]!r}) in split {split!r}")
+    index = {c: i for i, c in enumerate(classes)}
+    known = [i for i, label in enumerate(labels) if label in index]
+    return LabelledImages(
+        images=torch.from_numpy(np.stack([images[i] for i in known])),
+        labels=torch.tensor([index[labels[i]] for i in known], dtype=torch.int64),
+        classes=list(classes),
+        keys=[keys[i] for i in known],
+    )
