@@ -1,0 +1,316 @@
+"""Serve trained classifiers from a real Triton Inference Server, started in-process through PyTriton.
+
+    models = [load_served_model("tiny", "models/tiny")]
+    with InferenceServer(models, workspace_root="/tmp/umbra-triton") as server:
+        logits = predict(server.grpc_url, "tiny", images)  # umbra.inference.client
+
+A served model is a folder holding `config.json` (ModelConfig.to_json) and `weights.safetensors` (a state
+dict). Each model takes input "images" (float32, (3, H, W) per sample, values in [0, 1]) and returns output
+"logits" (float32, (num_classes,)), with dynamic batching up to 64 samples. The torch models run in this
+process; Triton talks to them through PyTriton's proxy (a python-backend stub per model).
+
+Command line: `python -m umbra.inference.triton --model-dir DIR [--grpc-port P]` serves every model folder
+under DIR (the folder name is the model name) until SIGTERM or SIGINT.
+
+The python-backend stub links against libpython from the loader's default path. When this interpreter is
+not the system one (pyenv), the stub would load the system libpython with this interpreter's stdlib and the
+models fail to load; `InferenceServer.start()` therefore puts this interpreter's LIBDIR first on
+LD_LIBRARY_PATH while PyTriton spawns the server (PyTriton copies os.environ at that moment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import re
+import secrets
+import signal
+import socket
+import sys
+import sysconfig
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from pytriton.decorators import batch
+from pytriton.model_config import DynamicBatcher, Tensor
+from pytriton.model_config import ModelConfig as TritonModelConfig
+from pytriton.triton import Triton, TritonConfig
+from safetensors.torch import load_file
+from torch import nn
+
+from umbra.inference.client import INPUT_NAME, MAX_BATCH_SIZE, OUTPUT_NAME
+from umbra.classifiers.architectures import ModelConfig, create
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+MAX_QUEUE_DELAY_US = 1000  # how long Triton may hold a request to batch it with others
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9._-]+$")  # what PyTriton accepts
+_UNIX_SOCKET_PATH_MAX = 107  # PyTriton puts its sockets in the workspace: "<workspace>/<model>_0_0-server.sock"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model to serve: its Triton name, its config and its weights (a state dict)."""
+
+    name: str
+    config: ModelConfig
+    weights: dict[str, torch.Tensor]
+
+
+def load_served_model(name: str, folder: str | Path) -> ServedModel:
+    """The model saved in `folder` (config.json and weights.safetensors), to be served as `name`."""
+    folder = Path(folder)
+    for file_name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (folder / file_name).is_file():
+            raise FileNotFoundError(
+                f"model {name!r}: {folder / file_name} is missing (a model folder holds {CONFIG_FILE} and "
+                f"{WEIGHTS_FILE})")
+    try:
+        config = ModelConfig.from_json((folder / CONFIG_FILE).read_text())
+    except KeyError as e:
+        raise ValueError(f"model {name!r}: {folder / CONFIG_FILE} is not a model config: it lacks {e}") from e
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"model {name!r}: {folder / CONFIG_FILE} is not a model config: {e}") from e
+    try:
+        weights = load_file(folder / WEIGHTS_FILE)
+    except Exception as e:  # safetensors raises its own error types for a corrupt file
+        raise ValueError(f"model {name!r}: {folder / WEIGHTS_FILE} cannot be read: {e}") from e
+    return ServedModel(name, config, weights)
+
+
+def load_model_dir(model_dir: str | Path) -> list[ServedModel]:
+    """Every model folder under `model_dir`, named after its folder, in name order."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model directory {model_dir} does not exist")
+    folders = sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise FileNotFoundError(f"model directory {model_dir} holds no model folder (one folder per model)")
+    return [load_served_model(folder.name, folder) for folder in folders]
+
+
+def build_model(served: ServedModel) -> nn.Module:
+    """The torch model of `served`, with its weights, in eval mode."""
+    try:
+        model = create(served.config)
+    except ValueError as e:
+        raise ValueError(f"model {served.name!r}: {e}") from e
+    try:
+        model.load_state_dict(served.weights, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"model {served.name!r}: the weights do not fit its config: {e}") from e
+    return model.eval()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free right now on `host` (another process may still take it before it is used)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Triton binds: TIME_WAIT leftovers are fine
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+        return False
+
+
+def _infer_function(model: nn.Module) -> Callable[..., dict[str, np.ndarray]]:
+    @batch
+    def infer(images: np.ndarray) -> dict[str, np.ndarray]:
+        # @batch concatenates the requests into a new, writable array: from_numpy shares it without a copy.
+        with torch.inference_mode():
+            logits = model(torch.from_numpy(images))
+        return {OUTPUT_NAME: logits.float().numpy()}
+
+    return infer
+
+
+@contextlib.contextmanager
+def _this_libpython_first() -> Iterator[None]:
+    """LD_LIBRARY_PATH starting with this interpreter's LIBDIR, for the processes started inside (see above)."""
+    libdir = sysconfig.get_config_var("LIBDIR")
+    library = sysconfig.get_config_var("LDLIBRARY") or ""
+    if not libdir or not library.endswith(".so") or not (Path(libdir) / library).exists():
+        yield  # a statically linked interpreter: nothing to point at
+        return
+    before = os.environ.get("LD_LIBRARY_PATH")
+    os.environ["LD_LIBRARY_PATH"] = f"{libdir}:{before}" if before else libdir
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("LD_LIBRARY_PATH", None)
+        else:
+            os.environ["LD_LIBRARY_PATH"] = before
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no server log)"
+
+
+class InferenceServer:
+    """A Triton Inference Server serving `models` on 127.0.0.1 (or `host`) until stop().
+
+    Ports left at 0 are picked free when the server is created. PyTriton's working copy (server binaries, model
+    store, sockets) goes to a fresh folder under `workspace_root`, removed on stop; the Triton log goes beside
+    it (`log_path`). Torch runs with `torch_threads` threads (default: the CPUs this process may use).
+    """
+
+    def __init__(
+        self,
+        models: Sequence[ServedModel],
+        workspace_root: str | Path,
+        *,
+        host: str = "127.0.0.1",
+        grpc_port: int = 0,
+        http_port: int = 0,
+        metrics_port: int = 0,
+        max_queue_delay_us: int = MAX_QUEUE_DELAY_US,
+        torch_threads: int | None = None,
+    ):
+        if not models:
+            raise ValueError("no model to serve")
+        names = [m.name for m in models]
+        for name in names:
+            if not _MODEL_NAME.match(name):
+                raise ValueError(f"model name {name!r} may only hold letters, digits, dots, underscores and dashes")
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        self.configs = {m.name: m.config for m in models}
+        self.models = {m.name: build_model(m) for m in models}  # fails here, before any server starts
+        self.host = host
+        self.grpc_port = grpc_port or free_port(host)
+        self.http_port = http_port or free_port(host)
+        self.metrics_port = metrics_port or free_port(host)
+        self.max_queue_delay_us = max_queue_delay_us
+        self.torch_threads = torch_threads or len(os.sched_getaffinity(0))
+        root = Path(workspace_root).resolve()
+        self.workspace = root / f"triton-{os.getpid()}-{secrets.token_hex(3)}"
+        self.log_path = root / f"{self.workspace.name}.log"
+        longest = max(len(name) for name in names) + len("/_0_0-server.sock")
+        if len(str(self.workspace)) + longest > _UNIX_SOCKET_PATH_MAX:
+            raise ValueError(
+                f"workspace root {root} is too long: PyTriton's sockets in it would pass the "
+                f"{_UNIX_SOCKET_PATH_MAX}-character limit of a unix socket path; use a shorter folder")
+        self._triton: Triton | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        """Where clients connect: "127.0.0.1:<port>" (the loopback address also when bound to 0.0.0.0)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"{host}:{self.grpc_port}"
+
+    @property
+    def running(self) -> bool:
+        return self._triton is not None and self._triton.is_alive()
+
+    def start(self) -> None:
+        """Start Triton and load every model; returns once they all are ready (RuntimeError if not)."""
+        if self._triton is not None:
+            raise RuntimeError("the inference server is already started")
+        started = time.monotonic()
+        ports = {"grpc": self.grpc_port, "http": self.http_port, "metrics": self.metrics_port}
+        busy = [f"{kind} port {port}" for kind, port in ports.items() if _port_in_use(self.host, port)]
+        if busy:  # Triton would log the bind error and PyTriton would wait two minutes for it to be ready
+            raise RuntimeError(f"cannot start Triton on {self.host}: {', '.join(busy)} already in use")
+        torch.set_num_threads(self.torch_threads)
+        self.workspace.parent.mkdir(parents=True, exist_ok=True)
+        config = TritonConfig(
+            grpc_address=self.host, grpc_port=self.grpc_port,
+            http_address=self.host, http_port=self.http_port,
+            metrics_address=self.host, metrics_port=self.metrics_port,
+            log_file=self.log_path, exit_timeout_secs=5)
+        triton = Triton(config=config, workspace=self.workspace)
+        for name, model in self.models.items():
+            size = self.configs[name].image_size
+            triton.bind(
+                model_name=name,
+                infer_func=_infer_function(model),
+                inputs=[Tensor(name=INPUT_NAME, dtype=np.float32, shape=(3, size, size))],
+                outputs=[Tensor(name=OUTPUT_NAME, dtype=np.float32, shape=(self.configs[name].num_classes,))],
+                config=TritonModelConfig(
+                    max_batch_size=MAX_BATCH_SIZE,
+                    batcher=DynamicBatcher(max_queue_delay_microseconds=self.max_queue_delay_us)),
+                strict=True)
+        self._triton = triton
+        try:
+            with _this_libpython_first():
+                triton.run()
+        except Exception as e:
+            self.stop()
+            raise RuntimeError(f"Triton did not start: {e}\nlast lines of {self.log_path}:\n{_tail(self.log_path)}") \
+                from e
+        logger.info("Triton serving %s at %s (ready in %.1f s)", ", ".join(self.models), self.grpc_url,
+                    time.monotonic() - started)
+
+    def stop(self) -> None:
+        """Stop Triton (in-flight requests get a few seconds) and remove the workspace; safe to call twice."""
+        triton, self._triton = self._triton, None
+        if triton is not None:
+            triton.stop()
+            logger.info("Triton at %s stopped", self.grpc_url)
+
+    def __enter__(self) -> InferenceServer:
+        self.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m umbra.inference.triton", description=__doc__.split("\n")[0])
+    parser.add_argument("--model-dir", type=Path, required=True, help="one folder per model, named as served")
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--http-port", type=int, default=0, help="default: a free port")
+    parser.add_argument("--metrics-port", type=int, default=0, help="default: a free port")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
+    parser.add_argument("--workspace", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "umbra-triton",
+                        help="PyTriton's working copy goes to a new folder in here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        server = InferenceServer(
+            load_model_dir(args.model_dir), args.workspace, host=args.host,
+            grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    try:
+        server.start()
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    try:
+        print(f"serving {', '.join(server.models)} at {server.grpc_url}", flush=True)
+        while not stopping.wait(1.0):
+            if not server.running:
+                print("error: Triton stopped on its own; see " + str(server.log_path), file=sys.stderr)
+                return 1
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
