@@ -1,0 +1,100 @@
+"""The registry of trained classifiers in object storage. A model version is immutable and lives under
+`umbra-<tenant>/models/<model>/v<n>/`: `weights.safetensors`, `config.json` (ModelConfig) and `record.json`
+(the training record: data lineage, epsilon, delta, accountant, steps, metrics, seed, code version). The record
+is written last: a version exists exactly when its record does. Training checkpoints sit beside, under
+`models/<model>/runs/<run>/`."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from safetensors.torch import load, save
+
+from umbra.classifiers.architectures import ModelConfig
+from umbra.runtime.errors import InvalidInput, NotFound
+from umbra.storage.base import ObjectStore
+from umbra.storage.keys import validate_resource_id
+
+WEIGHTS, CONFIG, RECORD = "weights.safetensors", "config.json", "record.json"
+_VERSION = re.compile(r"^models/([^/]+)/v(\d+)/record\.json$")
+
+
+def version_prefix(model: str, version: int) -> str:
+    if version < 1:
+        raise InvalidInput("version", "must be 1 or more")
+    return f"models/{validate_resource_id(model, 'model')}/v{version}/"
+
+
+def run_prefix(model: str, run: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{32}", run):
+        raise InvalidInput("run", "must be 32 hex digits")
+    return f"models/{validate_resource_id(model, 'model')}/runs/{run}/"
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    model: str
+    version: int
+    config: ModelConfig
+    record: dict
+
+
+class ModelRegistry:
+    def __init__(self, store: ObjectStore):
+        self.store = store
+
+    def versions(self, bucket: str, model: str | None = None) -> Iterator[tuple[str, int]]:
+        """(model, version) of every committed version, in model then version order."""
+        prefix = f"models/{validate_resource_id(model, 'model')}/" if model else "models/"
+        found = []
+        for info in self.store.list(bucket, prefix):
+            match = _VERSION.match(info.key)
+            if match:
+                found.append((match.group(1), int(match.group(2))))
+        yield from sorted(found)
+
+    def next_version(self, bucket: str, model: str) -> int:
+        return max((v for _, v in self.versions(bucket, model)), default=0) + 1
+
+    def write(self, bucket: str, model: str, config: ModelConfig, weights: dict[str, torch.Tensor],
+              record: dict) -> int:
+        """Stores a new version (weights and config first, the record last) and returns its number."""
+        version = self.next_version(bucket, model)
+        prefix = version_prefix(model, version)
+        state = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
+        self.store.put(bucket, prefix + WEIGHTS, save(state))
+        self.store.put(bucket, prefix + CONFIG, config.to_json().encode(), content_type="application/json")
+        self.store.put(bucket, prefix + RECORD, json.dumps(dict(record, model=model, version=version), indent=2,
+                                                           sort_keys=True).encode(), content_type="application/json")
+        return version
+
+    def get(self, bucket: str, model: str, version: int) -> StoredModel:
+        prefix = version_prefix(model, version)
+        try:
+            record = json.loads(self.store.get(bucket, prefix + RECORD))
+            config = ModelConfig.from_json(self.store.get(bucket, prefix + CONFIG).decode())
+        except NotFound:
+            raise NotFound("model version", f"models/{model}/versions/{version}") from None
+        return StoredModel(model, version, config, record)
+
+    def weights(self, bucket: str, model: str, version: int) -> dict[str, torch.Tensor]:
+        """The weights, checksum-verified by the store on read."""
+        return load(self.store.get(bucket, version_prefix(model, version) + WEIGHTS))
+
+    def delete(self, bucket: str, model: str, version: int) -> None:
+        self.get(bucket, model, version)  # NotFound when absent
+        prefix = version_prefix(model, version)
+        self.store.delete(bucket, prefix + RECORD)  # invisible first, then the rest
+        self.store.delete_prefix(bucket, prefix)
+
+    def save_checkpoint(self, bucket: str, model: str, run: str, epoch: int, state: dict) -> str:
+        key = run_prefix(model, run) + f"checkpoint-{epoch:04d}.pt"
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        self.store.put(bucket, key, buffer.getvalue())
+        return key

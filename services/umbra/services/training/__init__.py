@@ -1,0 +1,21 @@
+"""The training service: plain and DP-SGD classifiers and the model registry. Serving on Triton (export) is
+still to come."""
+
+from __future__ import annotations
+
+from umbra.runtime.auth import ServiceAuthenticator
+from umbra.runtime.server import Built, Runtime, ServiceSpec, registration
+from umbra.services.training.servicer import TrainingServicer
+from umbra.storage import open_store
+from umbra.training.v1 import training_service_pb2, training_service_pb2_grpc
+
+
+def build(runtime: Runtime) -> Built:
+    servicer = TrainingServicer(open_store(runtime.config.store), runtime.operations)
+    return Built(
+        registrations=[registration(training_service_pb2, training_service_pb2_grpc, "TrainingService", servicer)],
+        authenticator=ServiceAuthenticator(runtime.config.service_token),
+    )
+
+
+SPEC = ServiceSpec(name="training", build=build)

@@ -1,0 +1,36 @@
+"""Training records and evaluations to protobuf (the only place the two meet)."""
+
+from __future__ import annotations
+
+from umbra.classifiers.registry import CONFIG, RECORD, WEIGHTS, StoredModel, version_prefix
+from umbra.common.v1 import privacy_pb2, refs_pb2
+from umbra.training.v1 import training_service_pb2 as ts
+
+ARCHITECTURES = {ts.ARCHITECTURE_GROUPNORM_CNN: "groupnorm_cnn", ts.ARCHITECTURE_SMALL_RESNET: "small_resnet"}
+ACCOUNTANTS = {"prv": privacy_pb2.PRIVACY_ACCOUNTANT_PRV, "rdp": privacy_pb2.PRIVACY_ACCOUNTANT_RDP}
+
+
+def privacy_cost(epsilon: float, delta: float, accountant: str, noise_multiplier: float, sample_rate: float,
+                 steps: int) -> privacy_pb2.PrivacyCost:
+    return privacy_pb2.PrivacyCost(
+        mechanism=privacy_pb2.PRIVACY_MECHANISM_DP_SGD, accountant=ACCOUNTANTS.get(accountant, 0),
+        epsilon=epsilon, delta=delta, description="classifier training (DP-SGD)",
+        parameters={"noise_multiplier": noise_multiplier, "sample_rate": sample_rate, "steps": float(steps)})
+
+
+def model_version_to_proto(stored: StoredModel, bucket: str) -> ts.ModelVersion:
+    record = stored.record
+    prefix = version_prefix(stored.model, stored.version)
+    training = ts.TrainingRecord(
+        dataset=refs_pb2.DatasetRef(**record["dataset"]), task=record["task"], classes=record["classes"],
+        architecture={v: k for k, v in ARCHITECTURES.items()}.get(stored.config.architecture, 0),
+        hyperparameters=ts.Hyperparameters(**record["hyperparameters"]), seed=record["seed"],
+        steps=record["steps"], metrics=record["metrics"], code_version=record["code_version"])
+    privacy = record.get("privacy")
+    if privacy:
+        training.privacy_cost.CopyFrom(privacy_cost(**privacy))
+    return ts.ModelVersion(
+        name=f"models/{stored.model}/versions/{stored.version}", state=ts.ModelVersion.STATE_READY,
+        weights=refs_pb2.ObjectRef(bucket=bucket, key=prefix + WEIGHTS),
+        config=refs_pb2.ObjectRef(bucket=bucket, key=prefix + CONFIG),
+        record=refs_pb2.ObjectRef(bucket=bucket, key=prefix + RECORD), training_record=training)

@@ -1,0 +1,241 @@
+"""TrainingService: validates, converts, and hands off to umbra.classifiers. Internal: the caller holds the
+service credential and names the tenant in x-umbra-tenant."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from importlib.metadata import version as package_version
+
+import torch
+
+from umbra.classifiers import loop
+from umbra.classifiers.architectures import IMAGE_SIZES, ModelConfig, create
+from umbra.classifiers.data import load_split
+from umbra.classifiers.registry import ModelRegistry
+from umbra.common.v1 import privacy_pb2
+from umbra.runtime import auth, pagination
+from umbra.runtime.errors import InvalidInput, NotFound
+from umbra.runtime.operations import OperationRunner
+from umbra.runtime.unbuilt import not_built_yet
+from umbra.services.training import convert
+from umbra.storage import keys
+from umbra.storage.base import ObjectStore
+from umbra.storage.datasets import DatasetReader
+from umbra.training.v1 import training_service_pb2 as ts
+from umbra.training.v1 import training_service_pb2_grpc
+
+log = logging.getLogger(__name__)
+_MODEL = re.compile(r"^models/([^/]+)$")
+_MODEL_VERSION = re.compile(r"^models/([^/]+)/versions/(\d{1,9})$")
+
+
+def _tenant() -> str:
+    return auth.require_tenant("the training service acts for a tenant: name it in x-umbra-tenant")
+
+
+def _model_id(name: str, field: str) -> str:
+    match = _MODEL.match(name)
+    if not match:
+        raise InvalidInput(field, "must look like 'models/{model}'")
+    return keys.validate_resource_id(match.group(1), field)
+
+
+def _model_version(name: str, field: str) -> tuple[str, int]:
+    match = _MODEL_VERSION.match(name)
+    if not match or int(match.group(2)) < 1:
+        raise InvalidInput(field, "must look like 'models/{model}/versions/{version}'")
+    return keys.validate_resource_id(match.group(1), field), int(match.group(2))
+
+
+def _reader(store: ObjectStore, bucket: str, ref, field: str) -> DatasetReader:
+    if not ref.dataset.startswith("datasets/"):
+        raise InvalidInput(f"{field}.dataset", "must look like 'datasets/{dataset}'")
+    dataset = keys.validate_resource_id(ref.dataset.removeprefix("datasets/"), f"{field}.dataset")
+    if ref.version < 1:
+        raise InvalidInput(f"{field}.version", "must be 1 or more (the coordinator resolves 'latest')")
+    try:
+        return DatasetReader(store, bucket, dataset, ref.version)
+    except NotFound:
+        raise NotFound("dataset version", f"{ref.dataset}/versions/{ref.version}") from None
+
+
+def _hyperparameters(h: ts.Hyperparameters, image_size: int) -> tuple[loop.Hyperparameters, int]:
+    size = h.image_size or image_size
+    if size not in IMAGE_SIZES:
+        raise InvalidInput("hyperparameters.image_size", f"must be one of {IMAGE_SIZES}")
+    defaults = loop.Hyperparameters()
+    return loop.Hyperparameters(
+        epochs=h.epochs or defaults.epochs, batch_size=h.batch_size or defaults.batch_size,
+        physical_batch_size=h.physical_batch_size or defaults.physical_batch_size,
+        learning_rate=h.learning_rate or defaults.learning_rate, optimizer=h.optimizer or defaults.optimizer,
+        momentum=h.momentum or defaults.momentum, weight_decay=h.weight_decay), size
+
+
+def _dp(request: ts.TrainRequest) -> loop.DPSettings | None:
+    if not request.HasField("differential_privacy"):
+        return None
+    d = request.differential_privacy
+    accountant = {privacy_pb2.PRIVACY_ACCOUNTANT_UNSPECIFIED: "prv", privacy_pb2.PRIVACY_ACCOUNTANT_PRV: "prv",
+                  privacy_pb2.PRIVACY_ACCOUNTANT_RDP: "rdp"}.get(d.accountant)
+    if accountant is None:
+        raise InvalidInput("differential_privacy.accountant", "must be PRV or RDP")
+    return loop.DPSettings(target_delta=d.target_delta, target_epsilon=d.target_epsilon,
+                           noise_multiplier=d.noise_multiplier, max_grad_norm=d.max_grad_norm or 1.0,
+                           poisson_sampling=True, accountant=accountant, secure_mode=d.secure_mode)
+
+
+def _count(reader: DatasetReader, task: str, split: str) -> int:
+    return sum(1 for s in reader.samples() if s.split == split and task in s.labels)
+
+
+class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
+    def __init__(self, store: ObjectStore, operations: OperationRunner):
+        self.store = store
+        self.registry = ModelRegistry(store)
+        self.operations = operations
+
+    def Train(self, request, context):
+        tenant = _tenant()
+        bucket = keys.bucket(tenant)
+        model = _model_id(request.model, "model")
+        reader = _reader(self.store, bucket, request.dataset, "dataset")
+        if request.task not in reader.header.label_columns:
+            raise InvalidInput("task", f"{request.task!r} is not a label column of {request.dataset.dataset} "
+                                       f"(it has {', '.join(reader.header.label_columns) or 'none'})")
+        architecture = convert.ARCHITECTURES.get(request.architecture or ts.ARCHITECTURE_GROUPNORM_CNN)
+        if architecture is None:
+            raise InvalidInput("architecture", "is not a known architecture")
+        if request.HasField("initialize_from"):
+            raise InvalidInput("initialize_from", "public pretraining is not built yet: leave it unset")
+        hyper, image_size = _hyperparameters(request.hyperparameters, reader.header.image_size)
+        dp = _dp(request)
+        split = request.dataset.split or "train"
+        n = _count(reader, request.task, split)
+        if n == 0:
+            raise InvalidInput("dataset.split", f"split {split!r} has no samples labelled with {request.task!r}")
+        loop.validate(data_size=n, hyper=hyper, dp=dp)  # every bad setting is refused before any compute
+
+        def work(ctx) -> ts.ModelVersion:
+            return self._train(ctx, bucket, model, reader, request, architecture, hyper, image_size, dp, split)
+
+        op = self.operations.start(kind="Train", tenant=tenant, metadata=ts.TrainMetadata(), work=work,
+                                   request_id=request.request_id)
+        return ts.TrainResponse(operation=op)
+
+    def _train(self, ctx, bucket, model_id, reader, request, architecture, hyper, image_size, dp, split):
+        ctx.report(stage="loading data")
+        data = load_split(reader, task=request.task, split=split, image_size=image_size)
+        ctx.check_cancelled()
+        config = ModelConfig(architecture, len(data.classes), image_size, classes=data.classes)
+        torch.manual_seed(request.seed)
+        model = create(config)
+        run = ctx.name.removeprefix("operations/")
+
+        def on_epoch(report: loop.EpochReport, checkpoint: loop.Checkpoint) -> None:
+            key = self.registry.save_checkpoint(bucket, model_id, run, report.epoch, dataclasses.asdict(checkpoint))
+            ctx.metadata.epoch, ctx.metadata.loss = report.epoch, report.loss
+            ctx.metadata.checkpoint.bucket, ctx.metadata.checkpoint.key = bucket, key
+            spent = (convert.privacy_cost(report.epsilon, dp.target_delta, report.accountant, 0.0,
+                                          hyper.batch_size / len(data), report.steps) if dp else None)
+            ctx.report(stage="training", done=report.epoch, total=report.epochs, unit="epochs",
+                       message=f"loss {report.loss:.4f}" + (f", epsilon {report.epsilon:.3f}" if dp else ""),
+                       privacy_spent=spent)
+
+        result = loop.train(model=model, data=data, hyper=hyper, dp=dp, seed=request.seed, on_epoch=on_epoch,
+                            should_stop=lambda: ctx.cancelled)
+        ctx.check_cancelled()
+        inner = model._module if hasattr(model, "_module") else model
+        metrics = {"train_loss": result.final_loss}
+        try:
+            val = load_split(reader, task=request.task, split="val", image_size=image_size, classes=data.classes)
+            metrics["val_accuracy"] = float((loop.predict(inner, val) == val.labels).float().mean())
+        except InvalidInput:
+            pass  # no validation split
+        record = {
+            "dataset": {"dataset": request.dataset.dataset, "version": request.dataset.version, "split": split},
+            "task": request.task, "classes": data.classes, "seed": request.seed, "steps": result.steps,
+            "metrics": metrics, "code_version": package_version("umbra"),
+            "hyperparameters": {"epochs": hyper.epochs, "batch_size": hyper.batch_size,
+                                "physical_batch_size": hyper.physical_batch_size,
+                                "learning_rate": hyper.learning_rate, "optimizer": hyper.optimizer,
+                                "momentum": hyper.momentum, "weight_decay": hyper.weight_decay,
+                                "image_size": image_size},
+            "privacy": ({"epsilon": result.epsilon, "delta": result.delta, "accountant": result.accountant,
+                         "noise_multiplier": result.noise_multiplier, "sample_rate": hyper.batch_size / len(data),
+                         "steps": result.steps} if dp else None),
+        }
+        ctx.report(stage="writing model")
+        version = self.registry.write(bucket, model_id, config, inner.state_dict(), record)
+        log.info("model %s v%d written (epsilon %.3f)", model_id, version, result.epsilon)
+        return convert.model_version_to_proto(self.registry.get(bucket, model_id, version), bucket)
+
+    def Evaluate(self, request, context):
+        tenant = _tenant()
+        bucket = keys.bucket(tenant)
+        if not request.model.model.startswith("models/") or request.model.version < 1:
+            raise InvalidInput("model", "needs model 'models/{model}' and a version of 1 or more")
+        model_id = keys.validate_resource_id(request.model.model.removeprefix("models/"), "model.model")
+        stored = self.registry.get(bucket, model_id, request.model.version)
+        reader = _reader(self.store, bucket, request.dataset, "dataset")
+        split = request.dataset.split or "test"
+
+        def work(ctx) -> ts.Evaluation:
+            ctx.report(stage="loading data")
+            data = load_split(reader, task=stored.record["task"], split=split, image_size=stored.config.image_size,
+                              classes=stored.config.classes)
+            model = create(stored.config)
+            model.load_state_dict(self.registry.weights(bucket, model_id, stored.version))
+            ctx.report(stage="predicting", total=len(data), unit="images")
+            predicted = loop.predict(model, data)
+            return _evaluation(request, data.classes, predicted, data.labels)
+
+        op = self.operations.start(kind="Evaluate", tenant=tenant, metadata=ts.EvaluateMetadata(), work=work,
+                                   request_id=request.request_id)
+        return ts.EvaluateResponse(operation=op)
+
+    def GetModelVersion(self, request, context):
+        tenant = _tenant()
+        model_id, number = _model_version(request.name, "name")
+        bucket = keys.bucket(tenant)
+        return ts.GetModelVersionResponse(
+            model_version=convert.model_version_to_proto(self.registry.get(bucket, model_id, number), bucket))
+
+    def ListModelVersions(self, request, context):
+        tenant = _tenant()
+        bucket = keys.bucket(tenant)
+        model = None if request.parent in ("", "models/-") else _model_id(request.parent, "parent")
+        size = pagination.page_size(request.page_size)
+        after = pagination.decode_token(request.page_token, request.parent) or ""
+        names = [(m, v) for m, v in self.registry.versions(bucket, model) if f"{m}/{v:09d}" > after]
+        response = ts.ListModelVersionsResponse(model_versions=[
+            convert.model_version_to_proto(self.registry.get(bucket, m, v), bucket) for m, v in names[:size]])
+        if len(names) > size:
+            m, v = names[size - 1]
+            response.next_page_token = pagination.encode_token(f"{m}/{v:09d}", request.parent)
+        return response
+
+    def DeleteModelVersion(self, request, context):
+        tenant = _tenant()
+        model_id, number = _model_version(request.name, "name")
+        self.registry.delete(keys.bucket(tenant), model_id, number)
+        return ts.DeleteModelVersionResponse()
+
+    ExportModelVersion = not_built_yet("ExportModelVersion", "publishing to the inference server")
+
+
+def _evaluation(request, classes: list[str], predicted: torch.Tensor, labels: torch.Tensor) -> ts.Evaluation:
+    evaluation = ts.Evaluation(model=request.model, dataset=request.dataset, sample_count=len(labels),
+                               accuracy=float((predicted == labels).float().mean()))
+    recalls = []
+    for index, name in enumerate(classes):
+        actual, chosen = labels == index, predicted == index
+        hits = int((actual & chosen).sum())
+        recall = hits / int(actual.sum()) if int(actual.sum()) else 0.0
+        precision = hits / int(chosen.sum()) if int(chosen.sum()) else 0.0
+        if int(actual.sum()):
+            recalls.append(recall)
+        evaluation.per_class.add(class_name=name, precision=precision, recall=recall, support=int(actual.sum()))
+    evaluation.balanced_accuracy = sum(recalls) / len(recalls) if recalls else 0.0
+    return evaluation
