@@ -98,3 +98,12 @@ class ModelRegistry:
         torch.save(state, buffer)
         self.store.put(bucket, key, buffer.getvalue())
         return key
+
+    def latest_checkpoint(self, bucket: str, model: str, run: str) -> dict | None:
+        """The newest checkpoint of a run, or None. Its SHA-256 is verified before anything is unpickled, and
+        only tensors and plain containers are accepted (torch.load with weights_only)."""
+        found = sorted(info.key for info in self.store.list(bucket, run_prefix(model, run))
+                       if info.key.endswith(".pt"))
+        if not found:
+            return None
+        return torch.load(io.BytesIO(self.store.get(bucket, found[-1])), weights_only=True)

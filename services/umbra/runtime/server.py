@@ -111,6 +111,7 @@ def create_server(config: ServiceConfig, spec: ServiceSpec) -> RunningService:
     runner = OperationRunner(store, service=config.service, max_workers=max(2, config.max_workers // 4))
     runtime = Runtime(config, runner)
     built = spec.build(runtime)
+    runner.recover()  # after build: the service has registered how to resume its operations
     registrations = built.registrations
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),

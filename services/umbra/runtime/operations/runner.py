@@ -7,8 +7,10 @@ whose first field is always a `umbra.common.v1.OperationProgress` named `progres
 and returns the response message. An `UmbraError` it raises becomes the operation's error with its code;
 anything else becomes INTERNAL with a generic message (the traceback is logged once).
 
-On start-up, operations that a previous process left unfinished are completed with an OPERATION_INTERRUPTED
-error, so a client asking about them after a crash gets an answer, never NOT_FOUND.
+After a restart, `recover()` (called by the server once the service has registered its resumers) picks up
+what a previous process left unfinished: a resumable operation whose kind has a resumer starts again from
+its stored request (the work finds its own checkpoints); any other is completed with an OPERATION_INTERRUPTED
+error, so a client asking about it gets an answer, never NOT_FOUND.
 """
 
 from __future__ import annotations
@@ -107,13 +109,39 @@ class OperationRunner:
         self._lock = threading.Lock()
         self._changed = threading.Condition()
         self._stopping = threading.Event()
+        self._resumers: dict[str, Callable[[OperationContext, bytes], message.Message]] = {}
+
+    def register_resumer(self, kind: str, resume: Callable[[OperationContext, bytes], message.Message]) -> None:
+        """`resume(ctx, request_bytes)` continues an operation of `kind` after a restart."""
+        self._resumers[kind] = resume
+
+    def recover(self) -> None:
+        """Resumes or interrupts what a previous process left unfinished (see the module docstring)."""
+        for record in self.store.unfinished():
+            resume = self._resumers.get(record.kind)
+            if not (record.resumable and resume and not record.cancel_requested):
+                continue
+            metadata = protos.unpack(record.operation.metadata)
+            if metadata is None or not hasattr(metadata, "progress"):
+                continue
+            ctx = OperationContext(self, record.operation, metadata, record.tenant)
+            with self._lock:
+                self._running[record.operation.name] = ctx
+            metadata.progress.message = "resumed after a restart"
+            request = record.request
+            self._pool.submit(self._run, ctx, lambda c, resume=resume, request=request: resume(c, request),
+                              auth.Principal("service", record.tenant))
+            log.info("operation %s (%s) resumed after a restart", record.operation.name, record.kind)
         self._interrupt_unfinished("the service restarted before it finished")
 
     # -- starting and running -------------------------------------------------------------------------------
 
     def start(self, *, kind: str, tenant: str, metadata: message.Message,
-              work: Callable[[OperationContext], message.Message], request_id: str = "") -> lro.Operation:
-        """Records a new operation and starts its work; a repeated request_id returns the first operation."""
+              work: Callable[[OperationContext], message.Message], request_id: str = "",
+              resume_request: message.Message | None = None) -> lro.Operation:
+        """Records a new operation and starts its work; a repeated request_id returns the first operation.
+        With `resume_request`, the operation is resumable: after a restart, the resumer registered for `kind`
+        gets this request back (serialized) and continues the work."""
         if self._stopping.is_set():
             raise FailedPrecondition("the service is shutting down; retry on another replica",
                                      reason="SHUTTING_DOWN")
@@ -123,7 +151,9 @@ class OperationRunner:
         progress.create_time.GetCurrentTime()
         progress.update_time.CopyFrom(progress.create_time)
         op.metadata.Pack(metadata)
-        record = self.store.insert(op, tenant=tenant, kind=kind, request_id=request_id)
+        record = self.store.insert(op, tenant=tenant, kind=kind, request_id=request_id,
+                                   request=resume_request.SerializeToString() if resume_request else b"",
+                                   resumable=resume_request is not None)
         if record.operation.name != op.name:
             log.info("request_id seen before; returning %s", record.operation.name)
             return record.operation

@@ -21,7 +21,9 @@ CREATE TABLE IF NOT EXISTS operations (
     done INTEGER NOT NULL,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     create_time REAL NOT NULL,
-    operation BLOB NOT NULL
+    operation BLOB NOT NULL,
+    request BLOB,
+    resumable INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS operations_request ON operations (tenant, kind, request_id)
     WHERE request_id IS NOT NULL;
@@ -35,6 +37,8 @@ class Record:
     tenant: str
     kind: str
     cancel_requested: bool
+    request: bytes = b""  # the request that started it, kept for resumable operations
+    resumable: bool = False
 
 
 class OperationStore:
@@ -47,17 +51,23 @@ class OperationStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(operations)")}
+            for column, kind in (("request", "BLOB"), ("resumable", "INTEGER NOT NULL DEFAULT 0")):
+                if column not in columns:  # a data folder from before resumable operations
+                    self._db.execute(f"ALTER TABLE operations ADD COLUMN {column} {kind}")
 
-    def insert(self, op: lro.Operation, *, tenant: str, kind: str, request_id: str = "") -> Record:
+    def insert(self, op: lro.Operation, *, tenant: str, kind: str, request_id: str = "", request: bytes = b"",
+               resumable: bool = False) -> Record:
         """Stores a new operation, or returns the existing one for the same (tenant, kind, request_id)."""
         with self._lock:
             try:
                 self._db.execute(
-                    "INSERT INTO operations (name, tenant, kind, request_id, done, create_time, operation) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (op.name, tenant, kind, request_id or None, int(op.done), time.time(), op.SerializeToString()),
+                    "INSERT INTO operations (name, tenant, kind, request_id, done, create_time, operation, request, "
+                    "resumable) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (op.name, tenant, kind, request_id or None, int(op.done), time.time(), op.SerializeToString(),
+                     request, int(resumable)),
                 )
-                return Record(op, tenant, kind, False)
+                return Record(op, tenant, kind, False, request, resumable)
             except sqlite3.IntegrityError:
                 row = self._db.execute(
                     "SELECT operation, tenant, kind, cancel_requested FROM operations "
@@ -108,8 +118,8 @@ class OperationStore:
 
     def unfinished(self) -> list[Record]:
         with self._lock:
-            rows = self._db.execute("SELECT operation, tenant, kind, cancel_requested FROM operations "
-                                    "WHERE done = 0").fetchall()
+            rows = self._db.execute("SELECT operation, tenant, kind, cancel_requested, request, resumable "
+                                    "FROM operations WHERE done = 0").fetchall()
         return [_record(r) for r in rows]
 
     def close(self) -> None:
@@ -120,4 +130,5 @@ class OperationStore:
 def _record(row) -> Record:
     op = lro.Operation()
     op.ParseFromString(row[0])
-    return Record(op, row[1], row[2], bool(row[3]))
+    extra = (bytes(row[4] or b""), bool(row[5])) if len(row) > 4 else ()
+    return Record(op, row[1], row[2], bool(row[3]), *extra)

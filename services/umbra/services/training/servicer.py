@@ -90,6 +90,20 @@ def _count(reader: DatasetReader, task: str, split: str) -> int:
     return sum(1 for s in reader.samples() if s.split == split and task in s.labels)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """A validated training request, ready to run."""
+
+    bucket: str
+    model: str
+    reader: DatasetReader
+    architecture: str
+    hyper: loop.Hyperparameters
+    image_size: int
+    dp: loop.DPSettings | None
+    split: str
+
+
 class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
     def __init__(self, store: ObjectStore, operations: OperationRunner):
         self.store = store
@@ -98,6 +112,18 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
 
     def Train(self, request, context):
         tenant = _tenant()
+        plan = self._plan(tenant, request)  # every bad setting is refused here, before any compute
+        op = self.operations.start(kind="Train", tenant=tenant, metadata=ts.TrainMetadata(),
+                                   work=lambda ctx: self._train(ctx, plan, request), request_id=request.request_id,
+                                   resume_request=request)
+        return ts.TrainResponse(operation=op)
+
+    def resume_train(self, ctx, request_bytes: bytes) -> ts.ModelVersion:
+        """After a restart: the same request again; `_train` picks up the run's last checkpoint."""
+        request = ts.TrainRequest.FromString(request_bytes)
+        return self._train(ctx, self._plan(ctx.tenant, request), request)
+
+    def _plan(self, tenant: str, request: ts.TrainRequest) -> _Plan:
         bucket = keys.bucket(tenant)
         model = _model_id(request.model, "model")
         reader = _reader(self.store, bucket, request.dataset, "dataset")
@@ -115,53 +141,53 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
         n = _count(reader, request.task, split)
         if n == 0:
             raise InvalidInput("dataset.split", f"split {split!r} has no samples labelled with {request.task!r}")
-        loop.validate(data_size=n, hyper=hyper, dp=dp)  # every bad setting is refused before any compute
+        loop.validate(data_size=n, hyper=hyper, dp=dp)
+        return _Plan(bucket, model, reader, architecture, hyper, image_size, dp, split)
 
-        def work(ctx) -> ts.ModelVersion:
-            return self._train(ctx, bucket, model, reader, request, architecture, hyper, image_size, dp, split)
-
-        op = self.operations.start(kind="Train", tenant=tenant, metadata=ts.TrainMetadata(), work=work,
-                                   request_id=request.request_id)
-        return ts.TrainResponse(operation=op)
-
-    def _train(self, ctx, bucket, model_id, reader, request, architecture, hyper, image_size, dp, split):
+    def _train(self, ctx, plan: _Plan, request: ts.TrainRequest) -> ts.ModelVersion:
+        bucket, model_id, reader, hyper, dp = plan.bucket, plan.model, plan.reader, plan.hyper, plan.dp
         ctx.report(stage="loading data")
-        data = load_split(reader, task=request.task, split=split, image_size=image_size)
+        data = load_split(reader, task=request.task, split=plan.split, image_size=plan.image_size)
         ctx.check_cancelled()
-        config = ModelConfig(architecture, len(data.classes), image_size, classes=data.classes)
+        config = ModelConfig(plan.architecture, len(data.classes), plan.image_size, classes=data.classes)
         torch.manual_seed(request.seed)
         model = create(config)
         run = ctx.name.removeprefix("operations/")
+        saved = self.registry.latest_checkpoint(bucket, model_id, run)
+        resume = loop.Checkpoint(**saved) if saved else None
+        if resume is not None:
+            log.info("resuming %s from its epoch-%d checkpoint", ctx.name, resume.epoch)
 
         def on_epoch(report: loop.EpochReport, checkpoint: loop.Checkpoint) -> None:
             key = self.registry.save_checkpoint(bucket, model_id, run, report.epoch, dataclasses.asdict(checkpoint))
             ctx.metadata.epoch, ctx.metadata.loss = report.epoch, report.loss
             ctx.metadata.checkpoint.bucket, ctx.metadata.checkpoint.key = bucket, key
-            spent = (convert.privacy_cost(report.epsilon, dp.target_delta, report.accountant, 0.0,
-                                          hyper.batch_size / len(data), report.steps) if dp else None)
+            spent = (convert.privacy_cost(report.epsilon, dp.target_delta, report.accountant,
+                                          checkpoint.noise_multiplier, hyper.batch_size / len(data), report.steps)
+                     if dp else None)
             ctx.report(stage="training", done=report.epoch, total=report.epochs, unit="epochs",
                        message=f"loss {report.loss:.4f}" + (f", epsilon {report.epsilon:.3f}" if dp else ""),
                        privacy_spent=spent)
 
         result = loop.train(model=model, data=data, hyper=hyper, dp=dp, seed=request.seed, on_epoch=on_epoch,
-                            should_stop=lambda: ctx.cancelled)
+                            resume=resume, should_stop=lambda: ctx.cancelled)
         ctx.check_cancelled()
         inner = model._module if hasattr(model, "_module") else model
         metrics = {"train_loss": result.final_loss}
         try:
-            val = load_split(reader, task=request.task, split="val", image_size=image_size, classes=data.classes)
+            val = load_split(reader, task=request.task, split="val", image_size=plan.image_size, classes=data.classes)
             metrics["val_accuracy"] = float((loop.predict(inner, val) == val.labels).float().mean())
         except InvalidInput:
             pass  # no validation split
         record = {
-            "dataset": {"dataset": request.dataset.dataset, "version": request.dataset.version, "split": split},
+            "dataset": {"dataset": request.dataset.dataset, "version": request.dataset.version, "split": plan.split},
             "task": request.task, "classes": data.classes, "seed": request.seed, "steps": result.steps,
             "metrics": metrics, "code_version": package_version("umbra"),
             "hyperparameters": {"epochs": hyper.epochs, "batch_size": hyper.batch_size,
                                 "physical_batch_size": hyper.physical_batch_size,
                                 "learning_rate": hyper.learning_rate, "optimizer": hyper.optimizer,
                                 "momentum": hyper.momentum, "weight_decay": hyper.weight_decay,
-                                "image_size": image_size},
+                                "image_size": plan.image_size},
             "privacy": ({"epsilon": result.epsilon, "delta": result.delta, "accountant": result.accountant,
                          "noise_multiplier": result.noise_multiplier, "sample_rate": hyper.batch_size / len(data),
                          "steps": result.steps} if dp else None),
