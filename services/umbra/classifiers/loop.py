@@ -81,6 +81,12 @@ class TrainResult:
     final_loss: float
 
 
+def poisson_rate(data_size: int, batch_size: int) -> float:
+    """The sampling rate Opacus actually uses: 1 / (batches per epoch), not batch_size / n. Calibrating the noise
+    for batch_size / n (larger) would add more noise than the target epsilon needs."""
+    return 1.0 / math.ceil(data_size / batch_size)
+
+
 def validate(*, data_size: int, hyper: Hyperparameters, dp: DPSettings | None) -> None:
     """Bad settings are refused before any compute, naming the field."""
     if hyper.epochs < 1:
@@ -166,7 +172,7 @@ def train(*, model: nn.Module, data: LabelledImages, hyper: Hyperparameters, dp:
     if dp is not None:
         from opacus import PrivacyEngine
 
-        sample_rate = hyper.batch_size / len(data)
+        sample_rate = poisson_rate(len(data), hyper.batch_size)
         steps_total = hyper.epochs * len(loader)
         sigma, accountant_name = ((resume.noise_multiplier, dp.accountant) if resume is not None else
                                   _noise_multiplier(dp, sample_rate, hyper.epochs, steps_total))

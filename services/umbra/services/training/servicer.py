@@ -153,6 +153,7 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
         torch.manual_seed(request.seed)
         model = create(config)
         run = ctx.name.removeprefix("operations/")
+        rate = loop.poisson_rate(len(data), hyper.batch_size)
         saved = self.registry.latest_checkpoint(bucket, model_id, run)
         resume = loop.Checkpoint(**saved) if saved else None
         if resume is not None:
@@ -163,8 +164,7 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
             ctx.metadata.epoch, ctx.metadata.loss = report.epoch, report.loss
             ctx.metadata.checkpoint.bucket, ctx.metadata.checkpoint.key = bucket, key
             spent = (convert.privacy_cost(report.epsilon, dp.target_delta, report.accountant,
-                                          checkpoint.noise_multiplier, hyper.batch_size / len(data), report.steps)
-                     if dp else None)
+                                          checkpoint.noise_multiplier, rate, report.steps) if dp else None)
             ctx.report(stage="training", done=report.epoch, total=report.epochs, unit="epochs",
                        message=f"loss {report.loss:.4f}" + (f", epsilon {report.epsilon:.3f}" if dp else ""),
                        privacy_spent=spent)
@@ -189,7 +189,7 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
                                 "momentum": hyper.momentum, "weight_decay": hyper.weight_decay,
                                 "image_size": plan.image_size},
             "privacy": ({"epsilon": result.epsilon, "delta": result.delta, "accountant": result.accountant,
-                         "noise_multiplier": result.noise_multiplier, "sample_rate": hyper.batch_size / len(data),
+                         "noise_multiplier": result.noise_multiplier, "sample_rate": rate,
                          "steps": result.steps} if dp else None),
         }
         ctx.report(stage="writing model")
