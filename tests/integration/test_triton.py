@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 from tritonclient.utils import InferenceServerException
 
-from umbra.inference.client import predict
+from umbra.client.inference import predict
 from umbra.inference.triton import InferenceServer, load_model_dir, load_served_model
 from umbra.classifiers.architectures import ModelConfig, create
 

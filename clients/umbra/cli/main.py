@@ -81,9 +81,10 @@ def parser() -> argparse.ArgumentParser:
         if action == "wait":
             cmd.add_argument("--timeout", type=float, default=None, help="seconds (default: until done)")
     ops.set_defaults(func=_operations)
-    from umbra.cli import resources
+    from umbra.cli import models, resources
 
     resources.add_commands(sub)
+    models.add_commands(sub)
     return p
 
 

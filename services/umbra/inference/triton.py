@@ -2,7 +2,7 @@
 
     models = [load_served_model("tiny", "models/tiny")]
     with InferenceServer(models, workspace_root="/tmp/umbra-triton") as server:
-        logits = predict(server.grpc_url, "tiny", images)  # umbra.inference.client
+        logits = predict(server.grpc_url, "tiny", images)  # umbra.client.inference
 
 A served model is a folder holding `config.json` (ModelConfig.to_json) and `weights.safetensors` (a state
 dict). Each model takes input "images" (float32, (3, H, W) per sample, values in [0, 1]) and returns output
@@ -10,7 +10,9 @@ dict). Each model takes input "images" (float32, (3, H, W) per sample, values in
 process; Triton talks to them through PyTriton's proxy (a python-backend stub per model).
 
 Command line: `python -m umbra.inference.triton --model-dir DIR [--grpc-port P]` serves every model folder
-under DIR (the folder name is the model name) until SIGTERM or SIGINT.
+under DIR (the folder name is the model name) until SIGTERM or SIGINT. With `--store` instead, it serves the
+model versions published in object storage (umbra.inference.publications) and loads new ones as they are
+published, without a restart (Triton's explicit model control, through PyTriton's bind after start).
 
 The python-backend stub links against libpython from the loader's default path. When this interpreter is
 not the system one (pyenv), the stub would load the system libpython with this interpreter's stdlib and the
@@ -45,7 +47,7 @@ from pytriton.triton import Triton, TritonConfig
 from safetensors.torch import load_file
 from torch import nn
 
-from umbra.inference.client import INPUT_NAME, MAX_BATCH_SIZE, OUTPUT_NAME
+from umbra.client.inference import INPUT_NAME, MAX_BATCH_SIZE, OUTPUT_NAME
 from umbra.classifiers.architectures import ModelConfig, create
 
 logger = logging.getLogger(__name__)
@@ -96,6 +98,11 @@ def load_model_dir(model_dir: str | Path) -> list[ServedModel]:
     if not folders:
         raise FileNotFoundError(f"model directory {model_dir} holds no model folder (one folder per model)")
     return [load_served_model(folder.name, folder) for folder in folders]
+
+
+def _check_name(name: str) -> None:
+    if not _MODEL_NAME.match(name):
+        raise ValueError(f"model name {name!r} may only hold letters, digits, dots, underscores and dashes")
 
 
 def build_model(served: ServedModel) -> nn.Module:
@@ -185,12 +192,9 @@ class InferenceServer:
         max_queue_delay_us: int = MAX_QUEUE_DELAY_US,
         torch_threads: int | None = None,
     ):
-        if not models:
-            raise ValueError("no model to serve")
         names = [m.name for m in models]
         for name in names:
-            if not _MODEL_NAME.match(name):
-                raise ValueError(f"model name {name!r} may only hold letters, digits, dots, underscores and dashes")
+            _check_name(name)
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
         self.configs = {m.name: m.config for m in models}
@@ -204,12 +208,16 @@ class InferenceServer:
         root = Path(workspace_root).resolve()
         self.workspace = root / f"triton-{os.getpid()}-{secrets.token_hex(3)}"
         self.log_path = root / f"{self.workspace.name}.log"
-        longest = max(len(name) for name in names) + len("/_0_0-server.sock")
-        if len(str(self.workspace)) + longest > _UNIX_SOCKET_PATH_MAX:
-            raise ValueError(
-                f"workspace root {root} is too long: PyTriton's sockets in it would pass the "
-                f"{_UNIX_SOCKET_PATH_MAX}-character limit of a unix socket path; use a shorter folder")
+        for name in names:
+            self._check_socket_path(name)
         self._triton: Triton | None = None
+        self._lock = threading.Lock()
+
+    def _check_socket_path(self, name: str) -> None:
+        if len(str(self.workspace)) + len(name) + len("/_0_0-server.sock") > _UNIX_SOCKET_PATH_MAX:
+            raise ValueError(
+                f"workspace root {self.workspace.parent} is too long for model {name!r}: PyTriton's sockets in it "
+                f"would pass the {_UNIX_SOCKET_PATH_MAX}-character limit of a unix socket path; use a shorter folder")
 
     @property
     def grpc_url(self) -> str:
@@ -239,16 +247,7 @@ class InferenceServer:
             log_file=self.log_path, exit_timeout_secs=5)
         triton = Triton(config=config, workspace=self.workspace)
         for name, model in self.models.items():
-            size = self.configs[name].image_size
-            triton.bind(
-                model_name=name,
-                infer_func=_infer_function(model),
-                inputs=[Tensor(name=INPUT_NAME, dtype=np.float32, shape=(3, size, size))],
-                outputs=[Tensor(name=OUTPUT_NAME, dtype=np.float32, shape=(self.configs[name].num_classes,))],
-                config=TritonModelConfig(
-                    max_batch_size=MAX_BATCH_SIZE,
-                    batcher=DynamicBatcher(max_queue_delay_microseconds=self.max_queue_delay_us)),
-                strict=True)
+            self._bind(triton, name, model, self.configs[name])
         self._triton = triton
         try:
             with _this_libpython_first():
@@ -259,6 +258,34 @@ class InferenceServer:
                 from e
         logger.info("Triton serving %s at %s (ready in %.1f s)", ", ".join(self.models), self.grpc_url,
                     time.monotonic() - started)
+
+    def _bind(self, triton: Triton, name: str, model: nn.Module, config: ModelConfig) -> None:
+        size = config.image_size
+        triton.bind(
+            model_name=name,
+            infer_func=_infer_function(model),
+            inputs=[Tensor(name=INPUT_NAME, dtype=np.float32, shape=(3, size, size))],
+            outputs=[Tensor(name=OUTPUT_NAME, dtype=np.float32, shape=(config.num_classes,))],
+            config=TritonModelConfig(
+                max_batch_size=MAX_BATCH_SIZE,
+                batcher=DynamicBatcher(max_queue_delay_microseconds=self.max_queue_delay_us)),
+            strict=True)
+
+    def add(self, served: ServedModel) -> None:
+        """Load one more model into the running server; returns once Triton reports it ready."""
+        _check_name(served.name)
+        self._check_socket_path(served.name)
+        with self._lock:
+            if self._triton is None:
+                raise RuntimeError("the inference server is not started")
+            if served.name in self.models:
+                raise ValueError(f"model {served.name!r} is already served")
+            model = build_model(served)
+            with _this_libpython_first():
+                self._bind(self._triton, served.name, model, served.config)
+            self.models[served.name] = model
+            self.configs[served.name] = served.config
+        logger.info("now serving %s", served.name)
 
     def stop(self) -> None:
         """Stop Triton (in-flight requests get a few seconds) and remove the workspace; safe to call twice."""
@@ -275,9 +302,33 @@ class InferenceServer:
         self.stop()
 
 
+def sync_publications(server: InferenceServer, store, tried: dict[str, str]) -> None:
+    """Loads every publication in `store` that `server` does not serve yet. `tried` maps a Triton name to the
+    entry (etag) last tried, so an entry that failed to load is logged once, not on every poll."""
+    from umbra.inference import publications
+
+    for publication, etag in publications.list_all(store):
+        name = publication.triton_name
+        if name in server.models or tried.get(name) == etag:
+            continue
+        tried[name] = etag
+        try:
+            config, weights = publications.load_weights(store, publication)
+            server.add(ServedModel(name, config, weights))
+        except Exception as e:  # noqa: BLE001 - one bad publication must not stop the others being served
+            logger.error("cannot serve %s (tenant %s, models/%s/versions/%d): %s", name, publication.tenant,
+                         publication.model, publication.version, e)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m umbra.inference.triton", description=__doc__.split("\n")[0])
-    parser.add_argument("--model-dir", type=Path, required=True, help="one folder per model, named as served")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model-dir", type=Path, help="one folder per model, named as served")
+    source.add_argument("--store", action="store_true",
+                        help="serve the models published in object storage (UMBRA_STORE, UMBRA_S3_* as for the "
+                             "services), picking up new publications as they appear")
+    parser.add_argument("--poll-seconds", type=float, default=1.0, help="with --store: how often to look for new "
+                                                                        "publications (default 1)")
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--http-port", type=int, default=0, help="default: a free port")
     parser.add_argument("--metrics-port", type=int, default=0, help="default: a free port")
@@ -286,10 +337,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="PyTriton's working copy goes to a new folder in here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    store = None
     try:
-        server = InferenceServer(
-            load_model_dir(args.model_dir), args.workspace, host=args.host,
-            grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port)
+        if args.store:
+            from umbra.client import layout
+            from umbra.storage.factory import StoreConfig, open_store
+
+            store = open_store(StoreConfig.from_env(os.environ, layout.home()))
+        models = load_model_dir(args.model_dir) if args.model_dir else []
+        server = InferenceServer(models, args.workspace, host=args.host,
+                                 grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -302,8 +359,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     try:
-        print(f"serving {', '.join(server.models)} at {server.grpc_url}", flush=True)
-        while not stopping.wait(1.0):
+        what = "the publications in object storage" if store is not None else ", ".join(server.models)
+        print(f"serving {what} at {server.grpc_url}", flush=True)
+        tried: dict[str, str] = {}
+        while True:
+            if store is not None:
+                try:
+                    sync_publications(server, store, tried)
+                except Exception as e:  # noqa: BLE001 - storage down: keep serving what is loaded, retry
+                    logger.warning("cannot read the publications: %s", e)
+            if stopping.wait(args.poll_seconds if store is not None else 1.0):
+                break
             if not server.running:
                 print("error: Triton stopped on its own; see " + str(server.log_path), file=sys.stderr)
                 return 1

@@ -52,6 +52,8 @@ class ServiceConfig:
     presign_seconds: int = 3600
     # Uploads not committed within this time are deleted (objects and record).
     upload_ttl_seconds: float = 24 * 3600.0
+    # The inference server (Triton, gRPC host:port) that published models are served from; "" when none.
+    inference_url: str = ""
 
     @property
     def public(self) -> bool:
@@ -96,4 +98,5 @@ class ServiceConfig:
             store=store,
             presign_seconds=int(_number(env, "UMBRA_PRESIGN_SECONDS", 3600, minimum=60, integer=True)),
             upload_ttl_seconds=_number(env, "UMBRA_UPLOAD_TTL_SECONDS", 24 * 3600.0, minimum=0, integer=False),
+            inference_url=env.get("UMBRA_INFERENCE_URL", ""),
         )

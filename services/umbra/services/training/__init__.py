@@ -1,5 +1,5 @@
-"""The training service: plain and DP-SGD classifiers and the model registry. Serving on Triton (export) is
-still to come."""
+"""The training service: plain and DP-SGD classifiers, the model registry, and publishing model versions to the
+inference server (Triton)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from umbra.training.v1 import training_service_pb2, training_service_pb2_grpc
 
 
 def build(runtime: Runtime) -> Built:
-    servicer = TrainingServicer(open_store(runtime.config.store), runtime.operations)
+    servicer = TrainingServicer(open_store(runtime.config.store), runtime.operations,
+                                 inference_url=runtime.config.inference_url)
     runtime.operations.register_resumer("Train", servicer.resume_train)
     return Built(
         registrations=[registration(training_service_pb2, training_service_pb2_grpc, "TrainingService", servicer)],

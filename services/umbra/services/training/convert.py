@@ -26,6 +26,9 @@ def model_version_to_proto(stored: StoredModel, bucket: str) -> ts.ModelVersion:
         architecture={v: k for k, v in ARCHITECTURES.items()}.get(stored.config.architecture, 0),
         hyperparameters=ts.Hyperparameters(**record["hyperparameters"]), seed=record["seed"],
         steps=record["steps"], metrics=record["metrics"], code_version=record["code_version"])
+    start = record.get("initialized_from")
+    if start:
+        training.initialized_from.CopyFrom(refs_pb2.ModelRef(model=start["model"], version=start["version"]))
     privacy = record.get("privacy")
     if privacy:
         training.privacy_cost.CopyFrom(privacy_cost(**privacy))

@@ -13,12 +13,13 @@ import torch
 from umbra.classifiers import loop
 from umbra.classifiers.architectures import IMAGE_SIZES, ModelConfig, create
 from umbra.classifiers.data import load_split
-from umbra.classifiers.registry import ModelRegistry
+from umbra.classifiers.registry import ModelRegistry, StoredModel
+from umbra.client import inference
 from umbra.common.v1 import privacy_pb2
+from umbra.inference import publications
 from umbra.runtime import auth, pagination
-from umbra.runtime.errors import InvalidInput, NotFound
+from umbra.runtime.errors import FailedPrecondition, InvalidInput, NotFound, Unavailable
 from umbra.runtime.operations import OperationRunner
-from umbra.runtime.unbuilt import not_built_yet
 from umbra.services.training import convert
 from umbra.storage import keys
 from umbra.storage.base import ObjectStore
@@ -47,6 +48,12 @@ def _model_version(name: str, field: str) -> tuple[str, int]:
     if not match or int(match.group(2)) < 1:
         raise InvalidInput(field, "must look like 'models/{model}/versions/{version}'")
     return keys.validate_resource_id(match.group(1), field), int(match.group(2))
+
+
+def _model_ref(ref, field: str) -> tuple[str, int]:
+    if not ref.model.startswith("models/") or ref.version < 1:
+        raise InvalidInput(field, "needs model 'models/{model}' and a version of 1 or more")
+    return keys.validate_resource_id(ref.model.removeprefix("models/"), f"{field}.model"), ref.version
 
 
 def _reader(store: ObjectStore, bucket: str, ref, field: str) -> DatasetReader:
@@ -102,13 +109,17 @@ class _Plan:
     image_size: int
     dp: loop.DPSettings | None
     split: str
+    start: StoredModel | None = None  # public pretraining: the model version to start from
 
 
 class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
-    def __init__(self, store: ObjectStore, operations: OperationRunner):
+    def __init__(self, store: ObjectStore, operations: OperationRunner, *, inference_url: str = "",
+                 ready_timeout: float = 60.0):
         self.store = store
         self.registry = ModelRegistry(store)
         self.operations = operations
+        self.inference_url = inference_url
+        self.ready_timeout = ready_timeout
 
     def Train(self, request, context):
         tenant = _tenant()
@@ -133,25 +144,43 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
         architecture = convert.ARCHITECTURES.get(request.architecture or ts.ARCHITECTURE_GROUPNORM_CNN)
         if architecture is None:
             raise InvalidInput("architecture", "is not a known architecture")
-        if request.HasField("initialize_from"):
-            raise InvalidInput("initialize_from", "public pretraining is not built yet: leave it unset")
         hyper, image_size = _hyperparameters(request.hyperparameters, reader.header.image_size)
+        start = (self._starting_point(bucket, request, architecture, image_size)
+                 if request.HasField("initialize_from") else None)
         dp = _dp(request)
         split = request.dataset.split or "train"
         n = _count(reader, request.task, split)
         if n == 0:
             raise InvalidInput("dataset.split", f"split {split!r} has no samples labelled with {request.task!r}")
         loop.validate(data_size=n, hyper=hyper, dp=dp)
-        return _Plan(bucket, model, reader, architecture, hyper, image_size, dp, split)
+        return _Plan(bucket, model, reader, architecture, hyper, image_size, dp, split, start)
+
+    def _starting_point(self, bucket: str, request: ts.TrainRequest, architecture: str, image_size: int) -> StoredModel:
+        """The model version to start from (public pretraining): same architecture and image size, and never
+        trained on the dataset being trained on now (its weights would not be public for this run)."""
+        model_id, number = _model_ref(request.initialize_from, "initialize_from")
+        start = self.registry.get(bucket, model_id, number)
+        if start.config.architecture != architecture or start.config.image_size != image_size:
+            raise InvalidInput("initialize_from", f"models/{model_id}/versions/{number} is a "
+                                                  f"{start.config.architecture} at {start.config.image_size} px; "
+                                                  f"this run trains a {architecture} at {image_size} px")
+        if start.record.get("dataset", {}).get("dataset") == request.dataset.dataset:
+            raise InvalidInput("initialize_from", f"models/{model_id}/versions/{number} was trained on "
+                                                  f"{request.dataset.dataset} itself: start from a model trained "
+                                                  f"on public data")
+        return start
 
     def _train(self, ctx, plan: _Plan, request: ts.TrainRequest) -> ts.ModelVersion:
         bucket, model_id, reader, hyper, dp = plan.bucket, plan.model, plan.reader, plan.hyper, plan.dp
         ctx.report(stage="loading data")
         data = load_split(reader, task=request.task, split=plan.split, image_size=plan.image_size)
         ctx.check_cancelled()
-        config = ModelConfig(plan.architecture, len(data.classes), plan.image_size, classes=data.classes)
+        width = plan.start.config.width if plan.start else ModelConfig.width
+        config = ModelConfig(plan.architecture, len(data.classes), plan.image_size, classes=data.classes, width=width)
         torch.manual_seed(request.seed)
         model = create(config)
+        if plan.start is not None:
+            self._load_starting_point(model, config, plan)
         run = ctx.name.removeprefix("operations/")
         rate = loop.poisson_rate(len(data), hyper.batch_size)
         saved = self.registry.latest_checkpoint(bucket, model_id, run)
@@ -188,6 +217,7 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
                                 "learning_rate": hyper.learning_rate, "optimizer": hyper.optimizer,
                                 "momentum": hyper.momentum, "weight_decay": hyper.weight_decay,
                                 "image_size": plan.image_size},
+            "initialized_from": self._lineage(plan.start),
             "privacy": ({"epsilon": result.epsilon, "delta": result.delta, "accountant": result.accountant,
                          "noise_multiplier": result.noise_multiplier, "sample_rate": rate,
                          "steps": result.steps} if dp else None),
@@ -197,13 +227,46 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
         log.info("model %s v%d written (epsilon %.3f)", model_id, version, result.epsilon)
         return convert.model_version_to_proto(self.registry.get(bucket, model_id, version), bucket)
 
+    def _load_starting_point(self, model: torch.nn.Module, config: ModelConfig, plan: _Plan) -> None:
+        """Every weight of the starting point, except a head whose classes differ (it starts fresh)."""
+        start = plan.start
+        weights = self.registry.weights(plan.bucket, start.model, start.version)
+        if start.config.classes != config.classes:
+            weights = {k: v for k, v in weights.items() if not k.startswith("head.")}
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if unexpected or any(not k.startswith("head.") for k in missing):
+            raise InvalidInput("initialize_from", f"the weights of models/{start.model}/versions/{start.version} "
+                                                  f"do not fit this architecture")
+
+    @staticmethod
+    def _lineage(start: StoredModel | None) -> dict | None:
+        if start is None:
+            return None
+        return {"model": f"models/{start.model}", "version": start.version, "dataset": start.record.get("dataset"),
+                "task": start.record.get("task"), "privacy": start.record.get("privacy")}
+
+    def ExportModelVersion(self, request, context):
+        """Publishes a model version to the inference server and returns once Triton serves it."""
+        tenant = _tenant()
+        bucket = keys.bucket(tenant)
+        model_id, number = _model_ref(request.model, "model")
+        served = request.served_model_name or model_id
+        keys.validate_resource_id(served, "served_model_name")
+        if not self.inference_url:
+            raise FailedPrecondition("no inference server is configured for this service (UMBRA_INFERENCE_URL)")
+        self.registry.get(bucket, model_id, number)  # NotFound, also for another tenant's model
+        publication = publications.publish(self.store, tenant, served, model_id, number)
+        if not inference.wait_until_ready(self.inference_url, publication.triton_name, self.ready_timeout):
+            raise Unavailable(f"the inference server at {self.inference_url} did not load "
+                              f"{publication.triton_name} within {self.ready_timeout:.0f} s; the publication is "
+                              f"recorded and will be served when it does (see the inference server's log)")
+        return ts.ExportModelVersionResponse(served_model_name=publication.triton_name, endpoint=self.inference_url)
+
     def Evaluate(self, request, context):
         tenant = _tenant()
         bucket = keys.bucket(tenant)
-        if not request.model.model.startswith("models/") or request.model.version < 1:
-            raise InvalidInput("model", "needs model 'models/{model}' and a version of 1 or more")
-        model_id = keys.validate_resource_id(request.model.model.removeprefix("models/"), "model.model")
-        stored = self.registry.get(bucket, model_id, request.model.version)
+        model_id, number = _model_ref(request.model, "model")
+        stored = self.registry.get(bucket, model_id, number)
         reader = _reader(self.store, bucket, request.dataset, "dataset")
         split = request.dataset.split or "test"
 
@@ -248,7 +311,6 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
         self.registry.delete(keys.bucket(tenant), model_id, number)
         return ts.DeleteModelVersionResponse()
 
-    ExportModelVersion = not_built_yet("ExportModelVersion", "publishing to the inference server")
 
 
 def _evaluation(request, classes: list[str], predicted: torch.Tensor, labels: torch.Tensor) -> ts.Evaluation:

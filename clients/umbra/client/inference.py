@@ -1,14 +1,17 @@
-"""A small Triton gRPC client for the served classifiers: `predict(url, model, images)` returns the logits.
+"""The SDK's Triton gRPC client for published classifiers: `predict(url, model, images)` returns the logits.
 
-Imports only numpy and tritonclient (no torch), so the SDK can use it as is. Batches larger than the server's
+Imports only numpy and tritonclient (no torch). Batches larger than the server's
 `max_batch_size` are split into several calls; errors from the server (an unknown model, a wrong image size)
 come back as `tritonclient.utils.InferenceServerException`, whose message says what went wrong.
 """
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 MAX_BATCH_SIZE = 64  # the server's max_batch_size (umbra.inference.triton)
 INPUT_NAME = "images"
@@ -39,3 +42,34 @@ def predict(url: str, model_name: str, images: np.ndarray, timeout: float = 30.0
     finally:
         client.close()
     return np.concatenate(parts)
+
+
+def input_size(url: str, model_name: str, timeout: float = 10.0) -> int:
+    """The image side (pixels) that a served model takes, read from the server's model metadata."""
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        metadata = client.get_model_metadata(model_name, as_json=True, client_timeout=timeout)
+    finally:
+        client.close()
+    for tensor in metadata.get("inputs", []):
+        if tensor.get("name") == INPUT_NAME:
+            return int(tensor["shape"][-1])
+    raise ValueError(f"model {model_name!r} on {url} has no input named {INPUT_NAME!r}: not an Umbra classifier")
+
+
+def wait_until_ready(url: str, model_name: str, timeout: float = 60.0) -> bool:
+    """True once the server at `url` answers that `model_name` is ready; False if it is not within `timeout`."""
+    deadline = time.monotonic() + timeout
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        while True:
+            try:
+                if client.is_model_ready(model_name, client_timeout=2.0):
+                    return True
+            except InferenceServerException:
+                pass  # not up yet, or not reachable yet
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.25)
+    finally:
+        client.close()
