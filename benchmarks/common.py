@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import signal
 import socket
 import subprocess
-from collections.abc import Iterator
+import sys
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -56,3 +60,77 @@ def write_result(name: str, result: dict) -> Path:
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def service_env(home: Path, s3: dict[str, str], services: Sequence[str]) -> dict[str, str]:
+    """The environment for services started by a benchmark: a fresh home, free ports, new secrets, the S3 store."""
+    env = dict(os.environ, UMBRA_HOME=str(home), UMBRA_SERVICE_TOKEN=secrets.token_urlsafe(24),
+               UMBRA_ADMIN_KEY=secrets.token_urlsafe(24), UMBRA_STORE="s3", **s3)
+    for name in services:
+        env[f"UMBRA_{name.upper()}_PORT"] = str(free_port())
+    return env
+
+
+@contextmanager
+def running_services(env: dict[str, str], services: Sequence[str], timeout: float = 120.0) -> Iterator[dict[str, str]]:
+    """`umbra serve <name>` for each service, as its own process, until the block ends (SIGTERM); yields each
+    one's address once it answers SERVING."""
+    from umbra.client import health_of
+
+    home = Path(env["UMBRA_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    procs, targets = {}, {}
+    try:
+        for name in services:
+            log = open(home / f"{name}.log", "ab")
+            procs[name] = subprocess.Popen([sys.executable, "-m", "umbra.cli.main", "serve", name], env=env,
+                                           stdout=log, stderr=subprocess.STDOUT)
+            log.close()
+            targets[name] = f"127.0.0.1:{env[f'UMBRA_{name.upper()}_PORT']}"
+        deadline = time.monotonic() + timeout
+        for name, target in targets.items():
+            while health_of(target, timeout=0.5) != "SERVING":
+                if procs[name].poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} did not start; see {home / (name + '.log')}")
+                time.sleep(0.2)
+        yield targets
+    finally:
+        for proc in procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@contextmanager
+def inference_server(env: dict[str, str], workspace: Path, port: int = 0) -> Iterator[str]:
+    """The inference server (a real Triton) serving the publications in the benchmark's object store; yields its
+    gRPC address."""
+    port = port or free_port()
+    Path(env["UMBRA_HOME"]).mkdir(parents=True, exist_ok=True)
+    log = open(Path(env["UMBRA_HOME"]) / "inference.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "umbra.inference.triton", "--store", "--grpc-port", str(port),
+                             "--poll-seconds", "0.5", "--workspace", str(workspace)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    log.close()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def create_tenant(coordinator: str, admin_key: str) -> tuple[str, str]:
+    """A new tenant on the coordinator: (tenant id, API key)."""
+    from umbra.client.channel import open_channel
+    from umbra.coordinator.v1 import tenant_service_pb2, tenant_service_pb2_grpc
+
+    tenant = f"bench-{secrets.token_hex(3)}"
+    stub = tenant_service_pb2_grpc.TenantServiceStub(open_channel(coordinator, admin_key))
+    key = stub.CreateTenant(tenant_service_pb2.CreateTenantRequest(tenant_id=tenant), timeout=30).api_key_secret
+    return tenant, key

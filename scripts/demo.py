@@ -1,14 +1,18 @@
 """`make demo`: run the furthest part of Umbra's protection pipeline that works, on this machine.
 
-1. start a real S3 server (Ceph RADOS Gateway, deploy/s3/rgw.sh) and the five services, each its own process;
+1. start a real S3 server (Ceph RADOS Gateway, deploy/s3/rgw.sh), the five services (each its own process) and
+   the inference server (a real Triton, serving what is published in object storage);
 2. check each service's health and call it with its credential;
 3. create a tenant, generate labelled synthetic faces, upload them as a dataset (validated, sharded, sent to
    S3 through presigned URLs, committed), and export the committed version back to check it byte for byte;
-4. write what was seen to out/demo/demo.json and stop everything (unless --keep).
+4. train a DP-SGD gender classifier on it through the training service (epsilon in the operation's progress),
+   starting from weights pretrained on other, public synthetic faces; evaluate it on the test split, publish
+   it to Triton and classify exported images with `umbra models predict` (tritonclient over gRPC);
+5. write what was seen to out/demo/demo.json and stop everything (unless --keep).
 
-Later steps (training, anonymization, distortion, unlearning) are added here as they are built.
+Later steps (anonymization, distortion, unlearning) are added here as they are built.
 
-    python scripts/demo.py [--keep] [--faces N]
+    python scripts/demo.py [--keep] [--faces N] [--epsilon E]
 """
 
 from __future__ import annotations
@@ -26,17 +30,24 @@ from pathlib import Path
 
 import grpc
 
+from umbra.classifiers import recipes
 from umbra.cli import local
 from umbra.client import UmbraRpcError, health_of, layout
 from umbra.client.channel import open_channel
 from umbra.client.datasets import DatasetsClient
 from umbra.client.operations import OperationsClient
+from umbra.common.v1 import refs_pb2
 from umbra.coordinator.v1 import job_service_pb2, job_service_pb2_grpc, tenant_service_pb2, tenant_service_pb2_grpc
 from umbra.dataset import synthetic
+from umbra.training.v1 import training_service_pb2 as ts
+from umbra.training.v1 import training_service_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out" / "demo"
 RGW = ROOT / "deploy" / "s3" / "rgw.sh"
+INFERENCE_PORT = 8001  # Triton's usual gRPC port
+PUBLIC_FACES = 1500  # public synthetic faces for pretraining
+DEMO_EPOCHS = 8
 
 
 def step(text: str) -> None:
@@ -49,6 +60,79 @@ def start_s3() -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines.splitlines() if "=" in line)
 
 
+def start_inference_server(home: Path, port: int) -> subprocess.Popen:
+    """`python -m umbra.inference.triton --store`: Triton serving what is published in the object store."""
+    (home / "logs").mkdir(parents=True, exist_ok=True)
+    with open(home / "logs" / "inference.log", "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "umbra.inference.triton", "--store", "--grpc-port", str(port),
+                                 "--workspace", str(home / "triton")], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def train_and_serve(home: Path, tenant: str, dataset_version: str, images: Path, epsilon: float,
+                    inference_url: str) -> dict:
+    """Step 4, through the training service (internal: the demo presents the service credential for the tenant, as
+    the coordinator will once its job loop drives training)."""
+    service_token = (home / "secrets" / "service-token").read_text().strip()
+    channel = open_channel(layout.endpoint("training").target, service_token, tenant=tenant)
+    stub, operations = training_service_pb2_grpc.TrainingServiceStub(channel), OperationsClient(channel)
+    dataset, number = dataset_version.removeprefix("datasets/").split("/versions/")
+
+    def train(model: str, data: str, version: int, dp: bool, start: refs_pb2.ModelRef | None) -> ts.ModelVersion:
+        # Pretraining at the non-private recipe's learning rate; DP fine-tuning of the pretrained net at half that.
+        request = ts.TrainRequest(
+            model=model, dataset=refs_pb2.DatasetRef(dataset=f"datasets/{data}", version=version), task="gender",
+            architecture=ts.ARCHITECTURE_GROUPNORM_CNN, seed=0, hyperparameters=ts.Hyperparameters(
+                epochs=DEMO_EPOCHS, batch_size=64, physical_batch_size=64,
+                learning_rate=recipes.NONPRIVATE.hyper.learning_rate / (2 if dp else 1), image_size=32, width=16))
+        if dp:
+            request.differential_privacy.CopyFrom(ts.DifferentialPrivacy(
+                target_epsilon=epsilon, target_delta=1e-4, max_grad_norm=1.0))
+        if start is not None:
+            request.initialize_from.CopyFrom(start)
+        name = stub.Train(request, timeout=60).operation.name
+        print(f"   {name}: training {model} on datasets/{data}", flush=True)
+        return operations.result(name, ts.ModelVersion, progress=True, poll_seconds=1)
+
+    # Public pretraining: other synthetic faces, uploaded as their own dataset (public data costs no epsilon).
+    public = OUT / "public-faces"
+    shutil.rmtree(public, ignore_errors=True)
+    synthetic.write_folder(public, PUBLIC_FACES, size=64, seed=1)
+    coordinator_key = (OUT / "tenant-api-key").read_text().strip()
+    public_version = DatasetsClient(open_channel(layout.endpoint("coordinator").target, coordinator_key)).upload(
+        public, "public-faces", progress=False)
+    start = train("models/public-gender", "public-faces", int(public_version.name.rsplit("/", 1)[1]), False, None)
+    trained = train("models/gender", dataset, int(number), True, refs_pb2.ModelRef(
+        model="models/public-gender", version=int(start.name.rsplit("/", 1)[1])))
+    cost = trained.training_record.privacy_cost
+    print(f"   {trained.name}: epsilon {cost.epsilon:.3f} at delta {cost.delta:g} ({cost.description}), started from "
+          f"{start.name}")
+    evaluation = operations.result(stub.Evaluate(ts.EvaluateRequest(
+        model=refs_pb2.ModelRef(model="models/gender", version=int(trained.name.rsplit("/", 1)[1])),
+        dataset=refs_pb2.DatasetRef(dataset=f"datasets/{dataset}", version=int(number), split="test")),
+        timeout=30).operation.name, ts.Evaluation, poll_seconds=1)
+    print(f"   test split: accuracy {evaluation.accuracy:.3f}, balanced accuracy {evaluation.balanced_accuracy:.3f} "
+          f"on {evaluation.sample_count} images")
+    exported = stub.ExportModelVersion(ts.ExportModelVersionRequest(
+        model=refs_pb2.ModelRef(model="models/gender", version=int(trained.name.rsplit("/", 1)[1])),
+        served_model_name="gender"), timeout=120)
+    print(f"   published as {exported.served_model_name} on the inference server at {exported.endpoint}")
+    sample = sorted((images / "images").iterdir())[:8]
+    classes = ",".join(trained.training_record.classes)
+    command = [sys.executable, "-m", "umbra.cli.main", "models", "predict", *map(str, sample), "--model",
+               exported.served_model_name, "--endpoint", inference_url, "--classes", classes, "--json"]
+    predicted = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    (OUT / "predictions.json").write_text(predicted)
+    rows = json.loads(predicted)
+    for row in rows[:4]:
+        print(f"   umbra models predict {Path(row['image']).name}: gender {row['class']} ({row['probability']:.2f})")
+    return {"model_version": trained.name, "epsilon": cost.epsilon, "delta": cost.delta,
+            "initialized_from": start.name, "test_accuracy": evaluation.accuracy,
+            "test_balanced_accuracy": evaluation.balanced_accuracy, "served_model_name": exported.served_model_name,
+            "endpoint": exported.endpoint, "predicted_images": len(rows),
+            "predictions": str(OUT / "predictions.json")}
+
+
 def digests(folder: Path) -> list[str]:
     return sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in (folder / "images").iterdir())
 
@@ -57,14 +141,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", action="store_true", help="leave the S3 server and the services running")
     parser.add_argument("--faces", type=int, default=500, help="synthetic faces to upload (default 500)")
+    parser.add_argument("--epsilon", type=float, default=8.0, help="privacy budget of the DP classifier (default 8)")
     args = parser.parse_args()
     home = layout.home()
     report: dict = {"home": str(home), "services": {}}
-    step("1. starting a real S3 server and the five services")
+    step("1. starting a real S3 server, the five services and the inference server")
     s3 = start_s3()
-    os.environ.update(s3, UMBRA_STORE="s3")  # the services started next inherit these
+    inference_url = f"127.0.0.1:{INFERENCE_PORT}"
+    os.environ.update(s3, UMBRA_STORE="s3", UMBRA_INFERENCE_URL=inference_url)  # the services inherit these
     started = time.monotonic()
+    triton = start_inference_server(home, INFERENCE_PORT)
     if local.up(list(layout.SERVICES)) != 0:
+        triton.terminate()
         return 1
     report["start_seconds"] = round(time.monotonic() - started, 2)
     try:
@@ -107,7 +195,10 @@ def main() -> int:
                              "shards": version.shard_count, "upload_seconds": round(seconds, 2),
                              "exported_identical": identical, "export_folder": str(exported)}
 
-        step("4. the protection job itself is not built yet, and says so")
+        step(f"4. a DP classifier (epsilon {args.epsilon:g}) trained, evaluated and served on Triton")
+        report["classifier"] = train_and_serve(home, tenant_id, version.name, exported, args.epsilon, inference_url)
+
+        step("5. the protection job itself is not built yet, and says so")
         try:
             job_service_pb2_grpc.JobServiceStub(open_channel(coordinator, created.api_key_secret)).ListProtectionJobs(
                 job_service_pb2.ListProtectionJobsRequest(), timeout=10)
@@ -119,15 +210,20 @@ def main() -> int:
         if not args.keep:
             step("stopping the services and the S3 server")
             local.down(list(layout.SERVICES))
+            triton.terminate()
+            triton.wait(timeout=60)
             subprocess.run(["bash", str(RGW), "stop"], check=False)
     tmp = OUT / "demo.json.tmp"
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(OUT / "demo.json")
-    print(f"\nResults: {OUT / 'demo.json'} (dataset exported to {OUT / 'faces-export'})\nService logs: {home / 'logs'}")
+    print(f"\nResults: {OUT / 'demo.json'} (dataset exported to {OUT / 'faces-export'}; the classifier's "
+          f"predictions in {OUT / 'predictions.json'})\nService logs: {home / 'logs'}")
     if args.keep:
-        print("Still running: `.venv/bin/umbra status`; stop with `.venv/bin/umbra down` and `deploy/s3/rgw.sh stop`.")
+        print(f"Still running: `.venv/bin/umbra status`, Triton at {inference_url} (pid {triton.pid}); stop with "
+              f"`.venv/bin/umbra down`, `kill {triton.pid}` and `deploy/s3/rgw.sh stop`.")
     healthy = all(s["health"] == "SERVING" for s in report["services"].values())
-    return 0 if healthy and report.get("dataset", {}).get("exported_identical") else 1
+    served = report.get("classifier", {}).get("predicted_images", 0) > 0
+    return 0 if healthy and report.get("dataset", {}).get("exported_identical") and served else 1
 
 
 if __name__ == "__main__":

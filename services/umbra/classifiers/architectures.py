@@ -114,9 +114,68 @@ class SmallResNet(nn.Module):
         return self.head(self.features(x))
 
 
+class _Scattering(nn.Module):
+    """The fixed stem of the ScatterNets: a 2-D scattering transform (kymatio; J=2, L=8: 81 maps per colour at a
+    quarter of the side), on the normalized image, channels flattened to (N, 243, H/4, W/4). No parameters."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        from kymatio.torch import Scattering2D
+
+        self.normalize = _Normalize(config.mean, config.std)
+        self.scattering = Scattering2D(J=2, shape=(config.image_size, config.image_size), L=8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scattering(self.normalize(x).contiguous()).flatten(1, 2)
+
+
+SCATTERING_CHANNELS = 3 * 81
+
+
+class ScatterNet(nn.Module):
+    """Tramèr & Boneh, "Differentially private learning needs better features" (ICLR 2021): hand-designed
+    scattering features (`stem`, fixed), GroupNorm without learned parameters, then a linear head
+    (`scatternet_linear`) or a small CNN (`scatternet_cnn`, two conv blocks with tanh). Nothing is learned in the
+    stem, so DP-SGD's noise spreads over far fewer parameters; the training loop computes the stem once per image
+    (see `fixed_stem`)."""
+
+    def __init__(self, config: ModelConfig, cnn: bool):
+        super().__init__()
+        if config.image_size != 32:
+            raise ValueError(f"image_size {config.image_size}: the ScatterNets take 32 px images")
+        side, w, groups = config.image_size // 4, config.width, _groups(config.width)
+        self.stem = _Scattering(config)
+        layers: list[nn.Module] = [nn.GroupNorm(27, SCATTERING_CHANNELS, affine=False)]
+        if cnn:
+            layers += [nn.Conv2d(SCATTERING_CHANNELS, w, 3, padding=1), nn.GroupNorm(groups, w), nn.Tanh(),
+                       nn.MaxPool2d(2), nn.Conv2d(w, w, 3, padding=1), nn.GroupNorm(groups, w), nn.Tanh(),
+                       nn.MaxPool2d(2)]
+            features = w * (side // 4) ** 2
+        else:
+            features = SCATTERING_CHANNELS * side * side
+        self.body = nn.Sequential(*layers, nn.Flatten())
+        self.head = nn.Linear(features, config.num_classes)
+
+    @property
+    def fixed_stem(self) -> nn.Module:
+        """The parameter-free first stage; `trainable()` maps its output to logits."""
+        return self.stem
+
+    def trainable(self) -> nn.Module:
+        return nn.Sequential(self.body, self.head)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.stem(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
 REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "groupnorm_cnn": GroupNormCNN,
     "small_resnet": SmallResNet,
+    "scatternet_linear": lambda config: ScatterNet(config, cnn=False),
+    "scatternet_cnn": lambda config: ScatterNet(config, cnn=True),
 }
 IMAGE_SIZES = (32, 64)
 
@@ -129,4 +188,7 @@ def create(config: ModelConfig) -> nn.Module:
         raise ValueError(f"image_size {config.image_size} is not one of {IMAGE_SIZES}")
     if config.num_classes < 2:
         raise ValueError("num_classes must be at least 2")
-    return REGISTRY[config.architecture](config)
+    try:
+        return REGISTRY[config.architecture](config)
+    except ValueError as e:
+        raise ValueError(f"{config.architecture}: {e}") from None

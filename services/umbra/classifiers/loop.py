@@ -157,10 +157,19 @@ def train(*, model: nn.Module, data: LabelledImages, hyper: Hyperparameters, dp:
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     if resume is not None:
-        model.load_state_dict(resume.model)
+        model.load_state_dict(resume.model)  # the whole network, before any part of it is wrapped
         if resume.rng is not None:
             generator.set_state(resume.rng)
-    dataset = TensorDataset(data.images, data.labels)
+    full = model
+    stem = getattr(model, "fixed_stem", None)
+    if stem is not None:
+        # A parameter-free first stage (the ScatterNets): computed once for every image and its mirror image, and
+        # only the rest of the network is trained (and made private) on its outputs.
+        inputs = (_stem_outputs(stem, data.images, mirrored=False), _stem_outputs(stem, data.images, mirrored=True))
+        model = model.trainable()
+        dataset = TensorDataset(torch.arange(len(data)), data.labels)
+    else:
+        dataset = TensorDataset(data.images, data.labels)
     loader = DataLoader(dataset, batch_size=hyper.batch_size, shuffle=True, generator=generator)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer: torch.optim.Optimizer = (
@@ -184,7 +193,7 @@ def train(*, model: nn.Module, data: LabelledImages, hyper: Hyperparameters, dp:
             engine.accountant.load_state_dict(resume.accountant)
     if resume is not None:
         optimizer.load_state_dict(resume.optimizer)
-    inner = model._module if hasattr(model, "_module") else model
+    inner = full  # what checkpoints save: the whole network (its trained part shares the parameters)
     start_epoch, steps, loss_value = (resume.epoch, resume.steps, math.nan) if resume else (0, 0, math.nan)
     criterion = nn.CrossEntropyLoss()
     model.train()
@@ -193,10 +202,14 @@ def train(*, model: nn.Module, data: LabelledImages, hyper: Hyperparameters, dp:
         for images, labels in _batches(loader, optimizer, hyper, dp):
             if should_stop():
                 return _result(steps, engine, dp, accountant_name, sigma, loss_value)
-            x = images.float().div_(255.0)
-            if hyper.flip:
-                flip = torch.rand(len(x), generator=generator) < 0.5
-                x[flip] = x[flip].flip(-1)
+            flip = (torch.rand(len(labels), generator=generator) < 0.5) if hyper.flip else None
+            if stem is not None:  # `images` holds indices into the stem's outputs
+                x = inputs[0][images] if flip is None else torch.where(
+                    flip.view(-1, 1, 1, 1), inputs[1][images], inputs[0][images])
+            else:
+                x = images.float().div_(255.0)
+                if flip is not None:
+                    x[flip] = x[flip].flip(-1)
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(model(x), labels)
             loss.backward()
@@ -215,6 +228,15 @@ def train(*, model: nn.Module, data: LabelledImages, hyper: Hyperparameters, dp:
                 optimizer=optimizer.state_dict(), noise_multiplier=sigma,
                 accountant=engine.accountant.state_dict() if engine else {}, rng=generator.get_state()))
     return _result(steps, engine, dp, accountant_name, sigma, loss_value)
+
+
+def _stem_outputs(stem: nn.Module, images: torch.Tensor, *, mirrored: bool, batch: int = 256) -> torch.Tensor:
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            x = images[start:start + batch].float().div_(255.0)
+            out.append(stem(x.flip(-1) if mirrored else x))
+    return torch.cat(out)
 
 
 def _batches(loader, optimizer, hyper: Hyperparameters, dp: DPSettings | None):

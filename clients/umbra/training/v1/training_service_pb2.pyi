@@ -19,12 +19,16 @@ class Architecture(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ARCHITECTURE_UNSPECIFIED: _ClassVar[Architecture]
     ARCHITECTURE_GROUPNORM_CNN: _ClassVar[Architecture]
     ARCHITECTURE_SMALL_RESNET: _ClassVar[Architecture]
+    ARCHITECTURE_SCATTERNET_LINEAR: _ClassVar[Architecture]
+    ARCHITECTURE_SCATTERNET_CNN: _ClassVar[Architecture]
 ARCHITECTURE_UNSPECIFIED: Architecture
 ARCHITECTURE_GROUPNORM_CNN: Architecture
 ARCHITECTURE_SMALL_RESNET: Architecture
+ARCHITECTURE_SCATTERNET_LINEAR: Architecture
+ARCHITECTURE_SCATTERNET_CNN: Architecture
 
 class Hyperparameters(_message.Message):
-    __slots__ = ("epochs", "batch_size", "physical_batch_size", "learning_rate", "optimizer", "momentum", "weight_decay", "image_size", "augmentation_multiplicity")
+    __slots__ = ("epochs", "batch_size", "physical_batch_size", "learning_rate", "optimizer", "momentum", "weight_decay", "image_size", "augmentation_multiplicity", "width")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     PHYSICAL_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +38,7 @@ class Hyperparameters(_message.Message):
     WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     AUGMENTATION_MULTIPLICITY_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     batch_size: int
     physical_batch_size: int
@@ -43,7 +48,8 @@ class Hyperparameters(_message.Message):
     weight_decay: float
     image_size: int
     augmentation_multiplicity: int
-    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., physical_batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., image_size: _Optional[int] = ..., augmentation_multiplicity: _Optional[int] = ...) -> None: ...
+    width: int
+    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., physical_batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., image_size: _Optional[int] = ..., augmentation_multiplicity: _Optional[int] = ..., width: _Optional[int] = ...) -> None: ...
 
 class DifferentialPrivacy(_message.Message):
     __slots__ = ("target_epsilon", "target_delta", "noise_multiplier", "max_grad_norm", "poisson_sampling", "accountant", "secure_mode")

@@ -6,7 +6,12 @@ from umbra.classifiers.registry import CONFIG, RECORD, WEIGHTS, StoredModel, ver
 from umbra.common.v1 import privacy_pb2, refs_pb2
 from umbra.training.v1 import training_service_pb2 as ts
 
-ARCHITECTURES = {ts.ARCHITECTURE_GROUPNORM_CNN: "groupnorm_cnn", ts.ARCHITECTURE_SMALL_RESNET: "small_resnet"}
+ARCHITECTURES = {
+    ts.ARCHITECTURE_GROUPNORM_CNN: "groupnorm_cnn",
+    ts.ARCHITECTURE_SMALL_RESNET: "small_resnet",
+    ts.ARCHITECTURE_SCATTERNET_LINEAR: "scatternet_linear",
+    ts.ARCHITECTURE_SCATTERNET_CNN: "scatternet_cnn",
+}
 ACCOUNTANTS = {"prv": privacy_pb2.PRIVACY_ACCOUNTANT_PRV, "rdp": privacy_pb2.PRIVACY_ACCOUNTANT_RDP}
 
 

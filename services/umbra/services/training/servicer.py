@@ -109,6 +109,7 @@ class _Plan:
     image_size: int
     dp: loop.DPSettings | None
     split: str
+    width: int
     start: StoredModel | None = None  # public pretraining: the model version to start from
 
 
@@ -145,15 +146,23 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
         if architecture is None:
             raise InvalidInput("architecture", "is not a known architecture")
         hyper, image_size = _hyperparameters(request.hyperparameters, reader.header.image_size)
+        if request.hyperparameters.width < 0 or request.hyperparameters.width > 256:
+            raise InvalidInput("hyperparameters.width", "must be between 1 and 256 (0: the default)")
         start = (self._starting_point(bucket, request, architecture, image_size)
                  if request.HasField("initialize_from") else None)
+        width = request.hyperparameters.width or (start.config.width if start else ModelConfig.width)
+        if start is not None and width != start.config.width:
+            raise InvalidInput("hyperparameters.width", f"is {width}, but initialize_from has width "
+                                                        f"{start.config.width}")
+        if request.hyperparameters.augmentation_multiplicity > 1:
+            raise InvalidInput("hyperparameters.augmentation_multiplicity", "is not supported yet: leave it 0 or 1")
         dp = _dp(request)
         split = request.dataset.split or "train"
         n = _count(reader, request.task, split)
         if n == 0:
             raise InvalidInput("dataset.split", f"split {split!r} has no samples labelled with {request.task!r}")
         loop.validate(data_size=n, hyper=hyper, dp=dp)
-        return _Plan(bucket, model, reader, architecture, hyper, image_size, dp, split, start)
+        return _Plan(bucket, model, reader, architecture, hyper, image_size, dp, split, width, start)
 
     def _starting_point(self, bucket: str, request: ts.TrainRequest, architecture: str, image_size: int) -> StoredModel:
         """The model version to start from (public pretraining): same architecture and image size, and never
@@ -175,8 +184,8 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
         ctx.report(stage="loading data")
         data = load_split(reader, task=request.task, split=plan.split, image_size=plan.image_size)
         ctx.check_cancelled()
-        width = plan.start.config.width if plan.start else ModelConfig.width
-        config = ModelConfig(plan.architecture, len(data.classes), plan.image_size, classes=data.classes, width=width)
+        config = ModelConfig(plan.architecture, len(data.classes), plan.image_size, classes=data.classes,
+                             width=plan.width)
         torch.manual_seed(request.seed)
         model = create(config)
         if plan.start is not None:
@@ -216,7 +225,7 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
                                 "physical_batch_size": hyper.physical_batch_size,
                                 "learning_rate": hyper.learning_rate, "optimizer": hyper.optimizer,
                                 "momentum": hyper.momentum, "weight_decay": hyper.weight_decay,
-                                "image_size": plan.image_size},
+                                "image_size": plan.image_size, "width": plan.width},
             "initialized_from": self._lineage(plan.start),
             "privacy": ({"epsilon": result.epsilon, "delta": result.delta, "accountant": result.accountant,
                          "noise_multiplier": result.noise_multiplier, "sample_rate": rate,

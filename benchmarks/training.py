@@ -1,0 +1,329 @@
+"""Training: accuracy of plain and DP-SGD classifiers (the recipes in umbra.classifiers.recipes), what the
+training service costs over the same loop in-process, and what Triton costs over in-process inference.
+
+    python -m benchmarks.training [--quick] [--data DIR] [--task gender]
+
+Starts what it needs (the S3 server from deploy/s3/rgw.sh, a coordinator and a training service process, and
+the inference server, a real Triton) and stops it again. The data is ingested through the coordinator like a
+tenant's; in-process runs read the same committed version from S3. Writes out/bench/training.json and
+out/bench/training.png (test accuracy against epsilon) with:
+  task, data, train/val/test sizes, nonprivate_accuracy, dp (a list of {target_epsilon, epsilon_spent,
+  accountant, accuracy, balanced_accuracy, seconds}), dp8_vs_nonprivate_ratio,
+  service_vs_inprocess_ratio (training samples/s through the service, end to end: loading from S3, training,
+  a checkpoint per epoch, writing the model; over the same loop in-process, training only),
+  triton_vs_inprocess_ratio (batch-64 inference: images/s through Triton over gRPC / in-process torch).
+--quick halves the epochs of every recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.common import (OUT, create_tenant, default_data, free_port, inference_server, running_services,
+                               s3_server, service_env, write_result)
+from umbra.classifiers import loop, recipes
+from umbra.classifiers.architectures import ModelConfig, create
+from umbra.classifiers.data import LabelledImages, load_split
+from umbra.client import inference
+from umbra.client.channel import open_channel
+from umbra.client.datasets import DatasetsClient
+from umbra.client.operations import OperationsClient
+from umbra.common.v1 import refs_pb2
+from umbra.dataset import synthetic
+from umbra.services.training import convert
+from umbra.storage.datasets import DatasetReader
+from umbra.storage.s3 import S3ObjectStore
+from umbra.training.v1 import training_service_pb2 as ts
+from umbra.training.v1 import training_service_pb2_grpc
+
+EPSILONS = (1.0, 4.0, 8.0)
+DELTA = 1e-5
+ARCHITECTURES = {name: number for number, name in convert.ARCHITECTURES.items()}
+# The anchor of the issue: a plain Opacus loop, small GroupNorm CNN at 32 px, no tuning, on the face sample.
+ANCHOR = {"nonprivate": 0.74, 8.0: 0.68, 4.0: 0.73, 1.0: 0.54}
+
+
+def balanced_accuracy(predicted: torch.Tensor, labels: torch.Tensor) -> float:
+    recalls = [float((predicted[labels == c] == c).float().mean()) for c in labels.unique()]
+    return sum(recalls) / len(recalls)
+
+
+def scores(model: torch.nn.Module, data: LabelledImages) -> dict:
+    predicted = loop.predict(model, data)
+    return {"accuracy": round(float((predicted == data.labels).float().mean()), 4),
+            "balanced_accuracy": round(balanced_accuracy(predicted, data.labels), 4)}
+
+
+def fit(recipe: recipes.Recipe, data: LabelledImages, *, epsilon: float | None, seed: int,
+        start: dict | None) -> tuple[torch.nn.Module, loop.TrainResult, float]:
+    """(model, result, training seconds) of one in-process run of `recipe`, as the service would run it."""
+    recipe = recipe.fitted(len(data))
+    config = ModelConfig(recipe.architecture, len(data.classes), recipe.image_size, classes=data.classes,
+                         width=recipe.width)
+    torch.manual_seed(seed)
+    model = create(config)
+    if start is not None:
+        model.load_state_dict({k: v for k, v in start.items() if not k.startswith("head.")}, strict=False)
+    dp = (loop.DPSettings(target_delta=DELTA, target_epsilon=epsilon, max_grad_norm=recipe.max_grad_norm)
+          if epsilon else None)
+    began = time.perf_counter()
+    result = loop.train(model=model, data=data, hyper=recipe.hyper, dp=dp, seed=seed)
+    seconds = time.perf_counter() - began
+    return (model._module if hasattr(model, "_module") else model), result, seconds
+
+
+def pretrained(recipe: recipes.Recipe, public: LabelledImages, seed: int, cache: dict) -> dict | None:
+    """Weights trained non-privately on the public synthetic faces, for recipes that start from them."""
+    if not recipe.pretrain_epochs:
+        return None
+    key = (recipe.architecture, recipe.width, recipe.image_size, recipe.pretrain_epochs)
+    if key not in cache:
+        start = replace(recipes.NONPRIVATE, architecture=recipe.architecture, width=recipe.width,
+                        image_size=recipe.image_size, hyper=replace(recipes.NONPRIVATE.hyper,
+                                                                    epochs=recipe.pretrain_epochs))
+        model, _, seconds = fit(start, public, epsilon=None, seed=seed, start=None)
+        print(f"   pretrained on {len(public)} public synthetic faces ({seconds:.0f} s)", flush=True)
+        cache[key] = model.state_dict()
+    return cache[key]
+
+
+def hyperparameters_proto(recipe: recipes.Recipe) -> ts.Hyperparameters:
+    h = recipe.hyper
+    return ts.Hyperparameters(epochs=h.epochs, batch_size=h.batch_size, physical_batch_size=h.physical_batch_size,
+                              learning_rate=h.learning_rate, optimizer=h.optimizer, momentum=h.momentum,
+                              weight_decay=h.weight_decay, image_size=recipe.image_size, width=recipe.width)
+
+
+def train_through_service(stub, operations, recipe: recipes.Recipe, *, model: str, dataset: str, task: str,
+                          train_samples: int, epsilon: float | None, seed: int,
+                          start: refs_pb2.ModelRef | None) -> tuple[ts.ModelVersion, float]:
+    recipe = recipe.fitted(train_samples)
+    request = ts.TrainRequest(model=model, dataset=refs_pb2.DatasetRef(dataset=dataset, version=1, split="train"),
+                              task=task, architecture=ARCHITECTURES[recipe.architecture], seed=seed,
+                              hyperparameters=hyperparameters_proto(recipe))
+    if epsilon:
+        request.differential_privacy.CopyFrom(ts.DifferentialPrivacy(
+            target_epsilon=epsilon, target_delta=DELTA, max_grad_norm=recipe.max_grad_norm))
+    if start is not None:
+        request.initialize_from.CopyFrom(start)
+    began = time.perf_counter()
+    name = stub.Train(request, timeout=60).operation.name
+    version = operations.result(name, ts.ModelVersion, poll_seconds=0.5)
+    return version, time.perf_counter() - began
+
+
+def images_per_s(call, images: np.ndarray, batch: int, seconds: float) -> float:
+    """Throughput of `call` on consecutive batches of `images`, run for about `seconds` after one warm-up."""
+    if len(images) < 4 * batch:  # a small test split: cycle through it
+        images = np.concatenate([images] * -(-4 * batch // len(images)))
+    call(images[:batch])
+    done, began = 0, time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        for start in range(0, len(images) - batch + 1, batch):
+            call(images[start:start + batch])
+            done += batch
+    return done / (time.perf_counter() - began)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="half the epochs (under 10 minutes on 2 cores)")
+    parser.add_argument("--data", type=Path, help="a folder with images/ and labels.csv (default: the face sample)")
+    parser.add_argument("--task", default="gender", help="the label column to learn (default gender)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epoch-factor", type=float, default=None,
+                        help="scale every recipe's epochs by this (default 1, or 0.5 with --quick)")
+    args = parser.parse_args()
+    factor = args.epoch_factor or (0.5 if args.quick else 1.0)
+    nonprivate = recipes.NONPRIVATE.quick(factor)
+    dp_recipes = {eps: recipes.for_epsilon(eps).quick(factor) for eps in EPSILONS}
+    began = time.perf_counter()
+    # A short scratch path: PyTriton's unix sockets live in the inference server's workspace.
+    with tempfile.TemporaryDirectory(prefix="ub-", dir="/tmp") as scratch, s3_server() as s3:
+        scratch = Path(scratch)
+        folder, what = default_data(args.data, scratch)
+        print(f"data: {what}; task {args.task}", flush=True)
+        env = service_env(scratch / "home", s3, ["coordinator", "training"])
+        env["UMBRA_INFERENCE_URL"] = triton_url = f"127.0.0.1:{free_port()}"
+        port = int(triton_url.rsplit(":", 1)[1])
+        with inference_server(env, scratch / "ws", port), running_services(env, ["coordinator", "training"]) as t:
+            tenant, key = create_tenant(t["coordinator"], env["UMBRA_ADMIN_KEY"])
+            datasets = DatasetsClient(open_channel(t["coordinator"], key))
+            version = datasets.upload(folder, "faces", progress=False, drop_invalid=True)
+            print(f"ingested {version.sample_count} images through the coordinator", flush=True)
+            public_count = max([r.pretrain_faces for r in dp_recipes.values() if r.pretrain_epochs] or [0])
+            if public_count:
+                synthetic.write_folder(scratch / "public", public_count, size=64, seed=1)
+                datasets.upload(scratch / "public", "public-faces", progress=False)
+                print(f"ingested {public_count} public synthetic faces", flush=True)
+
+            store = S3ObjectStore(s3["UMBRA_S3_ENDPOINT"], s3["UMBRA_S3_ACCESS_KEY"], s3["UMBRA_S3_SECRET_KEY"])
+            reader = DatasetReader(store, f"umbra-{tenant}", "faces", 1)
+            splits: dict[int, dict[str, LabelledImages]] = {}
+
+            def split_data(size: int) -> dict[str, LabelledImages]:
+                if size not in splits:
+                    train = load_split(reader, task=args.task, split="train", image_size=size)
+                    splits[size] = {"train": train} | {
+                        s: load_split(reader, task=args.task, split=s, image_size=size, classes=train.classes)
+                        for s in ("val", "test")}
+                return splits[size]
+
+            public_data: dict[int, LabelledImages] = {}
+
+            def public(size: int) -> LabelledImages:
+                if size not in public_data:
+                    public_reader = DatasetReader(store, f"umbra-{tenant}", "public-faces", 1)
+                    public_data[size] = load_split(public_reader, task=args.task, split="train", image_size=size,
+                                                   classes=split_data(size)["train"].classes)
+                return public_data[size]
+
+            print("\n== in-process", flush=True)
+            data = split_data(nonprivate.image_size)
+            model, result, seconds = fit(nonprivate, data["train"], epsilon=None, seed=args.seed, start=None)
+            plain = scores(model, data["test"]) | {"val_accuracy": scores(model, data["val"])["accuracy"],
+                                                   "seconds": round(seconds, 1)}
+            print(f"   non-private: test accuracy {plain['accuracy']:.4f} ({seconds:.0f} s)", flush=True)
+            cache: dict = {}
+            dp_rows, runs = [], {}
+            for eps, recipe in dp_recipes.items():
+                data = split_data(recipe.image_size)
+                start = pretrained(recipe, public(recipe.image_size), args.seed, cache) if recipe.pretrain_epochs \
+                    else None
+                model, result, seconds = fit(recipe, data["train"], epsilon=eps, seed=args.seed, start=start)
+                runs[eps] = (model, result, seconds, len(data["train"]) * recipe.hyper.epochs / seconds)
+                row = {"target_epsilon": eps, "epsilon_spent": result.epsilon, "delta": DELTA,
+                       "accountant": result.accountant, "noise_multiplier": round(result.noise_multiplier, 4),
+                       "steps": result.steps, **scores(model, data["test"]),
+                       "val_accuracy": scores(model, data["val"])["accuracy"], "seconds": round(seconds, 1),
+                       "public_pretraining": bool(recipe.pretrain_epochs)}
+                dp_rows.append(row)
+                print(f"   DP at epsilon {eps:g}: spent {result.epsilon:.3f} ({result.accountant}), test accuracy "
+                      f"{row['accuracy']:.4f} ({seconds:.0f} s)", flush=True)
+
+            print("\n== through the training service (the epsilon-8 recipe)", flush=True)
+            channel = open_channel(t["training"], env["UMBRA_SERVICE_TOKEN"], tenant=tenant)
+            stub, operations = training_service_pb2_grpc.TrainingServiceStub(channel), OperationsClient(channel)
+            recipe = dp_recipes[8.0]
+            start_ref = None
+            if recipe.pretrain_epochs:
+                pre = replace(recipes.NONPRIVATE, architecture=recipe.architecture, width=recipe.width,
+                              image_size=recipe.image_size,
+                              hyper=replace(recipes.NONPRIVATE.hyper, epochs=recipe.pretrain_epochs))
+                public_version, _ = train_through_service(
+                    stub, operations, pre, model="models/public-start", dataset="datasets/public-faces",
+                    task=args.task, train_samples=len(public(recipe.image_size)), epsilon=None, seed=args.seed,
+                    start=None)
+                start_ref = refs_pb2.ModelRef(model="models/public-start", version=1)
+                print(f"   pretrained {public_version.name} on the public faces", flush=True)
+            trained, service_seconds = train_through_service(
+                stub, operations, recipe, model="models/gender-dp8", dataset="datasets/faces", task=args.task,
+                train_samples=len(split_data(recipe.image_size)["train"]), epsilon=8.0, seed=args.seed, start=start_ref)
+            n_train = len(split_data(recipe.image_size)["train"])
+            service_rate = n_train * recipe.hyper.epochs / service_seconds
+            inprocess_rate = runs[8.0][3]
+            evaluation = operations.result(stub.Evaluate(ts.EvaluateRequest(
+                model=refs_pb2.ModelRef(model="models/gender-dp8", version=1),
+                dataset=refs_pb2.DatasetRef(dataset="datasets/faces", version=1, split="test")), timeout=30
+            ).operation.name, ts.Evaluation, poll_seconds=0.5)
+            print(f"   {trained.name}: epsilon {trained.training_record.privacy_cost.epsilon:.3f}, test accuracy "
+                  f"{evaluation.accuracy:.4f}; {service_rate:.0f} samples/s through the service against "
+                  f"{inprocess_rate:.0f} in-process ({service_seconds:.0f} s end to end)", flush=True)
+
+            print("\n== inference: Triton against in-process torch, batch 64", flush=True)
+            exported = stub.ExportModelVersion(ts.ExportModelVersionRequest(
+                model=refs_pb2.ModelRef(model="models/gender-dp8", version=1), served_model_name="gender-dp8"),
+                timeout=120)
+            served = create(ModelConfig.from_json(store.get(f"umbra-{tenant}", "models/gender-dp8/v1/config.json")
+                                                  .decode())).eval()
+            from safetensors.torch import load
+
+            served.load_state_dict(load(store.get(f"umbra-{tenant}", "models/gender-dp8/v1/weights.safetensors")))
+            images = split_data(recipe.image_size)["test"].floats().numpy()
+            seconds = 5.0 if args.quick else 15.0
+
+            def local(batch: np.ndarray) -> np.ndarray:
+                with torch.inference_mode():
+                    return served(torch.from_numpy(batch)).numpy()
+
+            triton_logits = inference.predict(triton_url, exported.served_model_name, images)
+            max_difference = float(np.abs(triton_logits - local(images)).max())
+            torch_rate = images_per_s(local, images, 64, seconds)
+            triton_rate = images_per_s(lambda b: inference.predict(triton_url, exported.served_model_name, b),
+                                       images, 64, seconds)
+            triton_accuracy = float((triton_logits.argmax(1) == split_data(recipe.image_size)["test"].labels.numpy())
+                                    .mean())
+            print(f"   {exported.served_model_name} at {exported.endpoint}: {triton_rate:.0f} images/s against "
+                  f"{torch_rate:.0f} in-process; largest logit difference {max_difference:.2e}", flush=True)
+
+    dp8 = next(r for r in dp_rows if r["target_epsilon"] == 8.0)
+    sizes = split_data(nonprivate.image_size)
+    result = {
+        "task": args.task, "data": what, "quick": args.quick, "seed": args.seed,
+        "train_samples": len(sizes["train"]), "val_samples": len(sizes["val"]), "test_samples": len(sizes["test"]),
+        "recipes": {"nonprivate": recipe_summary(nonprivate)} | {f"dp_{e:g}": recipe_summary(r)
+                                                                   for e, r in dp_recipes.items()},
+        "nonprivate_accuracy": plain["accuracy"], "nonprivate": plain,
+        "dp": dp_rows,
+        "dp8_vs_nonprivate_ratio": round(dp8["accuracy"] / plain["accuracy"], 4),
+        "service": {"model_version": trained.name, "epsilon_spent": trained.training_record.privacy_cost.epsilon,
+                    "test_accuracy": round(evaluation.accuracy, 4), "seconds_end_to_end": round(service_seconds, 1),
+                    "samples_per_s": round(service_rate, 1), "inprocess_samples_per_s": round(inprocess_rate, 1)},
+        "service_vs_inprocess_ratio": round(service_rate / inprocess_rate, 4),
+        "triton": {"served_model_name": exported.served_model_name, "images_per_s": round(triton_rate, 1),
+                   "inprocess_images_per_s": round(torch_rate, 1), "batch": 64,
+                   "max_logit_difference": max_difference, "test_accuracy": round(triton_accuracy, 4)},
+        "triton_vs_inprocess_ratio": round(triton_rate / torch_rate, 4),
+        "anchor": {str(k): v for k, v in ANCHOR.items()},
+        "seconds": round(time.perf_counter() - began, 1),
+    }
+    path = write_result("training", result)
+    plot(result, OUT / "training.png")
+    print(f"\nwrote {path} and {OUT / 'training.png'} ({result['seconds']:.0f} s)")
+    return 0
+
+
+def recipe_summary(recipe: recipes.Recipe) -> dict:
+    h = recipe.hyper
+    return {"architecture": recipe.architecture, "width": recipe.width, "image_size": recipe.image_size,
+            "epochs": h.epochs, "batch_size": h.batch_size, "learning_rate": h.learning_rate,
+            "optimizer": h.optimizer, "max_grad_norm": recipe.max_grad_norm,
+            "public_pretraining_epochs": recipe.pretrain_epochs}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(result["dp"], key=lambda r: r["target_epsilon"])
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.plot([r["epsilon_spent"] for r in rows], [r["accuracy"] for r in rows], "o-", label="Umbra DP-SGD (test)")
+    ax.axhline(result["nonprivate_accuracy"], color="#2ca02c", ls="--",
+               label=f"Umbra non-private ({result['nonprivate_accuracy']:.3f})")
+    anchor = [(float(k), v) for k, v in result["anchor"].items() if k != "nonprivate"]
+    ax.plot(*zip(*sorted(anchor), strict=True), "x:", color="#888", label="anchor: untuned Opacus loop")
+    ax.axhline(result["anchor"]["nonprivate"], color="#888", ls=":", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xticks([1, 2, 4, 8])
+    ax.set_xticklabels(["1", "2", "4", "8"])
+    ax.set_xlabel(f"epsilon spent (delta = {DELTA:g})")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{result['task']}: {result['data']}", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
