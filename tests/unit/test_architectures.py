@@ -49,3 +49,16 @@ def test_a_fixed_stem_is_computed_once_and_only_the_rest_is_trained(dp):
     x = data.floats()
     with torch.inference_mode():
         assert torch.allclose(model.eval()(x), model.trainable()(model.stem(x)), atol=1e-6)
+
+
+def test_mirror_averaging_applies_at_inference_only():
+    torch.manual_seed(0)
+    plain = create(ModelConfig("groupnorm_cnn", 2, 32, width=8))
+    mirrored = create(ModelConfig("groupnorm_cnn", 2, 32, width=8, mirror_average=True))
+    mirrored.load_state_dict(plain.state_dict())
+    x = torch.rand(4, 3, 32, 32)
+    assert torch.allclose(mirrored.train()(x), plain.train()(x))
+    plain.eval()
+    expected = plain.head((plain.features(x) + plain.features(x.flip(-1))) / 2)
+    assert torch.allclose(mirrored.eval()(x), expected, atol=1e-6)
+    assert torch.allclose(mirrored(x), mirrored(x.flip(-1)), atol=1e-5)  # mirror-invariant by construction

@@ -15,7 +15,8 @@ def test_client_dependencies_leave_out_torch_and_the_server():
 
 
 def test_importing_the_sdk_and_cli_loads_no_torch_and_no_server_code():
-    code = ("import sys, umbra.client, umbra.cli.main, umbra.cli.local; umbra.client.protos.load_all(); "
+    code = ("import sys, umbra.client, umbra.client.inference, umbra.cli.main, umbra.cli.local, umbra.cli.models; "
+            "umbra.client.protos.load_all(); "
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('umbra.runtime', 'umbra.services'))]; "
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -65,9 +65,21 @@ def test_bad_settings_are_refused_before_compute(faces):
     for hyper, dp, field in (
         (Hyperparameters(batch_size=10_000), None, "hyperparameters.batch_size"),
         (Hyperparameters(epochs=0), None, "hyperparameters.epochs"),
+        (Hyperparameters(schedule="linear"), None, "hyperparameters.schedule"),
         (Hyperparameters(), DPSettings(target_epsilon=-1, target_delta=1e-5), "differential_privacy"),
         (Hyperparameters(), DPSettings(target_epsilon=1, target_delta=0.5), "differential_privacy.target_delta"),
     ):
         with pytest.raises(InvalidInput) as err:
             train(model=model(), data=faces, hyper=hyper, dp=dp, seed=0)
         assert err.value.field == field
+
+
+def test_cosine_schedule_anneals_from_the_rate_to_zero():
+    from umbra.classifiers.loop import learning_rate
+
+    hyper = Hyperparameters(learning_rate=0.4, schedule="cosine")
+    assert learning_rate(hyper, 0, 100) == pytest.approx(0.4)
+    assert learning_rate(hyper, 50, 100) == pytest.approx(0.2)
+    assert learning_rate(hyper, 100, 100) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate(hyper, 120, 100) == pytest.approx(0.0, abs=1e-12)  # Poisson sampling may take extra steps
+    assert learning_rate(Hyperparameters(learning_rate=0.4), 70, 100) == 0.4

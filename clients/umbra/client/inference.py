@@ -18,30 +18,51 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 
 
-def predict(url: str, model_name: str, images: np.ndarray, timeout: float = 30.0) -> np.ndarray:
-    """The logits (N, num_classes) float32 for `images`, float images in [0, 1] of shape (N, 3, H, W).
+class Classifier:
+    """A published classifier on the inference server, over one gRPC connection (reuse it for many calls):
 
-    `url` is the server's gRPC address ("host:port"); `timeout` (seconds) bounds each call to the server.
+        with Classifier("127.0.0.1:8001", "acme.gender") as model:
+            logits = model.predict(images)
     """
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must have shape (N, 3, H, W), got {images.shape}")
-    if images.shape[0] == 0:
-        raise ValueError("images is empty: nothing to predict")
-    images = np.ascontiguousarray(images, dtype=np.float32)
-    outputs = [grpcclient.InferRequestedOutput(OUTPUT_NAME)]
-    client = grpcclient.InferenceServerClient(url)
-    try:
+
+    def __init__(self, url: str, model_name: str, timeout: float = 30.0):
+        self.url, self.model_name, self.timeout = url, model_name, timeout
+        self._client = grpcclient.InferenceServerClient(url)
+        self._outputs = [grpcclient.InferRequestedOutput(OUTPUT_NAME)]
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """The logits (N, num_classes) float32 for `images`, float images in [0, 1] of shape (N, 3, H, W)."""
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must have shape (N, 3, H, W), got {images.shape}")
+        if images.shape[0] == 0:
+            raise ValueError("images is empty: nothing to predict")
+        images = np.ascontiguousarray(images, dtype=np.float32)
         parts = []
         for start in range(0, images.shape[0], MAX_BATCH_SIZE):
             chunk = images[start:start + MAX_BATCH_SIZE]
             request = grpcclient.InferInput(INPUT_NAME, list(chunk.shape), "FP32")
             request.set_data_from_numpy(chunk)
-            result = client.infer(model_name, [request], outputs=outputs, client_timeout=timeout)
+            result = self._client.infer(self.model_name, [request], outputs=self._outputs,
+                                        client_timeout=self.timeout)
             parts.append(result.as_numpy(OUTPUT_NAME))
-    finally:
-        client.close()
-    return np.concatenate(parts)
+        return np.concatenate(parts)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "Classifier":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+
+def predict(url: str, model_name: str, images: np.ndarray, timeout: float = 30.0) -> np.ndarray:
+    """One-off: the logits of `images` from `model_name` at `url` ("host:port"); `timeout` (seconds) bounds each
+    call to the server. Use `Classifier` for repeated calls."""
+    with Classifier(url, model_name, timeout) as model:
+        return model.predict(images)
 
 
 def input_size(url: str, model_name: str, timeout: float = 10.0) -> int:

@@ -29,6 +29,9 @@ class ModelConfig:
     width: int = 32
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    # In eval mode, average the features of the image and its mirror image (test-time flip averaging, the
+    # counterpart of random flips in training); training mode always sees the one view it is given.
+    mirror_average: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, indent=2)
@@ -54,11 +57,31 @@ class _Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-class GroupNormCNN(nn.Module):
-    """Four conv blocks (conv, GroupNorm, ReLU, max-pool), then global average pooling and a linear head."""
+class _Classifier(nn.Module):
+    """What every architecture shares: `features` (with mirror averaging in eval mode when configured), `head`,
+    and `forward = head(features(x))`. Subclasses define `_features`."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        self.mirror_average = config.mirror_average
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mirror_average and not self.training:
+            return (self._features(x) + self._features(x.flip(-1))) / 2
+        return self._features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class GroupNormCNN(_Classifier):
+    """Four conv blocks (conv, GroupNorm, ReLU, max-pool), then global average pooling and a linear head."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
         w = config.width
         chans = [3, w, 2 * w, 4 * w, 4 * w]
         blocks: list[nn.Module] = [_Normalize(config.mean, config.std)]
@@ -70,11 +93,8 @@ class GroupNormCNN(nn.Module):
         self.body = nn.Sequential(*blocks)
         self.head = nn.Linear(chans[-1], config.num_classes)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 class _BasicBlock(nn.Module):
@@ -94,11 +114,11 @@ class _BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-class SmallResNet(nn.Module):
+class SmallResNet(_Classifier):
     """A ResNet-10-like network with GroupNorm: a stem and four stages of one basic block each."""
 
     def __init__(self, config: ModelConfig):
-        super().__init__()
+        super().__init__(config)
         w = config.width
         self.body = nn.Sequential(
             _Normalize(config.mean, config.std),
@@ -107,32 +127,29 @@ class SmallResNet(nn.Module):
             nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(4 * w, config.num_classes)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 class _Scattering(nn.Module):
     """The fixed stem of the ScatterNets: a 2-D scattering transform (kymatio; J=2, L=8: 81 maps per colour at a
-    quarter of the side), on the normalized image, channels flattened to (N, 243, H/4, W/4). No parameters."""
+    quarter of the side) of the [0, 1] image, channels flattened to (N, 243, H/4, W/4). No parameters; the
+    GroupNorm after it does the normalizing."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         from kymatio.torch import Scattering2D
 
-        self.normalize = _Normalize(config.mean, config.std)
         self.scattering = Scattering2D(J=2, shape=(config.image_size, config.image_size), L=8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scattering(self.normalize(x).contiguous()).flatten(1, 2)
+        return self.scattering(x.contiguous()).flatten(1, 2)
 
 
 SCATTERING_CHANNELS = 3 * 81
 
 
-class ScatterNet(nn.Module):
+class ScatterNet(_Classifier):
     """Tramèr & Boneh, "Differentially private learning needs better features" (ICLR 2021): hand-designed
     scattering features (`stem`, fixed), GroupNorm without learned parameters, then a linear head
     (`scatternet_linear`) or a small CNN (`scatternet_cnn`, two conv blocks with tanh). Nothing is learned in the
@@ -140,7 +157,7 @@ class ScatterNet(nn.Module):
     (see `fixed_stem`)."""
 
     def __init__(self, config: ModelConfig, cnn: bool):
-        super().__init__()
+        super().__init__(config)
         if config.image_size != 32:
             raise ValueError(f"image_size {config.image_size}: the ScatterNets take 32 px images")
         side, w, groups = config.image_size // 4, config.width, _groups(config.width)
@@ -164,11 +181,8 @@ class ScatterNet(nn.Module):
     def trainable(self) -> nn.Module:
         return nn.Sequential(self.body, self.head)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(self.stem(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {

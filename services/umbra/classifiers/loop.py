@@ -35,6 +35,7 @@ class Hyperparameters:
     momentum: float = 0.9
     weight_decay: float = 0.0
     flip: bool = True  # random horizontal flips
+    schedule: str = "constant"  # learning rate: "constant", or "cosine" (annealed to 0 over the run, per step)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,16 @@ class TrainResult:
     final_loss: float
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(hyper: Hyperparameters, step: int, total_steps: int) -> float:
+    """The learning rate of optimizer step `step` (0-based) of `total_steps`."""
+    if hyper.schedule == "cosine":
+        return hyper.learning_rate * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    return hyper.learning_rate
+
+
 def poisson_rate(data_size: int, batch_size: int) -> float:
     """The sampling rate Opacus actually uses: 1 / (batches per epoch), not batch_size / n. Calibrating the noise
     for batch_size / n (larger) would add more noise than the target epsilon needs."""
@@ -99,6 +110,8 @@ def validate(*, data_size: int, hyper: Hyperparameters, dp: DPSettings | None) -
         raise InvalidInput("hyperparameters.learning_rate", "must be a positive number")
     if hyper.optimizer not in ("adam", "sgd"):
         raise InvalidInput("hyperparameters.optimizer", "must be 'adam' or 'sgd'")
+    if hyper.schedule not in SCHEDULES:
+        raise InvalidInput("hyperparameters.schedule", f"must be one of {', '.join(SCHEDULES)}")
     if dp is None:
         return
     if not 0 < dp.target_delta < 1 / data_size:
@@ -175,7 +188,8 @@ def train(*, model: nn.Module, data: LabelledImages, hyper: Hyperparameters, dp:
     optimizer: torch.optim.Optimizer = (
         torch.optim.Adam(params, lr=hyper.learning_rate, weight_decay=hyper.weight_decay)
         if hyper.optimizer == "adam" else
-        torch.optim.SGD(params, lr=hyper.learning_rate, momentum=hyper.momentum, weight_decay=hyper.weight_decay))
+        torch.optim.SGD(params, lr=hyper.learning_rate, momentum=hyper.momentum, weight_decay=hyper.weight_decay,
+                        nesterov=hyper.momentum > 0))
     engine = None
     sigma, accountant_name = 0.0, ""
     if dp is not None:
@@ -196,6 +210,7 @@ def train(*, model: nn.Module, data: LabelledImages, hyper: Hyperparameters, dp:
     inner = full  # what checkpoints save: the whole network (its trained part shares the parameters)
     start_epoch, steps, loss_value = (resume.epoch, resume.steps, math.nan) if resume else (0, 0, math.nan)
     criterion = nn.CrossEntropyLoss()
+    total_steps = hyper.epochs * len(loader)  # expected, under Poisson sampling
     model.train()
     for epoch in range(start_epoch, hyper.epochs):
         total, count = 0.0, 0
@@ -210,6 +225,8 @@ def train(*, model: nn.Module, data: LabelledImages, hyper: Hyperparameters, dp:
                 x = images.float().div_(255.0)
                 if flip is not None:
                     x[flip] = x[flip].flip(-1)
+            for group in optimizer.param_groups:  # the same for every physical batch of a logical step
+                group["lr"] = learning_rate(hyper, steps, total_steps)
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(model(x), labels)
             loss.backward()

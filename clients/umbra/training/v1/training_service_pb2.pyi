@@ -28,7 +28,7 @@ ARCHITECTURE_SCATTERNET_LINEAR: Architecture
 ARCHITECTURE_SCATTERNET_CNN: Architecture
 
 class Hyperparameters(_message.Message):
-    __slots__ = ("epochs", "batch_size", "physical_batch_size", "learning_rate", "optimizer", "momentum", "weight_decay", "image_size", "augmentation_multiplicity", "width")
+    __slots__ = ("epochs", "batch_size", "physical_batch_size", "learning_rate", "optimizer", "momentum", "weight_decay", "image_size", "augmentation_multiplicity", "width", "mirror_average", "schedule")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     PHYSICAL_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,8 @@ class Hyperparameters(_message.Message):
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     AUGMENTATION_MULTIPLICITY_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
+    MIRROR_AVERAGE_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     batch_size: int
     physical_batch_size: int
@@ -49,7 +51,9 @@ class Hyperparameters(_message.Message):
     image_size: int
     augmentation_multiplicity: int
     width: int
-    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., physical_batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., image_size: _Optional[int] = ..., augmentation_multiplicity: _Optional[int] = ..., width: _Optional[int] = ...) -> None: ...
+    mirror_average: bool
+    schedule: str
+    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., physical_batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., image_size: _Optional[int] = ..., augmentation_multiplicity: _Optional[int] = ..., width: _Optional[int] = ..., mirror_average: _Optional[bool] = ..., schedule: _Optional[str] = ...) -> None: ...
 
 class DifferentialPrivacy(_message.Message):
     __slots__ = ("target_epsilon", "target_delta", "noise_multiplier", "max_grad_norm", "poisson_sampling", "accountant", "secure_mode")

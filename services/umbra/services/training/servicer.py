@@ -77,7 +77,8 @@ def _hyperparameters(h: ts.Hyperparameters, image_size: int) -> tuple[loop.Hyper
         epochs=h.epochs or defaults.epochs, batch_size=h.batch_size or defaults.batch_size,
         physical_batch_size=h.physical_batch_size or defaults.physical_batch_size,
         learning_rate=h.learning_rate or defaults.learning_rate, optimizer=h.optimizer or defaults.optimizer,
-        momentum=h.momentum or defaults.momentum, weight_decay=h.weight_decay), size
+        momentum=h.momentum or defaults.momentum, weight_decay=h.weight_decay,
+        schedule=h.schedule or defaults.schedule), size
 
 
 def _dp(request: ts.TrainRequest) -> loop.DPSettings | None:
@@ -185,7 +186,7 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
         data = load_split(reader, task=request.task, split=plan.split, image_size=plan.image_size)
         ctx.check_cancelled()
         config = ModelConfig(plan.architecture, len(data.classes), plan.image_size, classes=data.classes,
-                             width=plan.width)
+                             width=plan.width, mirror_average=request.hyperparameters.mirror_average)
         torch.manual_seed(request.seed)
         model = create(config)
         if plan.start is not None:
@@ -225,7 +226,9 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
                                 "physical_batch_size": hyper.physical_batch_size,
                                 "learning_rate": hyper.learning_rate, "optimizer": hyper.optimizer,
                                 "momentum": hyper.momentum, "weight_decay": hyper.weight_decay,
-                                "image_size": plan.image_size, "width": plan.width},
+                                "image_size": plan.image_size, "width": plan.width,
+                                "mirror_average": request.hyperparameters.mirror_average,
+                                "schedule": hyper.schedule},
             "initialized_from": self._lineage(plan.start),
             "privacy": ({"epsilon": result.epsilon, "delta": result.delta, "accountant": result.accountant,
                          "noise_multiplier": result.noise_multiplier, "sample_rate": rate,
