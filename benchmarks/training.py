@@ -348,6 +348,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xticks([1, 2, 4, 8])
     ax.set_xticklabels(["1", "2", "4", "8"])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel(f"epsilon spent (delta = {DELTA:g})")
     ax.set_ylabel("test accuracy")
     ax.set_title(f"{result['task']}: {result['data']}", fontsize=9)
