@@ -1,0 +1,50 @@
+"""MDP's feature matching on a small real extractor: starts of another class, pixels in range, the feature loss
+driven down, the same result as the reference loop, and the extractor left as it was."""
+
+import pytest
+import torch
+
+from umbra.classifiers.architectures import ModelConfig, create
+from umbra.mdp.feature_matching import choose_starts, match_features, reference_match
+from umbra.runtime.errors import InvalidInput
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    torch.manual_seed(0)
+    return create(ModelConfig("groupnorm_cnn", 3, 32, width=8))
+
+
+def test_starts_are_always_of_another_class_and_seeded():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 0] * 20)
+    starts = choose_starts(labels, torch.Generator().manual_seed(1))
+    assert (labels[starts] != labels).all()
+    assert torch.equal(starts, choose_starts(labels, torch.Generator().manual_seed(1)))
+    assert len(set(starts.tolist())) > 50  # drawn, not a fixed partner
+    with pytest.raises(InvalidInput, match="two classes"):
+        choose_starts(torch.zeros(5, dtype=torch.long), torch.Generator())
+
+
+def test_released_images_carry_the_originals_features(extractor):
+    generator = torch.Generator().manual_seed(0)
+    originals = torch.rand(8, 3, 32, 32, generator=generator)
+    starts = torch.rand(8, 3, 32, 32, generator=generator)
+    before = {k: v.clone() for k, v in extractor.state_dict().items()}
+    extractor.train()
+    released, loss = match_features(extractor, originals, starts, steps=30, step_size=0.1)
+    assert extractor.training and all(p.requires_grad for p in extractor.parameters())  # left as it was
+    with torch.no_grad():
+        extractor.eval()
+        start_loss = ((extractor.features(starts) - extractor.features(originals)) ** 2).flatten(1).mean(1)
+    assert released.shape == originals.shape and released.min() >= 0 and released.max() <= 1
+    assert (loss < 0.5 * start_loss).all()
+    assert all(torch.equal(v, extractor.state_dict()[k]) for k, v in before.items())
+
+
+def test_same_steps_as_the_reference_loop(extractor):
+    generator = torch.Generator().manual_seed(3)
+    originals, starts = torch.rand(4, 3, 32, 32, generator=generator), torch.rand(4, 3, 32, 32, generator=generator)
+    ours, our_loss = match_features(extractor, originals, starts, steps=10)
+    theirs, their_loss = reference_match(extractor, originals, starts, steps=10)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert torch.allclose(our_loss, their_loss, rtol=1e-4, atol=1e-7)
