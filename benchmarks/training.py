@@ -22,7 +22,6 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +37,6 @@ from umbra.client.channel import open_channel
 from umbra.client.datasets import DatasetsClient
 from umbra.client.operations import OperationsClient
 from umbra.common.v1 import refs_pb2
-from umbra.dataset import synthetic
 from umbra.services.training import convert
 from umbra.storage.datasets import DatasetReader
 from umbra.storage.s3 import S3ObjectStore
@@ -63,37 +61,20 @@ def scores(model: torch.nn.Module, data: LabelledImages) -> dict:
             "balanced_accuracy": round(balanced_accuracy(predicted, data.labels), 4)}
 
 
-def fit(recipe: recipes.Recipe, data: LabelledImages, *, epsilon: float | None, seed: int,
-        start: dict | None) -> tuple[torch.nn.Module, loop.TrainResult, float]:
+def fit(recipe: recipes.Recipe, data: LabelledImages, *, epsilon: float | None,
+        seed: int) -> tuple[torch.nn.Module, loop.TrainResult, float]:
     """(model, result, training seconds) of one in-process run of `recipe`, as the service would run it."""
     recipe = recipe.fitted(len(data))
     config = ModelConfig(recipe.architecture, len(data.classes), recipe.image_size, classes=data.classes,
                          width=recipe.width, mirror_average=recipe.mirror_average)
     torch.manual_seed(seed)
     model = create(config)
-    if start is not None:
-        model.load_state_dict({k: v for k, v in start.items() if not k.startswith("head.")}, strict=False)
     dp = (loop.DPSettings(target_delta=DELTA, target_epsilon=epsilon, max_grad_norm=recipe.max_grad_norm)
           if epsilon else None)
     began = time.perf_counter()
     result = loop.train(model=model, data=data, hyper=recipe.hyper, dp=dp, seed=seed)
     seconds = time.perf_counter() - began
     return (model._module if hasattr(model, "_module") else model), result, seconds
-
-
-def pretrained(recipe: recipes.Recipe, public: LabelledImages, seed: int, cache: dict) -> dict | None:
-    """Weights trained non-privately on the public synthetic faces, for recipes that start from them."""
-    if not recipe.pretrain_epochs:
-        return None
-    key = (recipe.architecture, recipe.width, recipe.image_size, recipe.pretrain_epochs)
-    if key not in cache:
-        start = replace(recipes.NONPRIVATE, architecture=recipe.architecture, width=recipe.width,
-                        image_size=recipe.image_size, hyper=replace(recipes.NONPRIVATE.hyper,
-                                                                    epochs=recipe.pretrain_epochs))
-        model, _, seconds = fit(start, public, epsilon=None, seed=seed, start=None)
-        print(f"   pretrained on {len(public)} public synthetic faces ({seconds:.0f} s)", flush=True)
-        cache[key] = model.state_dict()
-    return cache[key]
 
 
 def hyperparameters_proto(recipe: recipes.Recipe) -> ts.Hyperparameters:
@@ -105,8 +86,7 @@ def hyperparameters_proto(recipe: recipes.Recipe) -> ts.Hyperparameters:
 
 
 def train_through_service(stub, operations, recipe: recipes.Recipe, *, model: str, dataset: str, task: str,
-                          train_samples: int, epsilon: float | None, seed: int,
-                          start: refs_pb2.ModelRef | None) -> tuple[ts.ModelVersion, float]:
+                          train_samples: int, epsilon: float | None, seed: int) -> tuple[ts.ModelVersion, float]:
     recipe = recipe.fitted(train_samples)
     request = ts.TrainRequest(model=model, dataset=refs_pb2.DatasetRef(dataset=dataset, version=1, split="train"),
                               task=task, architecture=ARCHITECTURES[recipe.architecture], seed=seed,
@@ -114,8 +94,6 @@ def train_through_service(stub, operations, recipe: recipes.Recipe, *, model: st
     if epsilon:
         request.differential_privacy.CopyFrom(ts.DifferentialPrivacy(
             target_epsilon=epsilon, target_delta=DELTA, max_grad_norm=recipe.max_grad_norm))
-    if start is not None:
-        request.initialize_from.CopyFrom(start)
     began = time.perf_counter()
     name = stub.Train(request, timeout=60).operation.name
     version = operations.result(name, ts.ModelVersion, poll_seconds=0.5)
@@ -149,8 +127,8 @@ def main() -> int:
     args = parser.parse_args()
     factor = args.epoch_factor or 1.0
     args.seeds = args.seeds or (1 if args.quick else 3)
-    nonprivate = recipes.NONPRIVATE.quick(factor)
-    dp_recipes = {eps: recipes.for_epsilon(eps).quick(factor) for eps in EPSILONS}
+    nonprivate = recipes.NONPRIVATE.scaled(factor)
+    dp_recipes = {eps: recipes.for_epsilon(eps).scaled(factor) for eps in EPSILONS}
     began = time.perf_counter()
     # A short scratch path: PyTriton's unix sockets live in the inference server's workspace.
     with tempfile.TemporaryDirectory(prefix="ub-", dir="/tmp") as scratch, s3_server() as s3:
@@ -165,12 +143,6 @@ def main() -> int:
             datasets = DatasetsClient(open_channel(t["coordinator"], key))
             version = datasets.upload(folder, "faces", progress=False, drop_invalid=True)
             print(f"ingested {version.sample_count} images through the coordinator", flush=True)
-            public_count = max([r.pretrain_faces for r in dp_recipes.values() if r.pretrain_epochs] or [0])
-            if public_count:
-                synthetic.write_folder(scratch / "public", public_count, size=64, seed=1)
-                datasets.upload(scratch / "public", "public-faces", progress=False)
-                print(f"ingested {public_count} public synthetic faces", flush=True)
-
             store = S3ObjectStore(s3["UMBRA_S3_ENDPOINT"], s3["UMBRA_S3_ACCESS_KEY"], s3["UMBRA_S3_SECRET_KEY"])
             reader = DatasetReader(store, f"umbra-{tenant}", "faces", 1)
             splits: dict[int, dict[str, LabelledImages]] = {}
@@ -183,15 +155,6 @@ def main() -> int:
                         for s in ("val", "test")}
                 return splits[size]
 
-            public_data: dict[int, LabelledImages] = {}
-
-            def public(size: int) -> LabelledImages:
-                if size not in public_data:
-                    public_reader = DatasetReader(store, f"umbra-{tenant}", "public-faces", 1)
-                    public_data[size] = load_split(public_reader, task=args.task, split="train", image_size=size,
-                                                   classes=split_data(size)["train"].classes)
-                return public_data[size]
-
             seeds = [args.seed + i for i in range(args.seeds)]
 
             def repeated(recipe: recipes.Recipe, eps: float | None) -> tuple[dict, tuple]:
@@ -200,9 +163,7 @@ def main() -> int:
                 data = split_data(recipe.image_size)
                 rows, first = [], None
                 for seed in seeds:
-                    start = (pretrained(recipe, public(recipe.image_size), seed, cache) if recipe.pretrain_epochs
-                             else None)
-                    model, result, seconds = fit(recipe, data["train"], epsilon=eps, seed=seed, start=start)
+                    model, result, seconds = fit(recipe, data["train"], epsilon=eps, seed=seed)
                     first = first or (model, result, seconds)
                     rows.append(scores(model, data["test"]) | {"val_accuracy": scores(model, data["val"])["accuracy"],
                                                                "epsilon_spent": result.epsilon, "seconds": seconds})
@@ -211,8 +172,7 @@ def main() -> int:
                           f"{rows[-1]['accuracy']:.4f} ({seconds:.0f} s)", flush=True)
                 summary = {key: round(sum(r[key] for r in rows) / len(rows), 4)
                            for key in ("accuracy", "balanced_accuracy", "val_accuracy", "seconds")}
-                summary |= {"accuracy_per_seed": [r["accuracy"] for r in rows], "seeds": seeds,
-                            "public_pretraining": bool(recipe.pretrain_epochs)}
+                summary |= {"accuracy_per_seed": [r["accuracy"] for r in rows], "seeds": seeds}
                 if eps:
                     summary |= {"epsilon_spent": max(r["epsilon_spent"] for r in rows), "delta": DELTA,
                                 "accountant": first[1].accountant, "steps": first[1].steps,
@@ -220,7 +180,6 @@ def main() -> int:
                 return summary, first
 
             print(f"\n== in-process ({len(seeds)} seed(s) each; accuracy is their mean)", flush=True)
-            cache: dict = {}
             plain, _ = repeated(nonprivate, None)
             dp_rows, runs = [], {}
             for eps, recipe in dp_recipes.items():
@@ -233,20 +192,9 @@ def main() -> int:
             channel = open_channel(t["training"], env["UMBRA_SERVICE_TOKEN"], tenant=tenant)
             stub, operations = training_service_pb2_grpc.TrainingServiceStub(channel), OperationsClient(channel)
             recipe = dp_recipes[8.0]
-            start_ref = None
-            if recipe.pretrain_epochs:
-                pre = replace(recipes.NONPRIVATE, architecture=recipe.architecture, width=recipe.width,
-                              image_size=recipe.image_size,
-                              hyper=replace(recipes.NONPRIVATE.hyper, epochs=recipe.pretrain_epochs))
-                public_version, _ = train_through_service(
-                    stub, operations, pre, model="models/public-start", dataset="datasets/public-faces",
-                    task=args.task, train_samples=len(public(recipe.image_size)), epsilon=None, seed=args.seed,
-                    start=None)
-                start_ref = refs_pb2.ModelRef(model="models/public-start", version=1)
-                print(f"   pretrained {public_version.name} on the public faces", flush=True)
             trained, service_seconds = train_through_service(
                 stub, operations, recipe, model="models/gender-dp8", dataset="datasets/faces", task=args.task,
-                train_samples=len(split_data(recipe.image_size)["train"]), epsilon=8.0, seed=args.seed, start=start_ref)
+                train_samples=len(split_data(recipe.image_size)["train"]), epsilon=8.0, seed=args.seed)
             n_train = len(split_data(recipe.image_size)["train"])
             service_rate = n_train * recipe.hyper.epochs / service_seconds
             inprocess_rate = runs[8.0][3]
@@ -323,8 +271,7 @@ def recipe_summary(recipe: recipes.Recipe) -> dict:
     h = recipe.hyper
     return {"architecture": recipe.architecture, "width": recipe.width, "image_size": recipe.image_size,
             "epochs": h.epochs, "batch_size": h.batch_size, "learning_rate": h.learning_rate, "schedule": h.schedule,
-            "optimizer": h.optimizer, "max_grad_norm": recipe.max_grad_norm, "mirror_average": recipe.mirror_average,
-            "public_pretraining_epochs": recipe.pretrain_epochs}
+            "optimizer": h.optimizer, "max_grad_norm": recipe.max_grad_norm, "mirror_average": recipe.mirror_average}
 
 
 def plot(result: dict, path: Path) -> None:

@@ -81,8 +81,8 @@ def withdraw(store: ObjectStore, tenant: str, served_model_name: str) -> None:
 
 
 def list_all(store: ObjectStore) -> Iterator[tuple[Publication, str]]:
-    """Every publication with its entry's etag (to notice a changed entry), in key order."""
-    store.ensure_bucket(SERVING_BUCKET)
+    """Every publication with its entry's etag (to notice a changed entry), in key order; none before the first
+    publication has made the bucket."""
     for info in sorted(store.list(SERVING_BUCKET, _PREFIX), key=lambda i: i.key):
         if info.key.endswith(".json"):
             try:
