@@ -46,7 +46,8 @@ def sleeper(tmp_path):
 
 # What an empty request gets once it passes authentication: UNIMPLEMENTED from an RPC not built yet (the
 # first of the service), or, where every RPC is built, the servicer's own refusal of the empty request.
-REACHED = {"training": ("GetModelVersion", grpc.StatusCode.INVALID_ARGUMENT, "name: must look like")}
+REACHED = {"training": ("GetModelVersion", grpc.StatusCode.INVALID_ARGUMENT, "name: must look like"),
+           "distortion": ("DistortDataset", grpc.StatusCode.INVALID_ARGUMENT, "copies: is 0")}
 UNBUILT = (grpc.StatusCode.UNIMPLEMENTED, "not built yet")
 
 

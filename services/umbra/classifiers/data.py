@@ -30,7 +30,8 @@ class LabelledImages:
         return images.float().div_(255.0)
 
 
-def _decode(data: bytes, size: int) -> np.ndarray:
+def decode(data: bytes, size: int) -> np.ndarray:
+    """An encoded image as uint8 RGB, (3, size, size), resized (bilinear) when its side differs."""
     with Image.open(io.BytesIO(data)) as image:
         image = image.convert("RGB")
         if image.size != (size, size):
@@ -49,7 +50,7 @@ def load_split(reader: DatasetReader, *, task: str, split: str, image_size: int,
     images, labels, keys = [], [], []
     for sample, data in reader.iter_images(split=split):
         if task in sample.labels:
-            images.append(_decode(data, image_size))
+            images.append(decode(data, image_size))
             labels.append(sample.labels[task])
             keys.append(sample.key)
     if not images:

@@ -3,6 +3,8 @@
     umbra-<tenant>/datasets/<dataset>/v<version>/manifest.jsonl           visible once written (last)
     umbra-<tenant>/datasets/<dataset>/v<version>/upload/manifest.jsonl    the client's, before commit
     umbra-<tenant>/datasets/<dataset>/v<version>/shards/shard-000000.tar
+    umbra-<tenant>/datasets/<dataset>/v<version>/private/...            what made the version (e.g. the MDP start
+                                                                         mapping); never exported with it
 """
 
 from __future__ import annotations
@@ -43,6 +45,17 @@ def manifest(dataset: str, version: int) -> str:
 
 def upload_manifest(dataset: str, version: int) -> str:
     return version_prefix(dataset, version) + "upload/manifest.jsonl"
+
+
+_PRIVATE = re.compile(r"^[a-z0-9-]+(/shard-\d{6}\.tar)?\.json$")
+
+
+def private(dataset: str, version: int, name: str) -> str:
+    """An object kept beside a version for its tenant only: ExportDatasetVersion serves the manifest and shards,
+    never these."""
+    if not _PRIVATE.match(name):
+        raise InvalidInput("name", "must look like 'record.json' or 'parts/shard-000000.tar.json'")
+    return version_prefix(dataset, version) + "private/" + name
 
 
 def shard(dataset: str, version: int, name: str) -> str:

@@ -27,7 +27,7 @@ from umbra.common.v1 import operation_pb2 as umbra_dot_common_dot_v1_dot_operati
 from umbra.common.v1 import refs_pb2 as umbra_dot_common_dot_v1_dot_refs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,umbra/distortion/v1/distortion_service.proto\x12\x13umbra.distortion.v1\x1a#google/longrunning/operations.proto\x1a\x1fumbra/common/v1/operation.proto\x1a\x1aumbra/common/v1/refs.proto\"\xc9\x02\n\x15\x44istortDatasetRequest\x12,\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1b.umbra.common.v1.DatasetRef\x12\x14\n\x0clabel_column\x18\x02 \x01(\t\x12\x34\n\x11\x66\x65\x61ture_extractor\x18\x03 \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12\x0e\n\x06\x63opies\x18\x04 \x01(\x05\x12\r\n\x05steps\x18\x05 \x01(\x05\x12\x11\n\tstep_size\x18\x06 \x01(\x01\x12\x12\n\nbatch_size\x18\x07 \x01(\x05\x12\x36\n\x0cstart_policy\x18\x08 \x01(\x0e\x32 .umbra.distortion.v1.StartPolicy\x12\x0c\n\x04seed\x18\t \x01(\x03\x12\x16\n\x0eoutput_dataset\x18\n \x01(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\t\"J\n\x16\x44istortDatasetResponse\x12\x30\n\toperation\x18\x01 \x01(\x0b\x32\x1d.google.longrunning.Operation\"y\n\x16\x44istortDatasetMetadata\x12\x34\n\x08progress\x18\x01 \x01(\x0b\x32\".umbra.common.v1.OperationProgress\x12\x13\n\x0bshards_done\x18\x02 \x01(\x05\x12\x14\n\x0c\x66\x65\x61ture_loss\x18\x03 \x01(\x01\"\x98\x01\n\x10\x44istortionResult\x12-\n\x08released\x18\x01 \x01(\x0b\x32\x1b.umbra.common.v1.DatasetRef\x12*\n\x06record\x18\x02 \x01(\x0b\x32\x1a.umbra.common.v1.ObjectRef\x12\x14\n\x0c\x66\x65\x61ture_loss\x18\x03 \x01(\x01\x12\x13\n\x0bimage_count\x18\x04 \x01(\x03*P\n\x0bStartPolicy\x12\x1c\n\x18START_POLICY_UNSPECIFIED\x10\x00\x12#\n\x1fSTART_POLICY_RANDOM_OTHER_CLASS\x10\x01\x32\xae\x01\n\x11\x44istortionService\x12\x98\x01\n\x0e\x44istortDataset\x12*.umbra.distortion.v1.DistortDatasetRequest\x1a+.umbra.distortion.v1.DistortDatasetResponse\"-\xca\x41*\n\x10\x44istortionResult\x12\x16\x44istortDatasetMetadatab\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,umbra/distortion/v1/distortion_service.proto\x12\x13umbra.distortion.v1\x1a#google/longrunning/operations.proto\x1a\x1fumbra/common/v1/operation.proto\x1a\x1aumbra/common/v1/refs.proto\"\xf3\x02\n\x15\x44istortDatasetRequest\x12,\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1b.umbra.common.v1.DatasetRef\x12\x14\n\x0clabel_column\x18\x02 \x01(\t\x12\x34\n\x11\x66\x65\x61ture_extractor\x18\x03 \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12\x0e\n\x06\x63opies\x18\x04 \x01(\x05\x12\r\n\x05steps\x18\x05 \x01(\x05\x12\x11\n\tstep_size\x18\x06 \x01(\x01\x12\x12\n\nbatch_size\x18\x07 \x01(\x05\x12\x36\n\x0cstart_policy\x18\x08 \x01(\x0e\x32 .umbra.distortion.v1.StartPolicy\x12\x0c\n\x04seed\x18\t \x01(\x03\x12\x16\n\x0eoutput_dataset\x18\n \x01(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12\x16\n\x0eoutput_version\x18\x0c \x01(\x05\x12\x10\n\x08momentum\x18\r \x01(\x01\"J\n\x16\x44istortDatasetResponse\x12\x30\n\toperation\x18\x01 \x01(\x0b\x32\x1d.google.longrunning.Operation\"y\n\x16\x44istortDatasetMetadata\x12\x34\n\x08progress\x18\x01 \x01(\x0b\x32\".umbra.common.v1.OperationProgress\x12\x13\n\x0bshards_done\x18\x02 \x01(\x05\x12\x14\n\x0c\x66\x65\x61ture_loss\x18\x03 \x01(\x01\"\xb4\x01\n\x10\x44istortionResult\x12-\n\x08released\x18\x01 \x01(\x0b\x32\x1b.umbra.common.v1.DatasetRef\x12*\n\x06record\x18\x02 \x01(\x0b\x32\x1a.umbra.common.v1.ObjectRef\x12\x14\n\x0c\x66\x65\x61ture_loss\x18\x03 \x01(\x01\x12\x13\n\x0bimage_count\x18\x04 \x01(\x03\x12\x1a\n\x12unlabelled_skipped\x18\x05 \x01(\x03*P\n\x0bStartPolicy\x12\x1c\n\x18START_POLICY_UNSPECIFIED\x10\x00\x12#\n\x1fSTART_POLICY_RANDOM_OTHER_CLASS\x10\x01\x32\xae\x01\n\x11\x44istortionService\x12\x98\x01\n\x0e\x44istortDataset\x12*.umbra.distortion.v1.DistortDatasetRequest\x1a+.umbra.distortion.v1.DistortDatasetResponse\"-\xca\x41*\n\x10\x44istortionResult\x12\x16\x44istortDatasetMetadatab\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,16 +36,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DISTORTIONSERVICE'].methods_by_name['DistortDataset']._loaded_options = None
   _globals['_DISTORTIONSERVICE'].methods_by_name['DistortDataset']._serialized_options = b'\312A*\n\020DistortionResult\022\026DistortDatasetMetadata'
-  _globals['_STARTPOLICY']._serialized_start=853
-  _globals['_STARTPOLICY']._serialized_end=933
+  _globals['_STARTPOLICY']._serialized_start=923
+  _globals['_STARTPOLICY']._serialized_end=1003
   _globals['_DISTORTDATASETREQUEST']._serialized_start=168
-  _globals['_DISTORTDATASETREQUEST']._serialized_end=497
-  _globals['_DISTORTDATASETRESPONSE']._serialized_start=499
-  _globals['_DISTORTDATASETRESPONSE']._serialized_end=573
-  _globals['_DISTORTDATASETMETADATA']._serialized_start=575
-  _globals['_DISTORTDATASETMETADATA']._serialized_end=696
-  _globals['_DISTORTIONRESULT']._serialized_start=699
-  _globals['_DISTORTIONRESULT']._serialized_end=851
-  _globals['_DISTORTIONSERVICE']._serialized_start=936
-  _globals['_DISTORTIONSERVICE']._serialized_end=1110
+  _globals['_DISTORTDATASETREQUEST']._serialized_end=539
+  _globals['_DISTORTDATASETRESPONSE']._serialized_start=541
+  _globals['_DISTORTDATASETRESPONSE']._serialized_end=615
+  _globals['_DISTORTDATASETMETADATA']._serialized_start=617
+  _globals['_DISTORTDATASETMETADATA']._serialized_end=738
+  _globals['_DISTORTIONRESULT']._serialized_start=741
+  _globals['_DISTORTIONRESULT']._serialized_end=921
+  _globals['_DISTORTIONSERVICE']._serialized_start=1006
+  _globals['_DISTORTIONSERVICE']._serialized_end=1180
 # @@protoc_insertion_point(module_scope)

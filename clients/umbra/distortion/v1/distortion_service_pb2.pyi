@@ -17,7 +17,7 @@ START_POLICY_UNSPECIFIED: StartPolicy
 START_POLICY_RANDOM_OTHER_CLASS: StartPolicy
 
 class DistortDatasetRequest(_message.Message):
-    __slots__ = ("dataset", "label_column", "feature_extractor", "copies", "steps", "step_size", "batch_size", "start_policy", "seed", "output_dataset", "request_id")
+    __slots__ = ("dataset", "label_column", "feature_extractor", "copies", "steps", "step_size", "batch_size", "start_policy", "seed", "output_dataset", "request_id", "output_version", "momentum")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     LABEL_COLUMN_FIELD_NUMBER: _ClassVar[int]
     FEATURE_EXTRACTOR_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,8 @@ class DistortDatasetRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_DATASET_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MOMENTUM_FIELD_NUMBER: _ClassVar[int]
     dataset: _refs_pb2.DatasetRef
     label_column: str
     feature_extractor: _refs_pb2.ModelRef
@@ -40,7 +42,9 @@ class DistortDatasetRequest(_message.Message):
     seed: int
     output_dataset: str
     request_id: str
-    def __init__(self, dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., label_column: _Optional[str] = ..., feature_extractor: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., copies: _Optional[int] = ..., steps: _Optional[int] = ..., step_size: _Optional[float] = ..., batch_size: _Optional[int] = ..., start_policy: _Optional[_Union[StartPolicy, str]] = ..., seed: _Optional[int] = ..., output_dataset: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    output_version: int
+    momentum: float
+    def __init__(self, dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., label_column: _Optional[str] = ..., feature_extractor: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., copies: _Optional[int] = ..., steps: _Optional[int] = ..., step_size: _Optional[float] = ..., batch_size: _Optional[int] = ..., start_policy: _Optional[_Union[StartPolicy, str]] = ..., seed: _Optional[int] = ..., output_dataset: _Optional[str] = ..., request_id: _Optional[str] = ..., output_version: _Optional[int] = ..., momentum: _Optional[float] = ...) -> None: ...
 
 class DistortDatasetResponse(_message.Message):
     __slots__ = ("operation",)
@@ -59,13 +63,15 @@ class DistortDatasetMetadata(_message.Message):
     def __init__(self, progress: _Optional[_Union[_operation_pb2.OperationProgress, _Mapping]] = ..., shards_done: _Optional[int] = ..., feature_loss: _Optional[float] = ...) -> None: ...
 
 class DistortionResult(_message.Message):
-    __slots__ = ("released", "record", "feature_loss", "image_count")
+    __slots__ = ("released", "record", "feature_loss", "image_count", "unlabelled_skipped")
     RELEASED_FIELD_NUMBER: _ClassVar[int]
     RECORD_FIELD_NUMBER: _ClassVar[int]
     FEATURE_LOSS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    UNLABELLED_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     released: _refs_pb2.DatasetRef
     record: _refs_pb2.ObjectRef
     feature_loss: float
     image_count: int
-    def __init__(self, released: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., record: _Optional[_Union[_refs_pb2.ObjectRef, _Mapping]] = ..., feature_loss: _Optional[float] = ..., image_count: _Optional[int] = ...) -> None: ...
+    unlabelled_skipped: int
+    def __init__(self, released: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., record: _Optional[_Union[_refs_pb2.ObjectRef, _Mapping]] = ..., feature_loss: _Optional[float] = ..., image_count: _Optional[int] = ..., unlabelled_skipped: _Optional[int] = ...) -> None: ...

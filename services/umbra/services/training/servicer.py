@@ -18,8 +18,9 @@ from umbra.client import inference
 from umbra.common.v1 import privacy_pb2
 from umbra.inference import publications
 from umbra.runtime import auth, pagination
-from umbra.runtime.errors import FailedPrecondition, InvalidInput, NotFound, Unavailable
+from umbra.runtime.errors import FailedPrecondition, InvalidInput, Unavailable
 from umbra.runtime.operations import OperationRunner
+from umbra.services.references import dataset_reader, model_ref
 from umbra.services.training import convert
 from umbra.storage import keys
 from umbra.storage.base import ObjectStore
@@ -48,24 +49,6 @@ def _model_version(name: str, field: str) -> tuple[str, int]:
     if not match or int(match.group(2)) < 1:
         raise InvalidInput(field, "must look like 'models/{model}/versions/{version}'")
     return keys.validate_resource_id(match.group(1), field), int(match.group(2))
-
-
-def _model_ref(ref, field: str) -> tuple[str, int]:
-    if not ref.model.startswith("models/") or ref.version < 1:
-        raise InvalidInput(field, "needs model 'models/{model}' and a version of 1 or more")
-    return keys.validate_resource_id(ref.model.removeprefix("models/"), f"{field}.model"), ref.version
-
-
-def _reader(store: ObjectStore, bucket: str, ref, field: str) -> DatasetReader:
-    if not ref.dataset.startswith("datasets/"):
-        raise InvalidInput(f"{field}.dataset", "must look like 'datasets/{dataset}'")
-    dataset = keys.validate_resource_id(ref.dataset.removeprefix("datasets/"), f"{field}.dataset")
-    if ref.version < 1:
-        raise InvalidInput(f"{field}.version", "must be 1 or more (the coordinator resolves 'latest')")
-    try:
-        return DatasetReader(store, bucket, dataset, ref.version)
-    except NotFound:
-        raise NotFound("dataset version", f"{ref.dataset}/versions/{ref.version}") from None
 
 
 def _hyperparameters(h: ts.Hyperparameters, image_size: int) -> tuple[loop.Hyperparameters, int]:
@@ -139,7 +122,7 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
     def _plan(self, tenant: str, request: ts.TrainRequest) -> _Plan:
         bucket = keys.bucket(tenant)
         model = _model_id(request.model, "model")
-        reader = _reader(self.store, bucket, request.dataset, "dataset")
+        reader = dataset_reader(self.store, bucket, request.dataset, "dataset")
         if request.task not in reader.header.label_columns:
             raise InvalidInput("task", f"{request.task!r} is not a label column of {request.dataset.dataset} "
                                        f"(it has {', '.join(reader.header.label_columns) or 'none'})")
@@ -168,7 +151,7 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
     def _starting_point(self, bucket: str, request: ts.TrainRequest, architecture: str, image_size: int) -> StoredModel:
         """The model version to start from (public pretraining): same architecture and image size, and never
         trained on the dataset being trained on now (its weights would not be public for this run)."""
-        model_id, number = _model_ref(request.initialize_from, "initialize_from")
+        model_id, number = model_ref(request.initialize_from, "initialize_from")
         start = self.registry.get(bucket, model_id, number)
         if start.config.architecture != architecture or start.config.image_size != image_size:
             raise InvalidInput("initialize_from", f"models/{model_id}/versions/{number} is a "
@@ -261,7 +244,7 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
         """Publishes a model version to the inference server and returns once Triton serves it."""
         tenant = _tenant()
         bucket = keys.bucket(tenant)
-        model_id, number = _model_ref(request.model, "model")
+        model_id, number = model_ref(request.model, "model")
         served = request.served_model_name or model_id
         keys.validate_resource_id(served, "served_model_name")
         if not self.inference_url:
@@ -277,9 +260,9 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
     def Evaluate(self, request, context):
         tenant = _tenant()
         bucket = keys.bucket(tenant)
-        model_id, number = _model_ref(request.model, "model")
+        model_id, number = model_ref(request.model, "model")
         stored = self.registry.get(bucket, model_id, number)
-        reader = _reader(self.store, bucket, request.dataset, "dataset")
+        reader = dataset_reader(self.store, bucket, request.dataset, "dataset")
         split = request.dataset.split or "test"
 
         def work(ctx) -> ts.Evaluation:

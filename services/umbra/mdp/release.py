@@ -1,0 +1,316 @@
+"""Releasing an MDP (copies = 1) or AugMDP (copies > 1) version of a dataset version, shard by shard.
+
+    job = plan(store, bucket, reader, label_column="race", split="train", extractor=stored_model,
+               settings=Settings(copies=2, seed=7), output=("faces", 3))      # every check, before compute
+    result = run(job, extractor_module, progress=..., cancelled=...)
+
+What is written, all in the tenant's bucket under the output version (`datasets/<d>/v<n>/`):
+- `shards/shard-*.tar`: the released images (PNG), each with the sample's ORIGINAL labels and attributes;
+  with copies > 1 the keys get a `-c<k>` suffix. Output shards hold four batches each, copy after copy. Images
+  are matched and released at the extractor's size (a 32 px extractor releases 32 px images of a 64 px
+  dataset); an extractor larger than the dataset's images is refused.
+- `upload/manifest.jsonl`, written last: the version is then ready for the coordinator's CommitDatasetVersion,
+  which checks every shard and makes it visible (versions are numbered and published by the coordinator only).
+- `private/distortion-record.json`: every parameter, the seed, and for each released sample its source key,
+  its start image's key and class, and its final feature loss. This is exactly the mapping MDP hides, so it is
+  kept beside the version for the tenant and never exported with it.
+
+Resuming: each finished shard leaves `private/parts/<shard>.json` (its manifest lines and record rows), written
+after the shard itself; a rerun of the same request skips those shards and recomputes nothing else (start
+images are drawn up front from the seed, and matching is deterministic). `private/run.json` names the request a
+version's parts belong to, so a different request can never mix its shards into them.
+
+Memory: the selected samples are decoded once and held as uint8 (12 KiB per 64 px image), because any of them
+may be drawn as a start image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import version as package_version
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from umbra.classifiers.data import decode
+from umbra.classifiers.registry import StoredModel
+from umbra.dataset import manifest as mf
+from umbra.dataset.shards import ShardWriter
+from umbra.mdp.feature_matching import choose_starts, match_features
+from umbra.runtime.errors import FailedPrecondition, InvalidInput, NotFound
+from umbra.storage import keys
+from umbra.storage.base import ObjectStore
+from umbra.storage.datasets import DatasetReader
+
+log = logging.getLogger(__name__)
+START_POLICIES = ("random_other_class",)
+BATCHES_PER_SHARD = 4
+RECORD = "distortion-record.json"
+RUN = "run.json"
+
+
+@dataclass(frozen=True)
+class Settings:
+    copies: int = 1  # T: 1 is MDP, more is AugMDP
+    steps: int = 100
+    step_size: float = 0.1
+    momentum: float = 0.0  # 0: the paper's update; 0.9 reaches its loss in about a quarter of the steps
+    batch_size: int = 128
+    seed: int = 0
+    start_policy: str = "random_other_class"
+
+    def validate(self) -> "Settings":
+        if not 1 <= self.copies <= 16:
+            raise InvalidInput("copies", f"is {self.copies}: must be 1 (MDP) to 16 (AugMDP)")
+        if not 1 <= self.steps <= 10_000:
+            raise InvalidInput("steps", f"is {self.steps}: must be 1 to 10000 (0: the default 100)")
+        if not 0 < self.step_size <= 10:
+            raise InvalidInput("step_size", f"is {self.step_size}: must be above 0 and at most 10 (0: the default "
+                                            f"0.1)")
+        if not 0 <= self.momentum < 1:
+            raise InvalidInput("momentum", f"is {self.momentum}: must be at least 0 and below 1")
+        if not 1 <= self.batch_size <= 4096:
+            raise InvalidInput("batch_size", f"is {self.batch_size}: must be 1 to 4096 (0: the default 128)")
+        if self.start_policy not in START_POLICIES:
+            raise InvalidInput("start_policy", f"must be one of {', '.join(START_POLICIES)}")
+        return self
+
+
+@dataclass(frozen=True)
+class Job:
+    """A checked request: what to read, what to write, and how."""
+
+    store: ObjectStore
+    bucket: str
+    reader: DatasetReader
+    split: str  # "" for every split
+    label_column: str
+    classes: list[str]
+    samples: list[mf.Sample]  # the selected ones, in manifest order
+    unlabelled: int  # samples of the split left out: they lack the label column
+    image_size: int  # the extractor's: images are matched and released at this size
+    extractor: tuple[str, int]  # (model, version)
+    settings: Settings
+    output: tuple[str, int]  # (dataset, version)
+
+    @property
+    def shard_samples(self) -> int:
+        return BATCHES_PER_SHARD * self.settings.batch_size
+
+    @property
+    def chunks(self) -> list[range]:
+        n, size = len(self.samples), self.shard_samples
+        return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+    def output_key(self, key: str, copy: int) -> str:
+        return key if self.settings.copies == 1 else f"{key}-c{copy}"
+
+    def fingerprint(self) -> str:
+        """What identifies the request, so parts of another request are never reused."""
+        what = {"dataset": self.reader.dataset, "version": self.reader.version, "split": self.split,
+                "label_column": self.label_column, "extractor": list(self.extractor),
+                "settings": dataclasses.asdict(self.settings)}
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+    def key(self, name: str) -> str:
+        return keys.private(*self.output, name)
+
+
+@dataclass(frozen=True)
+class Result:
+    samples: int
+    unlabelled: int
+    shards: int
+    feature_loss: float  # mean final feature loss over every released image
+    record_key: str
+    manifest_key: str
+
+
+def plan(store: ObjectStore, bucket: str, reader: DatasetReader, *, label_column: str, split: str,
+         extractor: StoredModel, settings: Settings, output: tuple[str, int]) -> Job:
+    """Checks everything before any compute; InvalidInput names the field, FailedPrecondition the state."""
+    settings.validate()
+    header = reader.header
+    if label_column not in header.label_columns:
+        raise InvalidInput("label_column", f"{label_column!r} is not a label column of "
+                                           f"datasets/{reader.dataset}/versions/{reader.version} (it has "
+                                           f"{', '.join(header.label_columns) or 'none'})")
+    in_split = [s for s in reader.samples() if not split or s.split == split]
+    samples = [s for s in in_split if label_column in s.labels]
+    if not samples:
+        raise InvalidInput("dataset.split", f"no sample{f' of split {split!r}' if split else ''} is labelled with "
+                                            f"{label_column!r}")
+    classes = sorted({s.labels[label_column] for s in samples}, key=lambda v: (len(v), v))
+    if len(classes) < 2:
+        raise InvalidInput("dataset", f"every selected sample has {label_column} = {classes[0]!r}: MDP needs at "
+                                      f"least two classes (each start image is of another class)")
+    _check_extractor(extractor, label_column, classes, header.image_size)
+    job = Job(store, bucket, reader, split, label_column, classes, samples, len(in_split) - len(samples),
+              extractor.config.image_size, (extractor.model, extractor.version), settings, output)
+    _check_output(job)
+    return job
+
+
+def _check_extractor(extractor: StoredModel, label_column: str, classes: list[str], image_size: int) -> None:
+    name = f"models/{extractor.model}/versions/{extractor.version}"
+    task = extractor.record.get("task")
+    if task != label_column:
+        raise InvalidInput("feature_extractor", f"{name} was trained on {task!r}, not on {label_column!r}: the "
+                                                f"extractor must be trained on the label being protected")
+    unknown = sorted(set(classes) - set(extractor.config.classes))
+    if unknown:
+        raise InvalidInput("feature_extractor", f"{name} was trained on the classes "
+                                                f"{', '.join(extractor.config.classes)}; the dataset also has "
+                                                f"{', '.join(unknown)}")
+    if extractor.config.image_size > image_size:
+        raise InvalidInput("feature_extractor", f"{name} takes {extractor.config.image_size} px images; the "
+                                                f"dataset's are only {image_size} px")
+
+
+def _check_output(job: Job) -> None:
+    dataset, version = job.output
+    if (dataset, version) == (job.reader.dataset, job.reader.version):
+        raise InvalidInput("output_version", "is the version being distorted; versions are immutable")
+    if job.store.stat(job.bucket, keys.manifest(dataset, version)) is not None:
+        raise FailedPrecondition(f"datasets/{dataset}/versions/{version} is already committed; reserve a new "
+                                 f"version for the output", reason="VERSION_NOT_UPLOADING")
+    try:
+        earlier = json.loads(job.store.get(job.bucket, job.key(RUN)))
+    except NotFound:
+        earlier = None
+    if earlier is not None and earlier.get("fingerprint") != job.fingerprint():
+        raise FailedPrecondition(f"datasets/{dataset}/versions/{version} already holds shards of another "
+                                 f"distortion request; reserve a new version for this one",
+                                 reason="VERSION_IN_USE")
+    out_keys = [job.output_key(s.key, k) for k in range(job.settings.copies) for s in job.samples]
+    for key in out_keys:
+        try:
+            mf.validate_key(key)
+        except mf.ManifestError as exc:
+            raise InvalidInput("copies", f"a released key would be invalid: {exc}") from None
+    if len(set(out_keys)) != len(out_keys):
+        raise InvalidInput("copies", "the '-c<k>' keys of the copies collide with keys already in the dataset")
+
+
+def run(job: Job, extractor: nn.Module, *,
+        progress: Callable[[int, int, int, float], None] = lambda done, total, shards, loss: None,
+        cancelled: Callable[[], bool] = lambda: False) -> Result:
+    """Writes the released version; `progress(images_done, images_total, shards_done, last_batch_loss)`."""
+    store, bucket, settings = job.store, job.bucket, job.settings
+    store.put(bucket, job.key(RUN), json.dumps({"fingerprint": job.fingerprint()}).encode(),
+              content_type="application/json")
+    images = _load(job)
+    labels = torch.tensor([job.classes.index(s.labels[job.label_column]) for s in job.samples])
+    generator = torch.Generator().manual_seed(settings.seed)
+    starts = [choose_starts(labels, generator) for _ in range(settings.copies)]  # drawn up front: resumable
+    chunks = job.chunks
+    total, done, shards_done = settings.copies * len(job.samples), 0, 0
+    parts: list[dict] = []
+    for copy in range(settings.copies):
+        for c, chunk in enumerate(chunks):
+            shard = mf.shard_name(copy * len(chunks) + c)
+            part = _finished_part(job, shard)
+            if part is None:
+                index = torch.tensor(list(chunk))
+                originals = images[index].float().div_(255)
+                chosen = starts[copy][index]
+                released, losses = match_features(
+                    extractor, originals, images[chosen].float().div_(255), steps=settings.steps,
+                    step_size=settings.step_size, momentum=settings.momentum, batch_size=settings.batch_size,
+                    on_batch=lambda n, batch_loss, base=done, shards=shards_done: progress(base + n, total, shards,
+                                                                       float(batch_loss.mean())),
+                    cancelled=cancelled)
+                part = _write_shard(job, shard, copy, chunk, chosen, released, losses)
+            parts.append(part)
+            done += len(chunk)
+            shards_done += 1
+            progress(done, total, shards_done, float(np.mean([r["feature_loss"] for r in part["record"]])))
+    return _finish(job, parts)
+
+
+def _load(job: Job) -> torch.Tensor:
+    size = job.image_size
+    wanted = {s.key: i for i, s in enumerate(job.samples)}
+    images = torch.empty((len(job.samples), 3, size, size), dtype=torch.uint8)
+    pixels = images.numpy()  # the same memory
+    for sample, data in job.reader.iter_images(split=job.split or None):
+        if sample.key in wanted:
+            pixels[wanted[sample.key]] = decode(data, size)
+    return images
+
+
+def _finished_part(job: Job, shard: str) -> dict | None:
+    try:
+        return json.loads(job.store.get(job.bucket, job.key(f"parts/{shard}.json")))
+    except NotFound:
+        return None
+
+
+def _png(image: torch.Tensor) -> bytes:
+    pixels = image.mul(255).round_().to(torch.uint8).permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _write_shard(job: Job, shard: str, copy: int, chunk: range, starts: torch.Tensor, released: torch.Tensor,
+                 losses: torch.Tensor) -> dict:
+    """Puts the shard, then its part (so a part always means a finished shard); returns the part."""
+    tar: list[bytes] = []
+    writer = ShardWriter(lambda name, data: tar.append(data), max_bytes=1 << 62)
+    samples, record = [], []
+    for i, (index, start) in enumerate(zip(chunk, starts.tolist(), strict=True)):
+        source, png = job.samples[index], _png(released[i])
+        sample = dataclasses.replace(source, key=job.output_key(source.key, copy), size=len(png),
+                                     sha256=hashlib.sha256(png).hexdigest(), media_type="image/png")
+        writer.add(sample, png)
+        samples.append(dataclasses.asdict(dataclasses.replace(sample, shard=shard)))
+        record.append({"key": sample.key, "source": source.key, "start": job.samples[start].key,
+                       "start_class": job.samples[start].labels[job.label_column], "copy": copy,
+                       "feature_loss": float(losses[i])})
+    writer.close()
+    data = tar[0]
+    sha256 = hashlib.sha256(data).hexdigest()
+    job.store.put(job.bucket, keys.shard(*job.output, shard), data, content_type="application/x-tar")
+    part = {"shard": shard, "sha256": sha256, "samples": samples, "record": record}
+    job.store.put(job.bucket, job.key(f"parts/{shard}.json"), json.dumps(part).encode(),
+                  content_type="application/json")
+    return part
+
+
+def _finish(job: Job, parts: list[dict]) -> Result:
+    """The record, then the upload manifest (the version is then ready to commit), then the parts go."""
+    settings, header = job.settings, job.reader.header
+    rows = [row for part in parts for row in part["record"]]
+    loss = float(np.mean([row["feature_loss"] for row in rows]))
+    record = {
+        "method": "mdp" if settings.copies == 1 else "augmdp",
+        "source": {"dataset": f"datasets/{job.reader.dataset}", "version": job.reader.version, "split": job.split},
+        "label_column": job.label_column, "classes": job.classes,
+        "feature_extractor": {"model": f"models/{job.extractor[0]}", "version": job.extractor[1]},
+        "settings": dataclasses.asdict(settings), "seed": settings.seed, "feature_loss_mean": loss,
+        "unlabelled_left_out": job.unlabelled,
+        "code_version": package_version("umbra"), "samples": rows,
+    }
+    record_info = job.store.put(job.bucket, job.key(RECORD), json.dumps(record, indent=1).encode(),
+                                content_type="application/json")
+    samples = [mf.Sample(**sample) for part in parts for sample in part["samples"]]
+    out = mf.Header(image_size=job.image_size, label_columns=header.label_columns,
+                    attribute_columns=header.attribute_columns, shards=[p["shard"] for p in parts],
+                    samples=len(samples), seed=settings.seed,
+                    shard_sha256={p["shard"]: p["sha256"] for p in parts})
+    manifest_key = keys.upload_manifest(*job.output)
+    job.store.put(job.bucket, manifest_key, mf.dumps(out, samples), content_type="application/x-ndjson")
+    for part in parts:
+        job.store.delete(job.bucket, job.key(f"parts/{part['shard']}.json"))
+    log.info("released %d images of datasets/%s/versions/%d into v%d (feature loss %.4f)", len(samples),
+             job.reader.dataset, job.reader.version, job.output[1], loss)
+    return Result(len(samples), job.unlabelled, len(parts), loss, record_info.key, manifest_key)
