@@ -8,9 +8,12 @@
 4. train a DP-SGD gender classifier on it through the training service (epsilon in the operation's progress),
    starting from weights pretrained on other, public synthetic faces; evaluate it on the test split, publish
    it to Triton and classify exported images with `umbra models predict` (tritonclient over gRPC);
-5. write what was seen to out/demo/demo.json and stop everything (unless --keep).
+5. release an AugMDP version (two copies) of the training split through the distortion service, with the
+   classifier of step 4 as the feature extractor: the coordinator reserves the version, the distortion service
+   writes it, the coordinator commits it; export it and draw original / start image / released image;
+6. write what was seen to out/demo/demo.json and stop everything (unless --keep).
 
-Later steps (anonymization, distortion, unlearning) are added here as they are built.
+Later steps (anonymization, unlearning) are added here as they are built.
 
     python scripts/demo.py [--keep] [--faces N] [--epsilon E]
 """
@@ -37,8 +40,12 @@ from umbra.client.channel import open_channel
 from umbra.client.datasets import DatasetsClient
 from umbra.client.operations import OperationsClient
 from umbra.common.v1 import refs_pb2
-from umbra.coordinator.v1 import job_service_pb2, job_service_pb2_grpc, tenant_service_pb2, tenant_service_pb2_grpc
+from umbra.coordinator.v1 import dataset_service_pb2 as cds
+from umbra.coordinator.v1 import (dataset_service_pb2_grpc, job_service_pb2, job_service_pb2_grpc, tenant_service_pb2,
+                                  tenant_service_pb2_grpc)
 from umbra.dataset import synthetic
+from umbra.distortion.v1 import distortion_service_pb2 as dds
+from umbra.distortion.v1 import distortion_service_pb2_grpc
 from umbra.training.v1 import training_service_pb2 as ts
 from umbra.training.v1 import training_service_pb2_grpc
 
@@ -133,6 +140,94 @@ def train_and_serve(home: Path, tenant: str, dataset_version: str, images: Path,
             "predictions": str(OUT / "predictions.json")}
 
 
+def release_augmdp(home: Path, tenant: str, dataset_version: str, extractor: str, exported: Path) -> dict:
+    """Step 5: AugMDP of the training split into a version the coordinator reserves and commits."""
+    coordinator = open_channel(layout.endpoint("coordinator").target, (OUT / "tenant-api-key").read_text().strip())
+    datasets = dataset_service_pb2_grpc.DatasetServiceStub(coordinator)
+    dataset, number = dataset_version.removeprefix("datasets/").split("/versions/")
+    reserved = datasets.CreateDatasetVersion(cds.CreateDatasetVersionRequest(parent=f"datasets/{dataset}",
+                                                                             shard_count=1), timeout=30)
+    output = int(reserved.dataset_version.name.rsplit("/", 1)[1])
+    service_token = (home / "secrets" / "service-token").read_text().strip()
+    channel = open_channel(layout.endpoint("distortion").target, service_token, tenant=tenant)
+    model, version = extractor.removeprefix("models/").split("/versions/")
+    request = dds.DistortDatasetRequest(
+        dataset=refs_pb2.DatasetRef(dataset=f"datasets/{dataset}", version=int(number), split="train"),
+        label_column="gender", feature_extractor=refs_pb2.ModelRef(model=f"models/{model}", version=int(version)),
+        copies=2, steps=35, step_size=0.06, momentum=0.7, seed=0, output_dataset=f"datasets/{dataset}",
+        output_version=output)
+    began = time.monotonic()
+    name = distortion_service_pb2_grpc.DistortionServiceStub(channel).DistortDataset(request, timeout=60).operation.name
+    print(f"   {name}: AugMDP (2 copies, 35 steps, momentum 0.7) of the train split into version {output}", flush=True)
+    result = OperationsClient(channel).result(name, dds.DistortionResult, progress=True, poll_seconds=1)
+    seconds = time.monotonic() - began
+    commit = datasets.CommitDatasetVersion(cds.CommitDatasetVersionRequest(name=reserved.dataset_version.name),
+                                           timeout=30)
+    committed = OperationsClient(coordinator).result(commit.operation.name, cds.DatasetVersion, poll_seconds=0.5)
+    print(f"   {committed.name}: {committed.sample_count} released images at {committed.image_size} px, committed by "
+          f"the coordinator ({seconds:.0f} s; mean feature loss {result.feature_loss:.4f})")
+    released = OUT / "faces-augmdp"
+    shutil.rmtree(released, ignore_errors=True)
+    DatasetsClient(coordinator).export(committed.name, released)
+    record_file = OUT / "augmdp-record.json"
+    record = _private_record(result.record)
+    record_file.write_text(json.dumps(record, indent=1) + "\n")
+    record_file.chmod(0o600)
+    kept = _labels_kept(exported, released)
+    grid = _mdp_grid(exported, released, record, OUT / "augmdp-grid.png")
+    print(f"   exported to {released}; every image keeps its original gender label: {kept}; start images are never "
+          f"of the same class: {all(r['start_class'] != _label(exported, r['source']) for r in record['samples'])}")
+    print(f"   original / start image / released: {grid}; the private start-image record: {record_file}")
+    return {"version": committed.name, "images": committed.sample_count, "image_size": committed.image_size,
+            "seconds": round(seconds, 1), "feature_loss": result.feature_loss, "labels_kept": kept,
+            "export_folder": str(released), "grid": str(grid), "record": str(record_file)}
+
+
+def _private_record(ref) -> dict:
+    """The distortion record, read from the tenant's bucket (the demo's S3 server)."""
+    from umbra.storage.s3 import S3ObjectStore
+
+    store = S3ObjectStore(os.environ["UMBRA_S3_ENDPOINT"], os.environ["UMBRA_S3_ACCESS_KEY"],
+                          os.environ["UMBRA_S3_SECRET_KEY"])
+    return json.loads(store.get(ref.bucket, ref.key))
+
+
+def _labels(folder: Path) -> dict[str, str]:
+    lines = (folder / "labels.csv").read_text().splitlines()
+    columns = lines[0].split(",")
+    return {row[0].rsplit(".", 1)[0]: dict(zip(columns, row, strict=True))["gender"]
+            for row in (line.split(",") for line in lines[1:])}
+
+
+def _label(folder: Path, key: str) -> str:
+    return _labels(folder)[key]
+
+
+def _labels_kept(originals: Path, released: Path) -> bool:
+    before, after = _labels(originals), _labels(released)
+    return bool(after) and all(before[key.rsplit("-c", 1)[0]] == label for key, label in after.items())
+
+
+def _mdp_grid(originals: Path, released: Path, record: dict, path: Path, count: int = 8) -> Path:
+    from PIL import Image
+
+    side = 96
+    rows = record["samples"][:count]
+    canvas = Image.new("RGB", (3 * side, count * side), "white")
+    for r, row in enumerate(rows):
+        for c, image in enumerate((_image(originals, row["source"]), _image(originals, row["start"]),
+                                   _image(released, row["key"]))):
+            canvas.paste(image.convert("RGB").resize((side, side), Image.NEAREST), (c * side, r * side))
+    canvas.save(path)
+    return path
+
+
+def _image(folder: Path, key: str):
+    from PIL import Image
+
+    return Image.open(next((folder / "images").glob(f"{key}.*")))
+
+
 def digests(folder: Path) -> list[str]:
     return sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in (folder / "images").iterdir())
 
@@ -198,7 +293,11 @@ def main() -> int:
         step(f"4. a DP classifier (epsilon {args.epsilon:g}) trained, evaluated and served on Triton")
         report["classifier"] = train_and_serve(home, tenant_id, version.name, exported, args.epsilon, inference_url)
 
-        step("5. the protection job itself is not built yet, and says so")
+        step("5. an AugMDP release of the training split (distortion service), committed by the coordinator")
+        report["augmdp"] = release_augmdp(home, tenant_id, version.name, report["classifier"]["model_version"],
+                                          exported)
+
+        step("6. the protection job itself is not built yet, and says so")
         try:
             job_service_pb2_grpc.JobServiceStub(open_channel(coordinator, created.api_key_secret)).ListProtectionJobs(
                 job_service_pb2.ListProtectionJobsRequest(), timeout=10)
@@ -217,13 +316,15 @@ def main() -> int:
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(OUT / "demo.json")
     print(f"\nResults: {OUT / 'demo.json'} (dataset exported to {OUT / 'faces-export'}; the classifier's "
-          f"predictions in {OUT / 'predictions.json'})\nService logs: {home / 'logs'}")
+          f"predictions in {OUT / 'predictions.json'}; the AugMDP release in {OUT / 'faces-augmdp'}, drawn in "
+          f"{OUT / 'augmdp-grid.png'})\nService logs: {home / 'logs'}")
     if args.keep:
         print(f"Still running: `.venv/bin/umbra status`, Triton at {inference_url} (pid {triton.pid}); stop with "
               f"`.venv/bin/umbra down`, `kill {triton.pid}` and `deploy/s3/rgw.sh stop`.")
     healthy = all(s["health"] == "SERVING" for s in report["services"].values())
     served = report.get("classifier", {}).get("predicted_images", 0) > 0
-    return 0 if healthy and report.get("dataset", {}).get("exported_identical") and served else 1
+    released = report.get("augmdp", {}).get("labels_kept", False)
+    return 0 if healthy and report.get("dataset", {}).get("exported_identical") and served and released else 1
 
 
 if __name__ == "__main__":

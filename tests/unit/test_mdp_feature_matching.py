@@ -6,7 +6,7 @@ import torch
 
 from umbra.classifiers.architectures import ModelConfig, create
 from umbra.mdp.feature_matching import choose_starts, match_features, reference_match
-from umbra.runtime.errors import InvalidInput
+from umbra.runtime.errors import Cancelled, InvalidInput
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +48,39 @@ def test_same_steps_as_the_reference_loop(extractor):
     theirs, their_loss = reference_match(extractor, originals, starts, steps=10)
     assert torch.allclose(ours, theirs, atol=1e-5)
     assert torch.allclose(our_loss, their_loss, rtol=1e-4, atol=1e-7)
+
+
+def test_momentum_gets_further_in_the_same_steps(extractor):
+    generator = torch.Generator().manual_seed(5)
+    originals, starts = torch.rand(6, 3, 32, 32, generator=generator), torch.rand(6, 3, 32, 32, generator=generator)
+    _, plain = match_features(extractor, originals, starts, steps=15)
+    _, heavy = match_features(extractor, originals, starts, steps=15, momentum=0.9)
+    assert heavy.mean() < plain.mean()
+    with pytest.raises(InvalidInput, match="momentum"):
+        match_features(extractor, originals, starts, steps=1, momentum=1.0)
+
+
+def test_batches_are_independent_and_progress_is_reported(extractor):
+    generator = torch.Generator().manual_seed(6)
+    originals, starts = torch.rand(7, 3, 32, 32, generator=generator), torch.rand(7, 3, 32, 32, generator=generator)
+    whole, whole_loss = match_features(extractor, originals, starts, steps=5, batch_size=7)
+    seen = []
+    parts, parts_loss = match_features(extractor, originals, starts, steps=5, batch_size=3,
+                                       on_batch=lambda done, losses: seen.append((done, len(losses))))
+    assert torch.allclose(whole, parts, atol=1e-5) and torch.allclose(whole_loss, parts_loss, rtol=1e-4, atol=1e-7)
+    assert seen == [(3, 3), (6, 3), (7, 1)]
+    with pytest.raises(Cancelled):
+        match_features(extractor, originals, starts, steps=5, batch_size=3, cancelled=lambda: True)
+
+
+def test_single_views_even_for_a_mirror_averaging_extractor():
+    torch.manual_seed(1)
+    model = create(ModelConfig("groupnorm_cnn", 2, 32, width=8, mirror_average=True))
+    generator = torch.Generator().manual_seed(7)
+    originals, starts = torch.rand(3, 3, 32, 32, generator=generator), torch.rand(3, 3, 32, 32, generator=generator)
+    released, loss = match_features(model, originals, starts, steps=3)
+    assert model.mirror_average  # put back
+    model.eval()
+    with torch.no_grad():
+        single = ((model._features(released) - model._features(originals)) ** 2).flatten(1).mean(1)
+    assert torch.allclose(loss, single, rtol=1e-5)

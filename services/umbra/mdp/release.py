@@ -62,7 +62,7 @@ class Settings:
     copies: int = 1  # T: 1 is MDP, more is AugMDP
     steps: int = 100
     step_size: float = 0.1
-    momentum: float = 0.0  # 0: the paper's update; 0.9 reaches its loss in about a quarter of the steps
+    momentum: float = 0.0  # 0: the paper's update (0.7 with steps of 0.06: its loss in a third of the steps)
     batch_size: int = 128
     seed: int = 0
     start_policy: str = "random_other_class"
@@ -190,14 +190,12 @@ def _check_output(job: Job) -> None:
         raise FailedPrecondition(f"datasets/{dataset}/versions/{version} already holds shards of another "
                                  f"distortion request; reserve a new version for this one",
                                  reason="VERSION_IN_USE")
-    out_keys = [job.output_key(s.key, k) for k in range(job.settings.copies) for s in job.samples]
-    for key in out_keys:
-        try:
-            mf.validate_key(key)
-        except mf.ManifestError as exc:
-            raise InvalidInput("copies", f"a released key would be invalid: {exc}") from None
-    if len(set(out_keys)) != len(out_keys):
-        raise InvalidInput("copies", "the '-c<k>' keys of the copies collide with keys already in the dataset")
+    # Suffixed keys cannot collide (stripping the last "-c<k>" gives the source back), but can grow too long.
+    longest = max((s.key for s in job.samples), key=len)
+    try:
+        mf.validate_key(job.output_key(longest, job.settings.copies - 1))
+    except mf.ManifestError as exc:
+        raise InvalidInput("copies", f"a released key would be invalid: {exc}") from None
 
 
 def run(job: Job, extractor: nn.Module, *,
