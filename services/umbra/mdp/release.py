@@ -220,12 +220,14 @@ def run(job: Job, extractor: nn.Module, *,
                 index = torch.tensor(list(chunk))
                 originals = images[index].float().div_(255)
                 chosen = starts[copy][index]
+
+                def batch_done(n: int, batch_loss: torch.Tensor, base: int = done, shards: int = shards_done) -> None:
+                    progress(base + n, total, shards, float(batch_loss.mean()))
+
                 released, losses = match_features(
                     extractor, originals, images[chosen].float().div_(255), steps=settings.steps,
                     step_size=settings.step_size, momentum=settings.momentum, batch_size=settings.batch_size,
-                    on_batch=lambda n, batch_loss, base=done, shards=shards_done: progress(base + n, total, shards,
-                                                                       float(batch_loss.mean())),
-                    cancelled=cancelled)
+                    on_batch=batch_done, cancelled=cancelled)
                 part = _write_shard(job, shard, copy, chunk, chosen, released, losses)
             parts.append(part)
             done += len(chunk)
