@@ -173,13 +173,16 @@ def release_augmdp(home: Path, tenant: str, dataset_version: str, extractor: str
     record = _private_record(result.record)
     record_file.write_text(json.dumps(record, indent=1) + "\n")
     record_file.chmod(0o600)
-    kept = _labels_kept(exported, released)
+    before, after = _labels(exported), _labels(released)
+    kept = bool(after) and all(before[key.rsplit("-c", 1)[0]] == label for key, label in after.items())
+    other = all(row["start_class"] != before[row["source"]] for row in record["samples"])
     grid = _mdp_grid(exported, released, record, OUT / "augmdp-grid.png")
     print(f"   exported to {released}; every image keeps its original gender label: {kept}; start images are never "
-          f"of the same class: {all(r['start_class'] != _label(exported, r['source']) for r in record['samples'])}")
+          f"of the same class: {other}")
     print(f"   original / start image / released: {grid}; the private start-image record: {record_file}")
     return {"version": committed.name, "images": committed.sample_count, "image_size": committed.image_size,
             "seconds": round(seconds, 1), "feature_loss": result.feature_loss, "labels_kept": kept,
+            "starts_of_other_classes": other,
             "export_folder": str(released), "grid": str(grid), "record": str(record_file)}
 
 
@@ -197,15 +200,6 @@ def _labels(folder: Path) -> dict[str, str]:
     columns = lines[0].split(",")
     return {row[0].rsplit(".", 1)[0]: dict(zip(columns, row, strict=True))["gender"]
             for row in (line.split(",") for line in lines[1:])}
-
-
-def _label(folder: Path, key: str) -> str:
-    return _labels(folder)[key]
-
-
-def _labels_kept(originals: Path, released: Path) -> bool:
-    before, after = _labels(originals), _labels(released)
-    return bool(after) and all(before[key.rsplit("-c", 1)[0]] == label for key, label in after.items())
 
 
 def _mdp_grid(originals: Path, released: Path, record: dict, path: Path, count: int = 8) -> Path:

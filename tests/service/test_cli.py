@@ -69,15 +69,19 @@ def test_buf_curl_calls_every_service_through_reflection(stack):
         assert called.returncode == 0, called.stderr
         assert json.loads(called.stdout or "{}") == {}  # no operations yet: an empty, successful answer
         # And a method of the service's own contract, through the same client: a built one answers (an empty
-        # list), a method not built yet says so.
+        # list, or a refusal of the empty request naming the field), a method not built yet says so.
         built = {"coordinator": "umbra.coordinator.v1.TenantService/ListTenants",
                  "training": "umbra.training.v1.TrainingService/ListModelVersions"}
+        refused = {"distortion": "copies: is 0"}
         own = built.get(service) or [m for m in listed.stdout.split() if m.startswith("umbra.")][0]
         answer = subprocess.run([str(BUF), "curl", "--protocol", "grpc", "--http2-prior-knowledge",
                                  "-H", f"authorization: Bearer {credential}", "-H", "x-umbra-tenant: acme",
                                  f"{target}/{own}"], capture_output=True, text=True, timeout=60)
         if service in built:
             assert answer.returncode == 0 and json.loads(answer.stdout or "{}") == {}, answer.stderr
+        elif service in refused:
+            assert answer.returncode != 0 and "invalid_argument" in answer.stderr
+            assert refused[service] in answer.stderr
         else:
             assert answer.returncode != 0 and "unimplemented" in answer.stdout + answer.stderr
 
