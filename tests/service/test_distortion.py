@@ -164,3 +164,14 @@ def test_single_class_and_other_tenants_models_are_refused(services):
     with pytest.raises(grpc.RpcError) as error:
         other.DistortDataset(distort_request(), timeout=30)
     assert error.value.code() == grpc.StatusCode.NOT_FOUND and "models/gender" in error.value.details()
+
+
+def test_cancel_stops_between_batches_and_publishes_nothing(services):
+    _, distortion, store = services
+    channel = distortion.channel()
+    stub, operations = distortion_service_pb2_grpc.DistortionServiceStub(channel), OperationsClient(channel)
+    op = stub.DistortDataset(distort_request(output_version=7, steps=3000, copies=1), timeout=30).operation
+    operations.cancel(op.name)
+    done = operations.wait(op.name, poll_seconds=0.2, timeout=120)
+    assert done.done and done.error.code == grpc.StatusCode.CANCELLED.value[0]
+    assert store.stat("umbra-acme", keys.upload_manifest("faces", 7)) is None  # nothing to commit
