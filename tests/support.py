@@ -4,7 +4,11 @@ Importable from any test as `support` (pytest puts tests/ on the path, see pypro
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,3 +135,42 @@ def commit_faces(store, bucket: str, count: int, *, dataset: str = "faces", size
                        shards=writer.close(), samples=count, shard_sha256=shard_sha)
     store.put(bucket, keys.manifest(dataset, 1), mf.dumps(header, samples))
     return DatasetReader(store, bucket, dataset, 1)
+
+
+def serve_process(service: str, home: Path, port: int) -> subprocess.Popen:
+    """`umbra serve <service>` as its own process (so a test can SIGKILL it), once it answers SERVING."""
+    from umbra.client import health_of
+
+    env = dict(os.environ, UMBRA_HOME=str(home), **{f"UMBRA_{service.upper()}_PORT": str(port)},
+               UMBRA_SERVICE_TOKEN=SERVICE_TOKEN, UMBRA_ADMIN_KEY=ADMIN_KEY)
+    proc = subprocess.Popen([sys.executable, "-m", "umbra.cli.main", "serve", service], env=env,
+                            stdout=open(home / f"{service}-{time.time_ns()}.log", "wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while health_of(f"127.0.0.1:{port}", timeout=0.5) != "SERVING":
+        assert proc.poll() is None and time.monotonic() < deadline, f"the {service} service did not start"
+        time.sleep(0.2)
+    return proc
+
+
+def with_fields(message, **overrides):
+    """`message` with fields set: messages copied in, scalars assigned."""
+    for field, value in overrides.items():
+        if hasattr(value, "CopyFrom"):
+            getattr(message, field).CopyFrom(value)
+        else:
+            setattr(message, field, value)
+    return message
+
+
+def write_extractor(store, bucket: str, name: str, *, task: str = "gender", classes: tuple[str, ...] = ("0", "1"),
+                    image_size: int = 32) -> None:
+    """A small real (untrained) GroupNorm CNN in the model registry, as the training service leaves one."""
+    import torch
+
+    from umbra.classifiers.architectures import ModelConfig, create
+    from umbra.classifiers.registry import ModelRegistry
+
+    torch.manual_seed(0)
+    config = ModelConfig("groupnorm_cnn", len(classes), image_size, classes=list(classes), width=8)
+    ModelRegistry(store).write(bucket, name, config, create(config).state_dict(),
+                               {"task": task, "classes": list(classes), "dataset": {"dataset": "datasets/faces"}})

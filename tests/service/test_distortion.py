@@ -9,11 +9,8 @@ import json
 
 import grpc
 import pytest
-import torch
 
-from support import SERVICE_TOKEN, commit_faces, start_service, status_details
-from umbra.classifiers.architectures import ModelConfig, create
-from umbra.classifiers.registry import ModelRegistry
+from support import SERVICE_TOKEN, commit_faces, start_service, status_details, with_fields, write_extractor
 from umbra.client.channel import open_channel
 from umbra.client.datasets import DatasetsClient
 from umbra.client.operations import OperationsClient
@@ -33,14 +30,6 @@ pytestmark = pytest.mark.slow
 FACES = 40
 
 
-def write_extractor(store, bucket: str, name: str, *, task: str, classes: list[str], image_size: int = 32) -> None:
-    """A small real extractor in the registry, as the training service leaves one."""
-    torch.manual_seed(0)
-    config = ModelConfig("groupnorm_cnn", len(classes), image_size, classes=classes, width=8)
-    ModelRegistry(store).write(bucket, name, config, create(config).state_dict(),
-                               {"task": task, "classes": classes, "dataset": {"dataset": "datasets/faces"}})
-
-
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
@@ -50,9 +39,9 @@ def services(tmp_path_factory):
     DatasetsClient(coordinator.channel()).upload(faces, "faces", progress=False, shard_bytes=20_000,
                                                  policy=SizePolicy(size=32))
     store = LocalObjectStore(home / "objects")
-    write_extractor(store, "umbra-acme", "gender", task="gender", classes=["0", "1"])
-    write_extractor(store, "umbra-acme", "smile", task="smile", classes=["0", "1"])
-    write_extractor(store, "umbra-acme", "large", task="gender", classes=["0", "1"], image_size=64)
+    write_extractor(store, "umbra-acme", "gender")
+    write_extractor(store, "umbra-acme", "smile", task="smile")
+    write_extractor(store, "umbra-acme", "large", image_size=64)
     store.ensure_bucket("umbra-other")
     commit_faces(store, "umbra-other", 12, size=32)
     yield coordinator, distortion, store
@@ -61,16 +50,10 @@ def services(tmp_path_factory):
 
 
 def distort_request(**overrides) -> ds.DistortDatasetRequest:
-    request = ds.DistortDatasetRequest(
+    return with_fields(ds.DistortDatasetRequest(
         dataset=refs_pb2.DatasetRef(dataset="datasets/faces", version=1), label_column="gender",
         feature_extractor=refs_pb2.ModelRef(model="models/gender", version=1), copies=2, steps=5, batch_size=4,
-        seed=3, output_dataset="datasets/faces", output_version=2)
-    for field, value in overrides.items():
-        if hasattr(value, "CopyFrom"):
-            getattr(request, field).CopyFrom(value)
-        else:
-            setattr(request, field, value)
-    return request
+        seed=3, output_dataset="datasets/faces", output_version=2), **overrides)
 
 
 def test_augmdp_release_committed_by_the_coordinator(services):

@@ -4,19 +4,12 @@ one."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
-import torch
 
-from support import ADMIN_KEY, SERVICE_TOKEN, commit_faces, free_port
-from umbra.classifiers.architectures import ModelConfig, create
-from umbra.classifiers.registry import ModelRegistry
-from umbra.client import health_of
+from support import SERVICE_TOKEN, commit_faces, free_port, serve_process, write_extractor
 from umbra.client.channel import open_channel
 from umbra.client.operations import OperationsClient
 from umbra.common.v1 import refs_pb2
@@ -27,18 +20,6 @@ from umbra.storage import keys
 from umbra.storage.local import LocalObjectStore
 
 pytestmark = pytest.mark.slow
-
-
-def serve(home, port) -> subprocess.Popen:
-    env = dict(os.environ, UMBRA_HOME=str(home), UMBRA_DISTORTION_PORT=str(port), UMBRA_SERVICE_TOKEN=SERVICE_TOKEN,
-               UMBRA_ADMIN_KEY=ADMIN_KEY)
-    proc = subprocess.Popen([sys.executable, "-m", "umbra.cli.main", "serve", "distortion"], env=env,
-                            stdout=open(home / f"distortion-{time.time_ns()}.log", "wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while health_of(f"127.0.0.1:{port}", timeout=0.5) != "SERVING":
-        assert proc.poll() is None and time.monotonic() < deadline, "the distortion service did not start"
-        time.sleep(0.2)
-    return proc
 
 
 def request(version: int) -> ds.DistortDatasetRequest:
@@ -58,11 +39,9 @@ def test_killed_release_resumes_at_its_last_finished_shard(tmp_path):
     store = LocalObjectStore(home / "objects")
     store.ensure_bucket("umbra-acme")
     commit_faces(store, "umbra-acme", 64, size=32, seed=6)
-    torch.manual_seed(0)
-    config = ModelConfig("groupnorm_cnn", 2, 32, classes=["0", "1"], width=8)
-    ModelRegistry(store).write("umbra-acme", "gender", config, create(config).state_dict(), {"task": "gender"})
+    write_extractor(store, "umbra-acme", "gender")
     first_shard = keys.shard("faces", 2, "shard-000000.tar")
-    proc = serve(home, port)
+    proc = serve_process("distortion", home, port)
     channel = open_channel(f"127.0.0.1:{port}", SERVICE_TOKEN, tenant="acme")
     stub, operations = distortion_service_pb2_grpc.DistortionServiceStub(channel), OperationsClient(channel)
     try:
@@ -75,7 +54,7 @@ def test_killed_release_resumes_at_its_last_finished_shard(tmp_path):
         proc.wait(timeout=30)
         written = store.get("umbra-acme", first_shard)
         assert store.stat("umbra-acme", keys.upload_manifest("faces", 2)) is None  # it was killed mid-release
-        proc = serve(home, port)
+        proc = serve_process("distortion", home, port)
         resumed = operations.result(interrupted, ds.DistortionResult, poll_seconds=0.5, timeout=300)
         whole = operations.result(stub.DistortDataset(request(3), timeout=30).operation.name, ds.DistortionResult,
                                   poll_seconds=0.5, timeout=300)

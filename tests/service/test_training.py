@@ -8,7 +8,7 @@ import pytest
 from google.longrunning import operations_pb2_grpc
 from google.longrunning import operations_proto_pb2 as lro
 
-from support import SERVICE_TOKEN, commit_faces, config_for, status_details
+from support import SERVICE_TOKEN, commit_faces, config_for, status_details, with_fields
 from umbra.client.channel import open_channel
 from umbra.client.errors import OperationFailed
 from umbra.client.operations import OperationsClient, progress_of
@@ -36,17 +36,12 @@ def training(tmp_path_factory):
 
 
 def train_request(**overrides) -> ts.TrainRequest:
-    request = ts.TrainRequest(
+    return with_fields(ts.TrainRequest(
         model="models/smile", dataset=refs_pb2.DatasetRef(dataset="datasets/faces", version=1), task="smile",
         architecture=ts.ARCHITECTURE_GROUPNORM_CNN, seed=0,
         hyperparameters=ts.Hyperparameters(epochs=2, batch_size=32, physical_batch_size=16, learning_rate=2e-3),
-        differential_privacy=ts.DifferentialPrivacy(target_epsilon=4.0, target_delta=1e-3, max_grad_norm=1.0))
-    for field, value in overrides.items():
-        if hasattr(value, "CopyFrom"):
-            getattr(request, field).CopyFrom(value)
-        else:
-            setattr(request, field, value)
-    return request
+        differential_privacy=ts.DifferentialPrivacy(target_epsilon=4.0, target_delta=1e-3, max_grad_norm=1.0)),
+        **overrides)
 
 
 def test_dp_training_registry_and_evaluation(training):

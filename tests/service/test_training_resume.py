@@ -4,16 +4,12 @@ are counted."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from support import ADMIN_KEY, SERVICE_TOKEN, commit_faces, free_port
-from umbra.client import health_of
+from support import SERVICE_TOKEN, commit_faces, free_port, serve_process
 from umbra.client.channel import open_channel
 from umbra.client.operations import OperationsClient, progress_of
 from umbra.common.v1 import refs_pb2
@@ -22,18 +18,6 @@ from umbra.training.v1 import training_service_pb2 as ts
 from umbra.training.v1 import training_service_pb2_grpc
 
 pytestmark = pytest.mark.slow
-
-
-def serve(home, port) -> subprocess.Popen:
-    env = dict(os.environ, UMBRA_HOME=str(home), UMBRA_TRAINING_PORT=str(port), UMBRA_SERVICE_TOKEN=SERVICE_TOKEN,
-               UMBRA_ADMIN_KEY=ADMIN_KEY)
-    proc = subprocess.Popen([sys.executable, "-m", "umbra.cli.main", "serve", "training"], env=env,
-                            stdout=open(home / f"training-{time.time_ns()}.log", "wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while health_of(f"127.0.0.1:{port}", timeout=0.5) != "SERVING":
-        assert proc.poll() is None and time.monotonic() < deadline, "the training service did not start"
-        time.sleep(0.2)
-    return proc
 
 
 def request(model: str) -> ts.TrainRequest:
@@ -48,7 +32,7 @@ def test_killed_training_resumes_with_the_same_epsilon(tmp_path):
     store = LocalObjectStore(home / "objects")
     store.ensure_bucket("umbra-acme")
     commit_faces(store, "umbra-acme", 200, size=32, seed=4)
-    proc = serve(home, port)
+    proc = serve_process("training", home, port)
     channel = open_channel(f"127.0.0.1:{port}", SERVICE_TOKEN, tenant="acme")
     stub, operations = training_service_pb2_grpc.TrainingServiceStub(channel), OperationsClient(channel)
     try:
@@ -59,7 +43,7 @@ def test_killed_training_resumes_with_the_same_epsilon(tmp_path):
             time.sleep(0.2)
         proc.kill()
         proc.wait(timeout=30)
-        proc = serve(home, port)
+        proc = serve_process("training", home, port)
         resumed = operations.result(interrupted, ts.ModelVersion, poll_seconds=1, timeout=300)
         whole = operations.result(stub.Train(request("whole"), timeout=30).operation.name, ts.ModelVersion,
                                   poll_seconds=1, timeout=300)

@@ -10,8 +10,8 @@ import json
 import pytest
 import torch
 
-from support import commit_faces
-from umbra.classifiers.architectures import ModelConfig, create
+from support import commit_faces, write_extractor
+from umbra.classifiers.architectures import create
 from umbra.classifiers.registry import ModelRegistry
 from umbra.dataset import manifest as mf
 from umbra.mdp import release
@@ -28,9 +28,7 @@ def store(tmp_path):
     store = LocalObjectStore(tmp_path / "objects")
     store.ensure_bucket(BUCKET)
     commit_faces(store, BUCKET, 20, size=32, seed=5)
-    torch.manual_seed(0)
-    config = ModelConfig("groupnorm_cnn", 2, 32, classes=["0", "1"], width=8)
-    ModelRegistry(store).write(BUCKET, "gender", config, create(config).state_dict(), {"task": "gender"})
+    write_extractor(store, BUCKET, "gender")
     return store
 
 

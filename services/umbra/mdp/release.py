@@ -97,7 +97,7 @@ class Job:
     samples: list[mf.Sample]  # the selected ones, in manifest order
     unlabelled: int  # samples of the split left out: they lack the label column
     image_size: int  # the extractor's: images are matched and released at this size
-    extractor: tuple[str, int]  # (model, version)
+    extractor: StoredModel  # its config and record, read once by the plan
     settings: Settings
     output: tuple[str, int]  # (dataset, version)
 
@@ -116,7 +116,7 @@ class Job:
     def fingerprint(self) -> str:
         """What identifies the request, so parts of another request are never reused."""
         what = {"dataset": self.reader.dataset, "version": self.reader.version, "split": self.split,
-                "label_column": self.label_column, "extractor": list(self.extractor),
+                "label_column": self.label_column, "extractor": [self.extractor.model, self.extractor.version],
                 "settings": dataclasses.asdict(self.settings)}
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
@@ -154,7 +154,7 @@ def plan(store: ObjectStore, bucket: str, reader: DatasetReader, *, label_column
                                       f"least two classes (each start image is of another class)")
     _check_extractor(extractor, label_column, classes, header.image_size)
     job = Job(store, bucket, reader, split, label_column, classes, samples, len(in_split) - len(samples),
-              extractor.config.image_size, (extractor.model, extractor.version), settings, output)
+              extractor.config.image_size, extractor, settings, output)
     _check_output(job)
     return job
 
@@ -295,7 +295,7 @@ def _finish(job: Job, parts: list[dict]) -> Result:
         "method": "mdp" if settings.copies == 1 else "augmdp",
         "source": {"dataset": f"datasets/{job.reader.dataset}", "version": job.reader.version, "split": job.split},
         "label_column": job.label_column, "classes": job.classes,
-        "feature_extractor": {"model": f"models/{job.extractor[0]}", "version": job.extractor[1]},
+        "feature_extractor": {"model": f"models/{job.extractor.model}", "version": job.extractor.version},
         "settings": dataclasses.asdict(settings), "seed": settings.seed, "feature_loss_mean": loss,
         "unlabelled_left_out": job.unlabelled,
         "code_version": package_version("umbra"), "samples": rows,

@@ -49,14 +49,14 @@ class DistortionServicer(distortion_service_pb2_grpc.DistortionServiceServicer):
         tenant = _tenant()
         job = self._plan(tenant, request)  # every bad input is refused here, before any compute
         op = self.operations.start(kind=KIND, tenant=tenant, metadata=ds.DistortDatasetMetadata(),
-                                   work=lambda ctx: self._run(ctx, job, request), request_id=request.request_id,
+                                   work=lambda ctx: self._run(ctx, job), request_id=request.request_id,
                                    resume_request=request)
         return ds.DistortDatasetResponse(operation=op)
 
     def resume(self, ctx, request_bytes: bytes) -> ds.DistortionResult:
         """After a restart: the same request again; the shards already written are kept."""
         request = ds.DistortDatasetRequest.FromString(request_bytes)
-        return self._run(ctx, self._plan(ctx.tenant, request), request)
+        return self._run(ctx, self._plan(ctx.tenant, request))
 
     def _plan(self, tenant: str, request: ds.DistortDatasetRequest) -> release.Job:
         bucket = keys.bucket(tenant)
@@ -73,12 +73,10 @@ class DistortionServicer(distortion_service_pb2_grpc.DistortionServiceServicer):
                             split=request.dataset.split, extractor=extractor, settings=settings,
                             output=(output, request.output_version))
 
-    def _run(self, ctx, job: release.Job, request: ds.DistortDatasetRequest) -> ds.DistortionResult:
+    def _run(self, ctx, job: release.Job) -> ds.DistortionResult:
         ctx.report(stage="loading the extractor")
-        model, version = job.extractor
-        stored = self.registry.get(job.bucket, model, version)
-        extractor = create(stored.config)
-        extractor.load_state_dict(self.registry.weights(job.bucket, model, version))
+        extractor = create(job.extractor.config)
+        extractor.load_state_dict(self.registry.weights(job.bucket, job.extractor.model, job.extractor.version))
 
         def progress(done: int, total: int, shards: int, loss: float) -> None:
             ctx.metadata.shards_done, ctx.metadata.feature_loss = shards, loss
