@@ -145,7 +145,9 @@ def epsilon_of(accountant, delta: float, preferred: str) -> tuple[float, str]:
     return float(rdp.get_epsilon(delta)), "rdp"
 
 
-def _noise_multiplier(dp: DPSettings, sample_rate: float, epochs: int, steps: int) -> tuple[float, str]:
+def calibrate_noise(dp: DPSettings, sample_rate: float, epochs: int, steps: int) -> tuple[float, str]:
+    """The noise multiplier for `steps` steps at `sample_rate` that reaches dp.target_epsilon (or the one given),
+    and the accountant that calibrated it (PRV, else RDP)."""
     from opacus.accountants.utils import get_noise_multiplier
 
     if dp.noise_multiplier > 0:
@@ -198,7 +200,7 @@ def train(*, model: nn.Module, data: LabelledImages, hyper: Hyperparameters, dp:
         sample_rate = poisson_rate(len(data), hyper.batch_size)
         steps_total = hyper.epochs * len(loader)
         sigma, accountant_name = ((resume.noise_multiplier, dp.accountant) if resume is not None else
-                                  _noise_multiplier(dp, sample_rate, hyper.epochs, steps_total))
+                                  calibrate_noise(dp, sample_rate, hyper.epochs, steps_total))
         engine = PrivacyEngine(accountant=accountant_name, secure_mode=dp.secure_mode)
         model, optimizer, loader = engine.make_private(
             module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
@@ -214,9 +216,9 @@ def train(*, model: nn.Module, data: LabelledImages, hyper: Hyperparameters, dp:
     model.train()
     for epoch in range(start_epoch, hyper.epochs):
         total, count = 0.0, 0
-        for images, labels in _batches(loader, optimizer, hyper, dp):
+        for images, labels in logical_batches(loader, optimizer, hyper, dp):
             if should_stop():
-                return _result(steps, engine, dp, accountant_name, sigma, loss_value)
+                return final_result(steps, engine, dp, accountant_name, sigma, loss_value)
             flip = (torch.rand(len(labels), generator=generator) < 0.5) if hyper.flip else None
             if stem is not None:  # `images` holds indices into the stem's outputs
                 x = inputs[0][images] if flip is None else torch.where(
@@ -244,7 +246,7 @@ def train(*, model: nn.Module, data: LabelledImages, hyper: Hyperparameters, dp:
                 epoch=epoch + 1, steps=steps, model={k: v.detach().clone() for k, v in inner.state_dict().items()},
                 optimizer=optimizer.state_dict(), noise_multiplier=sigma,
                 accountant=engine.accountant.state_dict() if engine else {}, rng=generator.get_state()))
-    return _result(steps, engine, dp, accountant_name, sigma, loss_value)
+    return final_result(steps, engine, dp, accountant_name, sigma, loss_value)
 
 
 def _stem_outputs(stem: nn.Module, images: torch.Tensor, *, mirrored: bool, batch: int = 256) -> torch.Tensor:
@@ -256,7 +258,9 @@ def _stem_outputs(stem: nn.Module, images: torch.Tensor, *, mirrored: bool, batc
     return torch.cat(out)
 
 
-def _batches(loader, optimizer, hyper: Hyperparameters, dp: DPSettings | None):
+def logical_batches(loader, optimizer, hyper: Hyperparameters, dp: DPSettings | None):
+    """The loader's batches; under DP, split into physical batches of hyper.physical_batch_size (the optimizer
+    steps once per logical batch)."""
     if dp is None:
         yield from loader
         return
@@ -267,7 +271,9 @@ def _batches(loader, optimizer, hyper: Hyperparameters, dp: DPSettings | None):
         yield from physical
 
 
-def _result(steps: int, engine, dp: DPSettings | None, accountant_name: str, sigma: float, loss: float) -> TrainResult:
+def final_result(steps: int, engine, dp: DPSettings | None, accountant_name: str, sigma: float, loss: float
+                 ) -> TrainResult:
+    """What a run spent and reached, from its privacy engine (None: not private)."""
     if engine is None:
         return TrainResult(steps, 0.0, 0.0, "", 0.0, loss)
     epsilon, used = epsilon_of(engine.accountant, dp.target_delta, accountant_name)

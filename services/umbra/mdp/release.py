@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 from collections.abc import Callable
@@ -37,24 +36,20 @@ from importlib.metadata import version as package_version
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from umbra.classifiers.data import decode
 from umbra.classifiers.registry import StoredModel
 from umbra.dataset import manifest as mf
-from umbra.dataset.shards import ShardWriter
 from umbra.mdp.feature_matching import choose_starts, match_features
-from umbra.runtime.errors import FailedPrecondition, InvalidInput, NotFound
-from umbra.storage import keys
+from umbra.runtime.errors import InvalidInput
 from umbra.storage.base import ObjectStore
 from umbra.storage.datasets import DatasetReader
+from umbra.storage.derived import DerivedVersion, png
 
 log = logging.getLogger(__name__)
 START_POLICIES = ("random_other_class",)
 BATCHES_PER_SHARD = 4
-RECORD = "distortion-record.json"
-RUN = "run.json"
 
 
 @dataclass(frozen=True)
@@ -120,8 +115,10 @@ class Job:
                 "settings": dataclasses.asdict(self.settings)}
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
-    def key(self, name: str) -> str:
-        return keys.private(*self.output, name)
+    @property
+    def out(self) -> DerivedVersion:
+        return DerivedVersion(self.store, self.bucket, (self.reader.dataset, self.reader.version), self.output,
+                              self.fingerprint(), kind="distortion")
 
 
 @dataclass(frozen=True)
@@ -176,20 +173,7 @@ def _check_extractor(extractor: StoredModel, label_column: str, classes: list[st
 
 
 def _check_output(job: Job) -> None:
-    dataset, version = job.output
-    if (dataset, version) == (job.reader.dataset, job.reader.version):
-        raise InvalidInput("output_version", "is the version being distorted; versions are immutable")
-    if job.store.stat(job.bucket, keys.manifest(dataset, version)) is not None:
-        raise FailedPrecondition(f"datasets/{dataset}/versions/{version} is already committed; reserve a new "
-                                 f"version for the output", reason="VERSION_NOT_UPLOADING")
-    try:
-        earlier = json.loads(job.store.get(job.bucket, job.key(RUN)))
-    except NotFound:
-        earlier = None
-    if earlier is not None and earlier.get("fingerprint") != job.fingerprint():
-        raise FailedPrecondition(f"datasets/{dataset}/versions/{version} already holds shards of another "
-                                 f"distortion request; reserve a new version for this one",
-                                 reason="VERSION_IN_USE")
+    job.out.check()
     # Suffixed keys cannot collide (stripping the last "-c<k>" gives the source back), but can grow too long.
     longest = max((s.key for s in job.samples), key=len)
     try:
@@ -202,9 +186,8 @@ def run(job: Job, extractor: nn.Module, *,
         progress: Callable[[int, int, int, float], None] = lambda done, total, shards, loss: None,
         cancelled: Callable[[], bool] = lambda: False) -> Result:
     """Writes the released version; `progress(images_done, images_total, shards_done, last_batch_loss)`."""
-    store, bucket, settings = job.store, job.bucket, job.settings
-    store.put(bucket, job.key(RUN), json.dumps({"fingerprint": job.fingerprint()}).encode(),
-              content_type="application/json")
+    settings, out = job.settings, job.out
+    out.claim()
     images = _load(job)
     labels = torch.tensor([job.classes.index(s.labels[job.label_column]) for s in job.samples])
     generator = torch.Generator().manual_seed(settings.seed)
@@ -215,7 +198,7 @@ def run(job: Job, extractor: nn.Module, *,
     for copy in range(settings.copies):
         for c, chunk in enumerate(chunks):
             shard = mf.shard_name(copy * len(chunks) + c)
-            part = _finished_part(job, shard)
+            part = out.finished(shard)
             if part is None:
                 index = torch.tensor(list(chunk))
                 originals = images[index].float().div_(255)
@@ -228,12 +211,12 @@ def run(job: Job, extractor: nn.Module, *,
                     extractor, originals, images[chosen].float().div_(255), steps=settings.steps,
                     step_size=settings.step_size, momentum=settings.momentum, batch_size=settings.batch_size,
                     on_batch=batch_done, cancelled=cancelled)
-                part = _write_shard(job, shard, copy, chunk, chosen, released, losses)
+                part = _write_shard(job, out, shard, copy, chunk, chosen, released, losses)
             parts.append(part)
             done += len(chunk)
             shards_done += 1
             progress(done, total, shards_done, float(np.mean([r["feature_loss"] for r in part["record"]])))
-    return _finish(job, parts)
+    return _finish(job, out, parts)
 
 
 def _load(job: Job) -> torch.Tensor:
@@ -247,47 +230,21 @@ def _load(job: Job) -> torch.Tensor:
     return images
 
 
-def _finished_part(job: Job, shard: str) -> dict | None:
-    try:
-        return json.loads(job.store.get(job.bucket, job.key(f"parts/{shard}.json")))
-    except NotFound:
-        return None
-
-
-def _png(image: torch.Tensor) -> bytes:
-    pixels = image.mul(255).round_().to(torch.uint8).permute(1, 2, 0).numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _write_shard(job: Job, shard: str, copy: int, chunk: range, starts: torch.Tensor, released: torch.Tensor,
-                 losses: torch.Tensor) -> dict:
-    """Puts the shard, then its part (so a part always means a finished shard); returns the part."""
-    tar: list[bytes] = []
-    writer = ShardWriter(lambda name, data: tar.append(data), max_bytes=1 << 62)
-    samples, record = [], []
+def _write_shard(job: Job, out: DerivedVersion, shard: str, copy: int, chunk: range, starts: torch.Tensor,
+                 released: torch.Tensor, losses: torch.Tensor) -> dict:
+    entries = []
     for i, (index, start) in enumerate(zip(chunk, starts.tolist(), strict=True)):
-        source, png = job.samples[index], _png(released[i])
-        sample = dataclasses.replace(source, key=job.output_key(source.key, copy), size=len(png),
-                                     sha256=hashlib.sha256(png).hexdigest(), media_type="image/png")
-        writer.add(sample, png)
-        samples.append(dataclasses.asdict(dataclasses.replace(sample, shard=shard)))
-        record.append({"key": sample.key, "source": source.key, "start": job.samples[start].key,
-                       "start_class": job.samples[start].labels[job.label_column], "copy": copy,
-                       "feature_loss": float(losses[i])})
-    writer.close()
-    data = tar[0]
-    sha256 = hashlib.sha256(data).hexdigest()
-    job.store.put(job.bucket, keys.shard(*job.output, shard), data, content_type="application/x-tar")
-    part = {"shard": shard, "sha256": sha256, "samples": samples, "record": record}
-    job.store.put(job.bucket, job.key(f"parts/{shard}.json"), json.dumps(part).encode(),
-                  content_type="application/json")
-    return part
+        source = job.samples[index]
+        pixels = released[i].mul(255).round_().to(torch.uint8).permute(1, 2, 0).numpy()
+        sample = dataclasses.replace(source, key=job.output_key(source.key, copy), media_type="image/png")
+        entries.append((sample, png(pixels), {
+            "key": sample.key, "source": source.key, "start": job.samples[start].key,
+            "start_class": job.samples[start].labels[job.label_column], "copy": copy,
+            "feature_loss": float(losses[i])}))
+    return out.write_shard(shard, entries)
 
 
-def _finish(job: Job, parts: list[dict]) -> Result:
-    """The record, then the upload manifest (the version is then ready to commit), then the parts go."""
+def _finish(job: Job, out: DerivedVersion, parts: list[dict]) -> Result:
     settings, header = job.settings, job.reader.header
     rows = [row for part in parts for row in part["record"]]
     loss = float(np.mean([row["feature_loss"] for row in rows]))
@@ -298,19 +255,11 @@ def _finish(job: Job, parts: list[dict]) -> Result:
         "feature_extractor": {"model": f"models/{job.extractor.model}", "version": job.extractor.version},
         "settings": dataclasses.asdict(settings), "seed": settings.seed, "feature_loss_mean": loss,
         "unlabelled_left_out": job.unlabelled,
-        "code_version": package_version("umbra"), "samples": rows,
+        "code_version": package_version("umbra"),
     }
-    record_info = job.store.put(job.bucket, job.key(RECORD), json.dumps(record, indent=1).encode(),
-                                content_type="application/json")
-    samples = [mf.Sample(**sample) for part in parts for sample in part["samples"]]
-    out = mf.Header(image_size=job.image_size, label_columns=header.label_columns,
-                    attribute_columns=header.attribute_columns, shards=[p["shard"] for p in parts],
-                    samples=len(samples), seed=settings.seed,
-                    shard_sha256={p["shard"]: p["sha256"] for p in parts})
-    manifest_key = keys.upload_manifest(*job.output)
-    job.store.put(job.bucket, manifest_key, mf.dumps(out, samples), content_type="application/x-ndjson")
-    for part in parts:
-        job.store.delete(job.bucket, job.key(f"parts/{part['shard']}.json"))
-    log.info("released %d images of datasets/%s/versions/%d into v%d (feature loss %.4f)", len(samples),
+    skeleton = mf.Header(image_size=job.image_size, label_columns=header.label_columns,
+                         attribute_columns=header.attribute_columns, shards=[], samples=0, seed=settings.seed)
+    record_key, manifest_key = out.finish(parts, skeleton, record)
+    log.info("released %d images of datasets/%s/versions/%d into v%d (feature loss %.4f)", len(rows),
              job.reader.dataset, job.reader.version, job.output[1], loss)
-    return Result(len(samples), job.unlabelled, len(parts), loss, record_info.key, manifest_key)
+    return Result(len(rows), job.unlabelled, len(parts), loss, record_key, manifest_key)

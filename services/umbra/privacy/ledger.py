@@ -57,12 +57,18 @@ class PrivacyLedger:
 
     def charge(self, tenant: str, dataset: str, cost: Cost, *, budget: Cost, spent_by: str) -> Cost:
         """Records `cost` against the dataset and returns the total spent, or refuses when the total would pass
-        the budget's ε or δ; nothing is recorded then."""
+        the budget's ε or δ; nothing is recorded then. A second charge with the same non-empty `spent_by` (a
+        retried request) records nothing and returns the total."""
         if not (cost.epsilon >= 0 and cost.delta >= 0 and math.isfinite(cost.epsilon) and cost.delta < 1):
             raise InvalidInput("cost", "ε must be finite and at least 0, δ in [0, 1)")
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                if spent_by and self._db.execute(
+                        "SELECT 1 FROM entries WHERE tenant = ? AND dataset = ? AND spent_by = ?",
+                        (tenant, dataset, spent_by)).fetchone():
+                    self._db.execute("COMMIT")  # a retry of a request already charged: not charged twice
+                    return self.spent(tenant, dataset)
                 before = self.spent(tenant, dataset)
                 after = Cost(math.fsum([before.epsilon, cost.epsilon]), math.fsum([before.delta, cost.delta]),
                              "composition")

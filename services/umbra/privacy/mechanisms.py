@@ -55,7 +55,8 @@ def laplace_scale(lower: float, upper: float, epsilon: float) -> float:
 
 def gaussian_delta(epsilon: float, mu: float) -> float:
     """δ(ε) of a μ-GDP mechanism."""
-    return float(norm.cdf(-epsilon / mu + mu / 2) - math.exp(epsilon) * norm.cdf(-epsilon / mu - mu / 2))
+    # e^ε Φ(·) in log space: at large μ (a lightly noised image) ε reaches thousands and e^ε overflows
+    return float(norm.cdf(-epsilon / mu + mu / 2) - math.exp(epsilon + norm.logcdf(-epsilon / mu - mu / 2)))
 
 
 def gaussian_epsilon(mu: float, delta: float, tolerance: float = 1e-9) -> float:

@@ -1,0 +1,1 @@
+"""The conditional diffusion generator: its attributes, network, DP training and sampling."""

@@ -1,0 +1,103 @@
+"""The conditional generator: diffusers' `UNet2DModel` predicting the noise, with one learned embedding per
+attribute added to its timestep embedding (the UNet's `class_embed_type="identity"` takes their sum), and the
+DDPM noise schedule of DDPM/dp-promise (1000 steps, linear betas 1e-4 to 0.02).
+
+One embedding per attribute (rather than one class per combination) lets a generator pretrained on some
+attributes (synthetic faces have gender but no race) be fine-tuned with more, and lets classifier-free guidance
+drop only the protected attributes while the kept ones stay conditioned.
+
+    config = GeneratorConfig(image_size=32, attributes=schema)
+    net = ConditionalUNet(config)
+    noise = net(noisy_images, timesteps, labels)    # labels: (batch, attributes) indices, `null` for not given
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from torch import nn
+
+from umbra.diffusion.attributes import Attribute
+
+KIND = "generator"
+IMAGE_SIZES = (16, 32, 64)
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    image_size: int
+    attributes: tuple[Attribute, ...]
+    channels: tuple[int, ...] = (32, 64, 64)  # per resolution level; 1.1M parameters at these
+    layers_per_block: int = 1
+    attention: bool = True  # self-attention at the lowest resolution
+    norm_groups: int = 8  # GroupNorm: per-sample, so DP-SGD's per-example gradients are exact
+    train_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    kind: str = field(default=KIND)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["attributes"] = [a.to_dict() for a in self.attributes]
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "GeneratorConfig":
+        data = json.loads(text)
+        if data.get("kind") != KIND:
+            raise ValueError("not a generator configuration")
+        data["attributes"] = tuple(Attribute.from_dict(a) for a in data["attributes"])
+        data["channels"] = tuple(data["channels"])
+        return cls(**data)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The registry's listing shows a model's classes; a generator's are its attributes."""
+        return tuple(a.name for a in self.attributes)
+
+    def attribute(self, name: str) -> Attribute | None:
+        return next((a for a in self.attributes if a.name == name), None)
+
+
+def noise_schedule(config: GeneratorConfig) -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=config.train_timesteps, beta_start=config.beta_start,
+                         beta_end=config.beta_end, beta_schedule="linear")
+
+
+class ConditionalUNet(nn.Module):
+    def __init__(self, config: GeneratorConfig):
+        super().__init__()
+        self.config = config
+        levels = len(config.channels)
+        down = tuple("AttnDownBlock2D" if config.attention and i == levels - 1 else "DownBlock2D"
+                     for i in range(levels))
+        up = tuple("AttnUpBlock2D" if config.attention and i == 0 else "UpBlock2D" for i in range(levels))
+        self.unet = UNet2DModel(
+            sample_size=config.image_size, in_channels=3, out_channels=3, block_out_channels=config.channels,
+            layers_per_block=config.layers_per_block, down_block_types=down, up_block_types=up,
+            norm_num_groups=config.norm_groups, class_embed_type="identity")
+        width = config.channels[0] * 4  # the UNet's timestep-embedding width
+        self.embeddings = nn.ModuleList(nn.Embedding(a.null + 1, width) for a in config.attributes)
+        for embedding in self.embeddings:
+            nn.init.normal_(embedding.weight, std=0.02)
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        condition = sum(embedding(labels[:, i]) for i, embedding in enumerate(self.embeddings))
+        return self.unet(noisy, timesteps, class_labels=condition).sample
+
+
+def load_matching(net: ConditionalUNet, weights: dict[str, torch.Tensor], pretrained: GeneratorConfig) -> list[str]:
+    """Loads public pretrained weights into `net`: the UNet whole (same size and widths) and the embedding of
+    each attribute both generators have with the same values. Returns the attributes that start fresh."""
+    net.unet.load_state_dict({k.removeprefix("unet."): v for k, v in weights.items() if k.startswith("unet.")})
+    fresh = []
+    for i, attribute in enumerate(net.config.attributes):
+        old = next((j for j, a in enumerate(pretrained.attributes) if a == attribute), None)
+        if old is None:
+            fresh.append(attribute.name)
+        else:
+            net.embeddings[i].weight.data.copy_(weights[f"embeddings.{old}.weight"])
+    return fresh

@@ -1,0 +1,71 @@
+"""Re-generating images from a partly noised version of them (SDEdit, Meng et al. 2022) with DDIM and
+classifier-free guidance.
+
+An image is noised to timestep t (x_t = sqrt(ᾱ_t) x + sqrt(1 - ᾱ_t) z: the Gaussian mechanism whose ε
+umbra.privacy.mechanisms computes) and denoised by the generator conditioned on the released attributes, in
+`steps` DDIM steps from t down to 0. Guidance w pushes each step away from the prediction without the protected
+attributes (`unconditional` labels: those set to null, the kept ones still given): ε̂ = ε_u + w (ε_c - ε_u).
+
+    plan = schedule_for(config, timestep=600, steps=10)          # plan.start: the t the image is noised to
+    out = regenerate(net, plan, images, conditional, unconditional, guidance=3.0, generator=g)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDIMScheduler
+
+from umbra.diffusion.generator import ConditionalUNet, GeneratorConfig, noise_schedule
+from umbra.runtime.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class Schedule:
+    start: int  # the timestep images are noised to (the first DDIM step's)
+    alpha_bar: float  # ᾱ at `start`: what the image mechanism's ε is computed from
+    timesteps: tuple[int, ...]  # DDIM's, from `start` down
+    total: int  # the DDIM grid over the whole chain that these are taken from
+
+
+def schedule_for(config: GeneratorConfig, *, timestep: int, steps: int) -> Schedule:
+    """DDIM timesteps for about `steps` steps from at most `timestep` down to 0, taken from an evenly spaced
+    ("trailing") grid over the whole chain, as diffusers' image-to-image pipelines do for a strength < 1."""
+    if not 1 <= timestep < config.train_timesteps:
+        raise InvalidInput("timestep", f"is {timestep}: must be 1 to {config.train_timesteps - 1}")
+    if not 1 <= steps <= 1000:
+        raise InvalidInput("settings.steps", f"is {steps}: must be 1 to 1000")
+    total = min(config.train_timesteps, math.ceil(steps * config.train_timesteps / timestep))
+    scheduler = _ddim(config, total)
+    timesteps = tuple(int(t) for t in scheduler.timesteps if int(t) <= timestep)
+    if not timesteps:
+        timesteps = (int(scheduler.timesteps[-1]),)
+    alpha_bar = float(scheduler.alphas_cumprod[timesteps[0]])
+    return Schedule(timesteps[0], alpha_bar, timesteps, total)
+
+
+def _ddim(config: GeneratorConfig, total: int) -> DDIMScheduler:
+    scheduler = DDIMScheduler.from_config(noise_schedule(config).config, timestep_spacing="trailing",
+                                          clip_sample=True, set_alpha_to_one=True)
+    scheduler.set_timesteps(total)
+    return scheduler
+
+
+@torch.inference_mode()
+def regenerate(net: ConditionalUNet, schedule: Schedule, images: torch.Tensor, conditional: torch.Tensor,
+               unconditional: torch.Tensor, *, guidance: float, generator: torch.Generator) -> torch.Tensor:
+    """uint8 images (B, 3, H, W) -> uint8 images, noised to schedule.start and denoised under the labels."""
+    net.eval()
+    scheduler = _ddim(net.config, schedule.total)
+    x0 = images.float().div(127.5).sub(1.0)
+    noise = torch.randn(x0.shape, generator=generator)
+    sample = scheduler.add_noise(x0, noise, torch.full((len(x0),), schedule.start))
+    both = torch.cat([conditional, unconditional])
+    for t in schedule.timesteps:
+        timesteps = torch.full((2 * len(x0),), t)
+        predicted_c, predicted_u = net(torch.cat([sample, sample]), timesteps, both).chunk(2)
+        predicted = predicted_u + guidance * (predicted_c - predicted_u)
+        sample = scheduler.step(predicted, t, sample, generator=generator).prev_sample
+    return sample.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)

@@ -1,0 +1,156 @@
+"""Training the conditional generator on the denoising loss, plainly or with DP-SGD through Opacus.
+
+DP follows DPDM (Dockhorn et al. 2023): Poisson sampling, and *noise multiplicity*: each example is noised K
+times (K timesteps and noise draws) and its K losses' gradients are averaged BEFORE its per-example clipping,
+so K lowers the variance of the example's gradient at no privacy cost (the example is still one clipped
+contribution). Opacus computes per-row gradients of the K·B rows (hooks); they are averaged back to B
+per-example gradients before its optimizer clips them, adds the noise and its accountant counts the step.
+
+Classifier-free guidance is trained by replacing each attribute, independently per row, with its `null`
+index at the rate `condition_dropout`.
+
+    result = train(net, images, labels, GeneratorHyper(epochs=2), dp=DPSettings(target_epsilon=10,
+                   target_delta=1e-5), seed=0, on_epoch=save)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from umbra.classifiers.loop import (Checkpoint, DPSettings, EpochReport, Hyperparameters, TrainResult, calibrate_noise,
+                                    epsilon_of, final_result, learning_rate, logical_batches, poisson_rate)
+from umbra.diffusion.generator import ConditionalUNet, noise_schedule
+from umbra.runtime.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GeneratorHyper:
+    epochs: int = 10
+    batch_size: int = 64  # logical (expected, under Poisson sampling)
+    physical_batch_size: int = 16  # examples per forward pass (each K rows)
+    learning_rate: float = 1e-3
+    noise_multiplicity: int = 1  # K
+    condition_dropout: float = 0.1
+    flip: bool = True
+
+    def validate(self, data_size: int) -> "GeneratorHyper":
+        if not 1 <= self.epochs <= 10_000:
+            raise InvalidInput("epochs", f"is {self.epochs}: must be 1 to 10000")
+        if not 1 <= self.batch_size <= data_size:
+            raise InvalidInput("batch_size", f"is {self.batch_size}: must be 1 to the {data_size} training images")
+        if not (math.isfinite(self.learning_rate) and 0 < self.learning_rate <= 1):
+            raise InvalidInput("learning_rate", f"is {self.learning_rate}: must be above 0 and at most 1")
+        if not 1 <= self.noise_multiplicity <= 64:
+            raise InvalidInput("privacy.noise_multiplicity", f"is {self.noise_multiplicity}: must be 1 to 64")
+        if not 0 <= self.condition_dropout < 1:
+            raise InvalidInput("condition_dropout", "must be in [0, 1)")
+        return self
+
+
+def train(net: ConditionalUNet, images: torch.Tensor, labels: torch.Tensor, hyper: GeneratorHyper,
+          dp: DPSettings | None, seed: int, *, on_epoch: Callable[[EpochReport, Checkpoint], None] | None = None,
+          resume: Checkpoint | None = None, should_stop: Callable[[], bool] = lambda: False) -> TrainResult:
+    """Trains `net` in place on uint8 `images` (N, 3, H, W) with conditioning `labels` (N, attributes)."""
+    hyper.validate(len(images))
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    if resume is not None:
+        net.load_state_dict(resume.model)
+        if resume.rng is not None:
+            generator.set_state(resume.rng)
+    schedule = noise_schedule(net.config)
+    loader = DataLoader(TensorDataset(images, labels), batch_size=hyper.batch_size, shuffle=True,
+                        generator=generator)
+    model: torch.nn.Module = net
+    optimizer: torch.optim.Optimizer = torch.optim.Adam(net.parameters(), lr=hyper.learning_rate)
+    engine, sigma, accountant_name = None, 0.0, ""
+    if dp is not None:
+        from opacus import PrivacyEngine
+
+        sample_rate = poisson_rate(len(images), hyper.batch_size)
+        if resume is not None:
+            sigma, accountant_name = resume.noise_multiplier, dp.accountant
+        else:
+            sigma, accountant_name = calibrate_noise(dp, sample_rate, hyper.epochs, hyper.epochs * len(loader))
+        engine = PrivacyEngine(accountant=accountant_name, secure_mode=dp.secure_mode)
+        model, optimizer, loader = engine.make_private(
+            module=net, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
+            max_grad_norm=dp.max_grad_norm, poisson_sampling=dp.poisson_sampling, grad_sample_mode="hooks")
+        if resume is not None and resume.accountant:
+            engine.accountant.load_state_dict(resume.accountant)
+    if resume is not None:
+        optimizer.load_state_dict(resume.optimizer)
+    # logical_batches reads only batch sizes and learning rate from a classifier's Hyperparameters
+    batching = Hyperparameters(batch_size=hyper.batch_size, physical_batch_size=hyper.physical_batch_size)
+    k = hyper.noise_multiplicity
+    start_epoch, steps, loss_value = (resume.epoch, resume.steps, math.nan) if resume else (0, 0, math.nan)
+    total_steps = hyper.epochs * len(loader)
+    constant = Hyperparameters(learning_rate=hyper.learning_rate)
+    model.train()
+    for epoch in range(start_epoch, hyper.epochs):
+        total, count = 0.0, 0
+        for x, y in logical_batches(loader, optimizer, batching, dp):
+            if should_stop():
+                return final_result(steps, engine, dp, accountant_name, sigma, loss_value)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(constant, steps, total_steps)
+            optimizer.zero_grad(set_to_none=True)
+            if len(x):
+                loss = _denoising_loss(model, schedule, x, y, k, hyper, generator, net)
+                loss.backward()
+                total += loss.item() * len(x)
+                count += len(x)
+            if dp is not None:
+                _average_multiplicity(net, len(x), k)
+            optimizer.step()
+            if dp is None or not getattr(optimizer, "_is_last_step_skipped", False):
+                steps += 1
+        loss_value = total / max(count, 1)
+        epsilon, used = epsilon_of(engine.accountant, dp.target_delta, accountant_name) if engine else (0.0, "")
+        report = EpochReport(epoch + 1, hyper.epochs, loss_value, steps, epsilon, used)
+        log.info("generator epoch %d/%d: loss %.4f, epsilon %.3f", epoch + 1, hyper.epochs, loss_value, epsilon)
+        if on_epoch is not None:
+            on_epoch(report, Checkpoint(
+                epoch=epoch + 1, steps=steps, model={k_: v.detach().clone() for k_, v in net.state_dict().items()},
+                optimizer=optimizer.state_dict(), noise_multiplier=sigma,
+                accountant=engine.accountant.state_dict() if engine else {}, rng=generator.get_state()))
+    return final_result(steps, engine, dp, accountant_name, sigma, loss_value)
+
+
+def _denoising_loss(model, schedule, x: torch.Tensor, y: torch.Tensor, k: int, hyper: GeneratorHyper,
+                    generator: torch.Generator, net: ConditionalUNet) -> torch.Tensor:
+    """Mean over the K·B rows (example-major) of each row's noise-prediction MSE."""
+    x0 = x.float().div(127.5).sub(1.0)  # diffusers' [-1, 1]
+    if hyper.flip:
+        flip = torch.rand(len(x0), generator=generator) < 0.5
+        x0[flip] = x0[flip].flip(-1)
+    x0 = x0.repeat_interleave(k, dim=0)
+    labels = y.repeat_interleave(k, dim=0).clone()
+    nulls = torch.tensor([a.null for a in net.config.attributes])
+    drop = torch.rand(labels.shape, generator=generator) < hyper.condition_dropout
+    labels = torch.where(drop, nulls.expand_as(labels), labels)
+    noise = torch.randn(x0.shape, generator=generator)
+    timesteps = torch.randint(0, net.config.train_timesteps, (len(x0),), generator=generator)
+    noisy = schedule.add_noise(x0, noise, timesteps)
+    predicted = model(noisy, timesteps, labels)
+    return (predicted - noise).pow(2).mean()
+
+
+def _average_multiplicity(net: ConditionalUNet, examples: int, k: int) -> None:
+    """Opacus's per-row gradients (K·B rows) -> per-example gradients (B), the mean of each example's K rows.
+    With the "mean" loss reduction each row's gradient is that row's own loss gradient, so the mean is the
+    gradient of the example's K-draw loss; clipping then bounds each example's contribution, not each row's."""
+    for p in net.parameters():
+        sample = getattr(p, "grad_sample", None)
+        if examples == 0:  # an empty Poisson batch: no contribution, the step still adds noise
+            p.grad_sample = torch.zeros((0, *p.shape))
+        elif sample is not None and k > 1:
+            p.grad_sample = sample.view(examples, k, *sample.shape[1:]).mean(dim=1)
