@@ -153,10 +153,13 @@ def serve_process(service: str, home: Path, port: int) -> subprocess.Popen:
 
 
 def with_fields(message, **overrides):
-    """`message` with fields set: messages copied in, scalars assigned."""
+    """`message` with fields set: messages copied in, lists replace repeated fields, scalars assigned."""
     for field, value in overrides.items():
         if hasattr(value, "CopyFrom"):
             getattr(message, field).CopyFrom(value)
+        elif isinstance(value, list):
+            del getattr(message, field)[:]
+            getattr(message, field).extend(value)
         else:
             setattr(message, field, value)
     return message

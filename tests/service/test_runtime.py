@@ -47,7 +47,8 @@ def sleeper(tmp_path):
 # What an empty request gets once it passes authentication: UNIMPLEMENTED from an RPC not built yet (the
 # first of the service), or, where every RPC is built, the servicer's own refusal of the empty request.
 REACHED = {"training": ("GetModelVersion", grpc.StatusCode.INVALID_ARGUMENT, "name: must look like"),
-           "distortion": ("DistortDataset", grpc.StatusCode.INVALID_ARGUMENT, "copies: is 0")}
+           "distortion": ("DistortDataset", grpc.StatusCode.INVALID_ARGUMENT, "copies: is 0"),
+           "anonymizer": ("TrainGenerator", grpc.StatusCode.INVALID_ARGUMENT, "model: must look like")}
 UNBUILT = (grpc.StatusCode.UNIMPLEMENTED, "not built yet")
 
 

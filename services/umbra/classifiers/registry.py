@@ -40,8 +40,12 @@ def run_prefix(model: str, run: str) -> str:
 class StoredModel:
     model: str
     version: int
-    config: ModelConfig
+    config: ModelConfig  # or a GeneratorConfig (umbra.diffusion.generator) for a generator
     record: dict
+
+    @property
+    def kind(self) -> str:
+        return getattr(self.config, "kind", "classifier")
 
 
 class ModelRegistry:
@@ -61,7 +65,7 @@ class ModelRegistry:
     def next_version(self, bucket: str, model: str) -> int:
         return max((v for _, v in self.versions(bucket, model)), default=0) + 1
 
-    def write(self, bucket: str, model: str, config: ModelConfig, weights: dict[str, torch.Tensor],
+    def write(self, bucket: str, model: str, config, weights: dict[str, torch.Tensor],
               record: dict) -> int:
         """Stores a new version (weights and config first, the record last) and returns its number."""
         version = self.next_version(bucket, model)
@@ -73,21 +77,31 @@ class ModelRegistry:
                                                            sort_keys=True).encode(), content_type="application/json")
         return version
 
-    def get(self, bucket: str, model: str, version: int) -> StoredModel:
+    def get(self, bucket: str, model: str, version: int, *, kind: str | None = "classifier",
+            field: str = "model") -> StoredModel:
+        """A version's config and record. `kind` ("classifier", "generator", or None for either) is what the
+        caller can use: a version of another kind is refused, naming `field`."""
         prefix = version_prefix(model, version)
         try:
             record = json.loads(self.store.get(bucket, prefix + RECORD))
-            config = ModelConfig.from_json(self.store.get(bucket, prefix + CONFIG).decode())
+            text = self.store.get(bucket, prefix + CONFIG).decode()
         except NotFound:
             raise NotFound("model version", f"models/{model}/versions/{version}") from None
-        return StoredModel(model, version, config, record)
+        found = json.loads(text).get("kind", "classifier")
+        if kind is not None and found != kind:
+            raise InvalidInput(field, f"models/{model}/versions/{version} is a {found}, not a {kind}")
+        if found == "generator":
+            from umbra.diffusion.generator import GeneratorConfig  # imports diffusers: only when needed
+
+            return StoredModel(model, version, GeneratorConfig.from_json(text), record)
+        return StoredModel(model, version, ModelConfig.from_json(text), record)
 
     def weights(self, bucket: str, model: str, version: int) -> dict[str, torch.Tensor]:
         """The weights, checksum-verified by the store on read."""
         return load(self.store.get(bucket, version_prefix(model, version) + WEIGHTS))
 
     def delete(self, bucket: str, model: str, version: int) -> None:
-        self.get(bucket, model, version)  # NotFound when absent
+        self.get(bucket, model, version, kind=None)  # NotFound when absent
         prefix = version_prefix(model, version)
         self.store.delete(bucket, prefix + RECORD)  # invisible first, then the rest
         self.store.delete_prefix(bucket, prefix)

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from scipy.stats import norm
 
@@ -26,7 +26,10 @@ class Cost:
 
     epsilon: float
     delta: float = 0.0
-    mechanism: str = ""
+    mechanism: str = ""  # "dp_sgd", "gaussian", "laplace", "randomized_response", "composition"
+    description: str = ""  # what it protects, for people: "attribute gender"
+    parameters: dict[str, float] = field(default_factory=dict)  # what re-derives the bound
+    components: tuple["Cost", ...] = ()  # for a composition
 
 
 def randomized_response_keep_probability(epsilon: float, k: int) -> float:
@@ -89,7 +92,7 @@ def image_noise_mu(alpha_bar: float, dimension: int, pixel_range: float = 2.0) -
     return math.sqrt(alpha_bar) * pixel_range * math.sqrt(dimension) / math.sqrt(1.0 - alpha_bar)
 
 
-def compose(costs: list[Cost]) -> Cost:
+def compose(costs: list[Cost], description: str = "") -> Cost:
     """Basic composition: ε and δ add up (valid for any mechanisms on the same data)."""
     return Cost(epsilon=math.fsum(c.epsilon for c in costs), delta=math.fsum(c.delta for c in costs),
-                mechanism="composition")
+                mechanism="composition", description=description, components=tuple(costs))

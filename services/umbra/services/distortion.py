@@ -68,7 +68,8 @@ class DistortionServicer(distortion_service_pb2_grpc.DistortionServiceServicer):
         if request.output_version < 1:
             raise InvalidInput("output_version", "is required: the version the coordinator reserved for the output")
         model, version = model_ref(request.feature_extractor, "feature_extractor")
-        extractor = self.registry.get(bucket, model, version)  # NOT_FOUND, also for another tenant's model
+        # NOT_FOUND, also for another tenant's model
+        extractor = self.registry.get(bucket, model, version, field="feature_extractor")
         return release.plan(self.store, bucket, reader, label_column=request.label_column,
                             split=request.dataset.split, extractor=extractor, settings=settings,
                             output=(output, request.output_version))

@@ -24,7 +24,7 @@ class GeneratorPrivacy(_message.Message):
     def __init__(self, target_epsilon: _Optional[float] = ..., target_delta: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., noise_multiplicity: _Optional[int] = ...) -> None: ...
 
 class TrainGeneratorRequest(_message.Message):
-    __slots__ = ("dataset", "condition_attributes", "model", "privacy", "image_size", "epochs", "batch_size", "learning_rate", "initialize_from", "seed", "request_id")
+    __slots__ = ("dataset", "condition_attributes", "model", "privacy", "image_size", "epochs", "batch_size", "learning_rate", "initialize_from", "seed", "request_id", "budget")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     CONDITION_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class TrainGeneratorRequest(_message.Message):
     INITIALIZE_FROM_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
     dataset: _refs_pb2.DatasetRef
     condition_attributes: _containers.RepeatedScalarFieldContainer[str]
     model: str
@@ -47,7 +48,8 @@ class TrainGeneratorRequest(_message.Message):
     initialize_from: _refs_pb2.ModelRef
     seed: int
     request_id: str
-    def __init__(self, dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., condition_attributes: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., privacy: _Optional[_Union[GeneratorPrivacy, _Mapping]] = ..., image_size: _Optional[int] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., initialize_from: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., seed: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    budget: _privacy_pb2.PrivacyBudget
+    def __init__(self, dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., condition_attributes: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., privacy: _Optional[_Union[GeneratorPrivacy, _Mapping]] = ..., image_size: _Optional[int] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., initialize_from: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., seed: _Optional[int] = ..., request_id: _Optional[str] = ..., budget: _Optional[_Union[_privacy_pb2.PrivacyBudget, _Mapping]] = ...) -> None: ...
 
 class TrainGeneratorResponse(_message.Message):
     __slots__ = ("operation",)
@@ -74,20 +76,22 @@ class GeneratorResult(_message.Message):
     def __init__(self, generator: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., privacy_cost: _Optional[_Union[_privacy_pb2.PrivacyCost, _Mapping]] = ...) -> None: ...
 
 class AnonymizationSettings(_message.Message):
-    __slots__ = ("generator", "protected_attributes", "kept_attributes", "intensity", "steps", "seed")
+    __slots__ = ("generator", "protected_attributes", "kept_attributes", "intensity", "steps", "seed", "budget")
     GENERATOR_FIELD_NUMBER: _ClassVar[int]
     PROTECTED_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     KEPT_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     INTENSITY_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
     generator: _refs_pb2.ModelRef
     protected_attributes: _containers.RepeatedScalarFieldContainer[str]
     kept_attributes: _containers.RepeatedScalarFieldContainer[str]
     intensity: float
     steps: int
     seed: int
-    def __init__(self, generator: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., protected_attributes: _Optional[_Iterable[str]] = ..., kept_attributes: _Optional[_Iterable[str]] = ..., intensity: _Optional[float] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    budget: _privacy_pb2.PrivacyBudget
+    def __init__(self, generator: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., protected_attributes: _Optional[_Iterable[str]] = ..., kept_attributes: _Optional[_Iterable[str]] = ..., intensity: _Optional[float] = ..., steps: _Optional[int] = ..., seed: _Optional[int] = ..., budget: _Optional[_Union[_privacy_pb2.PrivacyBudget, _Mapping]] = ...) -> None: ...
 
 class AnonymizedImage(_message.Message):
     __slots__ = ("image", "released_attributes", "privacy_cost")
@@ -120,18 +124,20 @@ class AnonymizeResponse(_message.Message):
     def __init__(self, images: _Optional[_Iterable[_Union[AnonymizedImage, _Mapping]]] = ..., privacy_cost: _Optional[_Union[_privacy_pb2.PrivacyCost, _Mapping]] = ...) -> None: ...
 
 class AnonymizeDatasetRequest(_message.Message):
-    __slots__ = ("settings", "dataset", "output_dataset", "shards", "request_id")
+    __slots__ = ("settings", "dataset", "output_dataset", "shards", "request_id", "output_version")
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_DATASET_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_VERSION_FIELD_NUMBER: _ClassVar[int]
     settings: AnonymizationSettings
     dataset: _refs_pb2.DatasetRef
     output_dataset: str
     shards: _containers.RepeatedScalarFieldContainer[int]
     request_id: str
-    def __init__(self, settings: _Optional[_Union[AnonymizationSettings, _Mapping]] = ..., dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., output_dataset: _Optional[str] = ..., shards: _Optional[_Iterable[int]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    output_version: int
+    def __init__(self, settings: _Optional[_Union[AnonymizationSettings, _Mapping]] = ..., dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., output_dataset: _Optional[str] = ..., shards: _Optional[_Iterable[int]] = ..., request_id: _Optional[str] = ..., output_version: _Optional[int] = ...) -> None: ...
 
 class AnonymizeDatasetResponse(_message.Message):
     __slots__ = ("operation",)
@@ -148,14 +154,18 @@ class AnonymizeDatasetMetadata(_message.Message):
     def __init__(self, progress: _Optional[_Union[_operation_pb2.OperationProgress, _Mapping]] = ..., shards_done: _Optional[int] = ...) -> None: ...
 
 class AnonymizationResult(_message.Message):
-    __slots__ = ("anonymized", "privacy_cost", "image_count")
+    __slots__ = ("anonymized", "privacy_cost", "image_count", "left_out", "record")
     ANONYMIZED_FIELD_NUMBER: _ClassVar[int]
     PRIVACY_COST_FIELD_NUMBER: _ClassVar[int]
     IMAGE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LEFT_OUT_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
     anonymized: _refs_pb2.DatasetRef
     privacy_cost: _privacy_pb2.PrivacyCost
     image_count: int
-    def __init__(self, anonymized: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., privacy_cost: _Optional[_Union[_privacy_pb2.PrivacyCost, _Mapping]] = ..., image_count: _Optional[int] = ...) -> None: ...
+    left_out: int
+    record: _refs_pb2.ObjectRef
+    def __init__(self, anonymized: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., privacy_cost: _Optional[_Union[_privacy_pb2.PrivacyCost, _Mapping]] = ..., image_count: _Optional[int] = ..., left_out: _Optional[int] = ..., record: _Optional[_Union[_refs_pb2.ObjectRef, _Mapping]] = ...) -> None: ...
 
 class EstimatePrivacyCostRequest(_message.Message):
     __slots__ = ("settings", "image_count")

@@ -26,6 +26,15 @@ def privacy_cost(epsilon: float, delta: float, accountant: str, noise_multiplier
 def model_version_to_proto(stored: StoredModel, bucket: str) -> ts.ModelVersion:
     record = stored.record
     prefix = version_prefix(stored.model, stored.version)
+    if stored.kind == "generator":  # the anonymizer's: its record has no classifier hyperparameters
+        return ts.ModelVersion(
+            name=f"models/{stored.model}/versions/{stored.version}", state=ts.ModelVersion.STATE_READY,
+            weights=refs_pb2.ObjectRef(bucket=bucket, key=prefix + WEIGHTS),
+            config=refs_pb2.ObjectRef(bucket=bucket, key=prefix + CONFIG),
+            record=refs_pb2.ObjectRef(bucket=bucket, key=prefix + RECORD),
+            training_record=ts.TrainingRecord(dataset=refs_pb2.DatasetRef(**record["dataset"]), task="generator",
+                                              classes=list(stored.config.classes), seed=record["seed"],
+                                              steps=record["steps"], code_version=record["code_version"]))
     training = ts.TrainingRecord(
         dataset=refs_pb2.DatasetRef(**record["dataset"]), task=record["task"], classes=record["classes"],
         architecture={v: k for k, v in ARCHITECTURES.items()}.get(stored.config.architecture, 0),

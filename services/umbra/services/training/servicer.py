@@ -152,7 +152,7 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
         """The model version to start from (public pretraining): same architecture and image size, and never
         trained on the dataset being trained on now (its weights would not be public for this run)."""
         model_id, number = model_ref(request.initialize_from, "initialize_from")
-        start = self.registry.get(bucket, model_id, number)
+        start = self.registry.get(bucket, model_id, number, field="initialize_from")
         if start.config.architecture != architecture or start.config.image_size != image_size:
             raise InvalidInput("initialize_from", f"models/{model_id}/versions/{number} is a "
                                                   f"{start.config.architecture} at {start.config.image_size} px; "
@@ -284,7 +284,8 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
         model_id, number = _model_version(request.name, "name")
         bucket = keys.bucket(tenant)
         return ts.GetModelVersionResponse(
-            model_version=convert.model_version_to_proto(self.registry.get(bucket, model_id, number), bucket))
+            model_version=convert.model_version_to_proto(self.registry.get(bucket, model_id, number, kind=None),
+                                                         bucket))
 
     def ListModelVersions(self, request, context):
         tenant = _tenant()
@@ -294,7 +295,8 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
         after = pagination.decode_token(request.page_token, request.parent) or ""
         names = [(m, v) for m, v in self.registry.versions(bucket, model) if f"{m}/{v:09d}" > after]
         response = ts.ListModelVersionsResponse(model_versions=[
-            convert.model_version_to_proto(self.registry.get(bucket, m, v), bucket) for m, v in names[:size]])
+            convert.model_version_to_proto(self.registry.get(bucket, m, v, kind=None), bucket)
+            for m, v in names[:size]])
         if len(names) > size:
             m, v = names[size - 1]
             response.next_page_token = pagination.encode_token(f"{m}/{v:09d}", request.parent)

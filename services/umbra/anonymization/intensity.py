@@ -1,0 +1,52 @@
+"""The one knob a user turns: intensity in [0, 1] -> how far each image is noised (the diffusion timestep), how
+hard guidance pushes toward the released attributes, how much each protected attribute is randomized (ε_a),
+and the denoising steps. Between the rows of TABLE every value is interpolated linearly (steps rounded).
+
+The timestep and ε_a make the privacy; guidance and steps only shape the image (post-processing). The ε of the
+image mechanism at each timestep is in the README's table, computed by `umbra.privacy.mechanisms`.
+
+    plan_for(0.5)   # Plan(intensity=0.5, timestep=500, guidance=3.0, attribute_epsilon=1.0, steps=10)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from umbra.runtime.errors import InvalidInput
+
+# intensity, timestep (of 1000), guidance scale, ε of each protected attribute, DDIM steps
+TABLE: tuple[tuple[float, int, float, float, int], ...] = (
+    (0.00, 100, 1.0, 8.0, 5),
+    (0.25, 300, 2.0, 3.0, 8),
+    (0.50, 500, 3.0, 1.0, 10),
+    (0.75, 700, 4.0, 0.3, 12),
+    (1.00, 900, 5.0, 0.0, 15),
+)
+DEFAULT_INTENSITY = 0.75
+
+
+@dataclass(frozen=True)
+class Plan:
+    intensity: float
+    timestep: int
+    guidance: float
+    attribute_epsilon: float
+    steps: int
+
+
+def plan_for(intensity: float, steps: int = 0, field: str = "settings.intensity") -> Plan:
+    """The table's settings at `intensity`; `steps` > 0 replaces the table's denoising steps."""
+    if not (math.isfinite(intensity) and 0.0 <= intensity <= 1.0):
+        raise InvalidInput(field, f"is {intensity}: must be between 0 and 1")
+    if steps < 0:
+        raise InvalidInput("settings.steps", f"is {steps}: must be at least 1 (0: the table's)")
+    if intensity == TABLE[-1][0]:
+        _, timestep, guidance, epsilon, table_steps = TABLE[-1]
+        return Plan(intensity, timestep, guidance, epsilon, steps or table_steps)
+    for low, high in zip(TABLE, TABLE[1:], strict=False):
+        if low[0] <= intensity < high[0]:  # a row's own intensity gets its values exactly
+            w = (intensity - low[0]) / (high[0] - low[0])
+            value = [a + w * (b - a) for a, b in zip(low, high, strict=True)]
+            return Plan(intensity, round(value[1]), value[2], value[3], steps or round(value[4]))
+    raise AssertionError("TABLE covers [0, 1]")
