@@ -5,7 +5,7 @@ and the denoising steps. Between the rows of TABLE every value is interpolated l
 The timestep and ε_a make the privacy; guidance and steps only shape the image (post-processing). The ε of the
 image mechanism at each timestep is in the README's table, computed by `umbra.privacy.mechanisms`.
 
-    plan_for(0.5)   # Plan(intensity=0.5, timestep=500, guidance=3.0, attribute_epsilon=1.0, steps=10)
+    plan_for(0.5)   # Plan(intensity=0.5, timestep=500, guidance=3.0, attribute_epsilon=1.0, steps=6)
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from umbra.runtime.errors import InvalidInput
 
 # intensity, timestep (of 1000), guidance scale, ε of each protected attribute, DDIM steps
 TABLE: tuple[tuple[float, int, float, float, int], ...] = (
-    (0.00, 100, 1.0, 8.0, 5),
-    (0.25, 300, 2.0, 3.0, 8),
-    (0.50, 500, 3.0, 1.0, 10),
-    (0.75, 700, 4.0, 0.3, 12),
-    (1.00, 900, 5.0, 0.0, 15),
+    (0.00, 100, 1.0, 8.0, 4),
+    (0.25, 300, 2.0, 3.0, 5),
+    (0.50, 500, 3.0, 1.0, 6),
+    (0.75, 700, 4.0, 0.3, 8),
+    (1.00, 900, 5.0, 0.0, 10),
 )
 DEFAULT_INTENSITY = 0.75
 
