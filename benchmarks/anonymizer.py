@@ -307,7 +307,7 @@ def scattering_features(images: torch.Tensor) -> np.ndarray:
     out = []
     with torch.no_grad():
         for start in range(0, len(images), 256):
-            x = images[start:start + 256].float() / 255.0
+            x = images[start:start + 256].float().div(255.0).contiguous()
             out.append(_SCATTERING(x).mean(dim=(-1, -2)).flatten(1).numpy())
     return np.concatenate(out).astype(np.float64)
 

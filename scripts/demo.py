@@ -11,9 +11,13 @@
 5. release an AugMDP version (two copies) of the training split through the distortion service, with the
    classifier of step 4 as the feature extractor: the coordinator reserves the version, the distortion service
    writes it, the coordinator commits it; export it and draw original / start image / released image;
-6. write what was seen to out/demo/demo.json and stop everything (unless --keep).
+6. train a DP diffusion generator through the anonymizer (public pretraining on the synthetic faces of step 4,
+   then DP-SGD on the tenant's training split), preview eight test faces at three intensities with the ε of
+   each mechanism, and anonymize the whole dataset (gender protected, skin tone kept) into a version the
+   coordinator reserves and commits; draw originals beside the previews;
+7. write what was seen to out/demo/demo.json and stop everything (unless --keep).
 
-Later steps (anonymization, unlearning) are added here as they are built.
+Later steps (unlearning) are added here as they are built.
 
     python scripts/demo.py [--keep] [--faces N] [--epsilon E]
 """
@@ -39,7 +43,7 @@ from umbra.client import UmbraRpcError, health_of, layout
 from umbra.client.channel import open_channel
 from umbra.client.datasets import DatasetsClient
 from umbra.client.operations import OperationsClient
-from umbra.common.v1 import refs_pb2
+from umbra.common.v1 import privacy_pb2, refs_pb2
 from umbra.coordinator.v1 import dataset_service_pb2 as cds
 from umbra.coordinator.v1 import (dataset_service_pb2_grpc, job_service_pb2, job_service_pb2_grpc, tenant_service_pb2,
                                   tenant_service_pb2_grpc)
@@ -55,6 +59,10 @@ RGW = ROOT / "deploy" / "s3" / "rgw.sh"
 INFERENCE_PORT = 8001  # Triton's usual gRPC port
 PUBLIC_FACES = 1500  # public synthetic faces for pretraining
 DEMO_EPOCHS = 8
+GENERATOR_PRETRAIN_EPOCHS = 6  # the generator's public pretraining (no DP) on the same public faces
+# The demo dataset's privacy budget. Large, because a preview at a low intensity releases a barely noised image:
+# its image ε is in the thousands (see the README's intensity table); every charge is in the ledger.
+DEMO_BUDGET = 20_000.0
 
 
 def step(text: str) -> None:
@@ -186,6 +194,104 @@ def release_augmdp(home: Path, tenant: str, dataset_version: str, extractor: str
             "export_folder": str(released), "grid": str(grid), "record": str(record_file)}
 
 
+def anonymize_faces(home: Path, tenant: str, dataset_version: str) -> dict:
+    """Step 6: a DP generator (public pretraining on the synthetic faces of step 4, then DP-SGD on the tenant's
+    training split), previews of eight test faces at three intensities, and the whole dataset anonymized at
+    the default intensity into a version the coordinator reserves and commits."""
+    from umbra.anonymization.intensity import DEFAULT_INTENSITY
+    from umbra.anonymizer.v1 import anonymizer_service_pb2 as an
+    from umbra.anonymizer.v1 import anonymizer_service_pb2_grpc
+
+    service_token = (home / "secrets" / "service-token").read_text().strip()
+    channel = open_channel(layout.endpoint("anonymizer").target, service_token, tenant=tenant)
+    stub, operations = anonymizer_service_pb2_grpc.AnonymizerServiceStub(channel), OperationsClient(channel)
+    dataset, number = dataset_version.removeprefix("datasets/").split("/versions/")
+    source = refs_pb2.DatasetRef(dataset=f"datasets/{dataset}", version=int(number))
+
+    def train(request: an.TrainGeneratorRequest) -> an.GeneratorResult:
+        name = stub.TrainGenerator(request, timeout=60).operation.name
+        print(f"   {name}: training {request.model} on {request.dataset.dataset}", flush=True)
+        return operations.result(name, an.GeneratorResult, progress=True, poll_seconds=1)
+
+    public = train(an.TrainGeneratorRequest(
+        dataset=refs_pb2.DatasetRef(dataset="datasets/public-faces", version=1), condition_attributes=["gender"],
+        model="models/public-generator", image_size=32, epochs=GENERATOR_PRETRAIN_EPOCHS, batch_size=64, seed=0))
+    generator = train(an.TrainGeneratorRequest(
+        dataset=refs_pb2.DatasetRef(dataset=source.dataset, version=source.version, split="train"),
+        condition_attributes=["gender", "skin_tone"], model="models/generator", image_size=32, epochs=2,
+        batch_size=64, learning_rate=2e-3, seed=0, initialize_from=public.generator,
+        privacy=an.GeneratorPrivacy(target_epsilon=10.0, target_delta=1e-4, max_grad_norm=1.0, noise_multiplicity=2),
+        budget=privacy_pb2.PrivacyBudget(epsilon=DEMO_BUDGET, delta=1e-3)))
+    cost = generator.privacy_cost
+    print(f"   generator {generator.generator.model} v{generator.generator.version}: epsilon_g {cost.epsilon:.3f} at "
+          f"delta {cost.delta:g}, pretrained on public synthetic faces")
+
+    def settings(intensity: float) -> an.AnonymizationSettings:
+        return an.AnonymizationSettings(generator=generator.generator, protected_attributes=["gender"],
+                                        kept_attributes=["skin_tone"], intensity=intensity, seed=0,
+                                        budget=privacy_pb2.PrivacyBudget(epsilon=DEMO_BUDGET, delta=1e-3))
+
+    exported = OUT / "faces-export"
+    test_keys = [line.split(",", 1)[0].rsplit(".", 1)[0] for line in
+                 (exported / "labels.csv").read_text().splitlines()[1:] if ",test," in f"{line},"][:8]
+    previews, costs = {}, {}
+    for intensity in (0.25, DEFAULT_INTENSITY, 1.0):
+        response = stub.Anonymize(an.AnonymizeRequest(settings=settings(intensity), dataset=source,
+                                                      sample_keys=test_keys), timeout=300)
+        previews[intensity] = response.images
+        costs[intensity] = response.privacy_cost.epsilon
+        print(f"   preview at intensity {intensity:g}: epsilon per image {response.privacy_cost.epsilon:.4g} ("
+              + ", ".join(f"{c.description} {c.epsilon:.4g}" for c in response.privacy_cost.components) + ")")
+    grid = _anonymized_grid(exported, test_keys, previews, OUT / "anonymized-grid.png")
+
+    coordinator = open_channel(layout.endpoint("coordinator").target, (OUT / "tenant-api-key").read_text().strip())
+    datasets = dataset_service_pb2_grpc.DatasetServiceStub(coordinator)
+    reserved = datasets.CreateDatasetVersion(cds.CreateDatasetVersionRequest(parent=f"datasets/{dataset}",
+                                                                             shard_count=1), timeout=30)
+    output = int(reserved.dataset_version.name.rsplit("/", 1)[1])
+    began = time.monotonic()
+    name = stub.AnonymizeDataset(an.AnonymizeDatasetRequest(settings=settings(DEFAULT_INTENSITY), dataset=source,
+                                                            output_dataset=f"datasets/{dataset}",
+                                                            output_version=output), timeout=60).operation.name
+    print(f"   {name}: anonymizing datasets/{dataset} at intensity {DEFAULT_INTENSITY} into version {output}",
+          flush=True)
+    result = operations.result(name, an.AnonymizationResult, progress=True, poll_seconds=1)
+    seconds = time.monotonic() - began
+    commit = datasets.CommitDatasetVersion(cds.CommitDatasetVersionRequest(name=reserved.dataset_version.name),
+                                           timeout=30)
+    committed = OperationsClient(coordinator).result(commit.operation.name, cds.DatasetVersion, poll_seconds=0.5)
+    anonymized = OUT / "faces-anonymized"
+    shutil.rmtree(anonymized, ignore_errors=True)
+    DatasetsClient(coordinator).export(committed.name, anonymized)
+    before, after = _labels(exported), _labels(anonymized)
+    changed = sum(before[k] != v for k, v in after.items())
+    print(f"   {committed.name}: {committed.sample_count} anonymized images, committed ({seconds:.0f} s); epsilon per "
+          f"person {result.privacy_cost.epsilon:.4g}; released gender differs from the original for {changed} of "
+          f"{len(after)}")
+    print(f"   originals and three intensities: {grid}; the anonymized dataset: {anonymized}")
+    return {"generator": f"{generator.generator.model}/versions/{generator.generator.version}",
+            "generator_epsilon": cost.epsilon, "preview_epsilon": {str(k): v for k, v in costs.items()},
+            "version": committed.name, "images": committed.sample_count, "seconds": round(seconds, 1),
+            "epsilon_per_person": result.privacy_cost.epsilon, "released_gender_changed": changed,
+            "grid": str(grid), "export_folder": str(anonymized)}
+
+
+def _anonymized_grid(originals: Path, keys: list[str], previews: dict, path: Path) -> Path:
+    import io
+
+    from PIL import Image
+
+    side = 96
+    canvas = Image.new("RGB", (len(keys) * side, (1 + len(previews)) * side), "white")
+    for c, key in enumerate(keys):
+        canvas.paste(_image(originals, key).convert("RGB").resize((side, side), Image.NEAREST), (c * side, 0))
+        for r, images in enumerate(previews.values(), start=1):
+            image = Image.open(io.BytesIO(images[c].image.data)).convert("RGB")
+            canvas.paste(image.resize((side, side), Image.NEAREST), (c * side, r * side))
+    canvas.save(path)
+    return path
+
+
 def _private_record(ref) -> dict:
     """The distortion record, read from the tenant's bucket (the demo's S3 server)."""
     from umbra.storage.s3 import S3ObjectStore
@@ -291,7 +397,10 @@ def main() -> int:
         report["augmdp"] = release_augmdp(home, tenant_id, version.name, report["classifier"]["model_version"],
                                           exported)
 
-        step("6. the protection job itself is not built yet, and says so")
+        step("6. faces anonymized by the DP diffusion generator (anonymizer service), committed by the coordinator")
+        report["anonymized"] = anonymize_faces(home, tenant_id, version.name)
+
+        step("7. the protection job itself is not built yet, and says so")
         try:
             job_service_pb2_grpc.JobServiceStub(open_channel(coordinator, created.api_key_secret)).ListProtectionJobs(
                 job_service_pb2.ListProtectionJobsRequest(), timeout=10)
@@ -311,14 +420,17 @@ def main() -> int:
     tmp.replace(OUT / "demo.json")
     print(f"\nResults: {OUT / 'demo.json'} (dataset exported to {OUT / 'faces-export'}; the classifier's "
           f"predictions in {OUT / 'predictions.json'}; the AugMDP release in {OUT / 'faces-augmdp'}, drawn in "
-          f"{OUT / 'augmdp-grid.png'})\nService logs: {home / 'logs'}")
+          f"{OUT / 'augmdp-grid.png'}; the anonymized dataset in {OUT / 'faces-anonymized'}, drawn beside its "
+          f"originals in {OUT / 'anonymized-grid.png'})\nService logs: {home / 'logs'}")
     if args.keep:
         print(f"Still running: `.venv/bin/umbra status`, Triton at {inference_url} (pid {triton.pid}); stop with "
               f"`.venv/bin/umbra down`, `kill {triton.pid}` and `deploy/s3/rgw.sh stop`.")
     healthy = all(s["health"] == "SERVING" for s in report["services"].values())
     served = report.get("classifier", {}).get("predicted_images", 0) > 0
     released = report.get("augmdp", {}).get("labels_kept", False)
-    return 0 if healthy and report.get("dataset", {}).get("exported_identical") and served and released else 1
+    anonymized = report.get("anonymized", {}).get("images", 0) > 0
+    return 0 if (healthy and report.get("dataset", {}).get("exported_identical") and served and released
+                 and anonymized) else 1
 
 
 if __name__ == "__main__":
