@@ -89,7 +89,7 @@ def test_dp_training_spends_at_most_the_target():
 def test_schedule_starts_at_or_below_the_timestep_and_reports_its_alpha_bar():
     config = tiny().config
     schedule = schedule_for(config, timestep=600, steps=10)
-    assert schedule.start <= 600 and len(schedule.timesteps) == 10
+    assert 580 <= schedule.start <= 600 and len(schedule.timesteps) >= 10
     assert list(schedule.timesteps) == sorted(schedule.timesteps, reverse=True)
     assert schedule.alpha_bar == pytest.approx(float(noise_schedule(config).alphas_cumprod[schedule.start]))
     with pytest.raises(InvalidInput):

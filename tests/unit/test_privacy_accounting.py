@@ -89,3 +89,20 @@ def test_racing_charges_cannot_both_take_the_last_of_a_budget(tmp_path):
     [t.join() for t in threads]
     assert sorted(outcomes) == ["charged"] + ["refused"] * 7
     assert ledger.spent("acme", "faces").epsilon == 0.6
+
+
+def test_a_retried_request_is_charged_once(tmp_path):
+    ledger = PrivacyLedger(tmp_path / "ledger.sqlite3")
+    budget = m.Cost(10.0, 1e-5)
+    ledger.charge("acme", "faces", m.Cost(1.5, 1e-6, "gaussian"), budget=budget, spent_by="request-1")
+    again = ledger.charge("acme", "faces", m.Cost(1.5, 1e-6, "gaussian"), budget=budget, spent_by="request-1")
+    assert again.epsilon == 1.5 and len(ledger.entries("acme", "faces")) == 1
+    ledger.charge("acme", "faces", m.Cost(1.5, 1e-6, "gaussian"), budget=budget, spent_by="request-2")
+    assert ledger.spent("acme", "faces").epsilon == 3.0
+
+
+def test_gaussian_epsilon_of_a_lightly_noised_image_does_not_overflow():
+    # μ = 100: ε ≈ μ²/2 + 4.75 μ ≈ 5,475 at δ = 1e-6; e^ε alone would overflow a float
+    epsilon = m.gaussian_epsilon(100.0, 1e-6)
+    assert 5000 < epsilon < 6000 and math.isfinite(epsilon)
+    assert m.gaussian_delta(epsilon, 100.0) <= 1e-6 < m.gaussian_delta(epsilon - 1e-3, 100.0)

@@ -37,13 +37,21 @@ def schedule_for(config: GeneratorConfig, *, timestep: int, steps: int) -> Sched
         raise InvalidInput("timestep", f"is {timestep}: must be 1 to {config.train_timesteps - 1}")
     if not 1 <= steps <= 1000:
         raise InvalidInput("settings.steps", f"is {steps}: must be 1 to 1000")
-    total = min(config.train_timesteps, math.ceil(steps * config.train_timesteps / timestep))
-    scheduler = _ddim(config, total)
-    timesteps = tuple(int(t) for t in scheduler.timesteps if int(t) <= timestep)
-    if not timesteps:
-        timesteps = (int(scheduler.timesteps[-1]),)
-    alpha_bar = float(scheduler.alphas_cumprod[timesteps[0]])
-    return Schedule(timesteps[0], alpha_bar, timesteps, total)
+    first = min(config.train_timesteps, math.ceil(steps * config.train_timesteps / timestep))
+    best: tuple[int, ...] = ()
+    total = first
+    # The first grid (fewest steps, at least `steps`) that starts within 2% of the chain below `timestep`: a
+    # start far below it would noise less than the intensity table says (and cost more ε). ε is computed at the
+    # start actually used.
+    close = timestep - config.train_timesteps // 50
+    for candidate in range(first, min(config.train_timesteps, 2 * first) + 1):
+        below = tuple(int(t) for t in _ddim(config, candidate).timesteps if int(t) <= timestep)
+        if below and (not best or below[0] > best[0]):
+            best, total = below, candidate
+        if best and best[0] >= close:
+            break
+    alpha_bar = float(noise_schedule(config).alphas_cumprod[best[0]])
+    return Schedule(best[0], alpha_bar, best, total)
 
 
 def _ddim(config: GeneratorConfig, total: int) -> DDIMScheduler:
