@@ -27,7 +27,7 @@ AnonymizeDataset (reserved, written and committed): `images_per_s` is that end-t
 `service_vs_inprocess_ratio` compares it with the same anonymization in-process on 256 images.
 
 Writes out/bench/anonymizer.json, anonymizer-grid.png (originals beside three intensities) and
-anonymizer.png (the privacy–utility curves). `--quick` uses the first 600 faces and short training (about 8
+anonymizer.png (the privacy–utility curves). `--quick` uses the first 450 faces and short training (about 8
 minutes on 2 cores); its figures are a smoke test, not results.
 """
 
@@ -80,7 +80,7 @@ TARGET_EPSILON, DELTA = 10.0, 1e-5
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="600 faces, short training (about 8 minutes)")
+    parser.add_argument("--quick", action="store_true", help="450 faces, short training (under 10 minutes)")
     parser.add_argument("--data", type=Path, help="a folder with images/ and labels.csv (default: the face sample)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -94,7 +94,7 @@ def main() -> int:
         header = (folder / "labels.csv").read_text().split("\n", 1)[0].split(",")
         kept = "race" if "race" in header else "skin_tone"
         if args.quick:
-            folder, what = subset_folder(folder, 600, scratch), f"{what}, first 600"
+            folder, what = subset_folder(folder, 450, scratch), f"{what}, first 450"
         public = synthetic.write_folder(scratch / "public", plan["public"], size=SIZE, seed=101)
         print(f"data: {what}; protecting gender, keeping {kept}", flush=True)
         env = service_env(scratch / "home", s3, SERVICES)
