@@ -47,8 +47,9 @@ class Generator:
         """ε_g: DP-SGD's guarantee for the generator's training data; infinite without DP."""
         privacy = self.record.get("privacy") or {}
         epsilon = privacy.get("epsilon", math.inf) if privacy.get("dp") else math.inf
-        return Cost(epsilon, privacy.get("delta", 0.0), "dp_sgd", "generator training",
-                    {k: v for k, v in privacy.items() if isinstance(v, int | float) and not isinstance(v, bool)})
+        parameters = {k: v for k, v in privacy.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        parameters["accountant_rdp"] = float(privacy.get("accountant") == "rdp")
+        return Cost(epsilon, privacy.get("delta", 0.0), "dp_sgd", "generator training", parameters)
 
     @property
     def trained_on(self) -> str:

@@ -60,6 +60,7 @@ class Checkpoint:
     noise_multiplier: float = 0.0
     accountant: dict = field(default_factory=dict)
     rng: torch.Tensor | None = None
+    ema: dict = field(default_factory=dict)  # an exponential moving average of the weights, where one is kept
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ contribution). Opacus computes per-row gradients of the K·B rows (hooks); they 
 per-example gradients before its optimizer clips them, adds the noise and its accountant counts the step.
 
 Classifier-free guidance is trained by replacing each attribute, independently per row, with its `null`
-index at the rate `condition_dropout`.
+index at the rate `condition_dropout`. The weights kept are an exponential moving average of the iterates
+(diffusers' EMAModel, with warm-up; DPDM keeps one at 0.999): post-processing of DP-SGD's outputs, so it costs no
+privacy.
 
     result = train(net, images, labels, GeneratorHyper(epochs=2), dp=DPSettings(target_epsilon=10,
                    target_delta=1e-5), seed=0, on_epoch=save)
@@ -40,6 +42,7 @@ class GeneratorHyper:
     noise_multiplicity: int = 1  # K
     condition_dropout: float = 0.1
     flip: bool = True
+    ema_decay: float = 0.999  # 0: keep the last iterate
 
     def validate(self, data_size: int) -> "GeneratorHyper":
         if not 1 <= self.epochs <= 10_000:
@@ -88,6 +91,13 @@ def train(net: ConditionalUNet, images: torch.Tensor, labels: torch.Tensor, hype
             engine.accountant.load_state_dict(resume.accountant)
     if resume is not None:
         optimizer.load_state_dict(resume.optimizer)
+    ema = None
+    if hyper.ema_decay > 0:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(net.parameters(), decay=hyper.ema_decay, use_ema_warmup=True)
+        if resume is not None and resume.ema:
+            ema.load_state_dict(resume.ema)
     # logical_batches reads only batch sizes and learning rate from a classifier's Hyperparameters
     batching = Hyperparameters(batch_size=hyper.batch_size, physical_batch_size=hyper.physical_batch_size)
     k = hyper.noise_multiplicity
@@ -113,6 +123,8 @@ def train(net: ConditionalUNet, images: torch.Tensor, labels: torch.Tensor, hype
             optimizer.step()
             if dp is None or not getattr(optimizer, "_is_last_step_skipped", False):
                 steps += 1
+                if ema is not None:
+                    ema.step(net.parameters())
         loss_value = total / max(count, 1)
         epsilon, used = epsilon_of(engine.accountant, dp.target_delta, accountant_name) if engine else (0.0, "")
         report = EpochReport(epoch + 1, hyper.epochs, loss_value, steps, epsilon, used)
@@ -121,7 +133,10 @@ def train(net: ConditionalUNet, images: torch.Tensor, labels: torch.Tensor, hype
             on_epoch(report, Checkpoint(
                 epoch=epoch + 1, steps=steps, model={k_: v.detach().clone() for k_, v in net.state_dict().items()},
                 optimizer=optimizer.state_dict(), noise_multiplier=sigma,
-                accountant=engine.accountant.state_dict() if engine else {}, rng=generator.get_state()))
+                accountant=engine.accountant.state_dict() if engine else {}, rng=generator.get_state(),
+                ema=ema.state_dict() if ema is not None else {}))
+    if ema is not None:
+        ema.copy_to(net.parameters())  # the averaged weights are the generator's
     return final_result(steps, engine, dp, accountant_name, sigma, loss_value)
 
 
