@@ -142,7 +142,7 @@ def train(net: ConditionalUNet, images: torch.Tensor, labels: torch.Tensor, hype
 
 def _denoising_loss(model, schedule, x: torch.Tensor, y: torch.Tensor, k: int, hyper: GeneratorHyper,
                     generator: torch.Generator, net: ConditionalUNet) -> torch.Tensor:
-    """Mean over the K·B rows (example-major) of each row's noise-prediction MSE."""
+    """Mean over the K·B rows (example-major) of each row's MSE against the noise (or the clean image)."""
     x0 = x.float().div(127.5).sub(1.0)  # diffusers' [-1, 1]
     if hyper.flip:
         flip = torch.rand(len(x0), generator=generator) < 0.5
@@ -156,7 +156,8 @@ def _denoising_loss(model, schedule, x: torch.Tensor, y: torch.Tensor, k: int, h
     timesteps = torch.randint(0, net.config.train_timesteps, (len(x0),), generator=generator)
     noisy = schedule.add_noise(x0, noise, timesteps)
     predicted = model(noisy, timesteps, labels)
-    return (predicted - noise).pow(2).mean()
+    target = x0 if net.config.prediction == "sample" else noise
+    return (predicted - target).pow(2).mean()
 
 
 def _average_multiplicity(net: ConditionalUNet, examples: int, k: int) -> None:
