@@ -72,7 +72,7 @@ BLURS = (0.5, 1.0, 1.5, 2.5, 5.0)  # Gaussian σ in pixels at 32 px
 PIXELATIONS = (16, 10, 8, 6, 4)  # sides the 32 px image is reduced to
 SIZE = 32
 SETTINGS = {  # (public synthetic faces, pretraining epochs, DP epochs, batch, noise multiplicity)
-    "full": {"public": 3000, "pretrain_epochs": 6, "dp_epochs": 4, "batch": 256, "multiplicity": 2},
+    "full": {"public": 3000, "pretrain_epochs": 12, "dp_epochs": 4, "batch": 256, "multiplicity": 2},
     "quick": {"public": 800, "pretrain_epochs": 1, "dp_epochs": 1, "batch": 64, "multiplicity": 1},
 }
 TARGET_EPSILON, DELTA = 10.0, 1e-5

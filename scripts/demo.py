@@ -232,8 +232,7 @@ def anonymize_faces(home: Path, tenant: str, dataset_version: str) -> dict:
                                         budget=privacy_pb2.PrivacyBudget(epsilon=DEMO_BUDGET, delta=1e-3))
 
     exported = OUT / "faces-export"
-    test_keys = [line.split(",", 1)[0].rsplit(".", 1)[0] for line in
-                 (exported / "labels.csv").read_text().splitlines()[1:] if ",test," in f"{line},"][:8]
+    test_keys = _test_keys(tenant, dataset, int(number))[:8]
     previews, costs = {}, {}
     for intensity in (0.25, DEFAULT_INTENSITY, 1.0):
         response = stub.Anonymize(an.AnonymizeRequest(settings=settings(intensity), dataset=source,
@@ -274,6 +273,17 @@ def anonymize_faces(home: Path, tenant: str, dataset_version: str) -> dict:
             "version": committed.name, "images": committed.sample_count, "seconds": round(seconds, 1),
             "epsilon_per_person": result.privacy_cost.epsilon, "released_gender_changed": changed,
             "grid": str(grid), "export_folder": str(anonymized)}
+
+
+def _test_keys(tenant: str, dataset: str, version: int) -> list[str]:
+    """The keys of the test split, from the committed manifest in the tenant's bucket (the demo's S3 server)."""
+    from umbra.storage import keys
+    from umbra.storage.datasets import DatasetReader
+    from umbra.storage.s3 import S3ObjectStore
+
+    store = S3ObjectStore(os.environ["UMBRA_S3_ENDPOINT"], os.environ["UMBRA_S3_ACCESS_KEY"],
+                          os.environ["UMBRA_S3_SECRET_KEY"])
+    return [s.key for s in DatasetReader(store, keys.bucket(tenant), dataset, version).samples() if s.split == "test"]
 
 
 def _anonymized_grid(originals: Path, keys: list[str], previews: dict, path: Path) -> Path:
