@@ -115,6 +115,7 @@ class AnonymizerServicer(anonymizer_service_pb2_grpc.AnonymizerServiceServicer):
 
     def _plan_training(self, tenant: str, request: an.TrainGeneratorRequest) -> _TrainPlan:
         from umbra.diffusion.attributes import schema_for
+        from umbra.diffusion.generator import GeneratorConfig
         from umbra.diffusion.training import GeneratorHyper
 
         bucket = keys.bucket(tenant)
@@ -130,6 +131,9 @@ class AnonymizerServicer(anonymizer_service_pb2_grpc.AnonymizerServiceServicer):
         columns = {c: [s.labels[c] for s in selected if c in s.labels] for c in reader.header.label_columns}
         attributes = schema_for(columns, names)
         samples = sum(1 for s in selected if all(n in s.labels for n in names))
+        if samples == 0:
+            raise InvalidInput("condition_attributes", f"no sample of split {split!r} has a value for every one of "
+                                                       f"{', '.join(names)}")
         size = request.image_size or min(32, reader.header.image_size)
         if size not in GENERATOR_SIZES:
             raise InvalidInput("image_size", f"is {size}: must be one of {', '.join(map(str, GENERATOR_SIZES))}")
@@ -156,6 +160,11 @@ class AnonymizerServicer(anonymizer_service_pb2_grpc.AnonymizerServiceServicer):
             if start.config.image_size != size:
                 raise InvalidInput("initialize_from", f"{start.name} is for {start.config.image_size} px images, "
                                                       f"this run for {size} px")
+            fresh = GeneratorConfig(image_size=size, attributes=attributes)
+            shape = ("channels", "layers_per_block", "attention", "norm_groups", "prediction", "train_timesteps")
+            if any(getattr(start.config, k) != getattr(fresh, k) for k in shape):
+                raise InvalidInput("initialize_from", f"{start.name} has another network or schedule than this "
+                                                      f"version's generators")
             if start.trained_on == reader.dataset:
                 raise InvalidInput("initialize_from", f"{start.name} was trained on {request.dataset.dataset} "
                                                       f"itself: start from a generator trained on public data")
