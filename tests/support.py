@@ -109,10 +109,22 @@ def create_tenant(target: str, tenant: str) -> str:
 def commit_faces(store, bucket: str, count: int, *, dataset: str = "faces", size: int = 32, seed: int = 2):
     """Writes `count` synthetic faces straight into a store as a committed version 1 (every 4th in "test",
     every 8th of the rest in "val"), the way a commit leaves it; returns its reader."""
+    from umbra.dataset import synthetic
+
+    rows = []
+    for i, face in enumerate(synthetic.generate(count, size=size, seed=seed)):
+        labels = {k: synthetic.csv_value(v) for k, v in face.attributes.items()}
+        split = "test" if i % 4 == 0 else "val" if i % 8 == 1 else "train"
+        rows.append((face.key, split, labels, face.png))
+    return commit_samples(store, bucket, dataset, 1, rows, size=size)
+
+
+def commit_samples(store, bucket: str, dataset: str, version: int, rows, *, size: int = 32):
+    """Writes (key, split, labels, png) rows straight into a store as a committed version, the way a commit
+    leaves it; returns its reader."""
     import hashlib
 
     from umbra.dataset import manifest as mf
-    from umbra.dataset import synthetic
     from umbra.dataset.shards import ShardWriter
     from umbra.storage import keys
     from umbra.storage.datasets import DatasetReader
@@ -120,21 +132,16 @@ def commit_faces(store, bucket: str, count: int, *, dataset: str = "faces", size
     shard_sha: dict[str, str] = {}
 
     def save(name: str, data: bytes) -> None:
-        store.put(bucket, keys.shard(dataset, 1, name), data)
+        store.put(bucket, keys.shard(dataset, version, name), data)
         shard_sha[name] = hashlib.sha256(data).hexdigest()
 
     writer = ShardWriter(save, max_bytes=32 * 1024)
-    samples = []
-    for i, face in enumerate(synthetic.generate(count, size=size, seed=seed)):
-        labels = {k: synthetic.csv_value(v) for k, v in face.attributes.items()}
-        split = "test" if i % 4 == 0 else "val" if i % 8 == 1 else "train"
-        samples.append(writer.add(mf.Sample(key=face.key, shard="", split=split,
-                                            sha256=hashlib.sha256(face.png).hexdigest(), size=len(face.png),
-                                            labels=labels), face.png))
-    header = mf.Header(image_size=size, label_columns=sorted(samples[0].labels), attribute_columns=[],
-                       shards=writer.close(), samples=count, shard_sha256=shard_sha)
-    store.put(bucket, keys.manifest(dataset, 1), mf.dumps(header, samples))
-    return DatasetReader(store, bucket, dataset, 1)
+    samples = [writer.add(mf.Sample(key=key, shard="", split=split, sha256=hashlib.sha256(png).hexdigest(),
+                                    size=len(png), labels=labels), png) for key, split, labels, png in rows]
+    header = mf.Header(image_size=size, label_columns=sorted({c for s in samples for c in s.labels}),
+                       attribute_columns=[], shards=writer.close(), samples=len(samples), shard_sha256=shard_sha)
+    store.put(bucket, keys.manifest(dataset, version), mf.dumps(header, samples))
+    return DatasetReader(store, bucket, dataset, version)
 
 
 def serve_process(service: str, home: Path, port: int) -> subprocess.Popen:

@@ -39,6 +39,32 @@ def decode(data: bytes, size: int) -> np.ndarray:
         return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
 
 
+def load_keys(reader: DatasetReader, labels: dict[str, str], *, image_size: int, classes: list[str]) -> LabelledImages:
+    """The samples whose keys `labels` names, labelled as it says (class names, in `classes`), in the reader's
+    order. Fails when the version lacks one of the keys."""
+    images, found = [], []
+    for sample, data in (reader.iter_images() if labels else ()):
+        if sample.key in labels:
+            images.append(decode(data, image_size))
+            found.append(sample.key)
+    if len(found) != len(labels):
+        missing = sorted(set(labels) - set(found))
+        raise InvalidInput("keys", f"{len(missing)} keys are not in {reader.dataset} version {reader.version} "
+                                   f"(e.g. {missing[0]!r})")
+    index = {c: i for i, c in enumerate(classes)}
+    return LabelledImages(
+        images=torch.from_numpy(np.stack(images)) if images else torch.zeros((0, 3, image_size, image_size),
+                                                                              dtype=torch.uint8),
+        labels=torch.tensor([index[labels[k]] for k in found], dtype=torch.int64),
+        classes=list(classes), keys=found)
+
+
+def concatenate(parts: list[LabelledImages]) -> LabelledImages:
+    """One set of the parts' samples, in order (the parts share their classes)."""
+    return LabelledImages(images=torch.cat([p.images for p in parts]), labels=torch.cat([p.labels for p in parts]),
+                          classes=list(parts[0].classes), keys=[k for p in parts for k in p.keys])
+
+
 def load_split(reader: DatasetReader, *, task: str, split: str, image_size: int,
                classes: list[str] | None = None) -> LabelledImages:
     """The samples of one split labelled by the `task` column. `classes` fixes the label order (use the training

@@ -54,6 +54,8 @@ class ServiceConfig:
     upload_ttl_seconds: float = 24 * 3600.0
     # The inference server (Triton, gRPC host:port) that published models are served from; "" when none.
     inference_url: str = ""
+    # The training service (gRPC host:port), which the unlearning service asks to retrain when verifying.
+    training_url: str = ""
 
     @property
     def public(self) -> bool:
@@ -99,4 +101,5 @@ class ServiceConfig:
             presign_seconds=int(_number(env, "UMBRA_PRESIGN_SECONDS", 3600, minimum=60, integer=True)),
             upload_ttl_seconds=_number(env, "UMBRA_UPLOAD_TTL_SECONDS", 24 * 3600.0, minimum=0, integer=False),
             inference_url=env.get("UMBRA_INFERENCE_URL", ""),
+            training_url=env.get("UMBRA_TRAINING_URL") or layout.endpoint("training", env).target,
         )

@@ -1,6 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -37,3 +39,11 @@ class ModelRef(_message.Message):
     model: str
     version: int
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class DatasetRevision(_message.Message):
+    __slots__ = ("revised", "removed_keys")
+    REVISED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_KEYS_FIELD_NUMBER: _ClassVar[int]
+    revised: DatasetRef
+    removed_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, revised: _Optional[_Union[DatasetRef, _Mapping]] = ..., removed_keys: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -137,7 +137,7 @@ class TrainingRecord(_message.Message):
     def __init__(self, dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., task: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., architecture: _Optional[_Union[Architecture, str]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., seed: _Optional[int] = ..., differential_privacy: _Optional[_Union[DifferentialPrivacy, _Mapping]] = ..., privacy_cost: _Optional[_Union[_privacy_pb2.PrivacyCost, _Mapping]] = ..., steps: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., initialized_from: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., code_version: _Optional[str] = ...) -> None: ...
 
 class TrainRequest(_message.Message):
-    __slots__ = ("model", "dataset", "task", "architecture", "hyperparameters", "differential_privacy", "initialize_from", "seed", "request_id")
+    __slots__ = ("model", "dataset", "task", "architecture", "hyperparameters", "differential_privacy", "initialize_from", "seed", "request_id", "revision")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +147,7 @@ class TrainRequest(_message.Message):
     INITIALIZE_FROM_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     model: str
     dataset: _refs_pb2.DatasetRef
     task: str
@@ -156,7 +157,8 @@ class TrainRequest(_message.Message):
     initialize_from: _refs_pb2.ModelRef
     seed: int
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., task: _Optional[str] = ..., architecture: _Optional[_Union[Architecture, str]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., differential_privacy: _Optional[_Union[DifferentialPrivacy, _Mapping]] = ..., initialize_from: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., seed: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    revision: _refs_pb2.DatasetRevision
+    def __init__(self, model: _Optional[str] = ..., dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., task: _Optional[str] = ..., architecture: _Optional[_Union[Architecture, str]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., differential_privacy: _Optional[_Union[DifferentialPrivacy, _Mapping]] = ..., initialize_from: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., seed: _Optional[int] = ..., request_id: _Optional[str] = ..., revision: _Optional[_Union[_refs_pb2.DatasetRevision, _Mapping]] = ...) -> None: ...
 
 class TrainResponse(_message.Message):
     __slots__ = ("operation",)

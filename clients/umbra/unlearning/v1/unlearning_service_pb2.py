@@ -27,7 +27,7 @@ from umbra.common.v1 import operation_pb2 as umbra_dot_common_dot_v1_dot_operati
 from umbra.common.v1 import refs_pb2 as umbra_dot_common_dot_v1_dot_refs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,umbra/unlearning/v1/unlearning_service.proto\x12\x13umbra.unlearning.v1\x1a#google/longrunning/operations.proto\x1a\x1fumbra/common/v1/operation.proto\x1a\x1aumbra/common/v1/refs.proto\"\\\n\x05Lissa\x12\x0f\n\x07\x64\x61mping\x18\x01 \x01(\x01\x12\r\n\x05scale\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65pth\x18\x03 \x01(\x05\x12\x10\n\x08patience\x18\x04 \x01(\x05\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\"y\n\x08Revision\x12.\n\x07revised\x18\x01 \x01(\x0b\x32\x1b.umbra.common.v1.DatasetRefH\x00\x12\x33\n\x07removed\x18\x02 \x01(\x0b\x32 .umbra.unlearning.v1.RemovedKeysH\x00\x42\x08\n\x06\x63hange\"\x1b\n\x0bRemovedKeys\x12\x0c\n\x04keys\x18\x01 \x03(\t\"\xb9\x02\n\x0eUnlearnRequest\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12-\n\x08original\x18\x02 \x01(\x0b\x32\x1b.umbra.common.v1.DatasetRef\x12/\n\x08revision\x18\x03 \x01(\x0b\x32\x1d.umbra.unlearning.v1.Revision\x12+\n\x06method\x18\x04 \x01(\x0e\x32\x1b.umbra.unlearning.v1.Method\x12\x0b\n\x03tau\x18\x05 \x01(\x01\x12)\n\x05lissa\x18\x06 \x01(\x0b\x32\x1a.umbra.unlearning.v1.Lissa\x12\x0e\n\x06verify\x18\x07 \x01(\x08\x12\x14\n\x0coutput_model\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\"C\n\x0fUnlearnResponse\x12\x30\n\toperation\x18\x01 \x01(\x0b\x32\x1d.google.longrunning.Operation\"e\n\x0fUnlearnMetadata\x12\x34\n\x08progress\x18\x01 \x01(\x0b\x32\".umbra.common.v1.OperationProgress\x12\x1c\n\x14gradient_evaluations\x18\x02 \x01(\x03\"\xbc\x02\n\x0cVerification\x12\x19\n\x11\x61\x63\x63uracy_original\x18\x01 \x01(\x01\x12\x1a\n\x12\x61\x63\x63uracy_unlearned\x18\x02 \x01(\x01\x12\x1a\n\x12\x61\x63\x63uracy_retrained\x18\x03 \x01(\x01\x12 \n\x18\x61greement_with_retrained\x18\x04 \x01(\x01\x12\x1a\n\x12parameter_distance\x18\x05 \x01(\x01\x12]\n\x17probe_balanced_accuracy\x18\x06 \x03(\x0b\x32<.umbra.unlearning.v1.Verification.ProbeBalancedAccuracyEntry\x1a<\n\x1aProbeBalancedAccuracyEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xd4\x01\n\x10UnlearningResult\x12,\n\tunlearned\x18\x01 \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12\x1c\n\x14gradient_evaluations\x18\x02 \x01(\x03\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\x12\x37\n\x0cverification\x18\x04 \x01(\x0b\x32!.umbra.unlearning.v1.Verification\x12*\n\"outside_original_privacy_guarantee\x18\x05 \x01(\x08*Q\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\x16\n\x12METHOD_FIRST_ORDER\x10\x01\x12\x17\n\x13METHOD_SECOND_ORDER\x10\x02\x32\x91\x01\n\x11UnlearningService\x12|\n\x07Unlearn\x12#.umbra.unlearning.v1.UnlearnRequest\x1a$.umbra.unlearning.v1.UnlearnResponse\"&\xca\x41#\n\x10UnlearningResult\x12\x0fUnlearnMetadatab\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,umbra/unlearning/v1/unlearning_service.proto\x12\x13umbra.unlearning.v1\x1a#google/longrunning/operations.proto\x1a\x1fumbra/common/v1/operation.proto\x1a\x1aumbra/common/v1/refs.proto\"\\\n\x05Lissa\x12\x0f\n\x07\x64\x61mping\x18\x01 \x01(\x01\x12\r\n\x05scale\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65pth\x18\x03 \x01(\x05\x12\x10\n\x08patience\x18\x04 \x01(\x05\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\"y\n\x08Revision\x12.\n\x07revised\x18\x01 \x01(\x0b\x32\x1b.umbra.common.v1.DatasetRefH\x00\x12\x33\n\x07removed\x18\x02 \x01(\x0b\x32 .umbra.unlearning.v1.RemovedKeysH\x00\x42\x08\n\x06\x63hange\"\x1b\n\x0bRemovedKeys\x12\x0c\n\x04keys\x18\x01 \x03(\t\"\xd2\x02\n\x0eUnlearnRequest\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12-\n\x08original\x18\x02 \x01(\x0b\x32\x1b.umbra.common.v1.DatasetRef\x12/\n\x08revision\x18\x03 \x01(\x0b\x32\x1d.umbra.unlearning.v1.Revision\x12+\n\x06method\x18\x04 \x01(\x0e\x32\x1b.umbra.unlearning.v1.Method\x12\x0b\n\x03tau\x18\x05 \x01(\x01\x12)\n\x05lissa\x18\x06 \x01(\x0b\x32\x1a.umbra.unlearning.v1.Lissa\x12\x0e\n\x06verify\x18\x07 \x01(\x08\x12\x14\n\x0coutput_model\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x17\n\x0fprobe_attribute\x18\n \x01(\t\"C\n\x0fUnlearnResponse\x12\x30\n\toperation\x18\x01 \x01(\x0b\x32\x1d.google.longrunning.Operation\"e\n\x0fUnlearnMetadata\x12\x34\n\x08progress\x18\x01 \x01(\x0b\x32\".umbra.common.v1.OperationProgress\x12\x1c\n\x14gradient_evaluations\x18\x02 \x01(\x03\"\x97\x03\n\x0cVerification\x12\x19\n\x11\x61\x63\x63uracy_original\x18\x01 \x01(\x01\x12\x1a\n\x12\x61\x63\x63uracy_unlearned\x18\x02 \x01(\x01\x12\x1a\n\x12\x61\x63\x63uracy_retrained\x18\x03 \x01(\x01\x12 \n\x18\x61greement_with_retrained\x18\x04 \x01(\x01\x12\x1a\n\x12parameter_distance\x18\x05 \x01(\x01\x12]\n\x17probe_balanced_accuracy\x18\x06 \x03(\x0b\x32<.umbra.unlearning.v1.Verification.ProbeBalancedAccuracyEntry\x12\x17\n\x0fretrain_seconds\x18\x07 \x01(\x01\x12,\n\tretrained\x18\x08 \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12\x12\n\ntest_count\x18\t \x01(\x05\x1a<\n\x1aProbeBalancedAccuracyEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xe6\x02\n\x10UnlearningResult\x12,\n\tunlearned\x18\x01 \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12\x1c\n\x14gradient_evaluations\x18\x02 \x01(\x03\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\x12\x37\n\x0cverification\x18\x04 \x01(\x0b\x32!.umbra.unlearning.v1.Verification\x12*\n\"outside_original_privacy_guarantee\x18\x05 \x01(\x08\x12\x0b\n\x03tau\x18\x06 \x01(\x01\x12\x13\n\x0blissa_scale\x18\x07 \x01(\x01\x12\x13\n\x0bupdate_norm\x18\x08 \x01(\x01\x12\x17\n\x0f\x63hanged_samples\x18\t \x01(\x05\x12\x17\n\x0fremoved_samples\x18\n \x01(\x05\x12\x13\n\x0bloss_before\x18\x0b \x01(\x01\x12\x12\n\nloss_after\x18\x0c \x01(\x01*Q\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\x16\n\x12METHOD_FIRST_ORDER\x10\x01\x12\x17\n\x13METHOD_SECOND_ORDER\x10\x02\x32\x91\x01\n\x11UnlearningService\x12|\n\x07Unlearn\x12#.umbra.unlearning.v1.UnlearnRequest\x1a$.umbra.unlearning.v1.UnlearnResponse\"&\xca\x41#\n\x10UnlearningResult\x12\x0fUnlearnMetadatab\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,8 +38,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VERIFICATION_PROBEBALANCEDACCURACYENTRY']._serialized_options = b'8\001'
   _globals['_UNLEARNINGSERVICE'].methods_by_name['Unlearn']._loaded_options = None
   _globals['_UNLEARNINGSERVICE'].methods_by_name['Unlearn']._serialized_options = b'\312A#\n\020UnlearningResult\022\017UnlearnMetadata'
-  _globals['_METHOD']._serialized_start=1435
-  _globals['_METHOD']._serialized_end=1516
+  _globals['_METHOD']._serialized_start=1697
+  _globals['_METHOD']._serialized_end=1778
   _globals['_LISSA']._serialized_start=167
   _globals['_LISSA']._serialized_end=259
   _globals['_REVISION']._serialized_start=261
@@ -47,17 +47,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REMOVEDKEYS']._serialized_start=384
   _globals['_REMOVEDKEYS']._serialized_end=411
   _globals['_UNLEARNREQUEST']._serialized_start=414
-  _globals['_UNLEARNREQUEST']._serialized_end=727
-  _globals['_UNLEARNRESPONSE']._serialized_start=729
-  _globals['_UNLEARNRESPONSE']._serialized_end=796
-  _globals['_UNLEARNMETADATA']._serialized_start=798
-  _globals['_UNLEARNMETADATA']._serialized_end=899
-  _globals['_VERIFICATION']._serialized_start=902
-  _globals['_VERIFICATION']._serialized_end=1218
-  _globals['_VERIFICATION_PROBEBALANCEDACCURACYENTRY']._serialized_start=1158
-  _globals['_VERIFICATION_PROBEBALANCEDACCURACYENTRY']._serialized_end=1218
-  _globals['_UNLEARNINGRESULT']._serialized_start=1221
-  _globals['_UNLEARNINGRESULT']._serialized_end=1433
-  _globals['_UNLEARNINGSERVICE']._serialized_start=1519
-  _globals['_UNLEARNINGSERVICE']._serialized_end=1664
+  _globals['_UNLEARNREQUEST']._serialized_end=752
+  _globals['_UNLEARNRESPONSE']._serialized_start=754
+  _globals['_UNLEARNRESPONSE']._serialized_end=821
+  _globals['_UNLEARNMETADATA']._serialized_start=823
+  _globals['_UNLEARNMETADATA']._serialized_end=924
+  _globals['_VERIFICATION']._serialized_start=927
+  _globals['_VERIFICATION']._serialized_end=1334
+  _globals['_VERIFICATION_PROBEBALANCEDACCURACYENTRY']._serialized_start=1274
+  _globals['_VERIFICATION_PROBEBALANCEDACCURACYENTRY']._serialized_end=1334
+  _globals['_UNLEARNINGRESULT']._serialized_start=1337
+  _globals['_UNLEARNINGRESULT']._serialized_end=1695
+  _globals['_UNLEARNINGSERVICE']._serialized_start=1781
+  _globals['_UNLEARNINGSERVICE']._serialized_end=1926
 # @@protoc_insertion_point(module_scope)

@@ -48,7 +48,7 @@ class RemovedKeys(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UnlearnRequest(_message.Message):
-    __slots__ = ("model", "original", "revision", "method", "tau", "lissa", "verify", "output_model", "request_id")
+    __slots__ = ("model", "original", "revision", "method", "tau", "lissa", "verify", "output_model", "request_id", "probe_attribute")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ORIGINAL_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,7 @@ class UnlearnRequest(_message.Message):
     VERIFY_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_MODEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PROBE_ATTRIBUTE_FIELD_NUMBER: _ClassVar[int]
     model: _refs_pb2.ModelRef
     original: _refs_pb2.DatasetRef
     revision: Revision
@@ -67,7 +68,8 @@ class UnlearnRequest(_message.Message):
     verify: bool
     output_model: str
     request_id: str
-    def __init__(self, model: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., original: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., revision: _Optional[_Union[Revision, _Mapping]] = ..., method: _Optional[_Union[Method, str]] = ..., tau: _Optional[float] = ..., lissa: _Optional[_Union[Lissa, _Mapping]] = ..., verify: _Optional[bool] = ..., output_model: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    probe_attribute: str
+    def __init__(self, model: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., original: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., revision: _Optional[_Union[Revision, _Mapping]] = ..., method: _Optional[_Union[Method, str]] = ..., tau: _Optional[float] = ..., lissa: _Optional[_Union[Lissa, _Mapping]] = ..., verify: _Optional[bool] = ..., output_model: _Optional[str] = ..., request_id: _Optional[str] = ..., probe_attribute: _Optional[str] = ...) -> None: ...
 
 class UnlearnResponse(_message.Message):
     __slots__ = ("operation",)
@@ -84,7 +86,7 @@ class UnlearnMetadata(_message.Message):
     def __init__(self, progress: _Optional[_Union[_operation_pb2.OperationProgress, _Mapping]] = ..., gradient_evaluations: _Optional[int] = ...) -> None: ...
 
 class Verification(_message.Message):
-    __slots__ = ("accuracy_original", "accuracy_unlearned", "accuracy_retrained", "agreement_with_retrained", "parameter_distance", "probe_balanced_accuracy")
+    __slots__ = ("accuracy_original", "accuracy_unlearned", "accuracy_retrained", "agreement_with_retrained", "parameter_distance", "probe_balanced_accuracy", "retrain_seconds", "retrained", "test_count")
     class ProbeBalancedAccuracyEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -98,24 +100,44 @@ class Verification(_message.Message):
     AGREEMENT_WITH_RETRAINED_FIELD_NUMBER: _ClassVar[int]
     PARAMETER_DISTANCE_FIELD_NUMBER: _ClassVar[int]
     PROBE_BALANCED_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    RETRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RETRAINED_FIELD_NUMBER: _ClassVar[int]
+    TEST_COUNT_FIELD_NUMBER: _ClassVar[int]
     accuracy_original: float
     accuracy_unlearned: float
     accuracy_retrained: float
     agreement_with_retrained: float
     parameter_distance: float
     probe_balanced_accuracy: _containers.ScalarMap[str, float]
-    def __init__(self, accuracy_original: _Optional[float] = ..., accuracy_unlearned: _Optional[float] = ..., accuracy_retrained: _Optional[float] = ..., agreement_with_retrained: _Optional[float] = ..., parameter_distance: _Optional[float] = ..., probe_balanced_accuracy: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    retrain_seconds: float
+    retrained: _refs_pb2.ModelRef
+    test_count: int
+    def __init__(self, accuracy_original: _Optional[float] = ..., accuracy_unlearned: _Optional[float] = ..., accuracy_retrained: _Optional[float] = ..., agreement_with_retrained: _Optional[float] = ..., parameter_distance: _Optional[float] = ..., probe_balanced_accuracy: _Optional[_Mapping[str, float]] = ..., retrain_seconds: _Optional[float] = ..., retrained: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., test_count: _Optional[int] = ...) -> None: ...
 
 class UnlearningResult(_message.Message):
-    __slots__ = ("unlearned", "gradient_evaluations", "seconds", "verification", "outside_original_privacy_guarantee")
+    __slots__ = ("unlearned", "gradient_evaluations", "seconds", "verification", "outside_original_privacy_guarantee", "tau", "lissa_scale", "update_norm", "changed_samples", "removed_samples", "loss_before", "loss_after")
     UNLEARNED_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     VERIFICATION_FIELD_NUMBER: _ClassVar[int]
     OUTSIDE_ORIGINAL_PRIVACY_GUARANTEE_FIELD_NUMBER: _ClassVar[int]
+    TAU_FIELD_NUMBER: _ClassVar[int]
+    LISSA_SCALE_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_NORM_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    LOSS_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    LOSS_AFTER_FIELD_NUMBER: _ClassVar[int]
     unlearned: _refs_pb2.ModelRef
     gradient_evaluations: int
     seconds: float
     verification: Verification
     outside_original_privacy_guarantee: bool
-    def __init__(self, unlearned: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., gradient_evaluations: _Optional[int] = ..., seconds: _Optional[float] = ..., verification: _Optional[_Union[Verification, _Mapping]] = ..., outside_original_privacy_guarantee: _Optional[bool] = ...) -> None: ...
+    tau: float
+    lissa_scale: float
+    update_norm: float
+    changed_samples: int
+    removed_samples: int
+    loss_before: float
+    loss_after: float
+    def __init__(self, unlearned: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., gradient_evaluations: _Optional[int] = ..., seconds: _Optional[float] = ..., verification: _Optional[_Union[Verification, _Mapping]] = ..., outside_original_privacy_guarantee: _Optional[bool] = ..., tau: _Optional[float] = ..., lissa_scale: _Optional[float] = ..., update_norm: _Optional[float] = ..., changed_samples: _Optional[int] = ..., removed_samples: _Optional[int] = ..., loss_before: _Optional[float] = ..., loss_after: _Optional[float] = ...) -> None: ...

@@ -16,11 +16,35 @@ ACCOUNTANTS = {"prv": privacy_pb2.PRIVACY_ACCOUNTANT_PRV, "rdp": privacy_pb2.PRI
 
 
 def privacy_cost(epsilon: float, delta: float, accountant: str, noise_multiplier: float, sample_rate: float,
-                 steps: int) -> privacy_pb2.PrivacyCost:
+                 steps: int, max_grad_norm: float | None = None) -> privacy_pb2.PrivacyCost:
+    parameters = {"noise_multiplier": noise_multiplier, "sample_rate": sample_rate, "steps": float(steps)}
+    if max_grad_norm is not None:  # recorded since the unlearning service retrains DP models the same way
+        parameters["max_grad_norm"] = max_grad_norm
     return privacy_pb2.PrivacyCost(
         mechanism=privacy_pb2.PRIVACY_MECHANISM_DP_SGD, accountant=ACCOUNTANTS.get(accountant, 0),
-        epsilon=epsilon, delta=delta, description="classifier training (DP-SGD)",
-        parameters={"noise_multiplier": noise_multiplier, "sample_rate": sample_rate, "steps": float(steps)})
+        epsilon=epsilon, delta=delta, description="classifier training (DP-SGD)", parameters=parameters)
+
+
+def retrain_request(stored: StoredModel, *, model: str, revision: refs_pb2.DatasetRevision, request_id: str
+                    ) -> ts.TrainRequest:
+    """The TrainRequest that trains `stored` again from scratch (same data, recipe, seed, starting point and DP
+    noise) on its dataset as revised, into `model` ("models/{model}")."""
+    record, config = stored.record, stored.config
+    hyper = dict(record["hyperparameters"])
+    request = ts.TrainRequest(
+        model=model, dataset=refs_pb2.DatasetRef(**record["dataset"]), task=record["task"],
+        architecture={v: k for k, v in ARCHITECTURES.items()}[config.architecture],
+        hyperparameters=ts.Hyperparameters(**hyper), seed=record["seed"], request_id=request_id, revision=revision)
+    start = record.get("initialized_from")
+    if start:
+        request.initialize_from.CopyFrom(refs_pb2.ModelRef(model=start["model"], version=start["version"]))
+    privacy = record.get("privacy")
+    if privacy:
+        accountant = ACCOUNTANTS.get(privacy["accountant"], privacy_pb2.PRIVACY_ACCOUNTANT_RDP)
+        request.differential_privacy.CopyFrom(ts.DifferentialPrivacy(
+            target_delta=privacy["delta"], noise_multiplier=privacy["noise_multiplier"],
+            max_grad_norm=privacy.get("max_grad_norm", 1.0), accountant=accountant))
+    return request
 
 
 def model_version_to_proto(stored: StoredModel, bucket: str) -> ts.ModelVersion:

@@ -14,6 +14,7 @@ from umbra.classifiers import loop
 from umbra.classifiers.architectures import IMAGE_SIZES, ModelConfig, create
 from umbra.classifiers.data import load_split
 from umbra.classifiers.registry import ModelRegistry, StoredModel
+from umbra.classifiers.revision import Change, Revision
 from umbra.client import inference
 from umbra.common.v1 import privacy_pb2
 from umbra.inference import publications
@@ -95,6 +96,7 @@ class _Plan:
     split: str
     width: int
     start: StoredModel | None = None  # public pretraining: the model version to start from
+    revision: tuple[Revision, Change] | None = None  # train on the dataset as revised
 
 
 class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
@@ -142,11 +144,19 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
             raise InvalidInput("hyperparameters.augmentation_multiplicity", "is not supported yet: leave it 0 or 1")
         dp = _dp(request)
         split = request.dataset.split or "train"
-        n = _count(reader, request.task, split)
+        revision = self._revision(bucket, reader, request, split) if request.HasField("revision") else None
+        n = revision[1].revised_size if revision else _count(reader, request.task, split)
         if n == 0:
             raise InvalidInput("dataset.split", f"split {split!r} has no samples labelled with {request.task!r}")
         loop.validate(data_size=n, hyper=hyper, dp=dp)
-        return _Plan(bucket, model, reader, architecture, hyper, image_size, dp, split, width, start)
+        return _Plan(bucket, model, reader, architecture, hyper, image_size, dp, split, width, start, revision)
+
+    def _revision(self, bucket: str, reader: DatasetReader, request: ts.TrainRequest, split: str
+                  ) -> tuple[Revision, Change]:
+        revised = (dataset_reader(self.store, bucket, request.revision.revised, "revision.revised")
+                   if request.revision.HasField("revised") else None)
+        revision = Revision.plan(reader, revised=revised, removed=request.revision.removed_keys, field="revision")
+        return revision, revision.change(task=request.task, split=split)
 
     def _starting_point(self, bucket: str, request: ts.TrainRequest, architecture: str, image_size: int) -> StoredModel:
         """The model version to start from (public pretraining): same architecture and image size, and never
@@ -166,7 +176,11 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
     def _train(self, ctx, plan: _Plan, request: ts.TrainRequest) -> ts.ModelVersion:
         bucket, model_id, reader, hyper, dp = plan.bucket, plan.model, plan.reader, plan.hyper, plan.dp
         ctx.report(stage="loading data")
-        data = load_split(reader, task=request.task, split=plan.split, image_size=plan.image_size)
+        if plan.revision is not None:
+            revision, change = plan.revision
+            data = revision.load(change, image_size=plan.image_size)
+        else:
+            data = load_split(reader, task=request.task, split=plan.split, image_size=plan.image_size)
         ctx.check_cancelled()
         config = ModelConfig(plan.architecture, len(data.classes), plan.image_size, classes=data.classes,
                              width=plan.width, mirror_average=request.hyperparameters.mirror_average)
@@ -213,9 +227,10 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
                                 "mirror_average": request.hyperparameters.mirror_average,
                                 "schedule": hyper.schedule},
             "initialized_from": self._lineage(plan.start),
+            "revision": plan.revision[0].describe() if plan.revision else None,
             "privacy": ({"epsilon": result.epsilon, "delta": result.delta, "accountant": result.accountant,
                          "noise_multiplier": result.noise_multiplier, "sample_rate": rate,
-                         "steps": result.steps} if dp else None),
+                         "steps": result.steps, "max_grad_norm": dp.max_grad_norm} if dp else None),
         }
         ctx.report(stage="writing model")
         version = self.registry.write(bucket, model_id, config, inner.state_dict(), record)
