@@ -48,7 +48,8 @@ def sleeper(tmp_path):
 # first of the service), or, where every RPC is built, the servicer's own refusal of the empty request.
 REACHED = {"training": ("GetModelVersion", grpc.StatusCode.INVALID_ARGUMENT, "name: must look like"),
            "distortion": ("DistortDataset", grpc.StatusCode.INVALID_ARGUMENT, "copies: is 0"),
-           "anonymizer": ("TrainGenerator", grpc.StatusCode.INVALID_ARGUMENT, "model: must look like")}
+           "anonymizer": ("TrainGenerator", grpc.StatusCode.INVALID_ARGUMENT, "model: must look like"),
+           "unlearning": ("Unlearn", grpc.StatusCode.INVALID_ARGUMENT, "model: needs model")}
 UNBUILT = (grpc.StatusCode.UNIMPLEMENTED, "not built yet")
 
 

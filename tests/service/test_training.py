@@ -91,6 +91,10 @@ def test_dp_training_registry_and_evaluation(training):
     ({"differential_privacy": ts.DifferentialPrivacy(target_epsilon=1, target_delta=0.1)},
      grpc.StatusCode.INVALID_ARGUMENT, "differential_privacy.target_delta"),
     ({"model": "models/../x"}, grpc.StatusCode.INVALID_ARGUMENT, "model"),
+    ({"revision": refs_pb2.DatasetRevision(removed_keys=["no-such-key"])}, grpc.StatusCode.INVALID_ARGUMENT,
+     "revision.removed_keys"),
+    ({"revision": refs_pb2.DatasetRevision(revised=refs_pb2.DatasetRef(dataset="datasets/faces", version=9))},
+     grpc.StatusCode.NOT_FOUND, None),
 ])
 def test_bad_input_is_refused_before_any_compute(training, overrides, code, field):
     stub, _, channel, _ = training
