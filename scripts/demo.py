@@ -15,9 +15,11 @@
    then DP-SGD on the tenant's training split), preview eight test faces at three intensities with the ε of
    each mechanism, and anonymize the whole dataset (gender protected, skin tone kept) into a version the
    coordinator reserves and commits; draw originals beside the previews;
-7. write what was seen to out/demo/demo.json and stop everything (unless --keep).
-
-Later steps (unlearning) are added here as they are built.
+7. update the gender classifier of step 4 to the anonymized images by second-order feature unlearning
+   (unlearning service), verified against retraining from scratch on them (training service):
+   out/demo/unlearning.json;
+8. show that the protection job (coordinator) is not built yet; write what was seen to out/demo/demo.json and
+   stop everything (unless --keep).
 
     python scripts/demo.py [--keep] [--faces N] [--epsilon E]
 """
@@ -275,6 +277,53 @@ def anonymize_faces(home: Path, tenant: str, dataset_version: str) -> dict:
             "grid": str(grid), "export_folder": str(anonymized)}
 
 
+def unlearn_onto_anonymized(home: Path, tenant: str, model_version: str, original: str, anonymized: str) -> dict:
+    """Step 7: the published gender model updated to the anonymized images by second-order feature unlearning
+    (unlearning service), verified against retraining from scratch on them (training service)."""
+    from umbra.unlearning.v1 import unlearning_service_pb2 as us
+    from umbra.unlearning.v1 import unlearning_service_pb2_grpc
+
+    service_token = (home / "secrets" / "service-token").read_text().strip()
+    channel = open_channel(layout.endpoint("unlearning").target, service_token, tenant=tenant)
+    model, number = model_version.removeprefix("models/").split("/versions/")
+
+    def ref(name: str) -> refs_pb2.DatasetRef:
+        dataset, version = name.removeprefix("datasets/").split("/versions/")
+        return refs_pb2.DatasetRef(dataset=f"datasets/{dataset}", version=int(version))
+
+    request = us.UnlearnRequest(model=refs_pb2.ModelRef(model=f"models/{model}", version=int(number)),
+                                original=ref(original), revision=us.Revision(revised=ref(anonymized)),
+                                method=us.METHOD_SECOND_ORDER, verify=True, probe_attribute="skin_tone",
+                                output_model=f"models/{model}-anonymized")
+    name = unlearning_service_pb2_grpc.UnlearningServiceStub(channel).Unlearn(request, timeout=60).operation.name
+    print(f"   {name}: unlearning {model_version} onto {anonymized}", flush=True)
+    result = OperationsClient(channel).result(name, us.UnlearningResult, progress=True, poll_seconds=1)
+    v = result.verification
+    unlearned = f"{result.unlearned.model}/versions/{result.unlearned.version}"
+    print(f"   {unlearned}: second order, {result.changed_samples} training images revised, {result.removed_samples} "
+          f"removed; tau {result.tau:.3g}, LiSSA scale {result.lissa_scale:g}, {result.gradient_evaluations} "
+          f"gradient evaluations, {result.seconds:.1f} s (retraining: {v.retrain_seconds:.1f} s)")
+    print(f"   test accuracy ({v.test_count} images): original {v.accuracy_original:.3f}, unlearned "
+          f"{v.accuracy_unlearned:.3f}, retrained {v.accuracy_retrained:.3f}; agreement with the retrained model "
+          f"{v.agreement_with_retrained:.3f}; skin-tone probe " + ", ".join(
+              f"{k} {x:.3f}" for k, x in sorted(v.probe_balanced_accuracy.items())))
+    if result.outside_original_privacy_guarantee:
+        print("   the model was trained with DP-SGD: its epsilon does not cover this update (said in the record)")
+    summary = {"unlearned": unlearned, "retrained": f"{v.retrained.model}/versions/{v.retrained.version}",
+               "changed_samples": result.changed_samples, "removed_samples": result.removed_samples,
+               "tau": result.tau, "lissa_scale": result.lissa_scale,
+               "gradient_evaluations": result.gradient_evaluations, "unlearn_seconds": round(result.seconds, 2),
+               "retrain_seconds": round(v.retrain_seconds, 2), "accuracy_original": v.accuracy_original,
+               "accuracy_unlearned": v.accuracy_unlearned, "accuracy_retrained": v.accuracy_retrained,
+               "agreement_with_retrained": v.agreement_with_retrained, "parameter_distance": v.parameter_distance,
+               "probe_balanced_accuracy": dict(v.probe_balanced_accuracy),
+               "outside_original_privacy_guarantee": result.outside_original_privacy_guarantee}
+    path = OUT / "unlearning.json"
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"   the comparison: {path}")
+    return summary
+
+
 def _test_keys(tenant: str, dataset: str, version: int) -> list[str]:
     """The keys of the test split, from the committed manifest in the tenant's bucket (the demo's S3 server)."""
     from umbra.storage import keys
@@ -410,7 +459,11 @@ def main() -> int:
         step("6. faces anonymized by the DP diffusion generator (anonymizer service), committed by the coordinator")
         report["anonymized"] = anonymize_faces(home, tenant_id, version.name)
 
-        step("7. the protection job itself is not built yet, and says so")
+        step("7. the published model updated to the anonymized images by feature unlearning (unlearning service)")
+        report["unlearning"] = unlearn_onto_anonymized(home, tenant_id, report["classifier"]["model_version"],
+                                                       version.name, report["anonymized"]["version"])
+
+        step("8. the protection job itself is not built yet, and says so")
         try:
             job_service_pb2_grpc.JobServiceStub(open_channel(coordinator, created.api_key_secret)).ListProtectionJobs(
                 job_service_pb2.ListProtectionJobsRequest(), timeout=10)
@@ -431,7 +484,8 @@ def main() -> int:
     print(f"\nResults: {OUT / 'demo.json'} (dataset exported to {OUT / 'faces-export'}; the classifier's "
           f"predictions in {OUT / 'predictions.json'}; the AugMDP release in {OUT / 'faces-augmdp'}, drawn in "
           f"{OUT / 'augmdp-grid.png'}; the anonymized dataset in {OUT / 'faces-anonymized'}, drawn beside its "
-          f"originals in {OUT / 'anonymized-grid.png'})\nService logs: {home / 'logs'}")
+          f"originals in {OUT / 'anonymized-grid.png'}; the unlearned model's comparison with retraining in "
+          f"{OUT / 'unlearning.json'})\nService logs: {home / 'logs'}")
     if args.keep:
         print(f"Still running: `.venv/bin/umbra status`, Triton at {inference_url} (pid {triton.pid}); stop with "
               f"`.venv/bin/umbra down`, `kill {triton.pid}` and `deploy/s3/rgw.sh stop`.")
@@ -439,8 +493,9 @@ def main() -> int:
     served = report.get("classifier", {}).get("predicted_images", 0) > 0
     released = report.get("augmdp", {}).get("labels_kept", False)
     anonymized = report.get("anonymized", {}).get("images", 0) > 0
+    unlearned = report.get("unlearning", {}).get("changed_samples", 0) > 0
     return 0 if (healthy and report.get("dataset", {}).get("exported_identical") and served and released
-                 and anonymized) else 1
+                 and anonymized and unlearned) else 1
 
 
 if __name__ == "__main__":

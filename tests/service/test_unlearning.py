@@ -47,7 +47,8 @@ def services(tmp_path_factory):
     revised = [(s.key, s.split, dict(s.labels), blurred(images[s.key])) for s in train[::4]]
     revised[0][2]["smile"] = "1" if revised[0][2]["smile"] == "0" else "0"
     commit_samples(store, BUCKET, "faces-revised", 1, revised)
-    commit_samples(store, BUCKET, "faces-stranger", 1, [("not-in-faces", "train", {"smile": "0"}, images[train[0].key])])
+    stranger = ("not-in-faces", "train", {"smile": "0"}, images[train[0].key])
+    commit_samples(store, BUCKET, "faces-stranger", 1, [stranger])
     commit_faces(store, BUCKET, 40, dataset="other", size=32, seed=6)
     training = create_server(config_for("training", home), spec("training")).start()
     training_target = f"127.0.0.1:{training.port}"

@@ -94,6 +94,19 @@ def test_second_order_update_matches_the_exact_inverse_hessian():
     assert update.scale == scale and 0 < update.iterations <= 2000
 
 
+def test_automatic_second_order_tau_backtracks_until_the_revised_objective_does_not_rise():
+    net = softmax_regression()
+    originals, replacements, pool = points(6, 7), points(6, 8), points(50, 9)
+    lissa = Lissa(damping=0.05, scale=4.0, depth=2000, patience=0, batch_size=50)
+    full = updates.unlearn(Objective(softmax_regression()), originals=originals, replacements=replacements,
+                           pool=pool, kept=50, settings=Settings("second_order", lissa=lissa, max_loss_rise=10.0))
+    assert full.loss_after > full.loss_before * 1.01  # the full Newton step overshoots on this case
+    update = updates.unlearn(Objective(net), originals=originals, replacements=replacements, pool=pool, kept=50,
+                             settings=Settings("second_order", lissa=lissa))
+    assert update.tau < full.tau and update.loss_after <= update.loss_before * 1.01
+    assert (full.tau / update.tau) in {2.0 ** k for k in range(1, updates.BACKTRACKS + 1)}
+
+
 def test_automatic_scale_is_the_smallest_that_does_not_diverge():
     net = softmax_regression()
     pool = points(50, 10, spread=6.0)  # large inputs: the Hessian's top eigenvalue is far above 1

@@ -16,13 +16,21 @@ from umbra.classifiers.data import LabelledImages
 from umbra.feature_unlearning.updates import Objective, Points
 
 
-def trainable(model: nn.Module, batch: int = 256) -> tuple[Objective, Callable[[LabelledImages], Points]]:
+def trainable(model: nn.Module, batch: int = 256) -> tuple[Objective, Callable[..., Points]]:
     """The objective over `model`'s trained parameters (they share storage with `model`), and the function
-    turning images into its inputs."""
+    turning images into its inputs: `points(data)` gives both views of every image (the exact training loss);
+    `points(data, seed=s)` one view drawn at random per image (half the cost; an unbiased estimate of it)."""
     stem = getattr(model, "fixed_stem", None)
     net = model.trainable() if stem is not None else model
 
-    def points(data: LabelledImages) -> Points:
+    def points(data: LabelledImages, seed: int | None = None) -> Points:
+        if seed is not None:
+            flip = torch.rand(len(data), generator=torch.Generator().manual_seed(seed)) < 0.5
+            x = data.floats()
+            x[flip] = x[flip].flip(-1)
+            with torch.no_grad():
+                view = torch.cat([stem(x[s:s + batch]) for s in range(0, len(x), batch)]) if stem is not None else x
+            return Points((view,), data.labels)
         views = ([], [])
         with torch.no_grad():
             for start in range(0, len(data), batch):

@@ -15,6 +15,8 @@ the smallest of 1, 10, 100, … that does not diverge is taken (what users of th
 Automatic τ (τ = 0 in the settings):
 - second order: 1/n, n the training samples after the revision. An influence-function step: θ* minimised
   Σᵢ ℓ(zᵢ), the revised objective's Newton step from θ* is −(n·H)⁻¹Δg (the old objective's gradient at θ* is 0).
+  Far from θ* (a large revision) the quadratic model fails and the full step can raise the revised objective;
+  the step is then halved (backtracking, as in damped Newton) up to BACKTRACKS times until it does not.
 - first order: no such scale exists, so τ is searched on a log grid (half-decades of 1/n, 0 included) for the
   lowest revised objective, estimated on a sample of the kept training data and all revised samples.
 
@@ -39,16 +41,17 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 METHODS = ("first_order", "second_order")
 SCALES = tuple(10.0 ** k for k in range(0, 10))  # the automatic LiSSA scale's candidates
-TAU_GRID = tuple(10.0 ** (k / 2) for k in range(-6, 9))  # first order: τ·n from 0.001 to 10,000
+TAU_GRID = tuple(10.0 ** (k / 2) for k in range(-4, 9))  # first order: τ·n from 0.01 to 10,000
+BACKTRACKS = 6  # second order, automatic τ: halvings of the Newton step tried before the update is refused
 
 
 @dataclass(frozen=True)
 class Lissa:
     damping: float = 0.01
     scale: float = 0.0  # 0: automatic
-    depth: int = 100  # recursion steps
+    depth: int = 50  # recursion steps
     patience: int = 10  # steps in a row the increment may grow before the recursion counts as diverging
-    batch_size: int = 256  # samples per Hessian-vector product
+    batch_size: int = 64  # samples per Hessian-vector product
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,12 @@ def unlearn(objective: Objective, *, originals: Points, replacements: Points, po
         direction, scale, iterations, tried = result.solution, result.scale, result.iterations, result.tried
         evaluations += result.evaluations
         tau = settings.tau or 1.0 / n
+        if not settings.tau:
+            say("backtracking tau")
+            for _ in range(BACKTRACKS):
+                if revised_objective(theta - tau * direction) <= before * (1 + settings.max_loss_rise):
+                    break
+                tau /= 2
     else:
         direction = delta
         if settings.tau:

@@ -14,9 +14,10 @@ import uuid
 from importlib.metadata import version as package_version
 
 import numpy as np
+import torch
 
 from umbra.classifiers.architectures import create
-from umbra.classifiers.data import load_keys, load_split
+from umbra.classifiers.data import LabelledImages, load_keys, load_split
 from umbra.classifiers.registry import ModelRegistry, StoredModel
 from umbra.classifiers.revision import Change, Revision
 from umbra.client.channel import open_channel
@@ -42,7 +43,7 @@ from umbra.unlearning.v1 import unlearning_service_pb2_grpc
 log = logging.getLogger(__name__)
 KIND = "Unlearn"
 _METHODS = {us.METHOD_FIRST_ORDER: "first_order", us.METHOD_SECOND_ORDER: "second_order"}
-POOL = 512  # kept training samples loaded for the Hessian's batches and the revised objective's estimate
+POOL = 256  # kept training samples (one random view each) for the Hessian's batches and the objective's estimate
 RETRAINED_SUFFIX = "-retrained"
 DP_NOTE = ("the model was trained with DP-SGD; its epsilon covers that training only: this update reads the "
            "changed samples without noise and is not covered by it")
@@ -171,15 +172,19 @@ class UnlearningServicer(unlearning_service_pb2_grpc.UnlearningServiceServicer):
         model.load_state_dict(self.registry.weights(job.bucket, source.model, source.version))
         objective, points = trainable(model)
         ctx.report(stage="loading images", total=len(change.replaced) + len(change.removed), unit="changed samples")
-        originals = points(revision.load_originals(change, image_size=size))
+        seed = source.record.get("seed", 0)
+        sampled = random.Random(seed).sample(sorted(change.kept), min(POOL, len(change.kept)))
+        changed = change.replaced | change.removed
+        # one pass over the original version: the changed samples as the model saw them, and the pool
+        read = load_keys(revision.original, changed | {k: change.kept[k] for k in sampled}, image_size=size,
+                         classes=change.classes)
+        originals = points(_take(read, [k in changed for k in read.keys]))
+        pool = points(_take(read, [k not in changed for k in read.keys]), seed=seed)
         replacements = points(revision.load_replacements(change, image_size=size))
-        sampled = random.Random(source.record.get("seed", 0)).sample(sorted(change.kept), min(POOL, len(change.kept)))
-        pool = points(load_keys(revision.original, {k: change.kept[k] for k in sampled}, image_size=size,
-                                classes=change.classes))
         ctx.check_cancelled()
         try:
             update = updates.unlearn(objective, originals=originals, replacements=replacements, pool=pool,
-                                     kept=len(change.kept), settings=job.settings, seed=source.record.get("seed", 0),
+                                     kept=len(change.kept), settings=job.settings, seed=seed,
                                      progress=lambda stage: ctx.report(stage=stage))
         except updates.Diverged as exc:
             raise FailedPrecondition(
@@ -269,6 +274,11 @@ class UnlearningServicer(unlearning_service_pb2_grpc.UnlearningServiceServicer):
             parameter_distance=compared["parameter_distance"]["unlearned"],
             probe_balanced_accuracy=compared["probe_balanced_accuracy"], retrain_seconds=retrain_seconds,
             retrained=refs_pb2.ModelRef(model=f"models/{model_id}", version=int(number)), test_count=len(test))
+
+
+def _take(data: LabelledImages, mask: list[bool]) -> LabelledImages:
+    index = torch.tensor([i for i, keep in enumerate(mask) if keep], dtype=torch.int64)
+    return LabelledImages(data.images[index], data.labels[index], data.classes, [data.keys[i] for i in index])
 
 
 def build(runtime: Runtime) -> Built:
