@@ -284,7 +284,9 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs = [r for r in result["runs"] if "refused" not in r]
-    labels = [f"{r['architecture'].split('_')[0]}\n{r['fraction']:g} {r['method'].split('_')[0]}" for r in runs]
+    short = {"scatternet_cnn": "ScatterNet", "groupnorm_cnn": "CNN"}
+    labels = [f"{short.get(r['architecture'], r['architecture'])}\n{r['fraction']:g}, "
+              f"{'1st' if r['method'] == 'first_order' else '2nd'}" for r in runs]
     x = np.arange(len(runs))
     fig, axes = plt.subplots(1, 3, figsize=(18, 4.4))
     for ax, metric, title in ((axes[0], "accuracy", "test accuracy"), (axes[1], "probe_bacc", "gender probe "

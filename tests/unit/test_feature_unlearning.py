@@ -107,6 +107,21 @@ def test_automatic_second_order_tau_backtracks_until_the_revised_objective_does_
     assert (full.tau / update.tau) in {2.0 ** k for k in range(1, updates.BACKTRACKS + 1)}
 
 
+def test_when_every_training_sample_changed_the_hessian_comes_from_the_originals():
+    net = softmax_regression()
+    originals, replacements = points(20, 14), points(20, 15)
+    empty = Points(tuple(v[:0] for v in originals.views), originals.labels[:0])
+    lissa = Lissa(damping=0.05, scale=4.0, depth=2000, patience=0, batch_size=20)
+    theta = torch.cat([net.weight.detach().reshape(-1), net.bias.detach()]).clone()
+    delta = gradient_by_hand(net, replacements) - gradient_by_hand(net, originals)
+    exact = torch.linalg.solve(hessian_by_hand(net, originals) + 0.2 * torch.eye(2 * D + 2, dtype=torch.float64),
+                               delta)
+    update = updates.unlearn(Objective(net), originals=originals, replacements=replacements, pool=empty, kept=0,
+                             settings=Settings("second_order", tau=1 / 20, lissa=lissa, max_loss_rise=10.0))
+    assert torch.allclose(update.parameters, theta - exact / 20, rtol=1e-5, atol=1e-7)
+    assert update.loss_before == pytest.approx(Objective(softmax_regression()).loss_sum(replacements) / 20)
+
+
 def test_automatic_scale_is_the_smallest_that_does_not_diverge():
     net = softmax_regression()
     pool = points(50, 10, spread=6.0)  # large inputs: the Hessian's top eigenvalue is far above 1

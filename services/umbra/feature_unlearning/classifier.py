@@ -24,6 +24,11 @@ def trainable(model: nn.Module, batch: int = 256) -> tuple[Objective, Callable[.
     net = model.trainable() if stem is not None else model
 
     def points(data: LabelledImages, seed: int | None = None) -> Points:
+        if not len(data):  # no samples: empty inputs of the right shape
+            one = torch.zeros((1, *data.images.shape[1:]))
+            with torch.no_grad():
+                empty = (stem(one) if stem is not None else one)[:0]
+            return Points((empty,) if seed is not None else (empty, empty), data.labels)
         if seed is not None:
             flip = torch.rand(len(data), generator=torch.Generator().manual_seed(seed)) < 0.5
             x = data.floats()
@@ -37,11 +42,6 @@ def trainable(model: nn.Module, batch: int = 256) -> tuple[Objective, Callable[.
                 x = data.floats(slice(start, start + batch))
                 for out, image in zip(views, (x, x.flip(-1)), strict=True):
                     out.append(stem(image) if stem is not None else image)
-        if not len(data):  # no samples: empty inputs of the right shape
-            one = torch.zeros((1, *data.images.shape[1:]))
-            with torch.no_grad():
-                empty = (stem(one) if stem is not None else one)[:0]
-            return Points((empty, empty), data.labels)
         return Points(tuple(torch.cat(v) for v in views), data.labels)
 
     return Objective(net), points

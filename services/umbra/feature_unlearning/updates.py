@@ -195,7 +195,8 @@ def unlearn(objective: Objective, *, originals: Points, replacements: Points, po
             settings: Settings, seed: int = 0, progress: Callable[[str], None] | None = None) -> Update:
     """The update for `originals` (the training samples as the model saw them, changed or removed) replaced by
     `replacements`; `pool` is a sample of the `kept` unchanged training samples (the Hessian's batches, and the
-    revised objective's estimate). Leaves `objective` holding the new parameters; on Diverged, the old ones."""
+    revised objective's estimate; when every training sample changed it is empty, and the Hessian's batches come
+    from `originals`). Leaves `objective` holding the new parameters; on Diverged, the old ones."""
     if settings.method not in METHODS:
         raise ValueError(f"method {settings.method!r} is not one of {', '.join(METHODS)}")
     theta = objective.vector()
@@ -205,7 +206,8 @@ def unlearn(objective: Objective, *, originals: Points, replacements: Points, po
     def revised_objective(parameters: torch.Tensor) -> float:
         objective.assign(parameters)
         try:
-            return (objective.loss_sum(pool) * kept / len(pool) + objective.loss_sum(replacements)) / n
+            kept_part = objective.loss_sum(pool) * kept / len(pool) if kept and len(pool) else 0.0
+            return (kept_part + objective.loss_sum(replacements)) / n
         finally:
             objective.assign(theta)
 
@@ -217,7 +219,7 @@ def unlearn(objective: Objective, *, originals: Points, replacements: Points, po
     scale, iterations, tried = 0.0, 0, ()
     if settings.method == "second_order":
         say("inverse Hessian-vector product (LiSSA)")
-        result = lissa(objective, pool, delta, settings.lissa, seed=seed,
+        result = lissa(objective, pool if len(pool) else originals, delta, settings.lissa, seed=seed,
                        progress=lambda s, j: say(f"LiSSA scale {s:g}, step {j}/{settings.lissa.depth}"))
         direction, scale, iterations, tried = result.solution, result.scale, result.iterations, result.tried
         evaluations += result.evaluations
