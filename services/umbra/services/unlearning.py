@@ -171,7 +171,7 @@ class UnlearningServicer(unlearning_service_pb2_grpc.UnlearningServiceServicer):
         model = create(source.config)
         model.load_state_dict(self.registry.weights(job.bucket, source.model, source.version))
         objective, points = trainable(model)
-        ctx.report(stage="loading images", total=len(change.replaced) + len(change.removed), unit="changed samples")
+        ctx.report(stage=f"loading images ({len(change.replaced)} revised, {len(change.removed)} removed)")
         seed = source.record.get("seed", 0)
         sampled = random.Random(seed).sample(sorted(change.kept), min(POOL, len(change.kept)))
         changed = change.replaced | change.removed
