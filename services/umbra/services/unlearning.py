@@ -250,6 +250,11 @@ class UnlearningServicer(unlearning_service_pb2_grpc.UnlearningServiceServicer):
             channel.close()
         retrain_seconds = time.perf_counter() - started
         model_id, number = retrained_version.name.removeprefix("models/").split("/versions/")
+        if list(retrained_version.training_record.classes) != list(source.config.classes):
+            raise FailedPrecondition(f"verification: the revised data has the classes "
+                                     f"{list(retrained_version.training_record.classes)}, the model "
+                                     f"{list(source.config.classes)}: their predictions cannot be compared; the "
+                                     f"unlearned version is written", reason="CLASSES_DIFFER")
         retrained = create(source.config)
         retrained.load_state_dict(self.registry.weights(job.bucket, model_id, int(number)))
         original = create(source.config)
