@@ -113,10 +113,10 @@ class UnlearningServicer(unlearning_service_pb2_grpc.UnlearningServiceServicer):
         source = self.registry.get(bucket, model_id, number, field="model")  # NOT_FOUND for another tenant's
         original = dataset_reader(self.store, bucket, request.original, "original")
         trained = source.record["dataset"]
-        if (trained["dataset"], trained["version"]) != (request.original.dataset, request.original.version):
-            raise InvalidInput("original", f"models/{model_id}/versions/{number} was trained on {trained['dataset']} "
-                                           f"version {trained['version']}, not {request.original.dataset} version "
-                                           f"{request.original.version}")
+        if (trained.get("dataset"), trained.get("version")) != (request.original.dataset, request.original.version):
+            raise InvalidInput("original", f"models/{model_id}/versions/{number} was trained on "
+                                           f"{trained.get('dataset')} version {trained.get('version')}, not "
+                                           f"{request.original.dataset} version {request.original.version}")
         which = request.revision.WhichOneof("change")
         if which is None:
             raise InvalidInput("revision", "give a revised dataset version (revised) or keys to remove (removed)")
