@@ -101,11 +101,6 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
                                            data_range=1.0) for x, y in zip(a, b, strict=True)])
 
 
-def subset(data: LabelledImages, mask: list[bool]) -> LabelledImages:
-    index = torch.tensor([i for i, keep in enumerate(mask) if keep])
-    return LabelledImages(data.images[index], data.labels[index], data.classes, [data.keys[i] for i in index])
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="700 faces, a timing batch of 64 (about 8 minutes)")
@@ -177,7 +172,7 @@ def main() -> int:
                                   split="train", image_size=recipe.image_size, classes=train.classes)
 
         # Utility: classifiers trained on the release, tested on the ORIGINAL test images.
-        mdp_set = subset(released, [k.endswith("-c0") for k in released.keys])
+        mdp_set = released.take([k.endswith("-c0") for k in released.keys])
         mdp_model, _, _ = fit(recipe, mdp_set, epsilon=None, seed=args.seed)
         augmdp_model, _, _ = fit(recipe, released, epsilon=None, seed=args.seed)
         mdp_bacc, mdp_plain = accuracies(mdp_model, test)

@@ -48,7 +48,6 @@ from benchmarks.distortion import OTHER_FAMILY, subset_folder
 from benchmarks.training import train_through_service
 from umbra.classifiers import recipes
 from umbra.classifiers.architectures import create
-from umbra.classifiers.data import load_split
 from umbra.classifiers.registry import ModelRegistry
 from umbra.client.channel import open_channel
 from umbra.client.datasets import DatasetsClient
@@ -144,13 +143,8 @@ def main() -> int:
             train_keys = sorted(s.key for s in samples if s.split == "train" and task in s.labels)
             file_of = {Path(line.split(",", 1)[0]).stem: line.split(",", 1)[0]
                        for line in (folder / "labels.csv").read_text().splitlines()[1:]}
-            test = load_split(reader, task=task, split="test", image_size=recipe.image_size)
-            gender = {s.key: s.labels.get(protected) for s in samples}
-            labelled = [i for i, k in enumerate(test.keys) if gender.get(k) is not None]
-            values = sorted({gender[test.keys[i]] for i in labelled})
-            test = type(test)(test.images[labelled], test.labels[labelled], test.classes,
-                              [test.keys[i] for i in labelled])
-            probe_labels = np.array([values.index(gender[k]) for k in test.keys])
+            test, probe_labels = verification.probe_set(reader, task=task, attribute=protected,
+                                                        image_size=recipe.image_size)
             print(f"{len(train_keys)} training and {len(test)} test images", flush=True)
 
             training = open_channel(t["training"], env["UMBRA_SERVICE_TOKEN"], tenant=tenant)

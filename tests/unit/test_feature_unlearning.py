@@ -170,3 +170,26 @@ def test_probe_balanced_accuracy_reads_a_signal_and_not_noise():
     assert probe_balanced_accuracy(x, y) == pytest.approx(0.5, abs=0.1)
     x[:, 0] += 3 * y
     assert probe_balanced_accuracy(x, y) > 0.9
+
+
+def test_a_scatternets_inputs_are_its_stem_outputs_for_each_view():
+    from umbra.classifiers.architectures import ModelConfig, create
+    from umbra.classifiers.data import LabelledImages
+    from umbra.feature_unlearning.classifier import trainable
+
+    model = create(ModelConfig("scatternet_cnn", 2, 32, classes=["0", "1"], width=8))
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    data = LabelledImages(images, torch.tensor([0, 1, 0]), ["0", "1"], ["a", "b", "c"])
+    objective, points = trainable(model)
+    both = points(data)
+    x = images.float() / 255
+    with torch.no_grad():
+        assert torch.allclose(both.views[0], model.stem(x), atol=1e-5)
+        assert torch.allclose(both.views[1], model.stem(x.flip(-1)), atol=1e-5)
+    one = points(data, seed=0)
+    assert len(one.views) == 1 and one.views[0].shape == both.views[0].shape
+    for i in range(3):  # each sample's one view is its image or its mirror image
+        assert any(torch.allclose(one.views[0][i], v[i], atol=1e-5) for v in both.views)
+    empty = points(data.take([False] * 3))
+    assert empty.views[0].shape == (0, *both.views[0].shape[1:])
+    assert objective.params == [p for p in model.trainable().parameters()]  # only what follows the stem

@@ -24,6 +24,12 @@ class LabelledImages:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def take(self, keep: list[bool]) -> "LabelledImages":
+        """The samples where `keep` is true, in order."""
+        index = torch.tensor([i for i, k in enumerate(keep) if k], dtype=torch.int64)
+        return LabelledImages(self.images[index], self.labels[index], list(self.classes),
+                              [self.keys[i] for i in index])
+
     def floats(self, index: slice | torch.Tensor | None = None) -> torch.Tensor:
         """Images as float32 in [0, 1] (what every model takes)."""
         images = self.images if index is None else self.images[index]

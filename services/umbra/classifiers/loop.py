@@ -181,7 +181,7 @@ def train(*, model: nn.Module, data: LabelledImages, hyper: Hyperparameters, dp:
     if stem is not None:
         # A parameter-free first stage (the ScatterNets): computed once for every image and its mirror image, and
         # only the rest of the network is trained (and made private) on its outputs.
-        inputs = (_stem_outputs(stem, data.images, mirrored=False), _stem_outputs(stem, data.images, mirrored=True))
+        inputs = (stem_outputs(stem, data.images, mirrored=False), stem_outputs(stem, data.images, mirrored=True))
         model = model.trainable()
         dataset = TensorDataset(torch.arange(len(data)), data.labels)
     else:
@@ -250,7 +250,8 @@ def train(*, model: nn.Module, data: LabelledImages, hyper: Hyperparameters, dp:
     return final_result(steps, engine, dp, accountant_name, sigma, loss_value)
 
 
-def _stem_outputs(stem: nn.Module, images: torch.Tensor, *, mirrored: bool, batch: int = 256) -> torch.Tensor:
+def stem_outputs(stem: nn.Module, images: torch.Tensor, *, mirrored: bool, batch: int = 256) -> torch.Tensor:
+    """A fixed stem's outputs for uint8 images (or their mirror images), computed in batches without gradients."""
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch):

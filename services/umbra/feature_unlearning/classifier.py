@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from umbra.classifiers.data import LabelledImages
+from umbra.classifiers.loop import stem_outputs
 from umbra.feature_unlearning.updates import Objective, Points
 
 
@@ -23,25 +24,21 @@ def trainable(model: nn.Module, batch: int = 256) -> tuple[Objective, Callable[.
     stem = getattr(model, "fixed_stem", None)
     net = model.trainable() if stem is not None else model
 
+    def inputs(images: torch.Tensor, mirrored: bool) -> torch.Tensor:
+        if stem is None:
+            x = images.float().div_(255.0)
+            return x.flip(-1) if mirrored else x
+        if not len(images):  # no samples: empty stem outputs of the right shape
+            with torch.no_grad():
+                return stem(torch.zeros((1, *images.shape[1:])))[:0]
+        return stem_outputs(stem, images, mirrored=mirrored, batch=batch)
+
     def points(data: LabelledImages, seed: int | None = None) -> Points:
-        if not len(data):  # no samples: empty inputs of the right shape
-            one = torch.zeros((1, *data.images.shape[1:]))
-            with torch.no_grad():
-                empty = (stem(one) if stem is not None else one)[:0]
-            return Points((empty,) if seed is not None else (empty, empty), data.labels)
-        if seed is not None:
-            flip = torch.rand(len(data), generator=torch.Generator().manual_seed(seed)) < 0.5
-            x = data.floats()
-            x[flip] = x[flip].flip(-1)
-            with torch.no_grad():
-                view = torch.cat([stem(x[s:s + batch]) for s in range(0, len(x), batch)]) if stem is not None else x
-            return Points((view,), data.labels)
-        views = ([], [])
-        with torch.no_grad():
-            for start in range(0, len(data), batch):
-                x = data.floats(slice(start, start + batch))
-                for out, image in zip(views, (x, x.flip(-1)), strict=True):
-                    out.append(stem(image) if stem is not None else image)
-        return Points(tuple(torch.cat(v) for v in views), data.labels)
+        if seed is None:
+            return Points((inputs(data.images, False), inputs(data.images, True)), data.labels)
+        flip = torch.rand(len(data), generator=torch.Generator().manual_seed(seed)) < 0.5
+        images = data.images.clone()
+        images[flip] = images[flip].flip(-1)
+        return Points((inputs(images, False),), data.labels)
 
     return Objective(net), points

@@ -212,8 +212,7 @@ def unlearn(objective: Objective, *, originals: Points, replacements: Points, po
             objective.assign(theta)
 
     say("gradient difference")
-    delta = objective.gradient_sum(replacements) - objective.gradient_sum(originals) if len(replacements) else \
-        -objective.gradient_sum(originals)
+    delta = objective.gradient_sum(replacements) - objective.gradient_sum(originals)  # no replacements: 0
     evaluations = len(originals) + len(replacements)
     before = revised_objective(theta)
     scale, iterations, tried = 0.0, 0, ()

@@ -13,10 +13,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from umbra.classifiers.data import LabelledImages
+from umbra.classifiers.data import LabelledImages, load_split
 from umbra.classifiers.loop import predict
+from umbra.storage.datasets import DatasetReader
 
 FOLDS = 5
+
+
+def probe_set(reader: DatasetReader, *, task: str, attribute: str, image_size: int,
+              classes: list[str] | None = None) -> tuple[LabelledImages, np.ndarray]:
+    """The held-out images of a comparison: the version's test split labelled with `task` (class order
+    `classes`) and with `attribute`, and each one's `attribute` as a class index (values sorted)."""
+    test = load_split(reader, task=task, split="test", image_size=image_size, classes=classes)
+    values = {s.key: s.labels[attribute] for s in reader.samples() if s.split == "test" and attribute in s.labels}
+    test = test.take([key in values for key in test.keys])
+    names = sorted({values[key] for key in test.keys})
+    return test, np.array([names.index(values[key]) for key in test.keys])
 
 
 def features(model: nn.Module, data: LabelledImages, batch: int = 256) -> np.ndarray:

@@ -13,11 +13,9 @@ import time
 import uuid
 from importlib.metadata import version as package_version
 
-import numpy as np
-import torch
 
 from umbra.classifiers.architectures import create
-from umbra.classifiers.data import LabelledImages, load_keys, load_split
+from umbra.classifiers.data import load_keys
 from umbra.classifiers.registry import ModelRegistry, StoredModel
 from umbra.classifiers.revision import Change, Revision
 from umbra.client.channel import open_channel
@@ -178,8 +176,8 @@ class UnlearningServicer(unlearning_service_pb2_grpc.UnlearningServiceServicer):
         # one pass over the original version: the changed samples as the model saw them, and the pool
         read = load_keys(revision.original, changed | {k: change.kept[k] for k in sampled}, image_size=size,
                          classes=change.classes)
-        originals = points(_take(read, [k in changed for k in read.keys]))
-        pool = points(_take(read, [k not in changed for k in read.keys]), seed=seed)
+        originals = points(read.take([k in changed for k in read.keys]))
+        pool = points(read.take([k not in changed for k in read.keys]), seed=seed)
         replacements = points(revision.load_replacements(change, image_size=size))
         ctx.check_cancelled()
         try:
@@ -262,14 +260,9 @@ class UnlearningServicer(unlearning_service_pb2_grpc.UnlearningServiceServicer):
 
         ctx.report(stage="comparing with the retrained model")
         task, probe = source.record["task"], request.probe_attribute
-        test = load_split(job.revision.original, task=task, split="test", image_size=source.config.image_size,
-                          classes=list(source.config.classes))
-        attribute = {s.key: s.labels.get(probe) for s in job.revision.original.samples() if s.split == "test"}
-        labelled = [i for i, key in enumerate(test.keys) if attribute.get(key) is not None]
-        values = sorted({attribute[test.keys[i]] for i in labelled})
-        protected = np.array([values.index(attribute[test.keys[i]]) for i in labelled])
-        test = dataclasses.replace(test, images=test.images[labelled], labels=test.labels[labelled],
-                                   keys=[test.keys[i] for i in labelled])
+        test, protected = verification.probe_set(job.revision.original, task=task, attribute=probe,
+                                                 image_size=source.config.image_size,
+                                                 classes=list(source.config.classes))
         compared = verification.compare({"original": original, "unlearned": unlearned, "retrained": retrained},
                                         test, protected, reference="retrained")
         return us.Verification(
@@ -279,11 +272,6 @@ class UnlearningServicer(unlearning_service_pb2_grpc.UnlearningServiceServicer):
             parameter_distance=compared["parameter_distance"]["unlearned"],
             probe_balanced_accuracy=compared["probe_balanced_accuracy"], retrain_seconds=retrain_seconds,
             retrained=refs_pb2.ModelRef(model=f"models/{model_id}", version=int(number)), test_count=len(test))
-
-
-def _take(data: LabelledImages, mask: list[bool]) -> LabelledImages:
-    index = torch.tensor([i for i, keep in enumerate(mask) if keep], dtype=torch.int64)
-    return LabelledImages(data.images[index], data.labels[index], data.classes, [data.keys[i] for i in index])
 
 
 def build(runtime: Runtime) -> Built:
