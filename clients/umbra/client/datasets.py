@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import sys
 import tempfile
 import time
 import urllib.error
@@ -21,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from tqdm import tqdm
 
 from umbra.client.errors import UmbraRpcError
 from umbra.client.operations import OperationsClient, call
+from umbra.client.progress import Progress
 from umbra.coordinator.v1 import dataset_service_pb2 as ds
 from umbra.coordinator.v1 import dataset_service_pb2_grpc
 from umbra.dataset import ingest, manifest as mf
@@ -202,21 +201,20 @@ class DatasetsClient:
 
 
 class _Bar:
-    """One tqdm bar per step on stderr (or nothing)."""
+    """One progress bar per step on stderr (or nothing); off a terminal, a line every few seconds."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self.bar: tqdm | None = None
+        self.bar: Progress | None = None
 
     def step(self, name: str):
         def update(done: int, total: int) -> None:
             if not self.enabled:
                 return
-            if self.bar is None or self.bar.desc != name:
+            if self.bar is None or self.bar.stage != name:
                 self.close()
-                self.bar = tqdm(total=total, desc=name, file=sys.stderr, dynamic_ncols=True)
-            self.bar.total = total
-            self.bar.update(done - self.bar.n)  # update() redraws at most every 0.1 s
+                self.bar = Progress(name, total=total)
+            self.bar.show(done=done, total=total)
 
         return update
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -10,10 +9,10 @@ import grpc
 from google.longrunning import operations_pb2_grpc
 from google.longrunning import operations_proto_pb2 as lro
 from google.protobuf import duration_pb2, message
-from tqdm import tqdm
 
 from umbra.client import protos
 from umbra.client.errors import OperationFailed, UmbraRpcError
+from umbra.client.progress import Progress
 
 T = TypeVar("T")
 
@@ -61,8 +60,8 @@ class OperationsClient:
     def wait(self, name: str, *, timeout: float | None = None, progress: bool = False,
              poll_seconds: float = 5.0) -> lro.Operation:
         """Waits until the operation is done (or `timeout` seconds pass) and returns it; with progress=True a
-        bar on stderr follows its stage and done/total."""
-        bar = tqdm(total=0, unit="", file=sys.stderr, dynamic_ncols=True) if progress else None
+        bar on stderr follows its stage and done/total (off a terminal, a line every few seconds)."""
+        bar = Progress() if progress else None
         waited = 0.0
         try:
             while True:
@@ -91,14 +90,8 @@ class OperationsClient:
         return response
 
 
-def _show(bar: tqdm, op: lro.Operation) -> None:
+def _show(bar: Progress, op: lro.Operation) -> None:
     p = progress_of(op)
     if p is None:
         return
-    bar.total = p.total or None
-    bar.unit = f" {p.unit}" if p.unit else ""
-    bar.n = p.done
-    bar.set_description(p.stage or "running")
-    if p.message:
-        bar.set_postfix_str(p.message)
-    bar.refresh()
+    bar.show(done=p.done, total=p.total, stage=p.stage or "running", unit=p.unit, note=p.message)
