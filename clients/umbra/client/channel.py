@@ -10,8 +10,6 @@ import json
 
 import grpc
 
-from umbra.client import layout
-
 RETRY_POLICY = {
     "methodConfig": [{
         "name": [{}],  # every service and method
@@ -68,7 +66,3 @@ def open_channel(target: str, credential: str = "", *, tenant: str = "",
         pairs.append(("x-umbra-tenant", tenant))
     return grpc.intercept_channel(channel, _Metadata(tuple(pairs))) if pairs else channel
 
-
-def service_channel(service: str, service_token: str, *, tenant: str = "") -> grpc.Channel:
-    """A channel from one Umbra service to another on this machine's layout (see layout.py)."""
-    return open_channel(layout.endpoint(service).target, service_token, tenant=tenant)
