@@ -3,7 +3,13 @@
     python scripts/protos.py generate            # proto/ -> clients/umbra/<area>/v1/*_pb2*.py(i)
     python scripts/protos.py check               # fail when committed code differs from proto/
     python scripts/protos.py lint --buf BUF      # buf lint (STANDARD, see buf.yaml)
-    python scripts/protos.py breaking --buf BUF --against-branch main
+    python scripts/protos.py breaking --buf BUF  # buf breaking against the last release (proto/releases/)
+    python scripts/protos.py release v0.2.0      # the contracts at HEAD -> proto/releases/v0.2.0.binpb
+
+Releases: each released version of the contracts is kept as a buf image (a FileDescriptorSet with its imports and
+source info) in proto/releases/<version>.binpb, built from the git tree of the release (tagged <version>), and
+`breaking` compares proto/ with the newest of them, so a change that breaks a released contract fails `make test`.
+To release: tag the commit, `python scripts/protos.py release <version> --ref <version>`, and commit the image.
 
 The generator is grpcio-tools, pinned in constraints.txt together with the protobuf runtime. Imports of
 google/api, google/rpc and google/longrunning resolve to the .proto files shipped inside the installed
@@ -27,6 +33,7 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
+RELEASES_DIR = PROTO_DIR / "releases"
 OUT_DIR = ROOT / "clients"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 GOOGLEAPIS_ROOT = Path(next(iter(google.api.__path__))).parent.parent
@@ -114,26 +121,49 @@ def lint(buf: str) -> int:
     return result.returncode
 
 
-def breaking(buf: str, against_branch: str) -> int:
-    """Compares proto/ with proto/ on a git branch; a branch without proto/ yet has nothing to break."""
-    listing = subprocess.run(
-        ["git", "ls-tree", "-d", "--name-only", against_branch, "proto"], cwd=ROOT, capture_output=True, text=True
-    )
-    if listing.returncode != 0 or not listing.stdout.strip():
-        print(f"buf breaking: {against_branch} has no proto/ yet; nothing to compare")
-        return 0
+def releases() -> list[Path]:
+    """The released contracts' images, oldest first (by version number: v0.10.0 after v0.9.0)."""
+    def version(path: Path) -> tuple:
+        return tuple(int(part) if part.isdigit() else part for part in path.stem.lstrip("v").split("."))
+
+    return sorted(RELEASES_DIR.glob("*.binpb"), key=version)
+
+
+def release(version: str, ref: str) -> int:
+    """Builds the image of proto/ as committed at `ref` into proto/releases/<version>.binpb."""
+    target = RELEASES_DIR / f"{version}.binpb"
+    if target.exists():
+        print(f"{target.relative_to(ROOT)} exists: a release is never rebuilt", file=sys.stderr)
+        return 1
     with tempfile.TemporaryDirectory() as tmp:
-        archive = Path(tmp) / "against.tar"
-        subprocess.run(["git", "archive", "-o", str(archive), against_branch, "proto"], cwd=ROOT, check=True)
+        archive = Path(tmp) / "release.tar"
+        subprocess.run(["git", "archive", "-o", str(archive), ref, "proto"], cwd=ROOT, check=True)
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter="data")
-        against = build_image(Path(tmp) / "proto", Path(tmp) / "against.binpb")
-        current = build_image(PROTO_DIR, Path(tmp) / "current.binpb")
+        build_image(Path(tmp) / "proto", target)
+    print(f"wrote {target.relative_to(ROOT)} from proto/ at {ref}: commit it")
+    return 0
+
+
+def breaking(buf: str, against: Path | None, proto_dir: Path = PROTO_DIR) -> int:
+    """Compares proto_dir with a released image (default: the newest in proto/releases/)."""
+    if against is None:
+        known = releases()
+        if not known:
+            print(f"buf breaking: no release image in {RELEASES_DIR.relative_to(ROOT)}/", file=sys.stderr)
+            return 1
+        against = known[-1]
+    with tempfile.TemporaryDirectory() as tmp:
+        current = build_image(proto_dir, Path(tmp) / "current.binpb")
         cmd = [buf, "breaking", str(current), "--against", str(against), "--config", str(ROOT / "buf.yaml"),
                "--path", "umbra"]
         result = subprocess.run(cmd, cwd=ROOT)
     if result.returncode == 0:
-        print(f"buf breaking: no breaking change against {against_branch}")
+        print(f"buf breaking: no breaking change against {against.stem} ({against.name})")
+    else:
+        where = proto_dir.relative_to(ROOT) if proto_dir.is_relative_to(ROOT) else proto_dir
+        print(f"buf breaking: {where}/ breaks the released contracts {against.stem}: keep released fields and their "
+              f"numbers (reserve what is removed), or make a new package version", file=sys.stderr)
     return result.returncode
 
 
@@ -144,9 +174,13 @@ def main() -> int:
     sub.add_parser("check", help="fail when the committed code differs from proto/")
     lint_p = sub.add_parser("lint", help="buf lint")
     lint_p.add_argument("--buf", default="buf")
-    breaking_p = sub.add_parser("breaking", help="buf breaking against a git branch")
+    breaking_p = sub.add_parser("breaking", help="buf breaking against the last released contracts")
     breaking_p.add_argument("--buf", default="buf")
-    breaking_p.add_argument("--against-branch", default="main")
+    breaking_p.add_argument("--against", type=Path, help="a release image (default: the newest in proto/releases/)")
+    breaking_p.add_argument("--proto-dir", type=Path, default=PROTO_DIR, help="the contracts to check (default proto/)")
+    release_p = sub.add_parser("release", help="write the image of the contracts at a git ref into proto/releases/")
+    release_p.add_argument("version", help="e.g. v0.2.0")
+    release_p.add_argument("--ref", default="HEAD", help="the git ref (tag) of the release (default HEAD)")
     args = parser.parse_args()
     if args.command == "generate":
         for stale in generated_files(OUT_DIR):
@@ -158,7 +192,9 @@ def main() -> int:
         return check()
     if args.command == "lint":
         return lint(args.buf)
-    return breaking(args.buf, args.against_branch)
+    if args.command == "release":
+        return release(args.version, args.ref)
+    return breaking(args.buf, args.against, args.proto_dir.resolve())
 
 
 if __name__ == "__main__":
