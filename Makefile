@@ -15,7 +15,7 @@ help:
 	@echo "make protos        regenerate Python code from proto/ into clients/umbra/"
 	@echo "make check-protos  fail when the committed generated code differs from proto/"
 	@echo "make lint-protos   buf lint (STANDARD)"
-	@echo "make breaking      buf breaking against main"
+	@echo "make breaking      buf breaking against the last released contracts (proto/releases/)"
 	@echo "make lint          ruff over the Python code"
 	@echo "make up|down|status  start, stop or show the local services"
 
@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml clients/pyproject.toml constraints.txt
 
 tools: node_modules/.installed
 node_modules/.installed: package.json package-lock.json
-	npm install --no-audit --no-fund --loglevel=error  # not `npm ci`: it rejects the lock npm writes here (no entries for other platforms' optional buf binaries)
+	npm ci --no-audit --no-fund --loglevel=error  # installs the lock as committed and never rewrites it
 	touch $@
 
 protos: install
@@ -40,7 +40,7 @@ lint-protos: install tools
 	$(PY) scripts/protos.py lint --buf $(BUF)
 
 breaking: install tools
-	$(PY) scripts/protos.py breaking --buf $(BUF) --against-branch main
+	$(PY) scripts/protos.py breaking --buf $(BUF)
 
 lint: install
 	$(VENV)/bin/ruff check services clients tests scripts benchmarks
