@@ -34,6 +34,7 @@ from umbra.classifiers.architectures import ModelConfig, create
 from umbra.classifiers.data import LabelledImages, load_split
 from umbra.client import inference
 from umbra.client.channel import open_channel
+from umbra.privacy import dp_sgd
 from umbra.client.datasets import DatasetsClient
 from umbra.client.operations import OperationsClient
 from umbra.common.v1 import refs_pb2
@@ -45,7 +46,6 @@ from umbra.training.v1 import training_service_pb2_grpc
 
 EPSILONS = (1.0, 4.0, 8.0)
 DELTA = 1e-5
-ARCHITECTURES = {name: number for number, name in convert.ARCHITECTURES.items()}
 # The anchor of the issue: a plain Opacus loop, small GroupNorm CNN at 32 px, no tuning, on the face sample.
 ANCHOR = {"nonprivate": 0.74, 8.0: 0.68, 4.0: 0.73, 1.0: 0.54}
 
@@ -62,14 +62,14 @@ def scores(model: torch.nn.Module, data: LabelledImages) -> dict:
 
 
 def fit(recipe: recipes.Recipe, data: LabelledImages, *, epsilon: float | None,
-        seed: int) -> tuple[torch.nn.Module, loop.TrainResult, float]:
+        seed: int) -> tuple[torch.nn.Module, dp_sgd.TrainResult, float]:
     """(model, result, training seconds) of one in-process run of `recipe`, as the service would run it."""
     recipe = recipe.fitted(len(data))
     config = ModelConfig(recipe.architecture, len(data.classes), recipe.image_size, classes=data.classes,
                          width=recipe.width, mirror_average=recipe.mirror_average)
     torch.manual_seed(seed)
     model = create(config)
-    dp = (loop.DPSettings(target_delta=DELTA, target_epsilon=epsilon, max_grad_norm=recipe.max_grad_norm)
+    dp = (dp_sgd.DPSettings(target_delta=DELTA, target_epsilon=epsilon, max_grad_norm=recipe.max_grad_norm)
           if epsilon else None)
     began = time.perf_counter()
     result = loop.train(model=model, data=data, hyper=recipe.hyper, dp=dp, seed=seed)
@@ -89,7 +89,7 @@ def train_through_service(stub, operations, recipe: recipes.Recipe, *, model: st
                           train_samples: int, epsilon: float | None, seed: int) -> tuple[ts.ModelVersion, float]:
     recipe = recipe.fitted(train_samples)
     request = ts.TrainRequest(model=model, dataset=refs_pb2.DatasetRef(dataset=dataset, version=1, split="train"),
-                              task=task, architecture=ARCHITECTURES[recipe.architecture], seed=seed,
+                              task=task, architecture=convert.architecture_to_proto(recipe.architecture), seed=seed,
                               hyperparameters=hyperparameters_proto(recipe))
     if epsilon:
         request.differential_privacy.CopyFrom(ts.DifferentialPrivacy(

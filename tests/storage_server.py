@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from umbra.storage.factory import StoreConfig
+from umbra.runtime.config import StoreConfig
 from umbra.storage.s3 import S3ObjectStore
 
 ROOT = Path(__file__).resolve().parents[1]

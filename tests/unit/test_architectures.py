@@ -5,6 +5,7 @@ from opacus.validators import ModuleValidator
 from umbra.classifiers import loop
 from umbra.classifiers.architectures import REGISTRY, ModelConfig, create
 from umbra.classifiers.data import LabelledImages
+from umbra.privacy import dp_sgd
 
 SIZES = {name: [32] if name.startswith("scatternet") else [32, 64] for name in REGISTRY}
 
@@ -31,7 +32,7 @@ def test_bad_configs_are_named(config, message):
         create(config)
 
 
-@pytest.mark.parametrize("dp", [None, loop.DPSettings(target_delta=1e-3, target_epsilon=8.0)])
+@pytest.mark.parametrize("dp", [None, dp_sgd.DPSettings(target_delta=1e-3, target_epsilon=8.0)])
 def test_a_fixed_stem_is_computed_once_and_only_the_rest_is_trained(dp):
     torch.manual_seed(0)
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from opacus import GradSampleModule
 
-from umbra.classifiers.loop import Checkpoint
+from umbra.privacy.dp_sgd import Checkpoint
 from umbra.diffusion.attributes import Attribute, schema_for
 from umbra.diffusion.generator import ConditionalUNet, GeneratorConfig, load_matching, noise_schedule
 from umbra.diffusion.sampling import regenerate, schedule_for
@@ -78,7 +78,7 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does():
 def test_dp_training_spends_at_most_the_target():
     images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
     labels = torch.randint(0, 2, (32, 1))
-    from umbra.classifiers.loop import DPSettings
+    from umbra.privacy.dp_sgd import DPSettings
 
     result = train(tiny(), images, labels, GeneratorHyper(epochs=2, batch_size=8, physical_batch_size=4,
                                                           noise_multiplicity=2),

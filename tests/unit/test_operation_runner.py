@@ -48,3 +48,39 @@ def test_operation_names_are_validated(tmp_path, name):
     with pytest.raises(InvalidInput, match="name"):
         runner.get(name, "acme")
     runner.shutdown(0)
+
+
+def _long_running(runner, runs, block=None):
+    from umbra.runtime.operations import LongRunning
+
+    def plan(tenant, request):
+        if request.model == "models/bad":
+            raise InvalidInput("model", "is bad")
+        return (tenant, request.model)
+
+    def run(ctx, job):
+        runs.append(job)
+        if block is not None:
+            block.wait(5)
+        return duration_pb2.Duration(seconds=len(runs))
+
+    return LongRunning(runner, "Train", training_service_pb2.TrainRequest, training_service_pb2.TrainMetadata,
+                       plan=plan, run=run)
+
+
+def test_long_running_plans_before_any_work_and_resumes_from_the_stored_request(tmp_path):
+    first, runs = OperationRunner(OperationStore(tmp_path / "ops.sqlite3"), service="test"), []
+    block = threading.Event()
+    operation = _long_running(first, runs, block)
+    with pytest.raises(InvalidInput, match="model"):
+        operation.start("acme", training_service_pb2.TrainRequest(model="models/bad"))
+    assert first.store.unfinished() == []  # refused before an operation existed
+    op = operation.start("acme", training_service_pb2.TrainRequest(model="models/m", request_id="r"))
+    # a second process over the same store (the first one "crashed" mid-run) resumes it from the request
+    second, resumed = OperationRunner(OperationStore(tmp_path / "ops.sqlite3"), service="test"), []
+    _long_running(second, resumed)
+    second.recover()
+    assert second.wait(op.name, "acme", 5).done and resumed == [("acme", "models/m")]
+    block.set()
+    first.shutdown(1)
+    second.shutdown(0)

@@ -37,3 +37,32 @@ def test_page_size():
 def test_overlong_tokens_are_refused_unparsed():
     with pytest.raises(InvalidInput, match="page_token"):
         pagination.decode_token("A" * (pagination.MAX_TOKEN_CHARS + 1), "q")
+
+
+def test_page_walks_every_item_once_in_order():
+    items = [f"k{i:03d}" for i in range(23)]
+
+    def fetch(after, limit):
+        return [k for k in items if k > (after or "")][:limit]
+
+    class Request:
+        page_size, page_token = 5, ""
+
+    seen, request = [], Request()
+    while True:
+        page, token = pagination.page(request, "q", fetch, lambda k: k)
+        seen.extend(page)
+        if not token:
+            break
+        request.page_token = token
+    assert seen == items
+
+
+def test_page_refuses_a_token_of_another_query():
+    class Request:
+        page_size, page_token = 1, ""
+
+    _, token = pagination.page(Request(), "q", lambda after, limit: ["a", "b"][:limit], lambda k: k)
+    Request.page_token = token
+    with pytest.raises(InvalidInput, match="page_token"):
+        pagination.page(Request(), "other", lambda after, limit: [], lambda k: k)

@@ -14,7 +14,8 @@ from umbra.dataset import synthetic
 from umbra.runtime.errors import InvalidInput
 from umbra.classifiers.architectures import ModelConfig, create
 from umbra.classifiers.data import LabelledImages
-from umbra.classifiers.loop import DPSettings, Hyperparameters, predict, train
+from umbra.classifiers.loop import Hyperparameters, predict, train
+from umbra.privacy.dp_sgd import DPSettings
 
 pytestmark = pytest.mark.slow
 

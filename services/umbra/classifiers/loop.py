@@ -1,5 +1,5 @@
-"""The training loop: plain SGD/Adam, or DP-SGD through Opacus (Poisson sampling, per-sample clipping, noise,
-logical vs physical batches with BatchMemoryManager, PRV accounting with an RDP fallback).
+"""The classifier training loop: plain SGD/Adam, or DP-SGD (umbra.privacy.dp_sgd: Poisson sampling, per-sample
+clipping, noise, logical vs physical batches, PRV accounting with an RDP fallback).
 
 A run can stop after any epoch and resume from a `Checkpoint` (weights, optimizer, accountant history, step
 count, RNG state): the resumed run's epsilon counts every step taken before the stop.
@@ -13,14 +13,15 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from umbra.runtime.errors import InvalidInput
 from umbra.classifiers.data import LabelledImages
+from umbra.privacy.dp_sgd import Checkpoint, DPSettings, EpochReport, TrainResult, make_private
+from umbra.runtime.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -38,51 +39,6 @@ class Hyperparameters:
     schedule: str = "constant"  # learning rate: "constant", or "cosine" (annealed to 0 over the run, per step)
 
 
-@dataclass(frozen=True)
-class DPSettings:
-    target_delta: float
-    target_epsilon: float = 0.0  # give this, or noise_multiplier
-    noise_multiplier: float = 0.0
-    max_grad_norm: float = 1.0
-    poisson_sampling: bool = True
-    accountant: str = "prv"  # "prv" (falls back to "rdp" where it fails) or "rdp"
-    secure_mode: bool = False
-
-
-@dataclass
-class Checkpoint:
-    """Everything a stopped run needs to go on exactly where it was."""
-
-    epoch: int  # epochs finished
-    steps: int
-    model: dict
-    optimizer: dict
-    noise_multiplier: float = 0.0
-    accountant: dict = field(default_factory=dict)
-    rng: torch.Tensor | None = None
-    ema: dict = field(default_factory=dict)  # an exponential moving average of the weights, where one is kept
-
-
-@dataclass(frozen=True)
-class EpochReport:
-    epoch: int
-    epochs: int
-    loss: float
-    steps: int
-    epsilon: float  # 0 without DP
-    accountant: str
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    steps: int
-    epsilon: float
-    delta: float
-    accountant: str
-    noise_multiplier: float
-    final_loss: float
-
-
 SCHEDULES = ("constant", "cosine")
 
 
@@ -91,12 +47,6 @@ def learning_rate(hyper: Hyperparameters, step: int, total_steps: int) -> float:
     if hyper.schedule == "cosine":
         return hyper.learning_rate * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
     return hyper.learning_rate
-
-
-def poisson_rate(data_size: int, batch_size: int) -> float:
-    """The sampling rate Opacus actually uses: 1 / (batches per epoch), not batch_size / n. Calibrating the noise
-    for batch_size / n (larger) would add more noise than the target epsilon needs."""
-    return 1.0 / math.ceil(data_size / batch_size)
 
 
 def validate(*, data_size: int, hyper: Hyperparameters, dp: DPSettings | None) -> None:
@@ -113,55 +63,8 @@ def validate(*, data_size: int, hyper: Hyperparameters, dp: DPSettings | None) -
         raise InvalidInput("hyperparameters.optimizer", "must be 'adam' or 'sgd'")
     if hyper.schedule not in SCHEDULES:
         raise InvalidInput("hyperparameters.schedule", f"must be one of {', '.join(SCHEDULES)}")
-    if dp is None:
-        return
-    if not 0 < dp.target_delta < 1 / data_size:
-        raise InvalidInput("differential_privacy.target_delta",
-                           f"must be in (0, 1/n) = (0, {1 / data_size:.3g}) for n = {data_size} samples")
-    if (dp.target_epsilon > 0) == (dp.noise_multiplier > 0):
-        raise InvalidInput("differential_privacy",
-                           "give exactly one of target_epsilon (> 0) and noise_multiplier (> 0)")
-    if dp.target_epsilon < 0 or not math.isfinite(dp.target_epsilon):
-        raise InvalidInput("differential_privacy.target_epsilon", "must be a positive number")
-    if not (math.isfinite(dp.max_grad_norm) and dp.max_grad_norm > 0):
-        raise InvalidInput("differential_privacy.max_grad_norm", "must be a positive number")
-    if dp.accountant not in ("prv", "rdp"):
-        raise InvalidInput("differential_privacy.accountant", "must be 'prv' or 'rdp'")
-
-
-def epsilon_of(accountant, delta: float, preferred: str) -> tuple[float, str]:
-    """Epsilon of the steps recorded so far: PRV where it works, else RDP on the same history (an upper bound
-    either way; never rounded down)."""
-    from opacus.accountants import RDPAccountant
-
-    if not accountant.history:
-        return 0.0, preferred
-    if preferred == "prv":
-        try:
-            return float(accountant.get_epsilon(delta)), "prv"
-        except Exception as exc:  # noqa: BLE001 - PRV's numerical domain is limited at large epsilon
-            log.info("PRV accountant failed (%s); using RDP", exc)
-    rdp = RDPAccountant()
-    rdp.history = list(accountant.history)
-    return float(rdp.get_epsilon(delta)), "rdp"
-
-
-def calibrate_noise(dp: DPSettings, sample_rate: float, epochs: int, steps: int) -> tuple[float, str]:
-    """The noise multiplier for `steps` steps at `sample_rate` that reaches dp.target_epsilon (or the one given),
-    and the accountant that calibrated it (PRV, else RDP)."""
-    from opacus.accountants.utils import get_noise_multiplier
-
-    if dp.noise_multiplier > 0:
-        return dp.noise_multiplier, dp.accountant
-    for name in ([dp.accountant, "rdp"] if dp.accountant == "prv" else [dp.accountant]):
-        try:
-            sigma = get_noise_multiplier(target_epsilon=dp.target_epsilon, target_delta=dp.target_delta,
-                                         sample_rate=sample_rate, steps=steps, accountant=name)
-            return float(sigma), name
-        except Exception as exc:  # noqa: BLE001
-            log.info("noise calibration with %s failed (%s)", name, exc)
-    raise InvalidInput("differential_privacy.target_epsilon",
-                       f"no noise multiplier reaches epsilon {dp.target_epsilon} at delta {dp.target_delta}")
+    if dp is not None:
+        dp.validate(data_size)
 
 
 def train(*, model: nn.Module, data: LabelledImages, hyper: Hyperparameters, dp: DPSettings | None, seed: int,
@@ -193,33 +96,18 @@ def train(*, model: nn.Module, data: LabelledImages, hyper: Hyperparameters, dp:
         if hyper.optimizer == "adam" else
         torch.optim.SGD(params, lr=hyper.learning_rate, momentum=hyper.momentum, weight_decay=hyper.weight_decay,
                         nesterov=hyper.momentum > 0))
-    engine = None
-    sigma, accountant_name = 0.0, ""
-    if dp is not None:
-        from opacus import PrivacyEngine
-
-        sample_rate = poisson_rate(len(data), hyper.batch_size)
-        steps_total = hyper.epochs * len(loader)
-        sigma, accountant_name = ((resume.noise_multiplier, dp.accountant) if resume is not None else
-                                  calibrate_noise(dp, sample_rate, hyper.epochs, steps_total))
-        engine = PrivacyEngine(accountant=accountant_name, secure_mode=dp.secure_mode)
-        model, optimizer, loader = engine.make_private(
-            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
-            max_grad_norm=dp.max_grad_norm, poisson_sampling=dp.poisson_sampling)
-        if resume is not None and resume.accountant:
-            engine.accountant.load_state_dict(resume.accountant)
-    if resume is not None:
-        optimizer.load_state_dict(resume.optimizer)
-    inner = full  # what checkpoints save: the whole network (its trained part shares the parameters)
-    start_epoch, steps, loss_value = (resume.epoch, resume.steps, math.nan) if resume else (0, 0, math.nan)
+    private = make_private(module=model, optimizer=optimizer, data_loader=loader, dp=dp, epochs=hyper.epochs,
+                           resume=resume)
+    model, optimizer = private.module, private.optimizer
+    steps, loss_value = private.start_steps, math.nan
     criterion = nn.CrossEntropyLoss()
-    total_steps = hyper.epochs * len(loader)  # expected, under Poisson sampling
+    total_steps = hyper.epochs * len(private.loader)  # expected, under Poisson sampling
     model.train()
-    for epoch in range(start_epoch, hyper.epochs):
+    for epoch in range(private.start_epoch, hyper.epochs):
         total, count = 0.0, 0
-        for images, labels in logical_batches(loader, optimizer, hyper, dp):
+        for images, labels in private.batches(hyper.physical_batch_size):
             if should_stop():
-                return final_result(steps, engine, dp, accountant_name, sigma, loss_value)
+                return private.result(steps, loss_value)
             flip = (torch.rand(len(labels), generator=generator) < 0.5) if hyper.flip else None
             if stem is not None:  # `images` holds indices into the stem's outputs
                 x = inputs[0][images] if flip is None else torch.where(
@@ -234,20 +122,15 @@ def train(*, model: nn.Module, data: LabelledImages, hyper: Hyperparameters, dp:
             loss = criterion(model(x), labels)
             loss.backward()
             optimizer.step()
-            if dp is None or not getattr(optimizer, "_is_last_step_skipped", False):
-                steps += 1
+            steps += private.stepped()
             total += loss.item() * len(labels)
             count += len(labels)
         loss_value = total / max(count, 1)
-        epsilon, used = epsilon_of(engine.accountant, dp.target_delta, accountant_name) if engine else (0.0, "")
-        report = EpochReport(epoch + 1, hyper.epochs, loss_value, steps, epsilon, used)
-        log.info("epoch %d/%d: loss %.4f, epsilon %.3f", epoch + 1, hyper.epochs, loss_value, epsilon)
-        if on_epoch is not None:
-            on_epoch(report, Checkpoint(
-                epoch=epoch + 1, steps=steps, model={k: v.detach().clone() for k, v in inner.state_dict().items()},
-                optimizer=optimizer.state_dict(), noise_multiplier=sigma,
-                accountant=engine.accountant.state_dict() if engine else {}, rng=generator.get_state()))
-    return final_result(steps, engine, dp, accountant_name, sigma, loss_value)
+        report = private.report(epoch + 1, hyper.epochs, loss_value, steps)
+        log.info("epoch %d/%d: loss %.4f, epsilon %.3f", epoch + 1, hyper.epochs, loss_value, report.epsilon)
+        if on_epoch is not None:  # the checkpoint saves the whole network (its trained part shares the parameters)
+            on_epoch(report, private.checkpoint(epoch + 1, steps, full, generator))
+    return private.result(steps, loss_value)
 
 
 def stem_outputs(stem: nn.Module, images: torch.Tensor, *, mirrored: bool, batch: int = 256) -> torch.Tensor:
@@ -258,28 +141,6 @@ def stem_outputs(stem: nn.Module, images: torch.Tensor, *, mirrored: bool, batch
             x = images[start:start + batch].float().div_(255.0)
             out.append(stem(x.flip(-1) if mirrored else x))
     return torch.cat(out)
-
-
-def logical_batches(loader, optimizer, hyper: Hyperparameters, dp: DPSettings | None):
-    """The loader's batches; under DP, split into physical batches of hyper.physical_batch_size (the optimizer
-    steps once per logical batch)."""
-    if dp is None:
-        yield from loader
-        return
-    from opacus.utils.batch_memory_manager import BatchMemoryManager
-
-    with BatchMemoryManager(data_loader=loader, max_physical_batch_size=hyper.physical_batch_size,
-                            optimizer=optimizer) as physical:
-        yield from physical
-
-
-def final_result(steps: int, engine, dp: DPSettings | None, accountant_name: str, sigma: float, loss: float
-                 ) -> TrainResult:
-    """What a run spent and reached, from its privacy engine (None: not private)."""
-    if engine is None:
-        return TrainResult(steps, 0.0, 0.0, "", 0.0, loss)
-    epsilon, used = epsilon_of(engine.accountant, dp.target_delta, accountant_name)
-    return TrainResult(steps, epsilon, dp.target_delta, used, sigma, loss)
 
 
 def predict(model: nn.Module, data: LabelledImages, batch_size: int = 256) -> torch.Tensor:

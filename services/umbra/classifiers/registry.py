@@ -17,8 +17,8 @@ from safetensors.torch import load, save
 
 from umbra.classifiers.architectures import ModelConfig
 from umbra.runtime.errors import InvalidInput, NotFound
+from umbra.runtime.names import validate_resource_id
 from umbra.storage.base import ObjectStore
-from umbra.storage.keys import validate_resource_id
 
 WEIGHTS, CONFIG, RECORD = "weights.safetensors", "config.json", "record.json"
 _VERSION = re.compile(r"^models/([^/]+)/v(\d+)/record\.json$")

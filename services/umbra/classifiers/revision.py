@@ -118,11 +118,6 @@ class Revision:
             parts.append(self.load_replacements(change, image_size=image_size))
         return concatenate(parts)
 
-    def load_originals(self, change: Change, *, image_size: int) -> LabelledImages:
-        """The training samples the revision changes or removes, as the model saw them."""
-        return load_keys(self.original, change.replaced | change.removed, image_size=image_size,
-                         classes=change.classes)
-
     def load_replacements(self, change: Change, *, image_size: int) -> LabelledImages:
         """The revised samples that replace changed ones (removed ones have none)."""
         if self.revised is None or not change.replacements:

@@ -25,9 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from umbra.classifiers.loop import (Checkpoint, DPSettings, EpochReport, Hyperparameters, TrainResult, calibrate_noise,
-                                    epsilon_of, final_result, learning_rate, logical_batches, poisson_rate)
 from umbra.diffusion.generator import ConditionalUNet, noise_schedule
+from umbra.privacy.dp_sgd import Checkpoint, DPSettings, EpochReport, TrainResult, make_private
 from umbra.runtime.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -72,25 +71,10 @@ def train(net: ConditionalUNet, images: torch.Tensor, labels: torch.Tensor, hype
     schedule = noise_schedule(net.config)
     loader = DataLoader(TensorDataset(images, labels), batch_size=hyper.batch_size, shuffle=True,
                         generator=generator)
-    model: torch.nn.Module = net
-    optimizer: torch.optim.Optimizer = torch.optim.Adam(net.parameters(), lr=hyper.learning_rate)
-    engine, sigma, accountant_name = None, 0.0, ""
-    if dp is not None:
-        from opacus import PrivacyEngine
-
-        sample_rate = poisson_rate(len(images), hyper.batch_size)
-        if resume is not None:
-            sigma, accountant_name = resume.noise_multiplier, dp.accountant
-        else:
-            sigma, accountant_name = calibrate_noise(dp, sample_rate, hyper.epochs, hyper.epochs * len(loader))
-        engine = PrivacyEngine(accountant=accountant_name, secure_mode=dp.secure_mode)
-        model, optimizer, loader = engine.make_private(
-            module=net, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
-            max_grad_norm=dp.max_grad_norm, poisson_sampling=dp.poisson_sampling, grad_sample_mode="hooks")
-        if resume is not None and resume.accountant:
-            engine.accountant.load_state_dict(resume.accountant)
-    if resume is not None:
-        optimizer.load_state_dict(resume.optimizer)
+    optimizer = torch.optim.Adam(net.parameters(), lr=hyper.learning_rate)
+    private = make_private(module=net, optimizer=optimizer, data_loader=loader, dp=dp, epochs=hyper.epochs,
+                           resume=resume, grad_sample_mode="hooks")
+    model, optimizer = private.module, private.optimizer
     ema = None
     if hyper.ema_decay > 0:
         from diffusers.training_utils import EMAModel
@@ -98,20 +82,14 @@ def train(net: ConditionalUNet, images: torch.Tensor, labels: torch.Tensor, hype
         ema = EMAModel(net.parameters(), decay=hyper.ema_decay, use_ema_warmup=True)
         if resume is not None and resume.ema:
             ema.load_state_dict(resume.ema)
-    # logical_batches reads only batch sizes and learning rate from a classifier's Hyperparameters
-    batching = Hyperparameters(batch_size=hyper.batch_size, physical_batch_size=hyper.physical_batch_size)
     k = hyper.noise_multiplicity
-    start_epoch, steps, loss_value = (resume.epoch, resume.steps, math.nan) if resume else (0, 0, math.nan)
-    total_steps = hyper.epochs * len(loader)
-    constant = Hyperparameters(learning_rate=hyper.learning_rate)
+    steps, loss_value = private.start_steps, math.nan
     model.train()
-    for epoch in range(start_epoch, hyper.epochs):
+    for epoch in range(private.start_epoch, hyper.epochs):
         total, count = 0.0, 0
-        for x, y in logical_batches(loader, optimizer, batching, dp):
+        for x, y in private.batches(hyper.physical_batch_size):
             if should_stop():
-                return final_result(steps, engine, dp, accountant_name, sigma, loss_value)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(constant, steps, total_steps)
+                return private.result(steps, loss_value)
             optimizer.zero_grad(set_to_none=True)
             if len(x):
                 loss = _denoising_loss(model, schedule, x, y, k, hyper, generator, net)
@@ -121,23 +99,19 @@ def train(net: ConditionalUNet, images: torch.Tensor, labels: torch.Tensor, hype
             if dp is not None:
                 _average_multiplicity(net, len(x), k)
             optimizer.step()
-            if dp is None or not getattr(optimizer, "_is_last_step_skipped", False):
+            if private.stepped():
                 steps += 1
                 if ema is not None:
                     ema.step(net.parameters())
         loss_value = total / max(count, 1)
-        epsilon, used = epsilon_of(engine.accountant, dp.target_delta, accountant_name) if engine else (0.0, "")
-        report = EpochReport(epoch + 1, hyper.epochs, loss_value, steps, epsilon, used)
-        log.info("generator epoch %d/%d: loss %.4f, epsilon %.3f", epoch + 1, hyper.epochs, loss_value, epsilon)
+        report = private.report(epoch + 1, hyper.epochs, loss_value, steps)
+        log.info("generator epoch %d/%d: loss %.4f, epsilon %.3f", epoch + 1, hyper.epochs, loss_value,
+                 report.epsilon)
         if on_epoch is not None:
-            on_epoch(report, Checkpoint(
-                epoch=epoch + 1, steps=steps, model={k_: v.detach().clone() for k_, v in net.state_dict().items()},
-                optimizer=optimizer.state_dict(), noise_multiplier=sigma,
-                accountant=engine.accountant.state_dict() if engine else {}, rng=generator.get_state(),
-                ema=ema.state_dict() if ema is not None else {}))
+            on_epoch(report, private.checkpoint(epoch + 1, steps, net, generator, ema))
     if ema is not None:
         ema.copy_to(net.parameters())  # the averaged weights are the generator's
-    return final_result(steps, engine, dp, accountant_name, sigma, loss_value)
+    return private.result(steps, loss_value)
 
 
 def _denoising_loss(model, schedule, x: torch.Tensor, y: torch.Tensor, k: int, hyper: GeneratorHyper,

@@ -13,8 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from umbra.classifiers.architectures import create
 from umbra.classifiers.data import LabelledImages, load_split
 from umbra.classifiers.loop import predict
+from umbra.classifiers.registry import ModelRegistry, StoredModel
+from umbra.runtime.errors import FailedPrecondition, InvalidInput
 from umbra.storage.datasets import DatasetReader
 
 FOLDS = 5
@@ -87,3 +90,40 @@ def compare(models: dict[str, nn.Module], test: LabelledImages, protected: np.nd
         out["agreement"][name] = float((predictions[name] == predictions[reference]).float().mean())
         out["parameter_distance"][name] = parameter_distance(model, models[reference])
     return out
+
+
+def check_probe(reader: DatasetReader, *, task: str, attribute: str) -> None:
+    """Refuses, before any compute, a comparison whose probe cannot be scored on `reader`'s test split."""
+    if not attribute:
+        raise InvalidInput("probe_attribute", "is required with verify: the protected attribute the leakage probe "
+                                              "predicts")
+    if attribute == task:
+        raise InvalidInput("probe_attribute", f"is the model's own task ({task!r}): name a protected attribute")
+    if attribute not in reader.header.label_columns:
+        raise InvalidInput("probe_attribute", f"{attribute!r} is not a label column of the original version (it "
+                                              f"has {', '.join(reader.header.label_columns)})")
+    values: dict[str, int] = {}
+    for sample in reader.samples():
+        if sample.split == "test" and task in sample.labels and attribute in sample.labels:
+            values[sample.labels[attribute]] = values.get(sample.labels[attribute], 0) + 1
+    if len(values) < 2 or min(values.values()) < 2:
+        raise InvalidInput("verify", f"the original version's test split needs at least two samples of two values "
+                                     f"of {attribute!r} labelled with {task!r} (it has {values or 'none'})")
+
+
+def against_retrained(registry: ModelRegistry, bucket: str, source: StoredModel, unlearned: nn.Module,
+                      retrained: tuple[str, int], reader: DatasetReader, *, attribute: str) -> tuple[dict, int]:
+    """The source, unlearned and retrained models compared on `reader`'s test split (the retrained one is the
+    reference); and the number of test images. The retrained version must have the source's classes."""
+    classes = list(source.config.classes)
+    stored = registry.get(bucket, *retrained)
+    if list(stored.config.classes) != classes:
+        raise FailedPrecondition(f"verification: the revised data has the classes {list(stored.config.classes)}, "
+                                 f"the model {classes}: their predictions cannot be compared; the unlearned version "
+                                 f"is written", reason="CLASSES_DIFFER")
+    models = {"original": create(source.config), "unlearned": unlearned, "retrained": create(source.config)}
+    models["original"].load_state_dict(registry.weights(bucket, source.model, source.version))
+    models["retrained"].load_state_dict(registry.weights(bucket, *retrained))
+    test, protected = probe_set(reader, task=source.record["task"], attribute=attribute,
+                                image_size=source.config.image_size, classes=classes)
+    return compare(models, test, protected, reference="retrained"), len(test)

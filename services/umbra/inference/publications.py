@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from umbra.classifiers.registry import ModelRegistry
 from umbra.runtime.auth import validate_tenant_id
 from umbra.runtime.errors import AlreadyExists, NotFound
+from umbra.runtime.names import validate_resource_id
 from umbra.storage import keys
 from umbra.storage.base import ObjectStore
 
@@ -39,7 +40,7 @@ class Publication:
 
 
 def triton_name(tenant: str, served_model_name: str) -> str:
-    return f"{validate_tenant_id(tenant)}.{keys.validate_resource_id(served_model_name, 'served_model_name')}"
+    return f"{validate_tenant_id(tenant)}.{validate_resource_id(served_model_name, 'served_model_name')}"
 
 
 def _key(tenant: str, served_model_name: str) -> str:
@@ -73,11 +74,6 @@ def publish(store: ObjectStore, tenant: str, served_model_name: str, model: str,
     store.put(SERVING_BUCKET, _key(tenant, served_model_name), json.dumps(asdict(wanted), sort_keys=True).encode(),
               content_type="application/json")
     return wanted
-
-
-def withdraw(store: ObjectStore, tenant: str, served_model_name: str) -> None:
-    get(store, tenant, served_model_name)  # NotFound when absent
-    store.delete(SERVING_BUCKET, _key(tenant, served_model_name))
 
 
 def list_all(store: ObjectStore) -> Iterator[tuple[Publication, str]]:

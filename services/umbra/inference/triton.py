@@ -341,7 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.store:
             from umbra.client import layout
-            from umbra.storage.factory import StoreConfig, open_store
+            from umbra.runtime.config import StoreConfig
+            from umbra.storage.factory import open_store
 
             store = open_store(StoreConfig.from_env(os.environ, layout.home()))
         models = load_model_dir(args.model_dir) if args.model_dir else []

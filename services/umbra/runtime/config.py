@@ -8,9 +8,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from umbra.client import layout
-from umbra.storage.factory import StoreConfig
 
 MIB = 1024 * 1024
+STORE_KINDS = ("local", "s3")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Which object store to open (umbra.storage.open_store), and how."""
+
+    kind: str = "local"
+    root: Path = Path(".umbra/objects")  # local
+    endpoint: str = ""  # s3: host:port
+    access_key: str = field(default="", repr=False)
+    secret_key: str = field(default="", repr=False)
+    secure: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], home: Path) -> "StoreConfig":
+        """UMBRA_STORE (local|s3), UMBRA_STORE_DIR, UMBRA_S3_ENDPOINT, UMBRA_S3_ACCESS_KEY, UMBRA_S3_SECRET_KEY,
+        UMBRA_S3_SECURE. Raises ValueError naming the variable."""
+        kind = env.get("UMBRA_STORE", "local")
+        if kind not in STORE_KINDS:
+            raise ValueError(f"UMBRA_STORE: {kind!r} is not one of {', '.join(STORE_KINDS)}")
+        config = cls(
+            kind=kind,
+            root=Path(env.get("UMBRA_STORE_DIR") or home / "objects"),
+            endpoint=env.get("UMBRA_S3_ENDPOINT", ""),
+            access_key=env.get("UMBRA_S3_ACCESS_KEY", ""),
+            secret_key=env.get("UMBRA_S3_SECRET_KEY", ""),
+            secure=env.get("UMBRA_S3_SECURE", "0") in ("1", "true", "yes"),
+        )
+        if kind == "s3":
+            for name, value in (("UMBRA_S3_ENDPOINT", config.endpoint), ("UMBRA_S3_ACCESS_KEY", config.access_key),
+                                ("UMBRA_S3_SECRET_KEY", config.secret_key)):
+                if not value:
+                    raise ValueError(f"{name}: required when UMBRA_STORE=s3")
+        return config
 
 
 class ConfigError(ValueError):
@@ -56,6 +90,8 @@ class ServiceConfig:
     inference_url: str = ""
     # The training service (gRPC host:port), which the unlearning service asks to retrain when verifying.
     training_url: str = ""
+    # The coordinator (gRPC host:port), whose privacy ledger the workers charge before work that spends privacy.
+    coordinator_url: str = ""
 
     @property
     def public(self) -> bool:
@@ -102,4 +138,5 @@ class ServiceConfig:
             upload_ttl_seconds=_number(env, "UMBRA_UPLOAD_TTL_SECONDS", 24 * 3600.0, minimum=0, integer=False),
             inference_url=env.get("UMBRA_INFERENCE_URL", ""),
             training_url=env.get("UMBRA_TRAINING_URL") or layout.endpoint("training", env).target,
+            coordinator_url=env.get("UMBRA_COORDINATOR_URL") or layout.endpoint("coordinator", env).target,
         )

@@ -6,11 +6,14 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from umbra.runtime.errors import InvalidInput
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+T = TypeVar("T")
 MAX_TOKEN_CHARS = 1024  # ours are far shorter; a longer one is not ours, and is not worth parsing
 
 
@@ -46,3 +49,20 @@ def decode_token(token: str, query: str, field: str = "page_token") -> str | Non
     if not isinstance(position, str) or query_hash != _query_hash(query):
         raise InvalidInput(field, "belongs to a different query; repeat the request that returned it")
     return position
+
+
+def page(request, query: str, fetch: Callable[[str | None, int], Sequence[T]], position: Callable[[T], str]
+         ) -> tuple[list[T], str]:
+    """One page of a List (AIP-158) and the token of the next ("" on the last page).
+
+    `request` carries `page_size` and `page_token`; `query` is what the token is bound to (the request minus its
+    page fields); `fetch(after, limit)` returns up to `limit` items in order, starting after the position `after`
+    (None for the first page); `position(item)` is where the next page resumes after that item.
+
+        items, token = pagination.page(request, "datasets", lambda after, limit: db.datasets(tenant, after, limit),
+                                       lambda row: row.id)
+    """
+    size = page_size(request.page_size)
+    items = list(fetch(decode_token(request.page_token, query), size + 1))
+    token = encode_token(position(items[size - 1]), query) if len(items) > size else ""
+    return items[:size], token

@@ -2,6 +2,6 @@
 directory), and the key layout built from validated ids only."""
 
 from umbra.storage.base import ChecksumMismatch, ObjectInfo, ObjectStore
-from umbra.storage.factory import StoreConfig, open_store
+from umbra.storage.factory import open_store
 
-__all__ = ["ChecksumMismatch", "ObjectInfo", "ObjectStore", "StoreConfig", "open_store"]
+__all__ = ["ChecksumMismatch", "ObjectInfo", "ObjectStore", "open_store"]

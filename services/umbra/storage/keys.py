@@ -14,15 +14,7 @@ import re
 from umbra.dataset.manifest import SHARD
 from umbra.runtime.auth import validate_tenant_id
 from umbra.runtime.errors import InvalidInput
-
-RESOURCE_ID = re.compile(r"^[a-z][a-z0-9-]{1,61}[a-z0-9]$")
-
-
-def validate_resource_id(value: str, field: str) -> str:
-    if not RESOURCE_ID.match(value):
-        raise InvalidInput(field, "must be 3-63 characters of lower-case letters, digits and '-', starting with "
-                                  "a letter and not ending with '-'")
-    return value
+from umbra.runtime.names import validate_resource_id
 
 
 def bucket(tenant: str) -> str:

@@ -2,9 +2,13 @@
 
     op = runner.start(kind="Train", tenant=t, metadata=TrainMetadata(), work=train, request_id=req.request_id)
 
+Services start their long work through `long_running(...)` (umbra.runtime.operations.long_running), which plans a
+request before any work and plans it again from the stored request after a restart.
+
 `work(ctx)` gets an `OperationContext`: it reports progress (persisted into the operation's typed metadata,
-whose first field is always a `umbra.common.v1.OperationProgress` named `progress`), checks for cancellation,
-and returns the response message. An `UmbraError` it raises becomes the operation's error with its code;
+whose first field is always a `umbra.common.v1.OperationProgress` named `progress`; the work fills any other
+field of it, `progress.privacy_spent` included, itself), checks for cancellation, and returns the response
+message. An `UmbraError` it raises becomes the operation's error with its code;
 anything else becomes INTERNAL with a generic message (the traceback is logged once).
 
 After a restart, `recover()` (called by the server once the service has registered its resumers) picks up
@@ -16,7 +20,6 @@ error, so a client asking about it gets an answer, never NOT_FOUND.
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import threading
 import time
@@ -28,25 +31,17 @@ from google.protobuf import any_pb2, message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from umbra.client import protos
-from umbra.common.v1 import privacy_pb2
-from umbra.runtime import auth, logs
-from umbra.runtime.errors import (DOMAIN, Cancelled, FailedPrecondition, Interrupted, InvalidInput, NotFound,
+from umbra.runtime import auth, logs, names
+from umbra.runtime.errors import (DOMAIN, Cancelled, FailedPrecondition, Interrupted, NotFound,
                                   UmbraError)
 from umbra.runtime.operations.store import OperationStore, Record
 
 log = logging.getLogger(__name__)
-NAME = re.compile(r"^operations/[0-9a-f]{32}$")
 
 
 def new_name() -> str:
     """Time-ordered, so listing by name lists by creation."""
     return f"operations/{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
-
-
-def validate_name(name: str, field: str = "name") -> str:
-    if not NAME.match(name):
-        raise InvalidInput(field, "must look like 'operations/' followed by 32 hex digits")
-    return name
 
 
 def _error_status(exc: UmbraError) -> status_pb2.Status:
@@ -79,8 +74,8 @@ class OperationContext:
             raise Cancelled("cancelled by request")
 
     def report(self, *, stage: str | None = None, done: int | None = None, total: int | None = None,
-               unit: str | None = None, message: str | None = None,
-               privacy_spent: privacy_pb2.PrivacyCost | None = None) -> None:
+               unit: str | None = None, message: str | None = None) -> None:
+        """Updates the progress (fields left None stay as they are) and saves the metadata."""
         progress = self.metadata.progress
         if stage is not None:
             progress.stage = stage
@@ -92,8 +87,6 @@ class OperationContext:
             progress.unit = unit
         if message is not None:
             progress.message = message
-        if privacy_spent is not None:
-            progress.privacy_spent.CopyFrom(privacy_spent)
         self.save()
 
     def save(self) -> None:
@@ -199,7 +192,8 @@ class OperationRunner:
     # -- the Operations methods -------------------------------------------------------------------------------
 
     def get(self, name: str, tenant: str) -> Record:
-        record = self.store.get(validate_name(name))
+        names.operation(name)
+        record = self.store.get(name)
         if record is None or record.tenant != tenant:  # another tenant's operation does not exist for you
             raise NotFound("operation", name)
         return record

@@ -35,13 +35,12 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
         normalized = request.filter.replace(" ", "").lower()
         if normalized not in _FILTERS:
             raise InvalidInput("filter", "supported filters are '', 'done = true' and 'done = false'")
-        size = pagination.page_size(request.page_size)
-        after = pagination.decode_token(request.page_token, query=normalized)
-        records = self._runner.store.list(_tenant(), after=after, limit=size + 1, done=_FILTERS[normalized])
-        response = lro.ListOperationsResponse(operations=[r.operation for r in records[:size]])
-        if len(records) > size:
-            response.next_page_token = pagination.encode_token(records[size - 1].operation.name, normalized)
-        return response
+        tenant, done = _tenant(), _FILTERS[normalized]
+        records, token = pagination.page(
+            request, normalized, lambda after, limit: self._runner.store.list(tenant, after=after, limit=limit,
+                                                                              done=done),
+            lambda record: record.operation.name)
+        return lro.ListOperationsResponse(operations=[r.operation for r in records], next_page_token=token)
 
     def DeleteOperation(self, request, context):
         self._runner.delete(request.name, _tenant())

@@ -17,10 +17,10 @@ from umbra.coordinator.v1 import dataset_service_pb2 as ds
 from umbra.coordinator.v1 import dataset_service_pb2_grpc
 from umbra.common.v1 import refs_pb2
 from umbra.dataset import manifest as mf
-from umbra.runtime import auth, pagination
+from umbra.runtime import auth, names, pagination
 from umbra.runtime.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound
 from umbra.runtime.operations import OperationRunner
-from umbra.services.coordinator import convert, names
+from umbra.services.coordinator import convert
 from umbra.services.coordinator.db import CoordinatorDB, DatasetRow, VersionRow
 from umbra.storage import datasets as stored, keys
 from umbra.storage.base import CHUNK, ObjectStore
@@ -72,13 +72,10 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
 
     def ListDatasets(self, request, context):
         tenant = _tenant()
-        size = pagination.page_size(request.page_size)
-        after = pagination.decode_token(request.page_token, "datasets") or ""
-        rows = self.db.datasets(tenant, after, size + 1)
-        response = ds.ListDatasetsResponse(datasets=[convert.dataset_to_proto(r) for r in rows[:size]])
-        if len(rows) > size:
-            response.next_page_token = pagination.encode_token(rows[size - 1].id, "datasets")
-        return response
+        rows, token = pagination.page(request, "datasets",
+                                      lambda after, limit: self.db.datasets(tenant, after or "", limit),
+                                      lambda row: row.id)
+        return ds.ListDatasetsResponse(datasets=[convert.dataset_to_proto(r) for r in rows], next_page_token=token)
 
     def DeleteDataset(self, request, context):
         tenant = _tenant()
@@ -91,7 +88,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     # -- versions ---------------------------------------------------------------------------------------------
 
     def _version(self, tenant: str, name: str, field: str = "name") -> VersionRow:
-        dataset, number = names.version(name, field)
+        dataset, number = names.dataset_version(name, field)
         row = self.db.version(tenant, dataset, number)
         if row is None:
             raise NotFound("dataset version", name)
@@ -209,16 +206,15 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     def ListDatasetVersions(self, request, context):
         tenant = _tenant()
         dataset = self._dataset(tenant, request.parent, "parent")
-        size = pagination.page_size(request.page_size)
-        after = pagination.decode_token(request.page_token, f"versions/{dataset.id}") or "0"
-        if not after.isdigit():
-            raise InvalidInput("page_token", "is not a token this service issued")
-        rows = self.db.versions(tenant, dataset.id, int(after), size + 1)
-        response = ds.ListDatasetVersionsResponse(
-            dataset_versions=[convert.version_to_proto(r, keys.bucket(tenant)) for r in rows[:size]])
-        if len(rows) > size:
-            response.next_page_token = pagination.encode_token(str(rows[size - 1].version), f"versions/{dataset.id}")
-        return response
+
+        def fetch(after: str | None, limit: int) -> list[VersionRow]:
+            if not (after or "0").isdigit():
+                raise InvalidInput("page_token", "is not a token this service issued")
+            return self.db.versions(tenant, dataset.id, int(after or "0"), limit)
+
+        rows, token = pagination.page(request, f"versions/{dataset.id}", fetch, lambda row: str(row.version))
+        return ds.ListDatasetVersionsResponse(
+            dataset_versions=[convert.version_to_proto(r, keys.bucket(tenant)) for r in rows], next_page_token=token)
 
     def _committed(self, tenant: str, name: str, field: str) -> VersionRow:
         row = self._version(tenant, name, field)

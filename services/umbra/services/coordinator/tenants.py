@@ -8,10 +8,10 @@ import time
 
 from umbra.coordinator.v1 import tenant_service_pb2 as ts
 from umbra.coordinator.v1 import tenant_service_pb2_grpc
-from umbra.runtime import auth, pagination
+from umbra.runtime import auth, names, pagination
 from umbra.runtime.auth import ApiKeyStore, validate_tenant_id
 from umbra.runtime.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
-from umbra.services.coordinator import convert, names
+from umbra.services.coordinator import convert
 from umbra.services.coordinator.db import CoordinatorDB, TenantRow
 from umbra.storage import keys
 from umbra.storage.base import ObjectStore
@@ -79,13 +79,9 @@ class TenantServicer(tenant_service_pb2_grpc.TenantServiceServicer):
 
     def ListTenants(self, request, context):
         _admin()
-        size = pagination.page_size(request.page_size)
-        after = pagination.decode_token(request.page_token, "tenants") or ""
-        rows = self.db.tenants(after, size + 1)
-        response = ts.ListTenantsResponse(tenants=[convert.tenant_to_proto(r) for r in rows[:size]])
-        if len(rows) > size:
-            response.next_page_token = pagination.encode_token(rows[size - 1].id, "tenants")
-        return response
+        rows, token = pagination.page(request, "tenants", lambda after, limit: self.db.tenants(after or "", limit),
+                                      lambda row: row.id)
+        return ts.ListTenantsResponse(tenants=[convert.tenant_to_proto(r) for r in rows], next_page_token=token)
 
     def UpdateTenant(self, request, context):
         _admin()
@@ -119,13 +115,11 @@ class TenantServicer(tenant_service_pb2_grpc.TenantServiceServicer):
 
     def ListApiKeys(self, request, context):
         tenant = _tenant_caller()
-        size = pagination.page_size(request.page_size)
-        after = pagination.decode_token(request.page_token, "api_keys") or ""
-        rows = self.keys.list(tenant, after=after, limit=size + 1)
-        response = ts.ListApiKeysResponse(api_keys=[convert.api_key_to_proto(tenant, *r) for r in rows[:size]])
-        if len(rows) > size:
-            response.next_page_token = pagination.encode_token(rows[size - 1][0], "api_keys")
-        return response
+        rows, token = pagination.page(request, "api_keys",
+                                      lambda after, limit: self.keys.list(tenant, after=after or "", limit=limit),
+                                      lambda row: row[0])
+        return ts.ListApiKeysResponse(api_keys=[convert.api_key_to_proto(tenant, *r) for r in rows],
+                                      next_page_token=token)
 
     def RevokeApiKey(self, request, context):
         tenant = _tenant_caller()

@@ -13,7 +13,6 @@ from umbra.training.v1 import training_service_pb2, training_service_pb2_grpc
 def build(runtime: Runtime) -> Built:
     servicer = TrainingServicer(open_store(runtime.config.store), runtime.operations,
                                  inference_url=runtime.config.inference_url)
-    runtime.operations.register_resumer("Train", servicer.resume_train)
     return Built(
         registrations=[registration(training_service_pb2, training_service_pb2_grpc, "TrainingService", servicer)],
         authenticator=ServiceAuthenticator(runtime.config.service_token),

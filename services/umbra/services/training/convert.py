@@ -1,77 +1,99 @@
-"""Training records and evaluations to protobuf (the only place the two meet)."""
+"""The training service's protobuf conversions (the only place its messages and umbra.classifiers meet)."""
 
 from __future__ import annotations
 
+from umbra.classifiers import evaluation as ev
+from umbra.classifiers import loop
 from umbra.classifiers.registry import CONFIG, RECORD, WEIGHTS, StoredModel, version_prefix
 from umbra.common.v1 import privacy_pb2, refs_pb2
+from umbra.privacy.dp_sgd import DPSettings
+from umbra.runtime.errors import InvalidInput
 from umbra.training.v1 import training_service_pb2 as ts
 
-ARCHITECTURES = {
-    ts.ARCHITECTURE_GROUPNORM_CNN: "groupnorm_cnn",
-    ts.ARCHITECTURE_SMALL_RESNET: "small_resnet",
-    ts.ARCHITECTURE_SCATTERNET_LINEAR: "scatternet_linear",
-    ts.ARCHITECTURE_SCATTERNET_CNN: "scatternet_cnn",
-}
-ACCOUNTANTS = {"prv": privacy_pb2.PRIVACY_ACCOUNTANT_PRV, "rdp": privacy_pb2.PRIVACY_ACCOUNTANT_RDP}
+_ACCOUNTANTS = {"prv": privacy_pb2.PRIVACY_ACCOUNTANT_PRV, "rdp": privacy_pb2.PRIVACY_ACCOUNTANT_RDP}
 
 
-def privacy_cost(epsilon: float, delta: float, accountant: str, noise_multiplier: float, sample_rate: float,
-                 steps: int, max_grad_norm: float | None = None) -> privacy_pb2.PrivacyCost:
-    parameters = {"noise_multiplier": noise_multiplier, "sample_rate": sample_rate, "steps": float(steps)}
-    if max_grad_norm is not None:  # recorded since the unlearning service retrains DP models the same way
-        parameters["max_grad_norm"] = max_grad_norm
+def architecture_from_proto(value: int) -> str:
+    """ARCHITECTURE_GROUPNORM_CNN -> "groupnorm_cnn" (unspecified: the default, groupnorm_cnn)."""
+    if value == ts.ARCHITECTURE_UNSPECIFIED:
+        return "groupnorm_cnn"
+    if value not in ts.Architecture.values():
+        raise InvalidInput("architecture", "is not a known architecture")
+    return ts.Architecture.Name(value).removeprefix("ARCHITECTURE_").lower()
+
+
+def architecture_to_proto(name: str) -> int:
+    key = f"ARCHITECTURE_{name.upper()}"
+    return ts.Architecture.Value(key) if key in ts.Architecture.keys() else ts.ARCHITECTURE_UNSPECIFIED
+
+
+def hyperparameters_from_proto(h: ts.Hyperparameters) -> loop.Hyperparameters:
+    """Zero is the documented default."""
+    if h.augmentation_multiplicity > 1:
+        raise InvalidInput("hyperparameters.augmentation_multiplicity", "is not supported yet: leave it 0 or 1")
+    d = loop.Hyperparameters()
+    return loop.Hyperparameters(
+        epochs=h.epochs or d.epochs, batch_size=h.batch_size or d.batch_size,
+        physical_batch_size=h.physical_batch_size or d.physical_batch_size,
+        learning_rate=h.learning_rate or d.learning_rate, optimizer=h.optimizer or d.optimizer,
+        momentum=h.momentum or d.momentum, weight_decay=h.weight_decay, schedule=h.schedule or d.schedule)
+
+
+def dp_from_proto(request: ts.TrainRequest) -> DPSettings | None:
+    if not request.HasField("differential_privacy"):
+        return None
+    d = request.differential_privacy
+    accountant = {privacy_pb2.PRIVACY_ACCOUNTANT_UNSPECIFIED: "prv", privacy_pb2.PRIVACY_ACCOUNTANT_PRV: "prv",
+                  privacy_pb2.PRIVACY_ACCOUNTANT_RDP: "rdp"}.get(d.accountant)
+    if accountant is None:
+        raise InvalidInput("differential_privacy.accountant", "must be PRV or RDP")
+    return DPSettings(target_delta=d.target_delta, target_epsilon=d.target_epsilon,
+                      noise_multiplier=d.noise_multiplier, max_grad_norm=d.max_grad_norm or 1.0,
+                      poisson_sampling=True, accountant=accountant, secure_mode=d.secure_mode)
+
+
+def privacy_cost_to_proto(privacy: dict) -> privacy_pb2.PrivacyCost:
+    """A training record's "privacy" (umbra.classifiers.job) as the DP-SGD cost it is."""
+    parameters = {"noise_multiplier": privacy["noise_multiplier"], "sample_rate": privacy["sample_rate"],
+                  "steps": float(privacy["steps"])}
+    if privacy.get("max_grad_norm") is not None:  # the unlearning service retrains DP models the same way
+        parameters["max_grad_norm"] = privacy["max_grad_norm"]
     return privacy_pb2.PrivacyCost(
-        mechanism=privacy_pb2.PRIVACY_MECHANISM_DP_SGD, accountant=ACCOUNTANTS.get(accountant, 0),
-        epsilon=epsilon, delta=delta, description="classifier training (DP-SGD)", parameters=parameters)
+        mechanism=privacy_pb2.PRIVACY_MECHANISM_DP_SGD, accountant=_ACCOUNTANTS.get(privacy["accountant"], 0),
+        epsilon=privacy["epsilon"], delta=privacy["delta"], description="classifier training (DP-SGD)",
+        parameters=parameters)
 
 
-def retrain_request(stored: StoredModel, *, model: str, revision: refs_pb2.DatasetRevision, request_id: str
-                    ) -> ts.TrainRequest:
-    """The TrainRequest that trains `stored` again from scratch (same data, recipe, seed, starting point and DP
-    noise) on its dataset as revised, into `model` ("models/{model}")."""
-    record, config = stored.record, stored.config
-    hyper = dict(record["hyperparameters"])
-    request = ts.TrainRequest(
-        model=model, dataset=refs_pb2.DatasetRef(**record["dataset"]), task=record["task"],
-        architecture={v: k for k, v in ARCHITECTURES.items()}[config.architecture],
-        hyperparameters=ts.Hyperparameters(**hyper), seed=record["seed"], request_id=request_id, revision=revision)
-    start = record.get("initialized_from")
-    if start:
-        request.initialize_from.CopyFrom(refs_pb2.ModelRef(model=start["model"], version=start["version"]))
-    privacy = record.get("privacy")
-    if privacy:
-        accountant = ACCOUNTANTS.get(privacy["accountant"], privacy_pb2.PRIVACY_ACCOUNTANT_RDP)
-        request.differential_privacy.CopyFrom(ts.DifferentialPrivacy(
-            target_delta=privacy["delta"], noise_multiplier=privacy["noise_multiplier"],
-            max_grad_norm=privacy.get("max_grad_norm", 1.0), accountant=accountant))
-    return request
+def evaluation_to_proto(evaluation: ev.Evaluation, request: ts.EvaluateRequest) -> ts.Evaluation:
+    return ts.Evaluation(
+        model=request.model, dataset=request.dataset, sample_count=evaluation.sample_count,
+        accuracy=evaluation.accuracy, balanced_accuracy=evaluation.balanced_accuracy,
+        per_class=[ts.ClassMetrics(class_name=c.name, precision=c.precision, recall=c.recall, support=c.support)
+                   for c in evaluation.per_class])
 
 
 def model_version_to_proto(stored: StoredModel, bucket: str) -> ts.ModelVersion:
     record = stored.record
     prefix = version_prefix(stored.model, stored.version)
-    if stored.kind == "generator":  # the anonymizer's: its record has no classifier hyperparameters
-        return ts.ModelVersion(
-            name=f"models/{stored.model}/versions/{stored.version}", state=ts.ModelVersion.STATE_READY,
-            weights=refs_pb2.ObjectRef(bucket=bucket, key=prefix + WEIGHTS),
-            config=refs_pb2.ObjectRef(bucket=bucket, key=prefix + CONFIG),
-            record=refs_pb2.ObjectRef(bucket=bucket, key=prefix + RECORD),
-            training_record=ts.TrainingRecord(dataset=refs_pb2.DatasetRef(**record["dataset"]), task="generator",
-                                              classes=list(stored.config.classes), seed=record["seed"],
-                                              steps=record["steps"], code_version=record["code_version"]))
-    training = ts.TrainingRecord(
-        dataset=refs_pb2.DatasetRef(**record["dataset"]), task=record["task"], classes=record["classes"],
-        architecture={v: k for k, v in ARCHITECTURES.items()}.get(stored.config.architecture, 0),
-        hyperparameters=ts.Hyperparameters(**record["hyperparameters"]), seed=record["seed"],
-        steps=record["steps"], metrics=record["metrics"], code_version=record["code_version"])
-    start = record.get("initialized_from")
-    if start:
-        training.initialized_from.CopyFrom(refs_pb2.ModelRef(model=start["model"], version=start["version"]))
-    privacy = record.get("privacy")
-    if privacy:
-        training.privacy_cost.CopyFrom(privacy_cost(**privacy))
-    return ts.ModelVersion(
+    version = ts.ModelVersion(
         name=f"models/{stored.model}/versions/{stored.version}", state=ts.ModelVersion.STATE_READY,
         weights=refs_pb2.ObjectRef(bucket=bucket, key=prefix + WEIGHTS),
         config=refs_pb2.ObjectRef(bucket=bucket, key=prefix + CONFIG),
-        record=refs_pb2.ObjectRef(bucket=bucket, key=prefix + RECORD), training_record=training)
+        record=refs_pb2.ObjectRef(bucket=bucket, key=prefix + RECORD))
+    training = version.training_record
+    training.MergeFrom(ts.TrainingRecord(dataset=refs_pb2.DatasetRef(**record["dataset"]), seed=record["seed"],
+                                         steps=record["steps"], code_version=record["code_version"]))
+    if stored.kind == "generator":  # the anonymizer's: its record has no classifier hyperparameters
+        training.task = "generator"
+        training.classes.extend(stored.config.classes)
+        return version
+    training.MergeFrom(ts.TrainingRecord(
+        task=record["task"], classes=record["classes"], metrics=record["metrics"],
+        architecture=architecture_to_proto(stored.config.architecture),
+        hyperparameters=ts.Hyperparameters(**record["hyperparameters"])))
+    start = record.get("initialized_from")
+    if start:
+        training.initialized_from.CopyFrom(refs_pb2.ModelRef(model=start["model"], version=start["version"]))
+    if record.get("privacy"):
+        training.privacy_cost.CopyFrom(privacy_cost_to_proto(record["privacy"]))
+    return version

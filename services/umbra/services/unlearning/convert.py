@@ -1,0 +1,80 @@
+"""The unlearning service's protobuf conversions (the only place its messages and umbra.feature_unlearning meet),
+and the training service's TrainRequest that retrains a model from scratch for a comparison."""
+
+from __future__ import annotations
+
+import math
+
+from umbra.classifiers.registry import StoredModel
+from umbra.common.v1 import privacy_pb2, refs_pb2
+from umbra.feature_unlearning import updates
+from umbra.feature_unlearning.job import Result
+from umbra.runtime.errors import InvalidInput
+from umbra.training.v1 import training_service_pb2 as ts
+from umbra.unlearning.v1 import unlearning_service_pb2 as us
+
+_METHODS = {us.METHOD_FIRST_ORDER: "first_order", us.METHOD_SECOND_ORDER: "second_order"}
+
+
+def _number(value: float, field: str, *, low: float = 0.0, high: float = math.inf) -> float:
+    if not (math.isfinite(value) and low <= value <= high):
+        raise InvalidInput(field, f"must be a number in [{low:g}, {high:g}]")
+    return value
+
+
+def settings_from_proto(request: us.UnlearnRequest) -> updates.Settings:
+    """The update's settings: zero means the documented default (the automatic choice for tau and scale)."""
+    if request.method not in _METHODS:
+        raise InvalidInput("method", "choose METHOD_FIRST_ORDER or METHOD_SECOND_ORDER")
+    given, default = request.lissa, updates.Lissa()
+    lissa = updates.Lissa(
+        damping=_number(given.damping, "lissa.damping", high=0.99) or default.damping,
+        scale=_number(given.scale, "lissa.scale"),
+        depth=int(_number(given.depth, "lissa.depth", high=10_000)) or default.depth,
+        patience=int(_number(given.patience, "lissa.patience", high=10_000)) or default.patience,
+        batch_size=int(_number(given.batch_size, "lissa.batch_size", high=4096)) or default.batch_size)
+    return updates.Settings(method=_METHODS[request.method], tau=_number(request.tau, "tau"), lissa=lissa)
+
+
+def result_to_proto(result: Result, output_model: str, source: StoredModel) -> us.UnlearningResult:
+    update, unlearning = result.update, result.record["unlearning"]
+    return us.UnlearningResult(
+        unlearned=refs_pb2.ModelRef(model=f"models/{output_model}", version=result.version),
+        gradient_evaluations=update.gradient_evaluations, seconds=result.seconds,
+        outside_original_privacy_guarantee=bool(source.record.get("privacy")), tau=update.tau,
+        lissa_scale=update.scale, update_norm=update.update_norm, changed_samples=unlearning["changed_samples"],
+        removed_samples=unlearning["removed_samples"], loss_before=update.loss_before, loss_after=update.loss_after)
+
+
+def verification_to_proto(compared: dict, test_count: int, retrained: tuple[str, int],
+                          retrain_seconds: float) -> us.Verification:
+    return us.Verification(
+        accuracy_original=compared["accuracy"]["original"], accuracy_unlearned=compared["accuracy"]["unlearned"],
+        accuracy_retrained=compared["accuracy"]["retrained"],
+        agreement_with_retrained=compared["agreement"]["unlearned"],
+        parameter_distance=compared["parameter_distance"]["unlearned"],
+        probe_balanced_accuracy=compared["probe_balanced_accuracy"], retrain_seconds=retrain_seconds,
+        retrained=refs_pb2.ModelRef(model=f"models/{retrained[0]}", version=retrained[1]), test_count=test_count)
+
+
+def retrain_request(stored: StoredModel, *, model: str, revision: refs_pb2.DatasetRevision, request_id: str
+                    ) -> ts.TrainRequest:
+    """The TrainRequest that trains `stored` again from scratch (same data, recipe, seed, starting point and DP
+    noise) on its dataset as revised, into `model` ("models/{model}")."""
+    record, config = stored.record, stored.config
+    request = ts.TrainRequest(
+        model=model, dataset=refs_pb2.DatasetRef(**record["dataset"]), task=record["task"],
+        architecture=ts.Architecture.Value(f"ARCHITECTURE_{config.architecture.upper()}"),
+        hyperparameters=ts.Hyperparameters(**record["hyperparameters"]), seed=record["seed"],
+        request_id=request_id, revision=revision)
+    start = record.get("initialized_from")
+    if start:
+        request.initialize_from.CopyFrom(refs_pb2.ModelRef(model=start["model"], version=start["version"]))
+    privacy = record.get("privacy")
+    if privacy:
+        accountant = {"prv": privacy_pb2.PRIVACY_ACCOUNTANT_PRV}.get(privacy["accountant"],
+                                                                    privacy_pb2.PRIVACY_ACCOUNTANT_RDP)
+        request.differential_privacy.CopyFrom(ts.DifferentialPrivacy(
+            target_delta=privacy["delta"], noise_multiplier=privacy["noise_multiplier"],
+            max_grad_norm=privacy.get("max_grad_norm", 1.0), accountant=accountant))
+    return request
