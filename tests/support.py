@@ -15,7 +15,6 @@ from pathlib import Path
 import grpc
 
 from umbra.client.channel import open_channel
-from umbra.runtime.auth import ApiKeyStore
 from umbra.runtime.config import ServiceConfig
 from umbra.runtime.server import RunningService, create_server
 from umbra.services.registry import spec
@@ -63,12 +62,15 @@ class Served:
         return open_channel(self.target, cred, tenant=tenant)
 
 
-def start_service(service: str, data_dir: Path, tenant: str = "acme") -> Served:
-    running = create_server(config_for(service, data_dir), spec(service)).start()
+def start_service(service: str, data_dir: Path, tenant: str = "acme", *, budget: tuple[float, float] | None = None,
+                  coordinator: "Served | None" = None, **env) -> Served:
+    """A real service on a free port. The coordinator gets `tenant` made by the admin (with `budget`, or the
+    default); a worker given the `coordinator` charges that coordinator's privacy ledger."""
+    if coordinator is not None:
+        env["UMBRA_COORDINATOR_URL"] = coordinator.target
+    running = create_server(config_for(service, data_dir, **env), spec(service)).start()
     if service == "coordinator":
-        keys = ApiKeyStore(data_dir / "coordinator" / "api_keys.sqlite3")
-        _, credential = keys.issue(tenant, "tests")
-        keys.close()
+        credential = create_tenant(f"127.0.0.1:{running.port}", tenant, budget=budget)
     else:
         credential = SERVICE_TOKEN
     return Served(service, running, credential, tenant)
@@ -98,12 +100,16 @@ def start_coordinator(data_dir: Path, **overrides) -> RunningService:
     return create_server(config_for("coordinator", data_dir, **overrides), spec("coordinator")).start()
 
 
-def create_tenant(target: str, tenant: str) -> str:
-    """Creates a tenant with the admin key; returns its first API key."""
+def create_tenant(target: str, tenant: str, *, budget: tuple[float, float] | None = None) -> str:
+    """Creates a tenant with the admin key (and a privacy budget, or the default); returns its first API key."""
+    from umbra.common.v1 import privacy_pb2
     from umbra.coordinator.v1 import tenant_service_pb2, tenant_service_pb2_grpc
 
     stub = tenant_service_pb2_grpc.TenantServiceStub(open_channel(target, ADMIN_KEY))
-    return stub.CreateTenant(tenant_service_pb2.CreateTenantRequest(tenant_id=tenant), timeout=30).api_key_secret
+    request = tenant_service_pb2.CreateTenantRequest(tenant_id=tenant)
+    if budget is not None:
+        request.tenant.privacy_budget.CopyFrom(privacy_pb2.PrivacyBudget(epsilon=budget[0], delta=budget[1]))
+    return stub.CreateTenant(request, timeout=30).api_key_secret
 
 
 def commit_faces(store, bucket: str, count: int, *, dataset: str = "faces", size: int = 32, seed: int = 2):

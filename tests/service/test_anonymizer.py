@@ -21,10 +21,9 @@ from umbra.client.datasets import DatasetsClient
 from umbra.client.operations import OperationsClient
 from umbra.common.v1 import privacy_pb2, refs_pb2
 from umbra.coordinator.v1 import dataset_service_pb2 as cds
-from umbra.coordinator.v1 import dataset_service_pb2_grpc
+from umbra.coordinator.v1 import dataset_service_pb2_grpc, ledger_service_pb2, ledger_service_pb2_grpc
 from umbra.dataset import synthetic
 from umbra.dataset.images import SizePolicy
-from umbra.privacy.ledger import PrivacyLedger
 from umbra.storage import keys
 from umbra.storage.datasets import DatasetReader
 from umbra.storage.local import LocalObjectStore
@@ -37,8 +36,8 @@ GENERATOR = refs_pb2.ModelRef(model="models/faces-gen", version=1)
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
-    coordinator = start_service("coordinator", home)
-    anonymizer = start_service("anonymizer", home)
+    coordinator = start_service("coordinator", home, budget=(1e5, 0.1))
+    anonymizer = start_service("anonymizer", home, coordinator=coordinator)
     faces = synthetic.write_folder(tmp_path_factory.mktemp("faces") / "faces", FACES, size=32, seed=3)
     DatasetsClient(coordinator.channel()).upload(faces, "faces", progress=False, shard_bytes=20_000,
                                                  policy=SizePolicy(size=32))
@@ -50,6 +49,12 @@ def services(tmp_path_factory):
     yield coordinator, anonymizer, store, home
     anonymizer.running.stop(grace=0)
     coordinator.running.stop(grace=0)
+
+
+def balance(coordinator, dataset: str = "datasets/faces") -> ledger_service_pb2.GetPrivacyBalanceResponse:
+    """What the coordinator's ledger says the tenant has spent on `dataset` (tight and basic composition)."""
+    stub = ledger_service_pb2_grpc.LedgerServiceStub(coordinator.channel())
+    return stub.GetPrivacyBalance(ledger_service_pb2.GetPrivacyBalanceRequest(dataset=dataset), timeout=60)
 
 
 def stubs(anonymizer):
@@ -80,7 +85,7 @@ def generator(services):
 
 
 def test_dp_generator_is_trained_and_its_epsilon_recorded(services, generator):
-    _, _, store, home = services
+    coordinator, _, store, _ = services
     assert generator.generator.model == "models/faces-gen" and generator.generator.version == 1
     cost = generator.privacy_cost
     assert cost.mechanism == privacy_pb2.PRIVACY_MECHANISM_DP_SGD
@@ -91,9 +96,9 @@ def test_dp_generator_is_trained_and_its_epsilon_recorded(services, generator):
     assert record["privacy"]["epsilon"] == cost.epsilon and record["condition_attributes"] == ["gender", "age"]
     config = json.loads(store.get("umbra-acme", "models/faces-gen/v1/config.json"))
     assert [a["name"] for a in config["attributes"]] == ["gender", "age"] and config["attributes"][1]["numeric"]
-    ledger = PrivacyLedger(home / "anonymizer" / "ledger.sqlite3")
-    assert ledger.spent("acme", "faces").epsilon == 8.0  # the target, charged before training
-    ledger.close()
+    spent = balance(coordinator)  # the target was reserved before training; what the run spent was committed
+    assert spent.committed_entries == 1 and spent.reserved_entries == 0
+    assert spent.spent_basic.epsilon == cost.epsilon and 0 < spent.spent.epsilon <= cost.epsilon
 
 
 def test_estimate_composes_every_mechanism(services, generator):
@@ -113,15 +118,14 @@ def test_estimate_composes_every_mechanism(services, generator):
 
 
 def test_preview_returns_images_and_charges_once_per_request(services, generator):
-    _, anonymizer, store, home = services
+    coordinator, anonymizer, store, _ = services
     stub, _ = stubs(anonymizer)
     reader = DatasetReader(store, "umbra-acme", "faces", 1)
     wanted = [s.key for s in reader.samples()][:3]
     request = an.AnonymizeRequest(settings=settings(), dataset=refs_pb2.DatasetRef(dataset="datasets/faces",
                                                                                    version=1),
                                   sample_keys=wanted, request_id="5b0c5d0e-0000-4000-8000-000000000002")
-    ledger = PrivacyLedger(home / "anonymizer" / "ledger.sqlite3")
-    before = ledger.spent("acme", "faces").epsilon
+    before = balance(coordinator).spent_basic.epsilon
     response = stub.Anonymize(request, timeout=120)
     assert [i.image.sample_key for i in response.images] == wanted
     for item in response.images:
@@ -131,21 +135,18 @@ def test_preview_returns_images_and_charges_once_per_request(services, generator
         assert item.released_attributes[0].category in ("0", "1")
         assert item.privacy_cost.epsilon == response.privacy_cost.epsilon
     assert privacy_pb2.PRIVACY_MECHANISM_DP_SGD in [c.mechanism for c in response.privacy_cost.components]
-    charged = ledger.spent("acme", "faces").epsilon - before
+    charged = balance(coordinator).spent_basic.epsilon - before
     image_and_attribute = [c.epsilon for c in response.privacy_cost.components
                            if c.mechanism != privacy_pb2.PRIVACY_MECHANISM_DP_SGD]
     assert charged == pytest.approx(math.fsum(image_and_attribute))  # ε_g was charged at training
     stub.Anonymize(request, timeout=120)  # a retry of the same request
-    assert ledger.spent("acme", "faces").epsilon - before == pytest.approx(charged)
-    ledger.close()
+    assert balance(coordinator).spent_basic.epsilon - before == pytest.approx(charged)
 
 
 def test_budget_already_spent_is_refused_before_work(services, generator):
-    _, anonymizer, _, home = services
+    coordinator, anonymizer, _, _ = services
     stub, _ = stubs(anonymizer)
-    ledger = PrivacyLedger(home / "anonymizer" / "ledger.sqlite3")
-    spent = ledger.spent("acme", "faces")
-    ledger.close()
+    spent = balance(coordinator, "").spent  # a request's own limit applies to the tenant's composed spending
     tight = privacy_pb2.PrivacyBudget(epsilon=spent.epsilon + 1.0, delta=0.5)
     with pytest.raises(grpc.RpcError) as error:
         stub.Anonymize(an.AnonymizeRequest(settings=settings(budget=tight), sample_keys=["x"],
@@ -159,6 +160,7 @@ def test_budget_already_spent_is_refused_before_work(services, generator):
                        timeout=30)
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert status_details(error.value)["reason"] == "PRIVACY_BUDGET_EXHAUSTED"
+    assert float(status_details(error.value)["metadata"]["remaining_epsilon"]) == pytest.approx(1.0)
 
 
 def test_dataset_is_anonymized_into_a_committed_version(services, generator):

@@ -148,7 +148,7 @@ def _finish(job: Job, parts: list[dict]) -> Result:
         "kept_attributes": [a.name for a in request.kept],
         "plan": dataclasses.asdict(request.plan), "start_timestep": request.schedule.start,
         "alpha_bar": request.schedule.alpha_bar, "seed": request.seed, "left_out": job.left_out,
-        "privacy": {"per_image": _cost_dict(cost.per_image), "charged": _cost_dict(cost.charged)},
+        "privacy": {"per_image": cost.per_image.to_dict(), "charged": cost.charged.to_dict()},
         "code_version": package_version("umbra"),
     }
     record_key, manifest_key = job.out.finish(parts, header, record)
@@ -157,8 +157,3 @@ def _finish(job: Job, parts: list[dict]) -> Result:
              job.reader.version, job.out.output[1])
     return Result(n, job.left_out, len(parts), record_key, manifest_key)
 
-
-def _cost_dict(cost) -> dict:
-    return {"epsilon": cost.epsilon, "delta": cost.delta, "mechanism": cost.mechanism,
-            "description": cost.description, "parameters": cost.parameters,
-            "components": [_cost_dict(c) for c in cost.components]}

@@ -14,12 +14,10 @@ cost again (a preview shows the user something computed from the originals).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from umbra.diffusion.attributes import NUMERIC_RANGE, Attribute, clip
-from umbra.privacy import mechanisms
+from umbra.privacy import composition, mechanisms
 from umbra.privacy.mechanisms import Cost
 
 IMAGE_DELTA = 1e-6  # δ of each image's Gaussian mechanism
@@ -47,24 +45,21 @@ def attribute_cost(attribute: Attribute, epsilon: float) -> Cost:
         parameters = {"lower": low, "upper": high}
         if epsilon > 0:
             parameters["scale"] = mechanisms.laplace_scale(low, high, epsilon)
-        return Cost(epsilon, 0.0, "laplace", f"attribute {attribute.name}", parameters)
+        return Cost(epsilon, 0.0, "laplace", f"attribute {attribute.name}", parameters, accountant="analytic")
     k = len(attribute.values)
     return Cost(epsilon, 0.0, "randomized_response", f"attribute {attribute.name}",
-                {"k": k, "keep_probability": mechanisms.randomized_response_keep_probability(epsilon, k)})
+                {"k": k, "keep_probability": mechanisms.randomized_response_keep_probability(epsilon, k)},
+                accountant="analytic")
 
 
 def image_cost(alpha_bar: float, timestep: int, dimension: int) -> Cost:
     mu = mechanisms.image_noise_mu(alpha_bar, dimension, PIXEL_RANGE)
     return Cost(mechanisms.gaussian_epsilon(mu, IMAGE_DELTA), IMAGE_DELTA, "gaussian", "image noised to the "
                 "timestep", {"timestep": timestep, "alpha_bar": alpha_bar, "mu": mu, "dimension": dimension,
-                              "pixel_range": PIXEL_RANGE})
+                              "pixel_range": PIXEL_RANGE}, accountant="gdp")
 
 
 def per_image(image: Cost, attributes: list[Cost], generator: Cost | None) -> Cost:
     """One image's guarantee: everything that touched it, composed."""
     parts = [image, *attributes] + ([generator] if generator is not None else [])
-    return mechanisms.compose(parts, "per image")
-
-
-def finite(cost: Cost) -> bool:
-    return math.isfinite(cost.epsilon)
+    return composition.basic(parts, "per image")

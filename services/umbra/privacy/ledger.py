@@ -1,92 +1,221 @@
-"""The privacy ledger: every (ε, δ) spent on a tenant's dataset, composed per dataset, and a charge that would
-take a dataset past its budget refused (FAILED_PRECONDITION, PRIVACY_BUDGET_EXHAUSTED) before the work it pays for.
+"""The privacy ledger: every (ε, δ) a tenant's work spends, composed against the tenant's one budget.
 
-    ledger = PrivacyLedger(path)
-    ledger.charge("acme", "faces", Cost(0.8, 1e-6, "anonymize preview"), budget=Cost(8.0, 1e-5), spent_by="op-1")
-    ledger.spent("acme", "faces")       # Cost(ε, δ) so far, by basic composition
+    ledger = PrivacyLedger(db.transaction)          # the coordinator's SQL database
+    entry, remaining = ledger.reserve("acme", "faces", cost, request_id="anonymizer:Anonymize:…", spent_by="…")
+    ...the work...
+    ledger.commit("acme", entry.request_id)         # or ledger.release(...) when the work failed
+    ledger.balance("acme")                          # Balance: budget, spent (tight and basic), remaining
 
-The check and the entry are one SQLite transaction (BEGIN IMMEDIATE), so two charges racing for the last of a
-budget cannot both pass. Entries are never edited or deleted: the ledger is what was spent.
+Reserve → commit → release: a worker reserves before the work that spends privacy, so two replicas racing for the
+last of a budget cannot both pass (the check and the insert are one transaction, which first locks the tenant's
+row). Reserved and committed entries count; a released one does not. A request_id names one charge: a retry
+returns the same entry and charges nothing more. Entries are never deleted: the ledger is what was spent.
+
+Spending is composed over all of a tenant's entries, whatever their dataset (the same people may be in several
+datasets, so nothing is assumed to be disjoint), with umbra.privacy.composition.tight, and refused when the
+result would pass the tenant's budget or the lower limit the request carries. The SQL is plain (one table, no
+engine-specific types) so it runs on SQLite and PostgreSQL alike.
 """
 
 from __future__ import annotations
 
+import json
 import math
-import sqlite3
-import threading
+import secrets
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 
+from umbra.privacy import composition
 from umbra.privacy.mechanisms import Cost
-from umbra.runtime.errors import BudgetExhausted, InvalidInput
+from umbra.runtime.errors import BudgetExhausted, Conflict, FailedPrecondition, InvalidInput, NotFound
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, dataset TEXT NOT NULL, epsilon REAL NOT NULL,
-    delta REAL NOT NULL, mechanism TEXT NOT NULL, spent_by TEXT NOT NULL, create_time REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS entries_dataset ON entries (tenant, dataset);
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger_entries (
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, dataset TEXT NOT NULL, request_id TEXT NOT NULL,
+    spent_by TEXT NOT NULL, state TEXT NOT NULL, epsilon DOUBLE PRECISION NOT NULL, delta DOUBLE PRECISION NOT NULL,
+    cost TEXT NOT NULL, create_time DOUBLE PRECISION NOT NULL, update_time DOUBLE PRECISION NOT NULL,
+    UNIQUE (tenant, request_id));
+CREATE INDEX IF NOT EXISTS ledger_entries_tenant ON ledger_entries (tenant, state);
 """
+RESERVED, COMMITTED, RELEASED = "RESERVED", "COMMITTED", "RELEASED"
+_COLUMNS = "id, tenant, dataset, request_id, spent_by, state, cost, create_time, update_time"
 
 
 @dataclass(frozen=True)
 class Entry:
+    id: str  # time-ordered, so ordering by id orders by creation
     tenant: str
     dataset: str
-    cost: Cost
+    request_id: str
     spent_by: str
+    state: str
+    cost: Cost
     create_time: float
+    update_time: float
+
+
+@dataclass(frozen=True)
+class Budget:
+    epsilon: float
+    delta: float
+
+    def less(self, spent: Cost) -> "Budget":
+        """What is left after `spent`, never below 0."""
+        return Budget(max(0.0, self.epsilon - spent.epsilon), max(0.0, self.delta - spent.delta))
+
+
+@dataclass(frozen=True)
+class Balance:
+    budget: Budget
+    spent: Cost  # tight composition
+    spent_basic: Cost  # basic composition of the same entries
+    remaining: Budget  # the tenant's, after everything reserved or committed
+    reserved_entries: int
+    committed_entries: int
+
+
+def _entry(row) -> Entry:
+    id_, tenant, dataset, request_id, spent_by, state, cost, created, updated = row
+    return Entry(id_, tenant, dataset, request_id, spent_by, state, Cost.from_dict(json.loads(cost)), created, updated)
+
+
+def _check_cost(cost: Cost) -> None:
+    if not (math.isfinite(cost.epsilon) and cost.epsilon >= 0):
+        raise InvalidInput("cost.epsilon", "must be a finite number of at least 0 (an unbounded ε cannot be charged)")
+    if not (math.isfinite(cost.delta) and 0 <= cost.delta < 1):
+        raise InvalidInput("cost.delta", "must be in [0, 1)")
 
 
 class PrivacyLedger:
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+    def __init__(self, transaction: Callable[[], AbstractContextManager]):
+        """`transaction()` opens a transaction on the coordinator's database and yields its connection."""
+        self._transaction = transaction
 
-    def spent(self, tenant: str, dataset: str) -> Cost:
-        rows = self._db.execute("SELECT epsilon, delta FROM entries WHERE tenant = ? AND dataset = ?",
-                                (tenant, dataset)).fetchall()
-        return Cost(math.fsum(r[0] for r in rows), math.fsum(r[1] for r in rows), "composition")
+    # -- reading ----------------------------------------------------------------------------------------------
 
-    def entries(self, tenant: str, dataset: str) -> list[Entry]:
-        rows = self._db.execute("SELECT tenant, dataset, epsilon, delta, mechanism, spent_by, create_time FROM entries "
-                                "WHERE tenant = ? AND dataset = ? ORDER BY id", (tenant, dataset)).fetchall()
-        return [Entry(r[0], r[1], Cost(r[2], r[3], r[4]), r[5], r[6]) for r in rows]
+    @staticmethod
+    def _budget(db, tenant: str) -> Budget:
+        row = db.execute("SELECT budget_epsilon, budget_delta FROM tenants WHERE id = ? AND state = 'ACTIVE'",
+                         (tenant,)).fetchone()
+        if row is None:
+            raise NotFound("tenant", f"tenants/{tenant}")
+        return Budget(*row)
 
-    def charge(self, tenant: str, dataset: str, cost: Cost, *, budget: Cost, spent_by: str) -> Cost:
-        """Records `cost` against the dataset and returns the total spent, or refuses when the total would pass
-        the budget's ε or δ; nothing is recorded then. A second charge with the same non-empty `spent_by` (a
-        retried request) records nothing and returns the total."""
-        if not (cost.epsilon >= 0 and cost.delta >= 0 and math.isfinite(cost.epsilon) and cost.delta < 1):
-            raise InvalidInput("cost", "ε must be finite and at least 0, δ in [0, 1)")
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                if spent_by and self._db.execute(
-                        "SELECT 1 FROM entries WHERE tenant = ? AND dataset = ? AND spent_by = ?",
-                        (tenant, dataset, spent_by)).fetchone():
-                    self._db.execute("COMMIT")  # a retry of a request already charged: not charged twice
-                    return self.spent(tenant, dataset)
-                before = self.spent(tenant, dataset)
-                after = Cost(math.fsum([before.epsilon, cost.epsilon]), math.fsum([before.delta, cost.delta]),
-                             "composition")
-                if after.epsilon > budget.epsilon or after.delta > budget.delta:
+    @staticmethod
+    def _active(db, tenant: str, dataset: str = "") -> list[Entry]:
+        query = f"SELECT {_COLUMNS} FROM ledger_entries WHERE tenant = ? AND state IN (?, ?)"
+        args: tuple = (tenant, RESERVED, COMMITTED)
+        if dataset:
+            query, args = query + " AND dataset = ?", (*args, dataset)
+        return [_entry(r) for r in db.execute(query + " ORDER BY id", args).fetchall()]
+
+    def balance(self, tenant: str, dataset: str = "") -> Balance:
+        """The tenant's budget and what is left of it; `spent` for one dataset's entries when `dataset` is given."""
+        with self._transaction() as db:
+            budget = self._budget(db, tenant)
+            everything = self._active(db, tenant)
+        shown = [e for e in everything if not dataset or e.dataset == dataset]
+        costs = [e.cost for e in shown]
+        scope = f"datasets/{dataset}" if dataset else f"tenants/{tenant}"
+        return Balance(budget, composition.tight(costs, scope), composition.basic(costs, scope),
+                       budget.less(composition.tight([e.cost for e in everything])),
+                       sum(e.state == RESERVED for e in shown), sum(e.state == COMMITTED for e in shown))
+
+    def entries(self, tenant: str, *, dataset: str = "", before: str = "", limit: int = 50) -> list[Entry]:
+        """Newest first; `before` an entry id from the previous page."""
+        query = f"SELECT {_COLUMNS} FROM ledger_entries WHERE tenant = ?"
+        args: tuple = (tenant,)
+        if dataset:
+            query, args = query + " AND dataset = ?", (*args, dataset)
+        if before:
+            query, args = query + " AND id < ?", (*args, before)
+        with self._transaction() as db:
+            return [_entry(r) for r in db.execute(query + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()]
+
+    # -- charging ---------------------------------------------------------------------------------------------
+
+    def reserve(self, tenant: str, dataset: str, cost: Cost, *, request_id: str, spent_by: str,
+                limit: Budget | None = None) -> tuple[Entry, Budget]:
+        """Reserves `cost` against the tenant's budget (and `limit`, when given) and returns the entry and what is
+        left; refuses with BudgetExhausted, recording nothing, when the composed spending would pass either."""
+        _check_cost(cost)
+        if not request_id:
+            raise InvalidInput("request_id", "is required: it names the charge, so a retry is not charged twice")
+        with self._transaction() as db:
+            # Lock the tenant's row first (PostgreSQL takes a row lock; SQLite's BEGIN IMMEDIATE already holds the
+            # database), so reservations for one tenant are checked one after another.
+            db.execute("UPDATE tenants SET budget_epsilon = budget_epsilon WHERE id = ?", (tenant,))
+            budget = self._budget(db, tenant)
+            found = db.execute(f"SELECT {_COLUMNS} FROM ledger_entries WHERE tenant = ? AND request_id = ?",
+                               (tenant, request_id)).fetchone()
+            existing = _entry(found) if found else None
+            active = self._active(db, tenant)
+            if existing is not None and existing.state != RELEASED:
+                if existing.dataset != dataset:
+                    raise Conflict(f"request_id {request_id!r} already names another charge "
+                                   f"(ε={existing.cost.epsilon:.6g} on datasets/{existing.dataset})",
+                                   metadata={"request_id": request_id})
+                return existing, budget.less(composition.tight([e.cost for e in active]))
+            before = composition.tight([e.cost for e in active])
+            after = composition.tight([e.cost for e in active] + [cost])
+            for name, allowed in (("tenant budget", budget), ("request budget", limit)):
+                if allowed is not None and (after.epsilon > allowed.epsilon or after.delta > allowed.delta):
+                    left = allowed.less(before)
                     raise BudgetExhausted(
-                        f"datasets/{dataset} has spent ε={before.epsilon:.6g}, δ={before.delta:.3g} of its budget "
-                        f"(ε={budget.epsilon:g}, δ={budget.delta:g}); this request needs ε={cost.epsilon:.6g}, "
-                        f"δ={cost.delta:.3g} more",
-                        metadata={"dataset": dataset, "spent_epsilon": repr(before.epsilon),
-                                  "requested_epsilon": repr(cost.epsilon), "budget_epsilon": repr(budget.epsilon)})
-                self._db.execute("INSERT INTO entries (tenant, dataset, epsilon, delta, mechanism, spent_by, "
-                                 "create_time) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                 (tenant, dataset, cost.epsilon, cost.delta, cost.mechanism, spent_by, time.time()))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return after
+                        f"the {name} (ε={allowed.epsilon:g}, δ={allowed.delta:g}) has ε={left.epsilon:.6g}, "
+                        f"δ={left.delta:.3g} left; this charge ({cost.description or cost.mechanism}) would bring "
+                        f"the composed spending to ε={after.epsilon:.6g}, δ={after.delta:.3g}",
+                        metadata={"dataset": dataset, "budget_epsilon": repr(allowed.epsilon),
+                                  "budget_delta": repr(allowed.delta), "spent_epsilon": repr(before.epsilon),
+                                  "spent_delta": repr(before.delta), "remaining_epsilon": repr(left.epsilon),
+                                  "remaining_delta": repr(left.delta), "requested_epsilon": repr(cost.epsilon),
+                                  "requested_delta": repr(cost.delta)})
+            now = time.time()
+            row = (f"{int(now * 1000):012x}{secrets.token_hex(10)}", tenant, dataset, request_id, spent_by, RESERVED,
+                   json.dumps(cost.to_dict()), now, now)
+            if existing is not None:  # released before (the work failed), now retried: reserved again
+                row = (existing.id, *row[1:7], existing.create_time, now)
+                db.execute("UPDATE ledger_entries SET spent_by = ?, state = ?, epsilon = ?, delta = ?, cost = ?, "
+                           "update_time = ? WHERE id = ?",
+                           (spent_by, RESERVED, cost.epsilon, cost.delta, row[6], now, existing.id))
+            else:
+                db.execute("INSERT INTO ledger_entries (id, tenant, dataset, request_id, spent_by, state, epsilon, "
+                           "delta, cost, create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           (*row[:6], cost.epsilon, cost.delta, *row[6:]))
+        return _entry(row), budget.less(after)
 
-    def close(self) -> None:
-        self._db.close()
+    def _move(self, tenant: str, request_id: str, state: str, cost: Cost | None = None) -> Entry:
+        with self._transaction() as db:
+            found = db.execute(f"SELECT {_COLUMNS} FROM ledger_entries WHERE tenant = ? AND request_id = ?",
+                               (tenant, request_id)).fetchone()
+            if found is None:
+                raise NotFound("ledger entry", f"request_id {request_id}")
+            entry = _entry(found)
+            if entry.state == state:
+                return entry  # a retry
+            if entry.state != RESERVED:
+                raise FailedPrecondition(f"the charge {request_id!r} is {entry.state.lower()}; it cannot be "
+                                         f"{state.lower()}", reason="LEDGER_ENTRY_" + entry.state)
+            cost = cost or entry.cost
+            now = time.time()
+            db.execute("UPDATE ledger_entries SET state = ?, epsilon = ?, delta = ?, cost = ?, update_time = ? "
+                       "WHERE id = ?", (state, cost.epsilon, cost.delta, json.dumps(cost.to_dict()), now, entry.id))
+        return Entry(entry.id, tenant, entry.dataset, request_id, entry.spent_by, state, cost, entry.create_time, now)
+
+    def commit(self, tenant: str, request_id: str, cost: Cost | None = None) -> Entry:
+        """The work is done. `cost`, when the final cost is known only now, may not exceed the reserved one."""
+        if cost is not None:
+            _check_cost(cost)
+            with self._transaction() as db:
+                found = db.execute("SELECT epsilon, delta FROM ledger_entries WHERE tenant = ? AND request_id = ?",
+                                   (tenant, request_id)).fetchone()
+            if found is not None and (cost.epsilon > found[0] or cost.delta > found[1]):
+                raise InvalidInput("cost", f"ε={cost.epsilon:.6g}, δ={cost.delta:.3g} exceeds the reserved "
+                                           f"ε={found[0]:.6g}, δ={found[1]:.3g}")
+        return self._move(tenant, request_id, COMMITTED, cost)
+
+    def release(self, tenant: str, request_id: str) -> Entry:
+        """The work failed before it released anything: the reservation stops counting."""
+        return self._move(tenant, request_id, RELEASED)

@@ -7,7 +7,8 @@
   width r is μ-GDP with μ = sqrt(ᾱ) · r · sqrt(d) / sqrt(1 - ᾱ) (d = C·H·W; Dong, Roth & Su 2019, the same
   curve as Balle & Wang's analytic Gaussian mechanism). Its (ε, δ): δ(ε) = Φ(-ε/μ + μ/2) - e^ε Φ(-ε/μ - μ/2),
   solved for the smallest ε with δ(ε) ≤ δ by bisection, returning the upper end of the bracket.
-- Composition of different mechanisms on the same data: basic (ε and δ add up), valid for any mix.
+
+Composition lives in umbra.privacy.composition; the accountants that compose tightly in umbra.privacy.accountants.
 """
 
 from __future__ import annotations
@@ -30,6 +31,19 @@ class Cost:
     description: str = ""  # what it protects, for people: "attribute gender"
     parameters: dict[str, float] = field(default_factory=dict)  # what re-derives the bound
     components: tuple["Cost", ...] = ()  # for a composition
+    accountant: str = ""  # the name (umbra.privacy.accountants.ACCOUNTANTS) of what computed ε; "" for the default
+
+    def to_dict(self) -> dict:
+        """A JSON-ready form that keeps every parameter (the ledger stores it)."""
+        return {"epsilon": self.epsilon, "delta": self.delta, "mechanism": self.mechanism,
+                "description": self.description, "parameters": dict(self.parameters),
+                "components": [c.to_dict() for c in self.components], "accountant": self.accountant}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Cost":
+        return cls(float(data["epsilon"]), float(data.get("delta", 0.0)), data.get("mechanism", ""),
+                   data.get("description", ""), {k: float(v) for k, v in data.get("parameters", {}).items()},
+                   tuple(cls.from_dict(c) for c in data.get("components", ())), data.get("accountant", ""))
 
 
 def randomized_response_keep_probability(epsilon: float, k: int) -> float:
@@ -92,7 +106,12 @@ def image_noise_mu(alpha_bar: float, dimension: int, pixel_range: float = 2.0) -
     return math.sqrt(alpha_bar) * pixel_range * math.sqrt(dimension) / math.sqrt(1.0 - alpha_bar)
 
 
-def compose(costs: list[Cost], description: str = "") -> Cost:
-    """Basic composition: ε and δ add up (valid for any mechanisms on the same data)."""
-    return Cost(epsilon=math.fsum(c.epsilon for c in costs), delta=math.fsum(c.delta for c in costs),
-                mechanism="composition", description=description, components=tuple(costs))
+def dp_sgd_cost(privacy: dict, description: str) -> Cost:
+    """The cost a DP-SGD training record's "privacy" describes (ε, δ, and the noise multiplier, sample rate and
+    steps that let a ledger recompose it); ε is infinite for a run without DP."""
+    if not privacy or not privacy.get("dp", "epsilon" in privacy):
+        return Cost(math.inf, 0.0, "dp_sgd", description)
+    parameters = {k: float(v) for k, v in privacy.items()
+                  if k in ("noise_multiplier", "sample_rate", "steps", "max_grad_norm", "noise_multiplicity")}
+    return Cost(float(privacy["epsilon"]), float(privacy.get("delta", 0.0)), "dp_sgd", description, parameters,
+                accountant=privacy.get("accountant", "prv"))

@@ -87,9 +87,12 @@ class ServiceAuthenticator:
     def __init__(self, service_token: str):
         self._hash = sha256_hex(service_token)
 
+    def accepts(self, token: str) -> bool:
+        return hmac.compare_digest(sha256_hex(token), self._hash)
+
     def authenticate(self, metadata: Mapping[str, str]) -> Principal:
         token = bearer(metadata)
-        if not hmac.compare_digest(sha256_hex(token), self._hash):
+        if not self.accepts(token):
             raise Unauthenticated("invalid service credential", reason="CREDENTIAL_INVALID")
         tenant = metadata.get(TENANT_HEADER, "")
         if tenant:
@@ -171,16 +174,20 @@ class ApiKeyStore:
 
 
 class TenantAuthenticator:
-    """The public coordinator: tenant API keys, or the admin key."""
+    """The public coordinator: tenant API keys, or the admin key; and, when given one, the service credential of
+    Umbra's own workers (which name their tenant in x-umbra-tenant: the ledger's internal RPCs)."""
 
-    def __init__(self, keys: ApiKeyStore, admin_key: str):
+    def __init__(self, keys: ApiKeyStore, admin_key: str, service_token: str = ""):
         self._keys = keys
         self._admin_hash = sha256_hex(admin_key)
+        self._service = ServiceAuthenticator(service_token) if service_token else None
 
     def authenticate(self, metadata: Mapping[str, str]) -> Principal:
         token = bearer(metadata)
         if hmac.compare_digest(sha256_hex(token), self._admin_hash):
             return Principal("admin")
+        if self._service is not None and self._service.accepts(token):
+            return self._service.authenticate(metadata)
         tenant = self._keys.verify(token)
         if tenant is None:
             raise Unauthenticated("invalid or revoked API key", reason="CREDENTIAL_INVALID")

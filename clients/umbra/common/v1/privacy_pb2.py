@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dumbra/common/v1/privacy.proto\x12\x0fumbra.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x02\n\x0bPrivacyCost\x12\x34\n\tmechanism\x18\x01 \x01(\x0e\x32!.umbra.common.v1.PrivacyMechanism\x12\x36\n\naccountant\x18\x02 \x01(\x0e\x32\".umbra.common.v1.PrivacyAccountant\x12\x0f\n\x07\x65psilon\x18\x03 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x01\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12@\n\nparameters\x18\x06 \x03(\x0b\x32,.umbra.common.v1.PrivacyCost.ParametersEntry\x12\x30\n\ncomponents\x18\x07 \x03(\x0b\x32\x1c.umbra.common.v1.PrivacyCost\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"/\n\rPrivacyBudget\x12\x0f\n\x07\x65psilon\x18\x01 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x01\"\xa2\x01\n\x12PrivacyLedgerEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12*\n\x04\x63ost\x18\x03 \x01(\x0b\x32\x1c.umbra.common.v1.PrivacyCost\x12\x10\n\x08spent_by\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xe0\x01\n\x10PrivacyMechanism\x12!\n\x1dPRIVACY_MECHANISM_UNSPECIFIED\x10\x00\x12\x1c\n\x18PRIVACY_MECHANISM_DP_SGD\x10\x01\x12\x1e\n\x1aPRIVACY_MECHANISM_GAUSSIAN\x10\x02\x12\x1d\n\x19PRIVACY_MECHANISM_LAPLACE\x10\x03\x12)\n%PRIVACY_MECHANISM_RANDOMIZED_RESPONSE\x10\x04\x12!\n\x1dPRIVACY_MECHANISM_COMPOSITION\x10\x05*\xd6\x01\n\x11PrivacyAccountant\x12\"\n\x1ePRIVACY_ACCOUNTANT_UNSPECIFIED\x10\x00\x12\x1a\n\x16PRIVACY_ACCOUNTANT_PRV\x10\x01\x12\x1a\n\x16PRIVACY_ACCOUNTANT_RDP\x10\x02\x12\x1a\n\x16PRIVACY_ACCOUNTANT_GDP\x10\x03\x12\x1f\n\x1bPRIVACY_ACCOUNTANT_ANALYTIC\x10\x04\x12(\n$PRIVACY_ACCOUNTANT_BASIC_COMPOSITION\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dumbra/common/v1/privacy.proto\x12\x0fumbra.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x02\n\x0bPrivacyCost\x12\x34\n\tmechanism\x18\x01 \x01(\x0e\x32!.umbra.common.v1.PrivacyMechanism\x12\x36\n\naccountant\x18\x02 \x01(\x0e\x32\".umbra.common.v1.PrivacyAccountant\x12\x0f\n\x07\x65psilon\x18\x03 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x01\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12@\n\nparameters\x18\x06 \x03(\x0b\x32,.umbra.common.v1.PrivacyCost.ParametersEntry\x12\x30\n\ncomponents\x18\x07 \x03(\x0b\x32\x1c.umbra.common.v1.PrivacyCost\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"/\n\rPrivacyBudget\x12\x0f\n\x07\x65psilon\x18\x01 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x01\"\x9b\x02\n\x12PrivacyLedgerEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12*\n\x04\x63ost\x18\x03 \x01(\x0b\x32\x1c.umbra.common.v1.PrivacyCost\x12\x10\n\x08spent_by\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x05state\x18\x06 \x01(\x0e\x32#.umbra.common.v1.PrivacyChargeState\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xe0\x01\n\x10PrivacyMechanism\x12!\n\x1dPRIVACY_MECHANISM_UNSPECIFIED\x10\x00\x12\x1c\n\x18PRIVACY_MECHANISM_DP_SGD\x10\x01\x12\x1e\n\x1aPRIVACY_MECHANISM_GAUSSIAN\x10\x02\x12\x1d\n\x19PRIVACY_MECHANISM_LAPLACE\x10\x03\x12)\n%PRIVACY_MECHANISM_RANDOMIZED_RESPONSE\x10\x04\x12!\n\x1dPRIVACY_MECHANISM_COMPOSITION\x10\x05*\x80\x02\n\x11PrivacyAccountant\x12\"\n\x1ePRIVACY_ACCOUNTANT_UNSPECIFIED\x10\x00\x12\x1a\n\x16PRIVACY_ACCOUNTANT_PRV\x10\x01\x12\x1a\n\x16PRIVACY_ACCOUNTANT_RDP\x10\x02\x12\x1a\n\x16PRIVACY_ACCOUNTANT_GDP\x10\x03\x12\x1f\n\x1bPRIVACY_ACCOUNTANT_ANALYTIC\x10\x04\x12(\n$PRIVACY_ACCOUNTANT_BASIC_COMPOSITION\x10\x05\x12(\n$PRIVACY_ACCOUNTANT_TIGHT_COMPOSITION\x10\x06*\xa4\x01\n\x12PrivacyChargeState\x12$\n PRIVACY_CHARGE_STATE_UNSPECIFIED\x10\x00\x12!\n\x1dPRIVACY_CHARGE_STATE_RESERVED\x10\x01\x12\"\n\x1ePRIVACY_CHARGE_STATE_COMMITTED\x10\x02\x12!\n\x1dPRIVACY_CHARGE_STATE_RELEASED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,10 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PRIVACYCOST_PARAMETERSENTRY']._loaded_options = None
   _globals['_PRIVACYCOST_PARAMETERSENTRY']._serialized_options = b'8\001'
-  _globals['_PRIVACYMECHANISM']._serialized_start=644
-  _globals['_PRIVACYMECHANISM']._serialized_end=868
-  _globals['_PRIVACYACCOUNTANT']._serialized_start=871
-  _globals['_PRIVACYACCOUNTANT']._serialized_end=1085
+  _globals['_PRIVACYMECHANISM']._serialized_start=765
+  _globals['_PRIVACYMECHANISM']._serialized_end=989
+  _globals['_PRIVACYACCOUNTANT']._serialized_start=992
+  _globals['_PRIVACYACCOUNTANT']._serialized_end=1248
+  _globals['_PRIVACYCHARGESTATE']._serialized_start=1251
+  _globals['_PRIVACYCHARGESTATE']._serialized_end=1415
   _globals['_PRIVACYCOST']._serialized_start=84
   _globals['_PRIVACYCOST']._serialized_end=427
   _globals['_PRIVACYCOST_PARAMETERSENTRY']._serialized_start=378
@@ -45,5 +47,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PRIVACYBUDGET']._serialized_start=429
   _globals['_PRIVACYBUDGET']._serialized_end=476
   _globals['_PRIVACYLEDGERENTRY']._serialized_start=479
-  _globals['_PRIVACYLEDGERENTRY']._serialized_end=641
+  _globals['_PRIVACYLEDGERENTRY']._serialized_end=762
 # @@protoc_insertion_point(module_scope)

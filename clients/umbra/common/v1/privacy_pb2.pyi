@@ -27,6 +27,14 @@ class PrivacyAccountant(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PRIVACY_ACCOUNTANT_GDP: _ClassVar[PrivacyAccountant]
     PRIVACY_ACCOUNTANT_ANALYTIC: _ClassVar[PrivacyAccountant]
     PRIVACY_ACCOUNTANT_BASIC_COMPOSITION: _ClassVar[PrivacyAccountant]
+    PRIVACY_ACCOUNTANT_TIGHT_COMPOSITION: _ClassVar[PrivacyAccountant]
+
+class PrivacyChargeState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRIVACY_CHARGE_STATE_UNSPECIFIED: _ClassVar[PrivacyChargeState]
+    PRIVACY_CHARGE_STATE_RESERVED: _ClassVar[PrivacyChargeState]
+    PRIVACY_CHARGE_STATE_COMMITTED: _ClassVar[PrivacyChargeState]
+    PRIVACY_CHARGE_STATE_RELEASED: _ClassVar[PrivacyChargeState]
 PRIVACY_MECHANISM_UNSPECIFIED: PrivacyMechanism
 PRIVACY_MECHANISM_DP_SGD: PrivacyMechanism
 PRIVACY_MECHANISM_GAUSSIAN: PrivacyMechanism
@@ -39,6 +47,11 @@ PRIVACY_ACCOUNTANT_RDP: PrivacyAccountant
 PRIVACY_ACCOUNTANT_GDP: PrivacyAccountant
 PRIVACY_ACCOUNTANT_ANALYTIC: PrivacyAccountant
 PRIVACY_ACCOUNTANT_BASIC_COMPOSITION: PrivacyAccountant
+PRIVACY_ACCOUNTANT_TIGHT_COMPOSITION: PrivacyAccountant
+PRIVACY_CHARGE_STATE_UNSPECIFIED: PrivacyChargeState
+PRIVACY_CHARGE_STATE_RESERVED: PrivacyChargeState
+PRIVACY_CHARGE_STATE_COMMITTED: PrivacyChargeState
+PRIVACY_CHARGE_STATE_RELEASED: PrivacyChargeState
 
 class PrivacyCost(_message.Message):
     __slots__ = ("mechanism", "accountant", "epsilon", "delta", "description", "parameters", "components")
@@ -74,15 +87,21 @@ class PrivacyBudget(_message.Message):
     def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
 
 class PrivacyLedgerEntry(_message.Message):
-    __slots__ = ("name", "dataset", "cost", "spent_by", "create_time")
+    __slots__ = ("name", "dataset", "cost", "spent_by", "create_time", "state", "request_id", "update_time")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
     SPENT_BY_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     dataset: str
     cost: PrivacyCost
     spent_by: str
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., dataset: _Optional[str] = ..., cost: _Optional[_Union[PrivacyCost, _Mapping]] = ..., spent_by: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    state: PrivacyChargeState
+    request_id: str
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., dataset: _Optional[str] = ..., cost: _Optional[_Union[PrivacyCost, _Mapping]] = ..., spent_by: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[PrivacyChargeState, str]] = ..., request_id: _Optional[str] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from umbra.common.v1 import privacy_pb2 as umbra_dot_common_dot_v1_dot_privacy__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)umbra/coordinator/v1/ledger_service.proto\x12\x14umbra.coordinator.v1\x1a\x1dumbra/common/v1/privacy.proto\"+\n\x18GetPrivacyBalanceRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\"\xab\x01\n\x19GetPrivacyBalanceResponse\x12.\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x1e.umbra.common.v1.PrivacyBudget\x12+\n\x05spent\x18\x02 \x01(\x0b\x32\x1c.umbra.common.v1.PrivacyCost\x12\x31\n\tremaining\x18\x03 \x01(\x0b\x32\x1e.umbra.common.v1.PrivacyBudget\"R\n\x18ListLedgerEntriesRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"j\n\x19ListLedgerEntriesResponse\x12\x34\n\x07\x65ntries\x18\x01 \x03(\x0b\x32#.umbra.common.v1.PrivacyLedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xfb\x01\n\rLedgerService\x12t\n\x11GetPrivacyBalance\x12..umbra.coordinator.v1.GetPrivacyBalanceRequest\x1a/.umbra.coordinator.v1.GetPrivacyBalanceResponse\x12t\n\x11ListLedgerEntries\x12..umbra.coordinator.v1.ListLedgerEntriesRequest\x1a/.umbra.coordinator.v1.ListLedgerEntriesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)umbra/coordinator/v1/ledger_service.proto\x12\x14umbra.coordinator.v1\x1a\x1dumbra/common/v1/privacy.proto\"+\n\x18GetPrivacyBalanceRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\"\x93\x02\n\x19GetPrivacyBalanceResponse\x12.\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x1e.umbra.common.v1.PrivacyBudget\x12+\n\x05spent\x18\x02 \x01(\x0b\x32\x1c.umbra.common.v1.PrivacyCost\x12\x31\n\tremaining\x18\x03 \x01(\x0b\x32\x1e.umbra.common.v1.PrivacyBudget\x12\x31\n\x0bspent_basic\x18\x04 \x01(\x0b\x32\x1c.umbra.common.v1.PrivacyCost\x12\x18\n\x10reserved_entries\x18\x05 \x01(\x05\x12\x19\n\x11\x63ommitted_entries\x18\x06 \x01(\x05\"R\n\x18ListLedgerEntriesRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"j\n\x19ListLedgerEntriesResponse\x12\x34\n\x07\x65ntries\x18\x01 \x03(\x0b\x32#.umbra.common.v1.PrivacyLedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb0\x01\n\x1bReservePrivacyChargeRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12*\n\x04\x63ost\x18\x02 \x01(\x0b\x32\x1c.umbra.common.v1.PrivacyCost\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x10\n\x08spent_by\x18\x04 \x01(\t\x12.\n\x06\x62udget\x18\x05 \x01(\x0b\x32\x1e.umbra.common.v1.PrivacyBudget\"\x85\x01\n\x1cReservePrivacyChargeResponse\x12\x32\n\x05\x65ntry\x18\x01 \x01(\x0b\x32#.umbra.common.v1.PrivacyLedgerEntry\x12\x31\n\tremaining\x18\x02 \x01(\x0b\x32\x1e.umbra.common.v1.PrivacyBudget\"\\\n\x1a\x43ommitPrivacyChargeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x04\x63ost\x18\x02 \x01(\x0b\x32\x1c.umbra.common.v1.PrivacyCost\"Q\n\x1b\x43ommitPrivacyChargeResponse\x12\x32\n\x05\x65ntry\x18\x01 \x01(\x0b\x32#.umbra.common.v1.PrivacyLedgerEntry\"A\n\x1bReleasePrivacyChargeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"R\n\x1cReleasePrivacyChargeResponse\x12\x32\n\x05\x65ntry\x18\x01 \x01(\x0b\x32#.umbra.common.v1.PrivacyLedgerEntry2\xf5\x04\n\rLedgerService\x12t\n\x11GetPrivacyBalance\x12..umbra.coordinator.v1.GetPrivacyBalanceRequest\x1a/.umbra.coordinator.v1.GetPrivacyBalanceResponse\x12t\n\x11ListLedgerEntries\x12..umbra.coordinator.v1.ListLedgerEntriesRequest\x1a/.umbra.coordinator.v1.ListLedgerEntriesResponse\x12}\n\x14ReservePrivacyCharge\x12\x31.umbra.coordinator.v1.ReservePrivacyChargeRequest\x1a\x32.umbra.coordinator.v1.ReservePrivacyChargeResponse\x12z\n\x13\x43ommitPrivacyCharge\x12\x30.umbra.coordinator.v1.CommitPrivacyChargeRequest\x1a\x31.umbra.coordinator.v1.CommitPrivacyChargeResponse\x12}\n\x14ReleasePrivacyCharge\x12\x31.umbra.coordinator.v1.ReleasePrivacyChargeRequest\x1a\x32.umbra.coordinator.v1.ReleasePrivacyChargeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,11 +35,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETPRIVACYBALANCEREQUEST']._serialized_start=98
   _globals['_GETPRIVACYBALANCEREQUEST']._serialized_end=141
   _globals['_GETPRIVACYBALANCERESPONSE']._serialized_start=144
-  _globals['_GETPRIVACYBALANCERESPONSE']._serialized_end=315
-  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=317
-  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=399
-  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=401
-  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=507
-  _globals['_LEDGERSERVICE']._serialized_start=510
-  _globals['_LEDGERSERVICE']._serialized_end=761
+  _globals['_GETPRIVACYBALANCERESPONSE']._serialized_end=419
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=421
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=503
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=505
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=611
+  _globals['_RESERVEPRIVACYCHARGEREQUEST']._serialized_start=614
+  _globals['_RESERVEPRIVACYCHARGEREQUEST']._serialized_end=790
+  _globals['_RESERVEPRIVACYCHARGERESPONSE']._serialized_start=793
+  _globals['_RESERVEPRIVACYCHARGERESPONSE']._serialized_end=926
+  _globals['_COMMITPRIVACYCHARGEREQUEST']._serialized_start=928
+  _globals['_COMMITPRIVACYCHARGEREQUEST']._serialized_end=1020
+  _globals['_COMMITPRIVACYCHARGERESPONSE']._serialized_start=1022
+  _globals['_COMMITPRIVACYCHARGERESPONSE']._serialized_end=1103
+  _globals['_RELEASEPRIVACYCHARGEREQUEST']._serialized_start=1105
+  _globals['_RELEASEPRIVACYCHARGEREQUEST']._serialized_end=1170
+  _globals['_RELEASEPRIVACYCHARGERESPONSE']._serialized_start=1172
+  _globals['_RELEASEPRIVACYCHARGERESPONSE']._serialized_end=1254
+  _globals['_LEDGERSERVICE']._serialized_start=1257
+  _globals['_LEDGERSERVICE']._serialized_end=1886
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,11 @@ if _version_not_supported:
 
 
 class LedgerServiceStub:
-    """LedgerService shows what privacy the calling tenant has spent and has left.
+    """LedgerService shows what privacy the calling tenant has spent and has left,
+    and takes the workers' charges: a worker reserves a charge before work that
+    spends privacy, commits it when the work is done and releases it when the
+    work fails. All of a tenant's charges compose against the tenant's one
+    budget, whichever replica made them.
     """
 
     def __init__(self, channel):
@@ -45,14 +49,34 @@ class LedgerServiceStub:
                 request_serializer=umbra_dot_coordinator_dot_v1_dot_ledger__service__pb2.ListLedgerEntriesRequest.SerializeToString,
                 response_deserializer=umbra_dot_coordinator_dot_v1_dot_ledger__service__pb2.ListLedgerEntriesResponse.FromString,
                 _registered_method=True)
+        self.ReservePrivacyCharge = channel.unary_unary(
+                '/umbra.coordinator.v1.LedgerService/ReservePrivacyCharge',
+                request_serializer=umbra_dot_coordinator_dot_v1_dot_ledger__service__pb2.ReservePrivacyChargeRequest.SerializeToString,
+                response_deserializer=umbra_dot_coordinator_dot_v1_dot_ledger__service__pb2.ReservePrivacyChargeResponse.FromString,
+                _registered_method=True)
+        self.CommitPrivacyCharge = channel.unary_unary(
+                '/umbra.coordinator.v1.LedgerService/CommitPrivacyCharge',
+                request_serializer=umbra_dot_coordinator_dot_v1_dot_ledger__service__pb2.CommitPrivacyChargeRequest.SerializeToString,
+                response_deserializer=umbra_dot_coordinator_dot_v1_dot_ledger__service__pb2.CommitPrivacyChargeResponse.FromString,
+                _registered_method=True)
+        self.ReleasePrivacyCharge = channel.unary_unary(
+                '/umbra.coordinator.v1.LedgerService/ReleasePrivacyCharge',
+                request_serializer=umbra_dot_coordinator_dot_v1_dot_ledger__service__pb2.ReleasePrivacyChargeRequest.SerializeToString,
+                response_deserializer=umbra_dot_coordinator_dot_v1_dot_ledger__service__pb2.ReleasePrivacyChargeResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer:
-    """LedgerService shows what privacy the calling tenant has spent and has left.
+    """LedgerService shows what privacy the calling tenant has spent and has left,
+    and takes the workers' charges: a worker reserves a charge before work that
+    spends privacy, commits it when the work is done and releases it when the
+    work fails. All of a tenant's charges compose against the tenant's one
+    budget, whichever replica made them.
     """
 
     def GetPrivacyBalance(self, request, context):
-        """Gets the tenant's budget, what is spent and what is left.
+        """Gets the tenant's budget, what is spent (composed tightly and by basic
+        composition) and what is left. Reserved charges count as spent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -60,6 +84,33 @@ class LedgerServiceServicer:
 
     def ListLedgerEntries(self, request, context):
         """Lists the ledger's entries, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReservePrivacyCharge(self, request, context):
+        """Internal (service credential, tenant in x-umbra-tenant): reserves a charge
+        before the work it pays for. Refused with FAILED_PRECONDITION
+        PRIVACY_BUDGET_EXHAUSTED (the remaining budget in the error's metadata)
+        when the tenant's composed spending would pass its budget. Idempotent by
+        request_id: a retry returns the same entry and charges nothing more.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitPrivacyCharge(self, request, context):
+        """Internal: the work is done; the reservation becomes a committed charge.
+        Committing a committed entry again changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleasePrivacyCharge(self, request, context):
+        """Internal: the work failed before releasing anything; the reservation no
+        longer counts. A committed charge cannot be released.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,6 +129,21 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     request_deserializer=umbra_dot_coordinator_dot_v1_dot_ledger__service__pb2.ListLedgerEntriesRequest.FromString,
                     response_serializer=umbra_dot_coordinator_dot_v1_dot_ledger__service__pb2.ListLedgerEntriesResponse.SerializeToString,
             ),
+            'ReservePrivacyCharge': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReservePrivacyCharge,
+                    request_deserializer=umbra_dot_coordinator_dot_v1_dot_ledger__service__pb2.ReservePrivacyChargeRequest.FromString,
+                    response_serializer=umbra_dot_coordinator_dot_v1_dot_ledger__service__pb2.ReservePrivacyChargeResponse.SerializeToString,
+            ),
+            'CommitPrivacyCharge': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitPrivacyCharge,
+                    request_deserializer=umbra_dot_coordinator_dot_v1_dot_ledger__service__pb2.CommitPrivacyChargeRequest.FromString,
+                    response_serializer=umbra_dot_coordinator_dot_v1_dot_ledger__service__pb2.CommitPrivacyChargeResponse.SerializeToString,
+            ),
+            'ReleasePrivacyCharge': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleasePrivacyCharge,
+                    request_deserializer=umbra_dot_coordinator_dot_v1_dot_ledger__service__pb2.ReleasePrivacyChargeRequest.FromString,
+                    response_serializer=umbra_dot_coordinator_dot_v1_dot_ledger__service__pb2.ReleasePrivacyChargeResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'umbra.coordinator.v1.LedgerService', rpc_method_handlers)
@@ -87,7 +153,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class LedgerService:
-    """LedgerService shows what privacy the calling tenant has spent and has left.
+    """LedgerService shows what privacy the calling tenant has spent and has left,
+    and takes the workers' charges: a worker reserves a charge before work that
+    spends privacy, commits it when the work is done and releases it when the
+    work fails. All of a tenant's charges compose against the tenant's one
+    budget, whichever replica made them.
     """
 
     @staticmethod
@@ -134,6 +204,87 @@ class LedgerService:
             '/umbra.coordinator.v1.LedgerService/ListLedgerEntries',
             umbra_dot_coordinator_dot_v1_dot_ledger__service__pb2.ListLedgerEntriesRequest.SerializeToString,
             umbra_dot_coordinator_dot_v1_dot_ledger__service__pb2.ListLedgerEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReservePrivacyCharge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/umbra.coordinator.v1.LedgerService/ReservePrivacyCharge',
+            umbra_dot_coordinator_dot_v1_dot_ledger__service__pb2.ReservePrivacyChargeRequest.SerializeToString,
+            umbra_dot_coordinator_dot_v1_dot_ledger__service__pb2.ReservePrivacyChargeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitPrivacyCharge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/umbra.coordinator.v1.LedgerService/CommitPrivacyCharge',
+            umbra_dot_coordinator_dot_v1_dot_ledger__service__pb2.CommitPrivacyChargeRequest.SerializeToString,
+            umbra_dot_coordinator_dot_v1_dot_ledger__service__pb2.CommitPrivacyChargeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleasePrivacyCharge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/umbra.coordinator.v1.LedgerService/ReleasePrivacyCharge',
+            umbra_dot_coordinator_dot_v1_dot_ledger__service__pb2.ReleasePrivacyChargeRequest.SerializeToString,
+            umbra_dot_coordinator_dot_v1_dot_ledger__service__pb2.ReleasePrivacyChargeResponse.FromString,
             options,
             channel_credentials,
             insecure,

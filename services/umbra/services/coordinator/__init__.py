@@ -1,7 +1,7 @@
 """The coordinator: Umbra's only public API. Callers present a tenant API key or the admin key.
 
-Built so far: tenants and their API keys, datasets and their versions. Protection jobs, the ledger and
-publishing answer UNIMPLEMENTED until they are built.
+Built so far: tenants and their API keys, datasets and their versions, the privacy ledger (which the workers
+charge with the service credential). Protection jobs and publishing answer UNIMPLEMENTED until they are built.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from umbra.runtime.auth import ApiKeyStore, TenantAuthenticator
 from umbra.runtime.server import Built, Runtime, ServiceSpec, registration
 from umbra.services.coordinator.datasets import DatasetServicer
 from umbra.services.coordinator.db import CoordinatorDB
-from umbra.services.coordinator.stubs import JobServicer, LedgerServicer, ModelServicer
+from umbra.privacy.ledger import PrivacyLedger
+from umbra.services.coordinator.ledger import LedgerServicer
+from umbra.services.coordinator.stubs import JobServicer, ModelServicer
 from umbra.services.coordinator.tenants import TenantServicer
 from umbra.storage import open_store
 
@@ -46,10 +48,11 @@ def build(runtime: Runtime) -> Built:
                          TenantServicer(db, api_keys, store)),
             registration(dataset_service_pb2, dataset_service_pb2_grpc, "DatasetService", datasets),
             registration(job_service_pb2, job_service_pb2_grpc, "JobService", JobServicer()),
-            registration(ledger_service_pb2, ledger_service_pb2_grpc, "LedgerService", LedgerServicer()),
+            registration(ledger_service_pb2, ledger_service_pb2_grpc, "LedgerService",
+                         LedgerServicer(PrivacyLedger(db.transaction))),
             registration(model_service_pb2, model_service_pb2_grpc, "ModelService", ModelServicer()),
         ],
-        authenticator=TenantAuthenticator(api_keys, config.admin_key),
+        authenticator=TenantAuthenticator(api_keys, config.admin_key, config.service_token),
     )
 
 

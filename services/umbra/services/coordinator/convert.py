@@ -6,7 +6,10 @@ from google.protobuf import timestamp_pb2
 
 from umbra.common.v1 import privacy_pb2, refs_pb2
 from umbra.coordinator.v1 import dataset_service_pb2 as ds
+from umbra.coordinator.v1 import ledger_service_pb2 as ls
 from umbra.coordinator.v1 import tenant_service_pb2 as ts
+from umbra.privacy.ledger import Balance, Entry
+from umbra.services.convert import budget_to_proto, privacy_cost_to_proto
 from umbra.services.coordinator.db import DatasetRow, TenantRow, VersionRow
 from umbra.storage import keys
 
@@ -57,3 +60,22 @@ def version_to_proto(row: VersionRow, bucket: str) -> ds.DatasetVersion:
         msg.manifest.CopyFrom(refs_pb2.ObjectRef(bucket=bucket, key=keys.manifest(row.dataset, row.version),
                                                  sha256=stats.get("manifest_sha256", "")))
     return msg
+
+
+_CHARGE_STATES = {"RESERVED": privacy_pb2.PRIVACY_CHARGE_STATE_RESERVED,
+                  "COMMITTED": privacy_pb2.PRIVACY_CHARGE_STATE_COMMITTED,
+                  "RELEASED": privacy_pb2.PRIVACY_CHARGE_STATE_RELEASED}
+
+
+def ledger_entry_to_proto(entry: Entry) -> privacy_pb2.PrivacyLedgerEntry:
+    return privacy_pb2.PrivacyLedgerEntry(
+        name=f"ledger/entries/{entry.id}", dataset=f"datasets/{entry.dataset}",
+        cost=privacy_cost_to_proto(entry.cost), spent_by=entry.spent_by, create_time=timestamp(entry.create_time),
+        state=_CHARGE_STATES[entry.state], request_id=entry.request_id, update_time=timestamp(entry.update_time))
+
+
+def balance_to_proto(balance: Balance) -> ls.GetPrivacyBalanceResponse:
+    return ls.GetPrivacyBalanceResponse(
+        budget=budget_to_proto(balance.budget), spent=privacy_cost_to_proto(balance.spent),
+        remaining=budget_to_proto(balance.remaining), spent_basic=privacy_cost_to_proto(balance.spent_basic),
+        reserved_entries=balance.reserved_entries, committed_entries=balance.committed_entries)

@@ -1,4 +1,5 @@
-"""The coordinator's metadata in SQL (SQLite by default): tenants, datasets and dataset versions.
+"""The coordinator's metadata in SQL (SQLite by default): tenants, datasets and dataset versions, and the privacy
+ledger's entries (umbra.privacy.ledger).
 
 Metadata is written before any side effect in storage, and a version's state says how far it got, so a
 restart can finish or clean up what a crash interrupted (see datasets.DatasetService.recover).
@@ -14,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from umbra.privacy import ledger
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
@@ -75,7 +78,7 @@ class CoordinatorDB:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(SCHEMA)
+            self._db.executescript(SCHEMA + ledger.SCHEMA)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

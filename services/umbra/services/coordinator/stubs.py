@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from umbra.coordinator.v1 import job_service_pb2_grpc, ledger_service_pb2_grpc, model_service_pb2_grpc
+from umbra.coordinator.v1 import job_service_pb2_grpc, model_service_pb2_grpc
 from umbra.runtime.unbuilt import not_built_yet
 
 _JOBS = "the protection job and its feedback loop"
@@ -17,11 +17,6 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     SubmitFeedback = not_built_yet("SubmitFeedback", _JOBS)
     ListFeedbackRounds = not_built_yet("ListFeedbackRounds", _JOBS)
     GetReport = not_built_yet("GetReport", _JOBS)
-
-
-class LedgerServicer(ledger_service_pb2_grpc.LedgerServiceServicer):
-    GetPrivacyBalance = not_built_yet("GetPrivacyBalance", "the privacy ledger")
-    ListLedgerEntries = not_built_yet("ListLedgerEntries", "the privacy ledger")
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):

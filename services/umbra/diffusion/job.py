@@ -1,0 +1,197 @@
+"""Training one generator version, plainly or with DP-SGD: the checks before any compute, the run, and the
+training record written with the weights (built here, beside the parameters it describes).
+
+    job = plan(registry, bucket, model="faces-gen", reader=reader, split="train", attributes=["gender", "age"],
+               image_size=32, hyper=GeneratorHyper(epochs=10), dp=DPSettings(target_delta=1e-6, target_epsilon=8),
+               start=None, seed=1)
+    job.reserved_cost()          # what the ledger reserves before the run: the target (ε, δ)
+    result = run(job, run_id=run, progress=report, cancelled=lambda: False)   # Result(model, version, record, cost)
+
+`progress(epoch_report, spent)` is called after every epoch with the privacy spent so far (a Cost, or None
+without DP). A run stopped after an epoch resumes from its last checkpoint when run again with the same `run_id`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from importlib.metadata import version as package_version
+
+import numpy as np
+import torch
+
+from umbra.classifiers.data import decode
+from umbra.classifiers.registry import ModelRegistry, StoredModel
+from umbra.diffusion.attributes import Attribute, schema_for
+from umbra.diffusion.generator import ConditionalUNet, GeneratorConfig, load_matching
+from umbra.diffusion.training import GeneratorHyper, train
+from umbra.privacy.dp_sgd import Checkpoint, DPSettings, EpochReport, poisson_rate
+from umbra.privacy.mechanisms import Cost, dp_sgd_cost
+from umbra.runtime.errors import Cancelled, InvalidInput
+from umbra.storage.datasets import DatasetReader
+
+log = logging.getLogger(__name__)
+SIZES = (16, 32, 64)
+_SHAPE = ("channels", "layers_per_block", "attention", "norm_groups", "prediction", "train_timesteps")
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """A checked generator-training request, ready to run."""
+
+    registry: ModelRegistry
+    bucket: str
+    model: str
+    reader: DatasetReader
+    split: str
+    attributes: tuple[Attribute, ...]
+    image_size: int
+    hyper: GeneratorHyper
+    dp: DPSettings | None
+    start: StoredModel | None  # public pretraining: the generator version to start from
+    samples: int  # fully labelled training images
+    seed: int
+
+    @property
+    def config(self) -> GeneratorConfig:
+        return GeneratorConfig(image_size=self.image_size, attributes=self.attributes)
+
+    def privacy(self, epsilon: float, accountant: str, noise_multiplier: float, steps: int) -> dict:
+        """What the run spent, with what re-derives it (the record's "privacy")."""
+        if self.dp is None:
+            return {"dp": False}
+        return {"dp": True, "epsilon": epsilon, "delta": self.dp.target_delta, "accountant": accountant,
+                "noise_multiplier": noise_multiplier, "sample_rate": poisson_rate(self.samples, self.hyper.batch_size),
+                "steps": steps, "max_grad_norm": self.dp.max_grad_norm,
+                "noise_multiplicity": self.hyper.noise_multiplicity}
+
+    def reserved_cost(self) -> Cost | None:
+        """The target (ε, δ), charged before the run (None without DP: nothing finite to charge)."""
+        if self.dp is None:
+            return None
+        return Cost(self.dp.target_epsilon, self.dp.target_delta, "dp_sgd", "generator training (target)")
+
+    def record(self, result, images: int, seconds: float, fresh: list[str] | None) -> dict:
+        return {
+            "kind": "generator",
+            "dataset": {"dataset": f"datasets/{self.reader.dataset}", "version": self.reader.version,
+                        "split": self.split},
+            "condition_attributes": [a.name for a in self.attributes], "seed": self.seed, "steps": result.steps,
+            "train_loss": result.final_loss, "train_seconds": seconds, "images": images,
+            "hyperparameters": dataclasses.asdict(self.hyper),
+            "privacy": self.privacy(result.epsilon, result.accountant, result.noise_multiplier, result.steps),
+            "initialized_from": None if self.start is None else {
+                "model": f"models/{self.start.model}", "version": self.start.version,
+                "dataset": self.start.record.get("dataset"), "privacy": self.start.record.get("privacy"),
+                "fresh_attributes": fresh},
+            "code_version": package_version("umbra"),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    model: str
+    version: int
+    record: dict
+    cost: Cost  # ε_g: what the run spent (infinite without DP)
+
+
+def plan(registry: ModelRegistry, bucket: str, *, model: str, reader: DatasetReader, split: str,
+         attributes: list[str], image_size: int, hyper: GeneratorHyper, dp: DPSettings | None,
+         start: tuple[str, int] | None, seed: int) -> Job:
+    """Every check before any compute; InvalidInput names the request field. `image_size` 0 is min(32, the
+    dataset's)."""
+    selected = [s for s in reader.samples() if s.split == split]
+    if not selected:
+        raise InvalidInput("dataset.split", f"split {split!r} has no samples")
+    columns = {c: [s.labels[c] for s in selected if c in s.labels] for c in reader.header.label_columns}
+    schema = schema_for(columns, attributes)
+    samples = sum(1 for s in selected if all(n in s.labels for n in attributes))
+    if samples == 0:
+        raise InvalidInput("condition_attributes", f"no sample of split {split!r} has a value for every one of "
+                                                   f"{', '.join(attributes)}")
+    size = image_size or min(32, reader.header.image_size)
+    if size not in SIZES:
+        raise InvalidInput("image_size", f"is {size}: must be one of {', '.join(map(str, SIZES))}")
+    if size > reader.header.image_size:
+        raise InvalidInput("image_size", f"is {size} px; the dataset's images are {reader.header.image_size} px")
+    hyper = hyper.validate(samples)
+    if dp is not None:
+        if not 0 < dp.target_delta < 1 / samples:
+            raise InvalidInput("privacy.target_delta", f"must be in (0, 1/n) = (0, {1 / samples:.3g}) for the "
+                                                       f"{samples} training images")
+        if not (math.isfinite(dp.max_grad_norm) and dp.max_grad_norm > 0):
+            raise InvalidInput("privacy.max_grad_norm", "must be a positive number")
+    stored = None if start is None else _starting_point(registry, bucket, start, reader, size, schema)
+    return Job(registry, bucket, model, reader, split, schema, size, hyper, dp, stored, samples, seed)
+
+
+def _starting_point(registry: ModelRegistry, bucket: str, start: tuple[str, int], reader: DatasetReader, size: int,
+                    attributes: tuple[Attribute, ...]) -> StoredModel:
+    """The generator to start from (public pretraining): the same network and schedule at the same size, never
+    trained on the dataset being trained on now."""
+    name = f"models/{start[0]}/versions/{start[1]}"
+    stored = registry.get(bucket, *start, kind="generator", field="initialize_from")
+    if stored.config.image_size != size:
+        raise InvalidInput("initialize_from", f"{name} is for {stored.config.image_size} px images, this run for "
+                                              f"{size} px")
+    fresh = GeneratorConfig(image_size=size, attributes=attributes)
+    if any(getattr(stored.config, k) != getattr(fresh, k) for k in _SHAPE):
+        raise InvalidInput("initialize_from", f"{name} has another network or schedule than this version's "
+                                              f"generators")
+    if stored.record.get("dataset", {}).get("dataset") == f"datasets/{reader.dataset}":
+        raise InvalidInput("initialize_from", f"{name} was trained on datasets/{reader.dataset} itself: start from a "
+                                              f"generator trained on public data")
+    return stored
+
+
+def load_images(job: Job) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split's fully labelled images (uint8, N×3×S×S) and their attribute indices."""
+    names = [a.name for a in job.attributes]
+    images, labels = [], []
+    for sample, data in job.reader.iter_images(split=job.split):
+        if all(n in sample.labels for n in names):
+            images.append(decode(data, job.image_size))
+            labels.append([a.index(sample.labels[a.name]) for a in job.attributes])
+    return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64)
+
+
+def run(job: Job, *, run_id: str, progress: Callable[[EpochReport, Cost | None], None] = lambda report, spent: None,
+        stage: Callable[[str], None] = lambda name: None, cancelled: Callable[[], bool] = lambda: False) -> Result:
+    """Trains and writes the new version; raises Cancelled when `cancelled()` turns true before it is written."""
+    stage("loading images")
+    images, labels = load_images(job)
+    _check(cancelled)
+    torch.manual_seed(job.seed)
+    net = ConditionalUNet(job.config)
+    fresh = None
+    if job.start is not None:
+        fresh = load_matching(net, job.registry.weights(job.bucket, job.start.model, job.start.version),
+                              job.start.config)
+    saved = job.registry.latest_checkpoint(job.bucket, job.model, run_id)
+    resume = Checkpoint(**saved) if saved else None
+
+    def on_epoch(report: EpochReport, checkpoint: Checkpoint) -> None:
+        job.registry.save_checkpoint(job.bucket, job.model, run_id, report.epoch, dataclasses.asdict(checkpoint))
+        spent = job.privacy(report.epsilon, report.accountant, checkpoint.noise_multiplier, report.steps)
+        progress(report, dp_sgd_cost(spent, "generator training") if job.dp else None)
+
+    stage("training")
+    started = time.monotonic()
+    result = train(net, images, labels, job.hyper, job.dp, job.seed, on_epoch=on_epoch, resume=resume,
+                   should_stop=cancelled)
+    _check(cancelled)
+    record = job.record(result, len(images), time.monotonic() - started, fresh)
+    stage("writing the generator")
+    version = job.registry.write(job.bucket, job.model, job.config, net.state_dict(), record)
+    cost = dp_sgd_cost(record["privacy"], "generator training")
+    log.info("generator %s v%d written (epsilon %s)", job.model, version, cost.epsilon)
+    return Result(job.model, version, record, cost)
+
+
+def _check(cancelled: Callable[[], bool]) -> None:
+    if cancelled():
+        raise Cancelled("cancelled by request")

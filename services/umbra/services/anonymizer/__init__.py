@@ -1,0 +1,25 @@
+"""The anonymizer service: trains the DP conditional diffusion generator (umbra.diffusion.job) and anonymizes faces
+with it (umbra.anonymization), charging every cost to the coordinator's privacy ledger first."""
+
+from __future__ import annotations
+
+from umbra.anonymizer.v1 import anonymizer_service_pb2 as an
+from umbra.anonymizer.v1 import anonymizer_service_pb2_grpc
+from umbra.runtime.auth import ServiceAuthenticator
+from umbra.runtime.server import Built, Runtime, ServiceSpec, registration
+from umbra.services.anonymizer.servicer import AnonymizerServicer
+from umbra.services.ledger_client import LedgerClient
+from umbra.storage import open_store
+
+
+def build(runtime: Runtime) -> Built:
+    config = runtime.config
+    ledger = LedgerClient(config.coordinator_url, config.service_token)
+    servicer = AnonymizerServicer(open_store(config.store), runtime.operations, ledger)
+    return Built(
+        registrations=[registration(an, anonymizer_service_pb2_grpc, "AnonymizerService", servicer)],
+        authenticator=ServiceAuthenticator(config.service_token),
+    )
+
+
+SPEC = ServiceSpec(name="anonymizer", build=build)

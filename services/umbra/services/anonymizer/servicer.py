@@ -1,0 +1,183 @@
+"""AnonymizerService: validates, converts, charges the privacy ledger and hands off. Generator training is
+umbra.diffusion.job; previews umbra.anonymization.preview; a whole dataset umbra.anonymization.dataset. Internal:
+the caller holds the service credential and names the tenant in x-umbra-tenant.
+
+Privacy: before any work that spends privacy, the charge is reserved in the coordinator's ledger (the tenant's one
+budget, shared by every replica), and committed when the work is done or released when it fails:
+- TrainGenerator: the target (ε, δ) against the training dataset; committed with what the run really spent.
+- Anonymize (a preview) and AnonymizeDataset: one image's image and attribute costs against the dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from umbra.anonymization import anonymize as anon
+from umbra.anonymization import dataset as anonymized_dataset
+from umbra.anonymization import preview
+from umbra.anonymizer.v1 import anonymizer_service_pb2 as an
+from umbra.anonymizer.v1 import anonymizer_service_pb2_grpc
+from umbra.classifiers.registry import ModelRegistry
+from umbra.diffusion import job as generator_job
+from umbra.diffusion.generator import ConditionalUNet
+from umbra.privacy.mechanisms import Cost
+from umbra.runtime import auth, names
+from umbra.runtime.errors import FailedPrecondition, InvalidInput
+from umbra.runtime.operations import LongRunning, OperationContext, OperationRunner
+from umbra.services.anonymizer import convert
+from umbra.services.convert import budget_from_proto, privacy_cost_to_proto
+from umbra.services.ledger_client import LedgerClient
+from umbra.services.references import dataset_reader
+from umbra.storage import keys
+from umbra.storage.base import ObjectStore
+from umbra.storage.datasets import DatasetReader
+
+
+def _tenant() -> str:
+    return auth.require_tenant("the anonymizer acts for a tenant: name it in x-umbra-tenant")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Charged:
+    """A job and the ledger charge that pays for it."""
+
+    job: object
+    charge: str  # the charge's request_id in the ledger ("" when nothing is charged)
+
+
+class AnonymizerServicer(anonymizer_service_pb2_grpc.AnonymizerServiceServicer):
+    def __init__(self, store: ObjectStore, operations: OperationRunner, ledger: LedgerClient):
+        self.store, self.registry, self.ledger = store, ModelRegistry(store), ledger
+        self._train = LongRunning(operations, "TrainGenerator", an.TrainGeneratorRequest, an.TrainGeneratorMetadata,
+                                  plan=self._plan_training, run=self._run_training)
+        self._dataset = LongRunning(operations, "AnonymizeDataset", an.AnonymizeDatasetRequest,
+                                    an.AnonymizeDatasetMetadata, plan=self._plan_dataset, run=self._run_dataset)
+
+    def _reserve(self, tenant: str, dataset: str, cost: Cost, charge: str, spent_by: str, budget, field: str) -> None:
+        self.ledger.reserve(tenant, dataset, cost, request_id=charge, spent_by=spent_by,
+                            limit=budget_from_proto(budget, field))
+
+    # --- the generator ---------------------------------------------------------------------------------------
+
+    def TrainGenerator(self, request, context):
+        tenant = _tenant()
+        charged = self._plan_training(tenant, request)  # every bad input refused here, before any compute
+        job: generator_job.Job = charged.job
+        cost = job.reserved_cost()
+        if cost is None and request.budget.epsilon > 0:
+            raise FailedPrecondition("a generator trained without DP has no finite ε; it cannot be trained within a "
+                                     "privacy budget (set privacy.target_epsilon)", reason="PRIVACY_BUDGET_EXHAUSTED")
+        if cost is not None:
+            self._reserve(tenant, job.reader.dataset, cost, charged.charge, "TrainGenerator", request.budget, "budget")
+        return an.TrainGeneratorResponse(operation=self._train.start(tenant, request))
+
+    def _plan_training(self, tenant: str, request: an.TrainGeneratorRequest) -> _Charged:
+        bucket = keys.bucket(tenant)
+        model = names.model(request.model, "model")
+        reader = dataset_reader(self.store, bucket, request.dataset, "dataset")
+        start = names.model_ref(request.initialize_from, "initialize_from") if request.HasField("initialize_from") \
+            else None
+        job = generator_job.plan(self.registry, bucket, model=model, reader=reader, split=request.dataset.split or
+                                 "train", attributes=list(request.condition_attributes), image_size=request.image_size,
+                                 hyper=convert.hyper_from_proto(request), dp=convert.dp_from_proto(request.privacy),
+                                 start=start, seed=request.seed)
+        return _Charged(job, convert.charge_id("TrainGenerator", request) if job.dp else "")
+
+    def _run_training(self, ctx: OperationContext, charged: _Charged) -> an.GeneratorResult:
+        job: generator_job.Job = charged.job
+
+        def progress(report, spent: Cost | None) -> None:
+            ctx.metadata.epoch, ctx.metadata.loss = report.epoch, report.loss
+            if spent is not None:
+                ctx.metadata.progress.privacy_spent.CopyFrom(privacy_cost_to_proto(spent))
+            ctx.report(stage="training", done=report.epoch, total=report.epochs, unit="epochs",
+                       message=f"loss {report.loss:.4f}" + (f", epsilon {spent.epsilon:.3f}" if spent else ""))
+
+        with self.ledger.settles(ctx.tenant, charged.charge) as settlement:
+            result = generator_job.run(job, run_id=ctx.name.removeprefix("operations/"), progress=progress,
+                                       stage=lambda name: ctx.report(stage=name), cancelled=lambda: ctx.cancelled)
+            settlement.cost = result.cost  # what the run spent, at most the target reserved
+        return convert.generator_result_to_proto(result.model, result.version, result.cost)
+
+    def _generator(self, bucket: str, ref, field: str) -> anon.Generator:
+        model, version = names.model_ref(ref, field)
+        stored = self.registry.get(bucket, model, version, kind="generator", field=field)  # NOT_FOUND for others'
+        return anon.Generator(model, version, stored.config, stored.record)
+
+    def _net(self, generator: anon.Generator, bucket: str) -> ConditionalUNet:
+        net = ConditionalUNet(generator.config)
+        net.load_state_dict(self.registry.weights(bucket, generator.model, generator.version))
+        return net.eval()
+
+    # --- anonymizing -----------------------------------------------------------------------------------------
+
+    def _check(self, bucket: str, settings: an.AnonymizationSettings, dataset: str, columns: list[str],
+               image_size: int) -> anon.Request:
+        generator = self._generator(bucket, settings.generator, "settings.generator")
+        return anon.check(generator, dataset_id=dataset or generator.trained_on,
+                          label_columns=columns or list(generator.config.classes),
+                          image_size=image_size or generator.config.image_size,
+                          protected=list(settings.protected_attributes), kept=list(settings.kept_attributes),
+                          intensity=settings.intensity, steps=settings.steps, seed=settings.seed)
+
+    def _checked(self, bucket: str, settings: an.AnonymizationSettings, reader: DatasetReader) -> anon.Request:
+        return self._check(bucket, settings, reader.dataset, reader.header.label_columns, reader.header.image_size)
+
+    def EstimatePrivacyCost(self, request, context):
+        """One image's cost, which is also a dataset's (each image is a different person's, so their costs do
+        not add up: parallel composition); priced for the generator's own training dataset, so ε_g is in it."""
+        tenant = _tenant()
+        if request.image_count < 0:
+            raise InvalidInput("image_count", "must be at least 0")
+        checked = self._check(keys.bucket(tenant), request.settings, "", [], 0)
+        return an.EstimatePrivacyCostResponse(privacy_cost=privacy_cost_to_proto(checked.cost.per_image))
+
+    def Anonymize(self, request, context):
+        tenant = _tenant()
+        bucket = keys.bucket(tenant)
+        reader = dataset_reader(self.store, bucket, request.dataset, "dataset")
+        checked = self._checked(bucket, request.settings, reader)
+        samples = preview.check(reader, checked, list(request.sample_keys))
+        charge = convert.charge_id("Anonymize", request)
+        self._reserve(tenant, reader.dataset, dataclasses.replace(checked.cost.charged,
+                                                                  description="anonymization preview"),
+                      charge, "Anonymize", request.settings.budget, "settings.budget")
+        with self.ledger.settles(tenant, charge):
+            shown = preview.run(self._net(checked.generator, bucket), checked, reader, samples,
+                                seed=request.settings.seed)
+        return convert.preview_to_proto(shown, checked)
+
+    def AnonymizeDataset(self, request, context):
+        tenant = _tenant()
+        charged = self._plan_dataset(tenant, request)
+        job: anonymized_dataset.Job = charged.job
+        self._reserve(tenant, job.reader.dataset, dataclasses.replace(job.request.cost.charged,
+                                                                      description="dataset anonymization"),
+                      charged.charge, "AnonymizeDataset", request.settings.budget, "settings.budget")
+        return an.AnonymizeDatasetResponse(operation=self._dataset.start(tenant, request))
+
+    def _plan_dataset(self, tenant: str, request: an.AnonymizeDatasetRequest) -> _Charged:
+        bucket = keys.bucket(tenant)
+        reader = dataset_reader(self.store, bucket, request.dataset, "dataset")
+        checked = self._checked(bucket, request.settings, reader)
+        if request.shards:
+            raise InvalidInput("shards", "splitting a dataset across replicas is not supported yet: leave it empty")
+        output = names.dataset(request.output_dataset or request.dataset.dataset, "output_dataset")
+        if request.output_version < 1:
+            raise InvalidInput("output_version", "is required: the version the coordinator reserved for the output")
+        job = anonymized_dataset.plan(self.store, bucket, reader, checked, output=(output, request.output_version),
+                                      fingerprint=convert.fingerprint(request, ignore=("request_id",)))
+        return _Charged(job, convert.charge_id("AnonymizeDataset", request))
+
+    def _run_dataset(self, ctx: OperationContext, charged: _Charged) -> an.AnonymizationResult:
+        job: anonymized_dataset.Job = charged.job
+
+        def progress(done: int, total: int, shards: int) -> None:
+            ctx.metadata.shards_done = shards
+            ctx.report(stage="anonymizing", done=done, total=total, unit="images", message=f"{shards} shards written")
+
+        with self.ledger.settles(ctx.tenant, charged.charge):
+            ctx.report(stage="loading the generator")
+            net = self._net(job.request.generator, job.out.bucket)
+            result = anonymized_dataset.run(job, net, progress=progress, cancelled=lambda: ctx.cancelled)
+        return convert.anonymization_result_to_proto(job, result)
