@@ -19,7 +19,25 @@ from umbra.distortion.v1 import distortion_service_pb2_grpc
 from umbra.storage import keys
 from umbra.storage.local import LocalObjectStore
 
-pytestmark = pytest.mark.slow
+# Every wait on the release takes what is left of one budget (a deadline), so the waits together fit inside the
+# test's timeout. RESERVE is what can still run past that deadline: restarting the worker (support.serve_process
+# allows 60 s), one late answer to each result's last poll (the client's 30 s RPC timeout), stopping the worker
+# (60 s), and 30 s for the assertions and the temporary folder.
+TIMEOUT = 900  # seconds, the whole test (it took 282 s on 2 cores at load average 5, beside the demo)
+RESERVE = 60 + 2 * 30 + 60 + 30
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(TIMEOUT)]
+
+
+class Budget:
+    """One deadline for all of a test's waits."""
+
+    def __init__(self, seconds: float):
+        self.deadline = time.monotonic() + seconds
+
+    def left(self, what: str) -> float:
+        left = self.deadline - time.monotonic()
+        assert left > 0, f"the test's wait budget ran out before {what}"
+        return left
 
 
 def request(version: int) -> ds.DistortDatasetRequest:
@@ -35,6 +53,7 @@ def shards(store, version: int) -> dict[str, str]:
 
 
 def test_killed_release_resumes_at_its_last_finished_shard(tmp_path):
+    budget = Budget(TIMEOUT - RESERVE)
     home, port = tmp_path / "home", free_port()
     store = LocalObjectStore(home / "objects")
     store.ensure_bucket("umbra-acme")
@@ -45,19 +64,20 @@ def test_killed_release_resumes_at_its_last_finished_shard(tmp_path):
     channel = open_channel(f"127.0.0.1:{port}", SERVICE_TOKEN, tenant="acme")
     stub, operations = distortion_service_pb2_grpc.DistortionServiceStub(channel), OperationsClient(channel)
     try:
-        interrupted = stub.DistortDataset(request(2), timeout=30).operation.name
-        deadline = time.monotonic() + 120
+        interrupted = stub.DistortDataset(request(2), timeout=min(30, budget.left("the request"))).operation.name
         while store.stat("umbra-acme", keys.private("faces", 2, "parts/shard-000000.tar.json")) is None:
-            assert time.monotonic() < deadline, "the first shard was never finished"
+            budget.left("the first shard was finished")
             time.sleep(0.1)
         proc.kill()
-        proc.wait(timeout=30)
+        proc.wait(timeout=min(30, budget.left("the killed worker ended")))
         written = store.get("umbra-acme", first_shard)
         assert store.stat("umbra-acme", keys.upload_manifest("faces", 2)) is None  # it was killed mid-release
         proc = serve_process("distortion", home, port)
-        resumed = operations.result(interrupted, ds.DistortionResult, poll_seconds=0.5, timeout=300)
-        whole = operations.result(stub.DistortDataset(request(3), timeout=30).operation.name, ds.DistortionResult,
-                                  poll_seconds=0.5, timeout=300)
+        resumed = operations.result(interrupted, ds.DistortionResult, poll_seconds=0.5,
+                                    timeout=budget.left("the resumed release ended"))
+        again = stub.DistortDataset(request(3), timeout=min(30, budget.left("the second request"))).operation.name
+        whole = operations.result(again, ds.DistortionResult, poll_seconds=0.5,
+                                  timeout=budget.left("the uninterrupted release ended"))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -59,20 +60,20 @@ class OperationsClient:
 
     def wait(self, name: str, *, timeout: float | None = None, progress: bool = False,
              poll_seconds: float = 5.0) -> lro.Operation:
-        """Waits until the operation is done (or `timeout` seconds pass) and returns it; with progress=True a
-        bar on stderr follows its stage and done/total (off a terminal, a line every few seconds)."""
+        """Waits until the operation is done (or `timeout` seconds of wall time pass, plus at most one late answer
+        to a poll, bounded by the client's RPC timeout) and returns it; with progress=True a bar on stderr follows
+        its stage and done/total (off a terminal, a line every few seconds)."""
         bar = Progress() if progress else None
-        waited = 0.0
+        deadline = None if timeout is None else time.monotonic() + timeout  # wall time, however long each poll takes
         try:
             while True:
-                step = poll_seconds if timeout is None else max(min(poll_seconds, timeout - waited), 0.0)
+                step = poll_seconds if deadline is None else max(min(poll_seconds, deadline - time.monotonic()), 0.0)
                 request = lro.WaitOperationRequest(name=name, timeout=duration_pb2.Duration(seconds=int(step),
                                                    nanos=int((step % 1) * 1e9)))
                 op = call(self.stub.WaitOperation, request, timeout=step + self.timeout)
-                waited += step
                 if bar is not None:
                     _show(bar, op)
-                if op.done or (timeout is not None and waited >= timeout):
+                if op.done or (deadline is not None and time.monotonic() >= deadline):
                     return op
         finally:
             if bar is not None:
