@@ -150,12 +150,13 @@ def commit_samples(store, bucket: str, dataset: str, version: int, rows, *, size
     return DatasetReader(store, bucket, dataset, version)
 
 
-def serve_process(service: str, home: Path, port: int) -> subprocess.Popen:
-    """`umbra serve <service>` as its own process (so a test can SIGKILL it), once it answers SERVING."""
+def serve_process(service: str, home: Path, port: int, **settings: str) -> subprocess.Popen:
+    """`umbra serve <service>` as its own process (so a test can SIGKILL it), once it answers SERVING; `settings`
+    are more UMBRA_* variables."""
     from umbra.client import health_of
 
     env = dict(os.environ, UMBRA_HOME=str(home), **{f"UMBRA_{service.upper()}_PORT": str(port)},
-               UMBRA_SERVICE_TOKEN=SERVICE_TOKEN, UMBRA_ADMIN_KEY=ADMIN_KEY)
+               UMBRA_SERVICE_TOKEN=SERVICE_TOKEN, UMBRA_ADMIN_KEY=ADMIN_KEY, **settings)
     proc = subprocess.Popen([sys.executable, "-m", "umbra.cli.main", "serve", service], env=env,
                             stdout=open(home / f"{service}-{time.time_ns()}.log", "wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
