@@ -1,5 +1,5 @@
-"""The anonymizer service: trains the DP conditional diffusion generator (umbra.diffusion.job) and anonymizes faces
-with it (umbra.anonymization), charging every cost to the coordinator's privacy ledger first."""
+"""The anonymizer service: trains the DP conditional diffusion generator (umbra.anonymization.generator_training)
+and anonymizes faces with it (umbra.anonymization), charging every cost to the coordinator's privacy ledger first."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """AnonymizerService: validates, converts, charges the privacy ledger and hands off. Generator training is
-umbra.diffusion.job; previews umbra.anonymization.preview; a whole dataset umbra.anonymization.dataset. Internal:
-the caller holds the service credential and names the tenant in x-umbra-tenant.
+umbra.anonymization.generator_training; previews umbra.anonymization.preview; a whole dataset
+umbra.anonymization.dataset. Internal: the caller holds the service credential and names the tenant in
+x-umbra-tenant.
 
 Privacy: before any work that spends privacy, the charge is reserved in the coordinator's ledger (the tenant's one
 budget, shared by every replica), and committed when the work is done or released when it fails:
@@ -18,7 +19,7 @@ from umbra.anonymization import preview
 from umbra.anonymizer.v1 import anonymizer_service_pb2 as an
 from umbra.anonymizer.v1 import anonymizer_service_pb2_grpc
 from umbra.classifiers.registry import ModelRegistry
-from umbra.diffusion import job as generator_job
+from umbra.anonymization import generator_training as generator_job
 from umbra.diffusion.generator import ConditionalUNet
 from umbra.privacy.mechanisms import Cost
 from umbra.runtime import auth, names

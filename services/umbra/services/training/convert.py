@@ -7,11 +7,10 @@ from umbra.classifiers import loop
 from umbra.classifiers.registry import CONFIG, RECORD, WEIGHTS, StoredModel, version_prefix
 from umbra.common.v1 import privacy_pb2, refs_pb2
 from umbra.privacy.dp_sgd import DPSettings
+from umbra.privacy.mechanisms import dp_sgd_cost
 from umbra.runtime.errors import InvalidInput
+from umbra.services.convert import privacy_cost_to_proto
 from umbra.training.v1 import training_service_pb2 as ts
-
-_ACCOUNTANTS = {"prv": privacy_pb2.PRIVACY_ACCOUNTANT_PRV, "rdp": privacy_pb2.PRIVACY_ACCOUNTANT_RDP}
-
 
 def architecture_from_proto(value: int) -> str:
     """ARCHITECTURE_GROUPNORM_CNN -> "groupnorm_cnn" (unspecified: the default, groupnorm_cnn)."""
@@ -52,16 +51,9 @@ def dp_from_proto(request: ts.TrainRequest) -> DPSettings | None:
                       poisson_sampling=True, accountant=accountant, secure_mode=d.secure_mode)
 
 
-def privacy_cost_to_proto(privacy: dict) -> privacy_pb2.PrivacyCost:
+def privacy_spent_to_proto(privacy: dict) -> privacy_pb2.PrivacyCost:
     """A training record's "privacy" (umbra.classifiers.job) as the DP-SGD cost it is."""
-    parameters = {"noise_multiplier": privacy["noise_multiplier"], "sample_rate": privacy["sample_rate"],
-                  "steps": float(privacy["steps"])}
-    if privacy.get("max_grad_norm") is not None:  # the unlearning service retrains DP models the same way
-        parameters["max_grad_norm"] = privacy["max_grad_norm"]
-    return privacy_pb2.PrivacyCost(
-        mechanism=privacy_pb2.PRIVACY_MECHANISM_DP_SGD, accountant=_ACCOUNTANTS.get(privacy["accountant"], 0),
-        epsilon=privacy["epsilon"], delta=privacy["delta"], description="classifier training (DP-SGD)",
-        parameters=parameters)
+    return privacy_cost_to_proto(dp_sgd_cost(privacy, "classifier training (DP-SGD)"))
 
 
 def evaluation_to_proto(evaluation: ev.Evaluation, request: ts.EvaluateRequest) -> ts.Evaluation:
@@ -95,5 +87,5 @@ def model_version_to_proto(stored: StoredModel, bucket: str) -> ts.ModelVersion:
     if start:
         training.initialized_from.CopyFrom(refs_pb2.ModelRef(model=start["model"], version=start["version"]))
     if record.get("privacy"):
-        training.privacy_cost.CopyFrom(privacy_cost_to_proto(record["privacy"]))
+        training.privacy_cost.CopyFrom(privacy_spent_to_proto(record["privacy"]))
     return version

@@ -65,7 +65,7 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
             ctx.metadata.epoch, ctx.metadata.loss = epoch.epoch, epoch.loss
             ctx.metadata.checkpoint.bucket, ctx.metadata.checkpoint.key = planned.bucket, checkpoint
             if privacy is not None:
-                ctx.metadata.progress.privacy_spent.CopyFrom(convert.privacy_cost_to_proto(privacy))
+                ctx.metadata.progress.privacy_spent.CopyFrom(convert.privacy_spent_to_proto(privacy))
             ctx.report(stage=stage, done=epoch.epoch, total=epoch.epochs, unit="epochs",
                        message=f"loss {epoch.loss:.4f}" + (f", epsilon {epoch.epsilon:.3f}" if privacy else ""))
 
