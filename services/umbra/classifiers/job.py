@@ -154,7 +154,7 @@ def run(job: Job, *, run_id: str, progress: Callable[..., None] = lambda stage, 
     saved = job.registry.latest_checkpoint(job.bucket, job.model, run_id)
     resume = Checkpoint(**saved) if saved else None
     if resume is not None:
-        log.info("resuming run %s from its epoch-%d checkpoint", run_id, resume.epoch)
+        log.info("resuming operations/%s from its epoch-%d checkpoint", run_id, resume.epoch)  # run id: the operation's
 
     def on_epoch(report: EpochReport, checkpoint: Checkpoint) -> None:
         key = job.registry.save_checkpoint(job.bucket, job.model, run_id, report.epoch, dataclasses.asdict(checkpoint))
