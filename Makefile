@@ -16,7 +16,7 @@ help:
 	@echo "make check-protos  fail when the committed generated code differs from proto/"
 	@echo "make lint-protos   buf lint (STANDARD)"
 	@echo "make breaking      buf breaking against the last released contracts (proto/releases/)"
-	@echo "make lint          ruff over the Python code"
+	@echo "make lint          ruff over the Python code, and the layers (import-linter, docs/LAYERS.md)"
 	@echo "make up|down|status  start, stop or show the local services"
 
 install: $(VENV)/.installed
@@ -44,6 +44,7 @@ breaking: install tools
 
 lint: install
 	$(VENV)/bin/ruff check services clients tests scripts benchmarks
+	$(VENV)/bin/lint-imports  # the layers in docs/LAYERS.md
 
 test: install tools check-protos lint-protos breaking lint
 	$(VENV)/bin/pytest
