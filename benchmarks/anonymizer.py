@@ -99,7 +99,8 @@ def main() -> int:
         print(f"data: {what}; protecting gender, keeping {kept}", flush=True)
         env = service_env(scratch / "home", s3, SERVICES)
         with running_services(env, SERVICES) as t:
-            tenant, key = create_tenant(t["coordinator"], env["UMBRA_ADMIN_KEY"])
+            # a measurement, not a release: lightly noised images cost thousands of ε each, so no budget binds here
+            tenant, key = create_tenant(t["coordinator"], env["UMBRA_ADMIN_KEY"], budget=(1e9, 0.5))
             bucket = f"umbra-{tenant}"
             coordinator = open_channel(t["coordinator"], key)
             uploads = DatasetsClient(coordinator)

@@ -125,12 +125,16 @@ def inference_server(env: dict[str, str], workspace: Path, port: int = 0) -> Ite
             proc.kill()
 
 
-def create_tenant(coordinator: str, admin_key: str) -> tuple[str, str]:
-    """A new tenant on the coordinator: (tenant id, API key)."""
+def create_tenant(coordinator: str, admin_key: str, *, budget: tuple[float, float] | None = None) -> tuple[str, str]:
+    """A new tenant on the coordinator, with a privacy budget (epsilon, delta) or the default: (tenant id, API key)."""
     from umbra.client.channel import open_channel
+    from umbra.common.v1 import privacy_pb2
     from umbra.coordinator.v1 import tenant_service_pb2, tenant_service_pb2_grpc
 
     tenant = f"bench-{secrets.token_hex(3)}"
     stub = tenant_service_pb2_grpc.TenantServiceStub(open_channel(coordinator, admin_key))
-    key = stub.CreateTenant(tenant_service_pb2.CreateTenantRequest(tenant_id=tenant), timeout=30).api_key_secret
+    request = tenant_service_pb2.CreateTenantRequest(tenant_id=tenant)
+    if budget is not None:
+        request.tenant.privacy_budget.CopyFrom(privacy_pb2.PrivacyBudget(epsilon=budget[0], delta=budget[1]))
+    key = stub.CreateTenant(request, timeout=30).api_key_secret
     return tenant, key
