@@ -17,11 +17,17 @@
    coordinator reserves and commits; draw originals beside the previews;
 7. update the gender classifier of step 4 to the anonymized images by second-order feature unlearning
    (unlearning service), verified against retraining from scratch on them (training service):
-   out/demo/unlearning.json;
+   out/demo/unlearning.json. When the service refuses the second-order update (its safety check: an update
+   that raises the loss on the revised training data is never written), the demo says so and falls back to
+   the first-order update, whose step is searched so that it cannot raise that loss;
 8. show that the protection job (coordinator) is not built yet; write what was seen to out/demo/demo.json and
-   stop everything (unless --keep).
+   stop everything it started (unless --keep), also when a step fails or the demo is interrupted.
 
-    python scripts/demo.py [--keep] [--faces N] [--epsilon E]
+A refusal by a service (a gRPC error or a failed operation) is reported in plain words, never as a traceback;
+the steps that need the refused step's result are skipped, and the demo exits 1. A refusal the demo handles
+(step 7's fallback) does not change the exit status.
+
+    python scripts/demo.py [--keep] [--faces N] [--epsilon E] [--inference-port P]
 """
 
 from __future__ import annotations
@@ -32,18 +38,21 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 
 from umbra.classifiers import recipes
 from umbra.cli import local
-from umbra.client import UmbraRpcError, health_of, layout
+from umbra.client import OperationFailed, UmbraRpcError, health_of, layout
 from umbra.client.channel import open_channel
 from umbra.client.datasets import DatasetsClient
+from umbra.client.errors import grpc_code_name
 from umbra.client.operations import OperationsClient
 from umbra.common.v1 import privacy_pb2, refs_pb2
 from umbra.coordinator.v1 import dataset_service_pb2 as cds
@@ -54,27 +63,111 @@ from umbra.distortion.v1 import distortion_service_pb2 as dds
 from umbra.distortion.v1 import distortion_service_pb2_grpc
 from umbra.training.v1 import training_service_pb2 as ts
 from umbra.training.v1 import training_service_pb2_grpc
+from umbra.unlearning.v1 import unlearning_service_pb2 as us
+from umbra.unlearning.v1 import unlearning_service_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out" / "demo"
 RGW = ROOT / "deploy" / "s3" / "rgw.sh"
-INFERENCE_PORT = 8001  # Triton's usual gRPC port
+INFERENCE_PORT = 8001  # Triton's usual gRPC port (--inference-port)
 PUBLIC_FACES = 1500  # public synthetic faces for pretraining
 DEMO_EPOCHS = 8
 GENERATOR_PRETRAIN_EPOCHS = 6  # the generator's public pretraining (no DP) on the same public faces
-# The demo dataset's privacy budget. Large, because a preview at a low intensity releases a barely noised image:
-# its image ε is in the thousands (see the README's intensity table); every charge is in the ledger.
+# The demo tenant's privacy budget (set at CreateTenant), also given as the budget of each anonymizer request.
+# Large, because a preview at a low intensity releases a barely noised image: its image ε is in the thousands
+# (see the README's intensity table); every charge is in the ledger.
 DEMO_BUDGET = 20_000.0
+DEMO_DELTA = 1e-3
+METHOD_WORDS = {us.METHOD_FIRST_ORDER: "first order", us.METHOD_SECOND_ORDER: "second order"}
 
 
 def step(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
+class Steps:
+    """Runs the demo's steps. A refusal (a gRPC error, a failed operation) is reported in plain words and the step
+    marked failed; a step whose inputs come from a failed step is skipped. Anything else is a bug and propagates."""
+
+    def __init__(self, report: dict):
+        self.report = report
+        self.failed: list[str] = []
+
+    def run(self, key: str, title: str, work: Callable[[], object], needs: tuple[str, ...] = ()) -> None:
+        step(title)
+        missing = [n for n in needs if n not in self.report]
+        if missing:
+            print(f"   skipped: it needs what {', '.join(missing)} would have given")
+            self.report.setdefault("skipped", []).append(key)
+            return
+        began = time.monotonic()
+        try:
+            self.report[key] = work()
+        except (grpc.RpcError, UmbraRpcError, OperationFailed, subprocess.CalledProcessError) as exc:
+            words = refusal(exc)
+            print(f"   refused: {words}\n   this step failed; the steps that need it are skipped", flush=True)
+            self.report.setdefault("failed", {})[key] = words
+            self.failed.append(key)
+        finally:
+            seconds = time.monotonic() - began
+            self.report.setdefault("step_seconds", {})[key] = round(seconds, 1)
+            print(f"   ({seconds:.0f} s)", flush=True)
+
+
+def refusal(exc: BaseException) -> str:
+    """A refusal in plain words: the status, what the service said, and the field or reason it named."""
+    if isinstance(exc, grpc.RpcError):
+        exc = UmbraRpcError.from_rpc_error(exc)
+    if isinstance(exc, UmbraRpcError):
+        extra = [f"field {exc.field}" if exc.field else "", f"reason {exc.reason}" if exc.reason else ""]
+        return f"{exc.code.name}: {exc.message}" + "".join(f"; {e}" for e in extra if e)
+    if isinstance(exc, OperationFailed):
+        return f"{exc.name} ended with {grpc_code_name(exc.code)}: {exc.message}"
+    if isinstance(exc, subprocess.CalledProcessError):
+        said = (exc.stderr or "").strip().splitlines()[-3:]
+        return f"`{' '.join(map(str, exc.cmd[:5]))} ...` exited {exc.returncode}" + "".join(f"\n     {x}" for x in said)
+    return str(exc)
+
+
+def failure_reason(channel: grpc.Channel, name: str) -> tuple[str, dict[str, str]]:
+    """The `google.rpc.ErrorInfo` reason and metadata of a failed operation (OperationFailed carries neither)."""
+    from google.rpc import error_details_pb2
+
+    for detail in OperationsClient(channel).get(name).error.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason, dict(info.metadata)
+    return "", {}
+
+
+def s3_running() -> bool:
+    return subprocess.run(["bash", str(RGW), "status"], capture_output=True).returncode == 0
+
+
 def start_s3() -> dict[str, str]:
     subprocess.run(["bash", str(RGW), "start"], check=True)
     lines = subprocess.run(["bash", str(RGW), "env"], capture_output=True, text=True, check=True).stdout
     return dict(line.split("=", 1) for line in lines.splitlines() if "=" in line)
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Stops a process started in its own session, then anything its group left behind (Triton's server)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _interrupted(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # SIGTERM (CI cancelling) unwinds like Ctrl-C: everything started is stopped
 
 
 def start_inference_server(home: Path, port: int) -> subprocess.Popen:
@@ -223,7 +316,7 @@ def anonymize_faces(home: Path, tenant: str, dataset_version: str) -> dict:
         condition_attributes=["gender", "skin_tone"], model="models/generator", image_size=32, epochs=2,
         batch_size=64, learning_rate=2e-3, seed=0, initialize_from=public.generator,
         privacy=an.GeneratorPrivacy(target_epsilon=10.0, target_delta=1e-4, max_grad_norm=1.0, noise_multiplicity=2),
-        budget=privacy_pb2.PrivacyBudget(epsilon=DEMO_BUDGET, delta=1e-3)))
+        budget=privacy_pb2.PrivacyBudget(epsilon=DEMO_BUDGET, delta=DEMO_DELTA)))
     cost = generator.privacy_cost
     print(f"   generator {generator.generator.model} v{generator.generator.version}: epsilon_g {cost.epsilon:.3f} at "
           f"delta {cost.delta:g}, pretrained on public synthetic faces")
@@ -231,7 +324,7 @@ def anonymize_faces(home: Path, tenant: str, dataset_version: str) -> dict:
     def settings(intensity: float) -> an.AnonymizationSettings:
         return an.AnonymizationSettings(generator=generator.generator, protected_attributes=["gender"],
                                         kept_attributes=["skin_tone"], intensity=intensity, seed=0,
-                                        budget=privacy_pb2.PrivacyBudget(epsilon=DEMO_BUDGET, delta=1e-3))
+                                        budget=privacy_pb2.PrivacyBudget(epsilon=DEMO_BUDGET, delta=DEMO_DELTA))
 
     exported = OUT / "faces-export"
     test_keys = _test_keys(tenant, dataset, int(number))[:8]
@@ -278,11 +371,10 @@ def anonymize_faces(home: Path, tenant: str, dataset_version: str) -> dict:
 
 
 def unlearn_onto_anonymized(home: Path, tenant: str, model_version: str, original: str, anonymized: str) -> dict:
-    """Step 7: the published gender model updated to the anonymized images by second-order feature unlearning
-    (unlearning service), verified against retraining from scratch on them (training service)."""
-    from umbra.unlearning.v1 import unlearning_service_pb2 as us
-    from umbra.unlearning.v1 import unlearning_service_pb2_grpc
-
+    """Step 7: the published gender model updated to the anonymized images by feature unlearning (unlearning
+    service), verified against retraining from scratch on them (training service). Second order first; when the
+    service refuses it as raising the revised training loss, the first-order update (the refusal is kept in the
+    summary)."""
     service_token = (home / "secrets" / "service-token").read_text().strip()
     channel = open_channel(layout.endpoint("unlearning").target, service_token, tenant=tenant)
     model, number = model_version.removeprefix("models/").split("/versions/")
@@ -291,27 +383,53 @@ def unlearn_onto_anonymized(home: Path, tenant: str, model_version: str, origina
         dataset, version = name.removeprefix("datasets/").split("/versions/")
         return refs_pb2.DatasetRef(dataset=f"datasets/{dataset}", version=int(version))
 
-    request = us.UnlearnRequest(model=refs_pb2.ModelRef(model=f"models/{model}", version=int(number)),
-                                original=ref(original), revision=us.Revision(revised=ref(anonymized)),
-                                method=us.METHOD_SECOND_ORDER, verify=True, probe_attribute="skin_tone",
-                                output_model=f"models/{model}-anonymized")
-    name = unlearning_service_pb2_grpc.UnlearningServiceStub(channel).Unlearn(request, timeout=60).operation.name
-    print(f"   {name}: unlearning {model_version} onto {anonymized}", flush=True)
-    result = OperationsClient(channel).result(name, us.UnlearningResult, progress=True, poll_seconds=1)
+    def unlearn(method: int) -> us.UnlearningResult:
+        request = us.UnlearnRequest(model=refs_pb2.ModelRef(model=f"models/{model}", version=int(number)),
+                                    original=ref(original), revision=us.Revision(revised=ref(anonymized)),
+                                    method=method, verify=True, probe_attribute="skin_tone",
+                                    output_model=f"models/{model}-anonymized")
+        name = unlearning_service_pb2_grpc.UnlearningServiceStub(channel).Unlearn(request, timeout=60).operation.name
+        print(f"   {name}: {METHOD_WORDS[method]} update of {model_version} onto {anonymized}", flush=True)
+        return OperationsClient(channel).result(name, us.UnlearningResult, progress=True, poll_seconds=1)
+
+    method, refused = us.METHOD_SECOND_ORDER, None
+    try:
+        result = unlearn(method)
+    except OperationFailed as exc:
+        reason, measured = failure_reason(channel, exc.name)
+        if exc.code != grpc.StatusCode.FAILED_PRECONDITION.value[0] or reason != "UNLEARNING_DIVERGED":
+            raise
+        print(f"   the unlearning service refused the second-order update: {exc.message}")
+        print("   that is its safety check: an update that raises the loss on the revised training data is never "
+              "written, and the model stays as it was. Here every training image is revised, further from the "
+              "trained weights than the second-order step's quadratic model reaches. Falling back to the "
+              "first-order update: its step size is searched so that it cannot raise that loss (0 keeps the "
+              "model unchanged).", flush=True)
+        refused = {"method": "second order", "operation": exc.name, "code": grpc_code_name(exc.code),
+                   "reason": reason, "message": exc.message, "measured": measured}
+        method = us.METHOD_FIRST_ORDER
+        result = unlearn(method)
     v = result.verification
     unlearned = f"{result.unlearned.model}/versions/{result.unlearned.version}"
-    print(f"   {unlearned}: second order, {result.changed_samples} training images revised, {result.removed_samples} "
-          f"removed; tau {result.tau:.3g}, LiSSA scale {result.lissa_scale:g}, {result.gradient_evaluations} "
-          f"gradient evaluations, {result.seconds:.1f} s (retraining: {v.retrain_seconds:.1f} s)")
+    print(f"   {unlearned}: {METHOD_WORDS[method]}, {result.changed_samples} training images revised, "
+          f"{result.removed_samples} removed; tau {result.tau:.3g}"
+          + (f", LiSSA scale {result.lissa_scale:g}" if method == us.METHOD_SECOND_ORDER else "")
+          + f", revised training loss {result.loss_before:.4f} -> {result.loss_after:.4f}, "
+          f"{result.gradient_evaluations} gradient evaluations, {result.seconds:.1f} s (retraining: "
+          f"{v.retrain_seconds:.1f} s)")
+    if result.tau == 0:
+        print("   tau 0: no step lowered the revised training loss, so the new version keeps the original weights")
     print(f"   test accuracy ({v.test_count} images): original {v.accuracy_original:.3f}, unlearned "
           f"{v.accuracy_unlearned:.3f}, retrained {v.accuracy_retrained:.3f}; agreement with the retrained model "
           f"{v.agreement_with_retrained:.3f}; skin-tone probe " + ", ".join(
               f"{k} {x:.3f}" for k, x in sorted(v.probe_balanced_accuracy.items())))
     if result.outside_original_privacy_guarantee:
         print("   the model was trained with DP-SGD: its epsilon does not cover this update (said in the record)")
-    summary = {"unlearned": unlearned, "retrained": f"{v.retrained.model}/versions/{v.retrained.version}",
+    summary = {"unlearned": unlearned, "method": METHOD_WORDS[method], "refused": refused,
+               "retrained": f"{v.retrained.model}/versions/{v.retrained.version}",
                "changed_samples": result.changed_samples, "removed_samples": result.removed_samples,
-               "tau": result.tau, "lissa_scale": result.lissa_scale,
+               "tau": result.tau, "lissa_scale": result.lissa_scale, "loss_before": result.loss_before,
+               "loss_after": result.loss_after,
                "gradient_evaluations": result.gradient_evaluations, "unlearn_seconds": round(result.seconds, 2),
                "retrain_seconds": round(v.retrain_seconds, 2), "accuracy_original": v.accuracy_original,
                "accuracy_unlearned": v.accuracy_unlearned, "accuracy_retrained": v.accuracy_retrained,
@@ -396,88 +514,74 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="leave the S3 server and the services running")
     parser.add_argument("--faces", type=int, default=500, help="synthetic faces to upload (default 500)")
     parser.add_argument("--epsilon", type=float, default=8.0, help="privacy budget of the DP classifier (default 8)")
+    parser.add_argument("--inference-port", type=int, default=INFERENCE_PORT,
+                        help=f"gRPC port of the inference server the demo starts (default {INFERENCE_PORT})")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _interrupted)
     home = layout.home()
-    report: dict = {"home": str(home), "services": {}}
-    step("1. starting a real S3 server, the five services and the inference server")
-    s3 = start_s3()
-    inference_url = f"127.0.0.1:{INFERENCE_PORT}"
-    os.environ.update(s3, UMBRA_STORE="s3", UMBRA_INFERENCE_URL=inference_url)  # the services inherit these
-    started = time.monotonic()
-    triton = start_inference_server(home, INFERENCE_PORT)
-    if local.up(list(layout.SERVICES)) != 0:
-        triton.terminate()
+    began_demo = time.monotonic()
+    running = [s for s in layout.SERVICES if health_of(layout.endpoint(s).target, timeout=1.0) != "UNREACHABLE"]
+    if running:
+        print(f"something already answers on the ports of: {', '.join(running)}. The demo starts its own services "
+              f"(with its S3 server and inference server); stop them first (`.venv/bin/umbra down`), or give the "
+              f"demo other ports (UMBRA_<SERVICE>_PORT) and another UMBRA_HOME.", file=sys.stderr)
         return 1
-    report["start_seconds"] = round(time.monotonic() - started, 2)
+    report: dict = {"home": str(home), "services": {}}
+    steps = Steps(report)
+    stops: list[tuple[str, Callable[[], object]]] = []  # what the demo started, stopped in reverse order
+    triton: subprocess.Popen | None = None
     try:
-        step("2. calling each service with its credential")
-        admin_key = (home / "secrets" / "admin-key").read_text().strip()
-        service_token = (home / "secrets" / "service-token").read_text().strip()
-        for service in layout.SERVICES:
-            target = layout.endpoint(service).target
-            credential = admin_key if service == "coordinator" else service_token
-            listed = list(OperationsClient(open_channel(target, credential)).list())
-            report["services"][service] = {"address": target, "health": health_of(target), "operations": len(listed)}
-            print(f"   {service:12} {target:21} health {report['services'][service]['health']}")
-
-        step("3. a tenant uploads a face dataset")
-        coordinator = layout.endpoint("coordinator").target
-        tenant_id = f"demo-{secrets.token_hex(3)}"
-        created = tenant_service_pb2_grpc.TenantServiceStub(open_channel(coordinator, admin_key)).CreateTenant(
-            tenant_service_pb2.CreateTenantRequest(tenant_id=tenant_id), timeout=30)
-        key_file = OUT / "tenant-api-key"
-        OUT.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(created.api_key_secret + "\n")
-        key_file.chmod(0o600)
-        print(f"   tenant {tenant_id}: bucket {created.tenant.bucket}, API key in {key_file}")
-        faces = OUT / "faces"
-        shutil.rmtree(faces, ignore_errors=True)
-        synthetic.write_folder(faces, args.faces, size=64, seed=0)
-        print(f"   {args.faces} synthetic faces (gender, skin tone, glasses, smile, hair colour, age) in {faces}")
-        client = DatasetsClient(open_channel(coordinator, created.api_key_secret))
-        began = time.monotonic()
-        version = client.upload(faces, "faces", progress=True)
-        seconds = time.monotonic() - began
-        print(f"   {version.name}: {version.sample_count} images, {version.shard_count} shard(s), splits "
-              f"{dict(version.split_counts)}, labels {list(version.label_columns)} ({seconds:.1f} s)")
-        exported = OUT / "faces-export"
-        shutil.rmtree(exported, ignore_errors=True)
-        client.export(version.name, exported)
-        identical = digests(exported) == digests(faces)
-        print(f"   exported back to {exported}: byte-identical to the source: {identical}")
-        report["dataset"] = {"tenant": tenant_id, "version": version.name, "images": version.sample_count,
-                             "shards": version.shard_count, "upload_seconds": round(seconds, 2),
-                             "exported_identical": identical, "export_folder": str(exported)}
-
-        step(f"4. a DP classifier (epsilon {args.epsilon:g}) trained, evaluated and served on Triton")
-        report["classifier"] = train_and_serve(home, tenant_id, version.name, exported, args.epsilon, inference_url)
-
-        step("5. an AugMDP release of the training split (distortion service), committed by the coordinator")
-        report["augmdp"] = release_augmdp(home, tenant_id, version.name, report["classifier"]["model_version"],
-                                          exported)
-
-        step("6. faces anonymized by the DP diffusion generator (anonymizer service), committed by the coordinator")
-        report["anonymized"] = anonymize_faces(home, tenant_id, version.name)
-
-        step("7. the published model updated to the anonymized images by feature unlearning (unlearning service)")
-        report["unlearning"] = unlearn_onto_anonymized(home, tenant_id, report["classifier"]["model_version"],
-                                                       version.name, report["anonymized"]["version"])
-
-        step("8. the protection job itself is not built yet, and says so")
+        step("1. starting a real S3 server, the five services and the inference server")
+        if s3_running():
+            print("   an S3 server (deploy/s3/rgw.sh) is already running: using it, and leaving it running")
+        else:
+            stops.append(("the S3 server", lambda: subprocess.run(["bash", str(RGW), "stop"], check=False)))
         try:
-            job_service_pb2_grpc.JobServiceStub(open_channel(coordinator, created.api_key_secret)).ListProtectionJobs(
-                job_service_pb2.ListProtectionJobsRequest(), timeout=10)
-        except grpc.RpcError as exc:
-            err = UmbraRpcError.from_rpc_error(exc)
-            report["protection_job"] = {"code": err.code.name, "message": err.message}
-            print(f"   ListProtectionJobs -> {err.code.name}: {err.message}")
+            s3 = start_s3()
+        except subprocess.CalledProcessError as exc:
+            print(f"   the S3 server did not start: `deploy/s3/rgw.sh {exc.cmd[-1]}` exited {exc.returncode} "
+                  f"(its logs are under .build/rgw-data/log unless UMBRA_S3_DATA says otherwise)", file=sys.stderr)
+            return 1
+        inference_url = f"127.0.0.1:{args.inference_port}"
+        os.environ.update(s3, UMBRA_STORE="s3", UMBRA_INFERENCE_URL=inference_url)  # the services inherit these
+        started = time.monotonic()
+        triton = start_inference_server(home, args.inference_port)
+        stops.append(("the inference server", lambda: stop_process_group(triton)))
+        stops.append(("the services", lambda: local.down(list(layout.SERVICES))))
+        if local.up(list(layout.SERVICES)) != 0:
+            print("   the services did not all start (their logs are named above)", file=sys.stderr)
+            return 1
+        report["start_seconds"] = round(time.monotonic() - started, 2)
+        steps.run("services", "2. calling each service with its credential", lambda: call_services(home))
+        steps.run("dataset", "3. a tenant uploads a face dataset", lambda: upload_dataset(home, args.faces))
+        steps.run("classifier", f"4. a DP classifier (epsilon {args.epsilon:g}) trained, evaluated and served on "
+                                f"Triton", lambda: train_and_serve(
+                                    home, report["dataset"]["tenant"], report["dataset"]["version"],
+                                    Path(report["dataset"]["export_folder"]), args.epsilon, inference_url),
+                  needs=("dataset",))
+        steps.run("augmdp", "5. an AugMDP release of the training split (distortion service), committed by the "
+                            "coordinator", lambda: release_augmdp(
+                                home, report["dataset"]["tenant"], report["dataset"]["version"],
+                                report["classifier"]["model_version"], Path(report["dataset"]["export_folder"])),
+                  needs=("dataset", "classifier"))
+        steps.run("anonymized", "6. faces anonymized by the DP diffusion generator (anonymizer service), committed by "
+                                "the coordinator", lambda: anonymize_faces(
+                                    home, report["dataset"]["tenant"], report["dataset"]["version"]),
+                  needs=("dataset", "classifier"))  # the generator pretrains on step 4's public faces
+        steps.run("unlearning", "7. the published model updated to the anonymized images by feature unlearning "
+                                "(unlearning service)", lambda: unlearn_onto_anonymized(
+                                    home, report["dataset"]["tenant"], report["classifier"]["model_version"],
+                                    report["dataset"]["version"], report["anonymized"]["version"]),
+                  needs=("classifier", "anonymized"))
+        steps.run("protection_job", "8. the protection job itself is not built yet, and says so",
+                  lambda: protection_job(), needs=("dataset",))
     finally:
-        if not args.keep:
-            step("stopping the services and the S3 server")
-            local.down(list(layout.SERVICES))
-            triton.terminate()
-            triton.wait(timeout=60)
-            subprocess.run(["bash", str(RGW), "stop"], check=False)
+        if stops and not args.keep:
+            step("stopping what the demo started")
+            for _, stop in reversed(stops):
+                stop()
+    report["seconds"] = round(time.monotonic() - began_demo, 1)
+    OUT.mkdir(parents=True, exist_ok=True)
     tmp = OUT / "demo.json.tmp"
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(OUT / "demo.json")
@@ -486,16 +590,86 @@ def main() -> int:
           f"{OUT / 'augmdp-grid.png'}; the anonymized dataset in {OUT / 'faces-anonymized'}, drawn beside its "
           f"originals in {OUT / 'anonymized-grid.png'}; the unlearned model's comparison with retraining in "
           f"{OUT / 'unlearning.json'})\nService logs: {home / 'logs'}")
-    if args.keep:
+    if args.keep and triton is not None:
         print(f"Still running: `.venv/bin/umbra status`, Triton at {inference_url} (pid {triton.pid}); stop with "
-              f"`.venv/bin/umbra down`, `kill {triton.pid}` and `deploy/s3/rgw.sh stop`.")
-    healthy = all(s["health"] == "SERVING" for s in report["services"].values())
-    served = report.get("classifier", {}).get("predicted_images", 0) > 0
-    released = report.get("augmdp", {}).get("labels_kept", False)
-    anonymized = report.get("anonymized", {}).get("images", 0) > 0
-    unlearned = report.get("unlearning", {}).get("changed_samples", 0) > 0
-    return 0 if (healthy and report.get("dataset", {}).get("exported_identical") and served and released
-                 and anonymized and unlearned) else 1
+              f"`.venv/bin/umbra down`, `kill -- -{triton.pid}` and `deploy/s3/rgw.sh stop`.")
+    problems = [f"step {key} failed" for key in steps.failed]
+    problems += [f"{name} is {s['health']}" for name, s in report["services"].items() if s["health"] != "SERVING"]
+    checks = {"dataset": ("exported_identical", "the exported dataset differs from the upload"),
+              "classifier": ("predicted_images", "the served classifier predicted nothing"),
+              "augmdp": ("labels_kept", "the AugMDP release changed labels"),
+              "anonymized": ("images", "the anonymized version is empty"),
+              "unlearning": ("changed_samples", "the unlearning update revised no sample")}
+    problems += [words for key, (field, words) in checks.items() if key in report and not report[key].get(field)]
+    print(f"\nThe demo took {report['seconds']:.0f} s. " + ("Every step worked." if not problems else
+          "It did not fully work: " + "; ".join(problems) + "."))
+    return 1 if problems else 0
+
+
+def call_services(home: Path) -> dict:
+    """Step 2: each service's health, and a call with its credential (the admin key for the coordinator)."""
+    admin_key = (home / "secrets" / "admin-key").read_text().strip()
+    service_token = (home / "secrets" / "service-token").read_text().strip()
+    services = {}
+    for service in layout.SERVICES:
+        target = layout.endpoint(service).target
+        credential = admin_key if service == "coordinator" else service_token
+        listed = list(OperationsClient(open_channel(target, credential)).list())
+        services[service] = {"address": target, "health": health_of(target), "operations": len(listed)}
+        print(f"   {service:12} {target:21} health {services[service]['health']}")
+    return services
+
+
+def upload_dataset(home: Path, faces_count: int) -> dict:
+    """Step 3: a tenant (with the demo's privacy budget) uploads synthetic faces and exports them back."""
+    coordinator = layout.endpoint("coordinator").target
+    admin_key = (home / "secrets" / "admin-key").read_text().strip()
+    tenant_id = f"demo-{secrets.token_hex(3)}"
+    budget = privacy_pb2.PrivacyBudget(epsilon=DEMO_BUDGET, delta=DEMO_DELTA)
+    created = tenant_service_pb2_grpc.TenantServiceStub(open_channel(coordinator, admin_key)).CreateTenant(
+        tenant_service_pb2.CreateTenantRequest(tenant_id=tenant_id,
+                                               tenant=tenant_service_pb2.Tenant(privacy_budget=budget)), timeout=30)
+    key_file = OUT / "tenant-api-key"
+    OUT.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(created.api_key_secret + "\n")
+    key_file.chmod(0o600)
+    given = created.tenant.privacy_budget
+    print(f"   tenant {tenant_id}: bucket {created.tenant.bucket}, privacy budget epsilon {given.epsilon:g} at delta "
+          f"{given.delta:g}, API key in {key_file}")
+    faces = OUT / "faces"
+    shutil.rmtree(faces, ignore_errors=True)
+    synthetic.write_folder(faces, faces_count, size=64, seed=0)
+    print(f"   {faces_count} synthetic faces (gender, skin tone, glasses, smile, hair colour, age) in {faces}")
+    client = DatasetsClient(open_channel(coordinator, created.api_key_secret))
+    began = time.monotonic()
+    version = client.upload(faces, "faces", progress=True)
+    seconds = time.monotonic() - began
+    print(f"   {version.name}: {version.sample_count} images, {version.shard_count} shard(s), splits "
+          f"{dict(version.split_counts)}, labels {list(version.label_columns)} ({seconds:.1f} s)")
+    exported = OUT / "faces-export"
+    shutil.rmtree(exported, ignore_errors=True)
+    client.export(version.name, exported)
+    identical = digests(exported) == digests(faces)
+    print(f"   exported back to {exported}: byte-identical to the source: {identical}")
+    return {"tenant": tenant_id, "version": version.name, "images": version.sample_count,
+            "shards": version.shard_count, "upload_seconds": round(seconds, 2), "exported_identical": identical,
+            "export_folder": str(exported), "privacy_budget": {"epsilon": given.epsilon, "delta": given.delta}}
+
+
+def protection_job() -> dict:
+    """Step 8: the coordinator's job service, which answers UNIMPLEMENTED until the protection job is built."""
+    key = (OUT / "tenant-api-key").read_text().strip()
+    stub = job_service_pb2_grpc.JobServiceStub(open_channel(layout.endpoint("coordinator").target, key))
+    try:
+        listed = stub.ListProtectionJobs(job_service_pb2.ListProtectionJobsRequest(), timeout=10)
+    except grpc.RpcError as exc:
+        err = UmbraRpcError.from_rpc_error(exc)
+        if err.code != grpc.StatusCode.UNIMPLEMENTED:
+            raise
+        print(f"   ListProtectionJobs -> {err.code.name}: {err.message}")
+        return {"code": err.code.name, "message": err.message}
+    print(f"   ListProtectionJobs answers: {len(listed.jobs)} job(s)")
+    return {"code": "OK", "jobs": len(listed.jobs)}
 
 
 if __name__ == "__main__":
