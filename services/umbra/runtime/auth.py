@@ -78,7 +78,7 @@ def bearer(metadata: Mapping[str, str]) -> str:
 
 
 class Authenticator(Protocol):
-    def authenticate(self, metadata: Mapping[str, str]) -> Principal: ...
+    def authenticate(self, metadata: Mapping[str, str], method: str = "") -> Principal: ...
 
 
 class ServiceAuthenticator:
@@ -90,7 +90,7 @@ class ServiceAuthenticator:
     def accepts(self, token: str) -> bool:
         return hmac.compare_digest(sha256_hex(token), self._hash)
 
-    def authenticate(self, metadata: Mapping[str, str]) -> Principal:
+    def authenticate(self, metadata: Mapping[str, str], method: str = "") -> Principal:
         token = bearer(metadata)
         if not self.accepts(token):
             raise Unauthenticated("invalid service credential", reason="CREDENTIAL_INVALID")
@@ -174,20 +174,27 @@ class ApiKeyStore:
 
 
 class TenantAuthenticator:
-    """The public coordinator: tenant API keys, or the admin key; and, when given one, the service credential of
-    Umbra's own workers (which name their tenant in x-umbra-tenant: the ledger's internal RPCs)."""
+    """The public coordinator: tenant API keys, or the admin key. On its `internal_methods` only (full method
+    paths: the ledger's reserve, commit and release), also the service credential of Umbra's own workers, which
+    must name their tenant in x-umbra-tenant."""
 
-    def __init__(self, keys: ApiKeyStore, admin_key: str, service_token: str = ""):
+    def __init__(self, keys: ApiKeyStore, admin_key: str, service_token: str = "",
+                 internal_methods: frozenset[str] = frozenset()):
         self._keys = keys
         self._admin_hash = sha256_hex(admin_key)
         self._service = ServiceAuthenticator(service_token) if service_token else None
+        self._internal = internal_methods
 
-    def authenticate(self, metadata: Mapping[str, str]) -> Principal:
+    def authenticate(self, metadata: Mapping[str, str], method: str = "") -> Principal:
         token = bearer(metadata)
         if hmac.compare_digest(sha256_hex(token), self._admin_hash):
             return Principal("admin")
-        if self._service is not None and self._service.accepts(token):
-            return self._service.authenticate(metadata)
+        if self._service is not None and method in self._internal and self._service.accepts(token):
+            principal = self._service.authenticate(metadata)
+            if not principal.tenant:
+                raise Unauthenticated(f"an internal call names its tenant in {TENANT_HEADER}",
+                                      reason="CREDENTIAL_MALFORMED")
+            return principal
         tenant = self._keys.verify(token)
         if tenant is None:
             raise Unauthenticated("invalid or revoked API key", reason="CREDENTIAL_INVALID")

@@ -106,7 +106,7 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
 
         def authenticate(context, rpc_id: str, started: float) -> auth.Principal:
             try:
-                return auth.ANONYMOUS if exempt else self._authenticator.authenticate(metadata)
+                return auth.ANONYMOUS if exempt else self._authenticator.authenticate(metadata, method)
             except UmbraError as exc:
                 self._finish(context, rpc_id, exc, started)  # aborts the call
                 raise

@@ -31,6 +31,11 @@ from umbra.services.coordinator.tenants import TenantServicer
 from umbra.storage import open_store
 
 
+# The only coordinator RPCs a worker calls (with the service credential): charging the privacy ledger.
+INTERNAL_METHODS = frozenset(f"/umbra.coordinator.v1.LedgerService/{rpc}" for rpc in (
+    "ReservePrivacyCharge", "CommitPrivacyCharge", "ReleasePrivacyCharge"))
+
+
 def build(runtime: Runtime) -> Built:
     config = runtime.config
     db = CoordinatorDB(config.data_dir / "coordinator.sqlite3")
@@ -52,7 +57,7 @@ def build(runtime: Runtime) -> Built:
                          LedgerServicer(PrivacyLedger(db.transaction))),
             registration(model_service_pb2, model_service_pb2_grpc, "ModelService", ModelServicer()),
         ],
-        authenticator=TenantAuthenticator(api_keys, config.admin_key, config.service_token),
+        authenticator=TenantAuthenticator(api_keys, config.admin_key, config.service_token, INTERNAL_METHODS),
     )
 
 

@@ -25,10 +25,8 @@ def _tenant() -> str:
 class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
     def __init__(self, store: ObjectStore, operations: OperationRunner, *, inference_url: str = "",
                  ready_timeout: float = 60.0):
-        self.store = store
-        self.registry = ModelRegistry(store)
-        self.inference_url = inference_url
-        self.ready_timeout = ready_timeout
+        self.store, self.registry = store, ModelRegistry(store)
+        self.inference_url, self.ready_timeout = inference_url, ready_timeout
         self._train = LongRunning(operations, "Train", ts.TrainRequest, ts.TrainMetadata, plan=self._plan_train,
                                   run=self._run_train)
         self._evaluate = LongRunning(operations, "Evaluate", ts.EvaluateRequest, ts.EvaluateMetadata,
