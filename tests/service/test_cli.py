@@ -108,6 +108,9 @@ def test_tenant_and_dataset_commands(stack, tmp_path):
     (faces / "images" / "synth-000003.png").write_text("not a png")
     bad = umbra("datasets", "upload", str(faces), "--dataset", "faces2", env=tenant_env, check=False)
     assert bad.returncode == 1 and "synth-000003.png" in bad.stderr
+    balance = umbra("ledger", "balance", env=tenant_env).stdout
+    assert "budget    ε=10  δ=1e-05" in balance and "0 committed, 0 reserved" in balance
+    assert umbra("ledger", "entries", "--dataset", "faces", env=tenant_env).stdout == ""
     umbra("datasets", "delete", "faces", env=tenant_env)
     missing = umbra("datasets", "show", "faces", env=tenant_env, check=False)
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr

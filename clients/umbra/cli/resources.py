@@ -1,4 +1,4 @@
-"""`umbra tenants …` and `umbra datasets …`: the coordinator's resources from the command line."""
+"""`umbra tenants …`, `umbra datasets …` and `umbra ledger …`: the coordinator's resources from the command line."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ from umbra.client.channel import open_channel
 from umbra.client.errors import OperationFailed, UmbraRpcError
 from umbra.client.operations import call
 from umbra.client.settings import ClientSettings
+from umbra.common.v1 import privacy_pb2
 from umbra.coordinator.v1 import dataset_service_pb2 as ds
+from umbra.coordinator.v1 import ledger_service_pb2 as ls
+from umbra.coordinator.v1 import ledger_service_pb2_grpc
 from umbra.coordinator.v1 import tenant_service_pb2 as ts
 from umbra.coordinator.v1 import tenant_service_pb2_grpc
 
@@ -110,6 +113,39 @@ def datasets(args) -> int:
     return 0
 
 
+def ledger(args) -> int:
+    settings = ClientSettings.load()
+    if not settings.api_key:
+        raise SystemExit("umbra ledger: needs a tenant API key in UMBRA_API_KEY (or the config file)")
+    stub = ledger_service_pb2_grpc.LedgerServiceStub(open_channel(settings.endpoint, settings.api_key))
+    dataset = f"datasets/{args.dataset}" if args.dataset else ""
+    try:
+        if args.action == "balance":
+            b = call(stub.GetPrivacyBalance, ls.GetPrivacyBalanceRequest(dataset=dataset), timeout=60)
+            scope = dataset or "all datasets"
+            print(f"budget    ε={b.budget.epsilon:.6g}  δ={b.budget.delta:.3g}  (the tenant's, for all datasets)")
+            print(f"spent     ε={b.spent.epsilon:.6g}  δ={b.spent.delta:.3g}  on {scope} (tight composition)")
+            print(f"          ε={b.spent_basic.epsilon:.6g}  δ={b.spent_basic.delta:.3g}  (basic composition)")
+            print(f"left      ε={b.remaining.epsilon:.6g}  δ={b.remaining.delta:.3g}")
+            print(f"entries   {b.committed_entries} committed, {b.reserved_entries} reserved (work in progress)")
+        else:
+            token, states = "", privacy_pb2.PrivacyChargeState
+            while True:
+                page = call(stub.ListLedgerEntries, ls.ListLedgerEntriesRequest(dataset=dataset, page_token=token),
+                            timeout=60)
+                for e in page.entries:
+                    state = states.Name(e.state).removeprefix("PRIVACY_CHARGE_STATE_").lower()
+                    print(f"{e.create_time.ToDatetime():%Y-%m-%d %H:%M:%S}  {state:9}  ε={e.cost.epsilon:<10.6g} "
+                          f"δ={e.cost.delta:<8.3g} {e.dataset:24} {e.spent_by}: {e.cost.description}")
+                token = page.next_page_token
+                if not token:
+                    break
+    except UmbraRpcError as exc:
+        print(f"umbra ledger {args.action}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("tenants", help="create and list tenants (admin key)")
     t_sub = t.add_subparsers(dest="action", required=True)
@@ -144,3 +180,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     delete = d_sub.add_parser("delete", help="delete a dataset and all its versions")
     delete.add_argument("dataset")
     d.set_defaults(func=datasets)
+
+    g = sub.add_parser("ledger", help="the privacy budget: what is spent and left, and every charge (tenant API key)")
+    g_sub = g.add_subparsers(dest="action", required=True)
+    for action, text in (("balance", "the budget, what is spent (tight and basic composition) and what is left"),
+                         ("entries", "every charge, newest first: reserved, committed or released")):
+        cmd = g_sub.add_parser(action, help=text)
+        cmd.add_argument("--dataset", default="", help="only the charges against this dataset id")
+    g.set_defaults(func=ledger)
