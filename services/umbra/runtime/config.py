@@ -93,10 +93,6 @@ class ServiceConfig:
     # The coordinator (gRPC host:port), whose privacy ledger the workers charge before work that spends privacy.
     coordinator_url: str = ""
 
-    @property
-    def public(self) -> bool:
-        return self.service in layout.PUBLIC_SERVICES
-
     @classmethod
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> "ServiceConfig":
         env = os.environ if environ is None else environ

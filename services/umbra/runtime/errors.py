@@ -77,11 +77,6 @@ class PermissionDenied(UmbraError):
     reason = "PERMISSION_DENIED"
 
 
-class ResourceExhausted(UmbraError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    reason = "RESOURCE_EXHAUSTED"
-
-
 class Unavailable(UmbraError):
     """A dependency (object storage, another service) cannot be reached; retrying may help."""
 
