@@ -22,6 +22,7 @@ from umbra.coordinator.v1 import (
 )
 from umbra.runtime.auth import ApiKeyStore, TenantAuthenticator
 from umbra.runtime.server import Built, Runtime, ServiceSpec, registration
+from umbra.services.coordinator import versions
 from umbra.services.coordinator.datasets import DatasetServicer
 from umbra.services.coordinator.db import CoordinatorDB
 from umbra.privacy.ledger import PrivacyLedger
@@ -41,11 +42,10 @@ def build(runtime: Runtime) -> Built:
     db = CoordinatorDB(config.data_dir / "coordinator.sqlite3")
     api_keys = ApiKeyStore(config.data_dir / "api_keys.sqlite3")
     store = open_store(config.store)
-    datasets = DatasetServicer(db, store, runtime.operations, presign_seconds=config.presign_seconds,
-                               upload_ttl_seconds=config.upload_ttl_seconds)
-    datasets.recover()
+    datasets = DatasetServicer(db, store, runtime.operations, presign_seconds=config.presign_seconds)
+    versions.recover(db, store, config.upload_ttl_seconds)  # interrupted commits, abandoned uploads
     stop_sweeper = threading.Event()
-    datasets.start_sweeper(stop_sweeper)
+    versions.start_sweeper(db, store, config.upload_ttl_seconds, stop_sweeper)
     runtime.closers += [db.close, api_keys.close, stop_sweeper.set]
     return Built(
         registrations=[

@@ -7,11 +7,8 @@ every shard against the manifest and then writes the final manifest: the moment 
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import threading
 import time
-from collections.abc import Iterator
 
 from umbra.coordinator.v1 import dataset_service_pb2 as ds
 from umbra.coordinator.v1 import dataset_service_pb2_grpc
@@ -20,14 +17,13 @@ from umbra.dataset import manifest as mf
 from umbra.runtime import auth, names, pagination
 from umbra.runtime.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound
 from umbra.runtime.operations import OperationRunner
-from umbra.services.coordinator import convert
+from umbra.services.coordinator import convert, versions
 from umbra.services.coordinator.db import CoordinatorDB, DatasetRow, VersionRow
 from umbra.storage import datasets as stored, keys
-from umbra.storage.base import CHUNK, ObjectStore
+from umbra.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
 MAX_SHARDS = 100_000
-MAX_UPLOAD_BYTES = 4 * 1024**3
 MANIFEST = "manifest"
 
 
@@ -43,10 +39,9 @@ def _text(value: str, field: str, limit: int) -> str:
 
 class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     def __init__(self, db: CoordinatorDB, store: ObjectStore, operations: OperationRunner, *,
-                 presign_seconds: int, upload_ttl_seconds: float):
+                 presign_seconds: int):
         self.db, self.store, self.operations = db, store, operations
         self.presign_seconds = presign_seconds
-        self.upload_ttl_seconds = upload_ttl_seconds
 
     # -- datasets ---------------------------------------------------------------------------------------------
 
@@ -139,7 +134,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             raise FailedPrecondition(f"version {row.version} is {row.state.lower()}; uploads are closed",
                                      reason="VERSION_NOT_UPLOADING")
         key = self._object_key(row, first.shard, "shard")
-        stream = _ChunkStream(first, request_iterator)
+        stream = versions.ChunkStream(first, request_iterator)
         info = self.store.put_stream(keys.bucket(tenant), key, stream, sha256="")
         if not stream.sha256:
             self.store.delete(keys.bucket(tenant), key)
@@ -166,7 +161,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
 
         def commit(ctx) -> ds.DatasetVersion:
             try:
-                return self._commit(ctx, bucket, row, request.drop_invalid)
+                return versions.commit(ctx, self.db, self.store, bucket, row, request.drop_invalid)
             except BaseException as exc:
                 state = "UPLOADING" if ctx.cancelled else "FAILED"
                 self.db.set_version_state(tenant, row.dataset, row.version, state, expect=("COMMITTING",),
@@ -176,27 +171,6 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         op = self.operations.start(kind=kind, tenant=tenant, metadata=ds.CommitDatasetVersionMetadata(), work=commit,
                                    request_id=request.request_id)
         return ds.CommitDatasetVersionResponse(operation=op)
-
-    def _commit(self, ctx, bucket: str, row: VersionRow, drop_invalid: bool) -> ds.DatasetVersion:
-        ctx.report(stage="checking shards", unit="shards", total=row.shard_count)
-        check = stored.check_upload(self.store, bucket, row.dataset, row.version,
-                                    progress=lambda done, total: ctx.report(done=done, total=total),
-                                    cancelled=lambda: ctx.cancelled)
-        ctx.check_cancelled()
-        for name, reason in check.problems[:1000]:
-            ctx.metadata.problems.add(sample=name, reason=reason)
-        ctx.save()
-        header, kept = stored.publishable(check, drop_invalid)
-        size = sum(s.size for s in kept)
-        ctx.report(stage="writing manifest")
-        manifest = self.store.put(bucket, keys.manifest(row.dataset, row.version), mf.dumps(header, kept),
-                                  content_type="application/x-ndjson")  # the version is visible from here
-        summary = stored.stats(header, kept, size) | {"manifest_sha256": manifest.sha256}
-        self.db.set_version_state(row.tenant, row.dataset, row.version, "COMMITTED", expect=("COMMITTING",),
-                                  stats=summary)
-        log.info("dataset %s v%d committed: %d samples, %d dropped", row.dataset, row.version, len(kept),
-                 len(check.samples) - len(kept))
-        return convert.version_to_proto(self.db.version(row.tenant, row.dataset, row.version), bucket)
 
     def GetDatasetVersion(self, request, context):
         tenant = _tenant()
@@ -237,94 +211,4 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         row = self._committed(tenant, request.dataset_version, "dataset_version")
         key = (keys.manifest(row.dataset, row.version) if request.shard == MANIFEST
                else self._object_key(row, request.shard, "shard"))
-        return self._stream(keys.bucket(tenant), key)
-
-    def _stream(self, bucket: str, key: str) -> Iterator[ds.DownloadDatasetChunkResponse]:
-        digest, offset = hashlib.sha256(), 0
-        with self.store.open(bucket, key) as stream:
-            while chunk := stream.read(CHUNK):
-                digest.update(chunk)
-                yield ds.DownloadDatasetChunkResponse(offset=offset, data=chunk)
-                offset += len(chunk)
-        yield ds.DownloadDatasetChunkResponse(offset=offset, sha256=digest.hexdigest())
-
-    # -- recovery and garbage ---------------------------------------------------------------------------------
-
-    def recover(self) -> None:
-        """After a restart: a commit that wrote its manifest is committed; any other interrupted commit goes
-        back to uploading. Then abandoned uploads are swept."""
-        for row in self.db.versions_in(("COMMITTING",)):
-            bucket = keys.bucket(row.tenant)
-            if self.store.stat(bucket, keys.manifest(row.dataset, row.version)) is not None:
-                reader = stored.DatasetReader(self.store, bucket, row.dataset, row.version)
-                samples = list(reader.samples())
-                summary = stored.stats(reader.header, samples, sum(s.size for s in samples))
-                self.db.set_version_state(row.tenant, row.dataset, row.version, "COMMITTED", expect=("COMMITTING",),
-                                          stats=summary)
-            else:
-                self.db.set_version_state(row.tenant, row.dataset, row.version, "UPLOADING", expect=("COMMITTING",),
-                                          error="the commit was interrupted by a restart; commit again")
-        self.sweep()
-
-    def sweep(self, now: float | None = None) -> int:
-        """Deletes uploads left unfinished for longer than the TTL: their objects, then their rows."""
-        now = time.time() if now is None else now
-        swept = 0
-        for row in self.db.versions_in(("UPLOADING", "FAILED")):
-            if now - row.create_time >= self.upload_ttl_seconds:
-                self.store.delete_prefix(keys.bucket(row.tenant), keys.version_prefix(row.dataset, row.version))
-                self.db.delete_version(row.tenant, row.dataset, row.version)
-                log.info("swept abandoned upload %s v%d", row.dataset, row.version)
-                swept += 1
-        return swept
-
-    def start_sweeper(self, stop: threading.Event, interval: float = 3600.0) -> threading.Thread:
-        def loop() -> None:
-            while not stop.wait(interval):
-                try:
-                    self.sweep()
-                except Exception:  # noqa: BLE001 - the next round tries again
-                    log.exception("sweep failed")
-
-        thread = threading.Thread(target=loop, name="upload-sweeper", daemon=True)
-        thread.start()
-        return thread
-
-
-class _ChunkStream:
-    """The chunks of an UploadDatasetChunk stream as a file-like object, checking target and offsets."""
-
-    def __init__(self, first, rest: Iterator):
-        self._target = (first.dataset_version, first.shard)
-        self._pending = [first]
-        self._rest = rest
-        self._offset = 0
-        self._buffer = b""
-        self.sha256 = ""
-
-    def _next(self) -> bytes | None:
-        message = self._pending.pop() if self._pending else next(self._rest, None)
-        if message is None:
-            return None
-        if (message.dataset_version, message.shard) != self._target:
-            raise InvalidInput("shard", "every message of one stream must name the same version and shard")
-        if message.offset != self._offset:
-            raise InvalidInput("offset", f"expected {self._offset}, got {message.offset}")
-        self._offset += len(message.data)
-        if self._offset > MAX_UPLOAD_BYTES:
-            raise InvalidInput("data", f"an object may be at most {MAX_UPLOAD_BYTES} bytes")
-        if message.sha256:
-            self.sha256 = message.sha256
-        return message.data
-
-    def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self._buffer) < size:
-            data = self._next()
-            if data is None:
-                break
-            self._buffer += data
-        if size < 0:
-            out, self._buffer = self._buffer, b""
-        else:
-            out, self._buffer = self._buffer[:size], self._buffer[size:]
-        return out
+        return versions.download(self.store, keys.bucket(tenant), key)

@@ -2,7 +2,7 @@
 ledger's entries (umbra.privacy.ledger).
 
 Metadata is written before any side effect in storage, and a version's state says how far it got, so a
-restart can finish or clean up what a crash interrupted (see datasets.DatasetService.recover).
+restart can finish or clean up what a crash interrupted (see versions.recover).
 """
 
 from __future__ import annotations
