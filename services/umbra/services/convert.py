@@ -60,3 +60,20 @@ def budget_from_proto(message: privacy_pb2.PrivacyBudget, field: str) -> Budget 
     if not (math.isfinite(message.delta) and 0 <= message.delta < 1):
         raise InvalidInput(f"{field}.delta", "must be in [0, 1)")
     return Budget(message.epsilon, message.delta)
+
+
+def accountant_to_proto(name: str) -> int:
+    """umbra.privacy.accountants' name -> PrivacyAccountant; unknown names are refused (ValueError)."""
+    if name not in _ACCOUNTANTS:
+        raise ValueError(f"unknown accountant {name!r}")
+    return _ACCOUNTANTS[name]
+
+
+def accountant_from_proto(value: int, field: str, *, allowed: tuple[str, ...], default: str) -> str:
+    """PrivacyAccountant -> its name, one of `allowed` (UNSPECIFIED: `default`); anything else refused by field."""
+    if value == privacy_pb2.PRIVACY_ACCOUNTANT_UNSPECIFIED:
+        return default
+    name = next((k for k, v in _ACCOUNTANTS.items() if v == value), None)
+    if name not in allowed:
+        raise InvalidInput(field, f"must be one of {', '.join(n.upper() for n in allowed)}")
+    return name

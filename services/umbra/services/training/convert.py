@@ -6,10 +6,10 @@ from umbra.classifiers import evaluation as ev
 from umbra.classifiers import loop
 from umbra.classifiers.registry import CONFIG, RECORD, WEIGHTS, StoredModel, version_prefix
 from umbra.common.v1 import privacy_pb2, refs_pb2
-from umbra.privacy.dp_sgd import DPSettings
+from umbra.privacy.dp_sgd import ACCOUNTANTS, DPSettings
 from umbra.privacy.mechanisms import dp_sgd_cost
 from umbra.runtime.errors import InvalidInput
-from umbra.services.convert import privacy_cost_to_proto
+from umbra.services.convert import accountant_from_proto, privacy_cost_to_proto
 from umbra.training.v1 import training_service_pb2 as ts
 
 def architecture_from_proto(value: int) -> str:
@@ -42,10 +42,8 @@ def dp_from_proto(request: ts.TrainRequest) -> DPSettings | None:
     if not request.HasField("differential_privacy"):
         return None
     d = request.differential_privacy
-    accountant = {privacy_pb2.PRIVACY_ACCOUNTANT_UNSPECIFIED: "prv", privacy_pb2.PRIVACY_ACCOUNTANT_PRV: "prv",
-                  privacy_pb2.PRIVACY_ACCOUNTANT_RDP: "rdp"}.get(d.accountant)
-    if accountant is None:
-        raise InvalidInput("differential_privacy.accountant", "must be PRV or RDP")
+    accountant = accountant_from_proto(d.accountant, "differential_privacy.accountant", allowed=ACCOUNTANTS,
+                                       default="prv")
     return DPSettings(target_delta=d.target_delta, target_epsilon=d.target_epsilon,
                       noise_multiplier=d.noise_multiplier, max_grad_norm=d.max_grad_norm or 1.0,
                       poisson_sampling=True, accountant=accountant, secure_mode=d.secure_mode)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 
 from umbra.classifiers.registry import StoredModel
-from umbra.common.v1 import privacy_pb2, refs_pb2
+from umbra.common.v1 import refs_pb2
 from umbra.feature_unlearning import updates
 from umbra.feature_unlearning.job import Result
 from umbra.runtime.errors import InvalidInput
+from umbra.services.convert import accountant_to_proto
 from umbra.training.v1 import training_service_pb2 as ts
 from umbra.unlearning.v1 import unlearning_service_pb2 as us
 
@@ -72,8 +73,7 @@ def retrain_request(stored: StoredModel, *, model: str, revision: refs_pb2.Datas
         request.initialize_from.CopyFrom(refs_pb2.ModelRef(model=start["model"], version=start["version"]))
     privacy = record.get("privacy")
     if privacy:
-        accountant = {"prv": privacy_pb2.PRIVACY_ACCOUNTANT_PRV}.get(privacy["accountant"],
-                                                                    privacy_pb2.PRIVACY_ACCOUNTANT_RDP)
+        accountant = accountant_to_proto(privacy["accountant"])
         request.differential_privacy.CopyFrom(ts.DifferentialPrivacy(
             target_delta=privacy["delta"], noise_multiplier=privacy["noise_multiplier"],
             max_grad_norm=privacy.get("max_grad_norm", 1.0), accountant=accountant))
