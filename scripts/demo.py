@@ -399,12 +399,12 @@ def unlearn_onto_anonymized(home: Path, tenant: str, model_version: str, origina
         reason, measured = failure_reason(channel, exc.name)
         if exc.code != grpc.StatusCode.FAILED_PRECONDITION.value[0] or reason != "UNLEARNING_DIVERGED":
             raise
-        print(f"   the unlearning service refused the second-order update: {exc.message}")
+        print(f"   refused by the unlearning service ({grpc_code_name(exc.code)}, {reason}): {exc.message}")
         print("   that is its safety check: an update that raises the loss on the revised training data is never "
-              "written, and the model stays as it was. Here every training image is revised, further from the "
-              "trained weights than the second-order step's quadratic model reaches. Falling back to the "
-              "first-order update: its step size is searched so that it cannot raise that loss (0 keeps the "
-              "model unchanged).", flush=True)
+              "written, and the model stays as it was. The second-order step takes the loss to be quadratic "
+              "around the trained weights, which a revision of every training image can take it beyond. Falling "
+              "back to the first-order update: its step size is searched so that it cannot raise that loss (a "
+              "step of 0 keeps the model unchanged).", flush=True)
         refused = {"method": "second order", "operation": exc.name, "code": grpc_code_name(exc.code),
                    "reason": reason, "message": exc.message, "measured": measured}
         method = us.METHOD_FIRST_ORDER
