@@ -107,7 +107,7 @@ class Steps:
             words = refusal(exc)
             print(f"   refused: {words}\n   this step failed; the steps that need it are skipped", flush=True)
             self.report.setdefault("failed", {})[key] = words
-            self.failed.append(key)
+            self.failed.append(f"{title.split('.', 1)[0]} ({key})")
         finally:
             seconds = time.monotonic() - began
             self.report.setdefault("step_seconds", {})[key] = round(seconds, 1)
@@ -585,15 +585,7 @@ def main() -> int:
     tmp = OUT / "demo.json.tmp"
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(OUT / "demo.json")
-    print(f"\nResults: {OUT / 'demo.json'} (dataset exported to {OUT / 'faces-export'}; the classifier's "
-          f"predictions in {OUT / 'predictions.json'}; the AugMDP release in {OUT / 'faces-augmdp'}, drawn in "
-          f"{OUT / 'augmdp-grid.png'}; the anonymized dataset in {OUT / 'faces-anonymized'}, drawn beside its "
-          f"originals in {OUT / 'anonymized-grid.png'}; the unlearned model's comparison with retraining in "
-          f"{OUT / 'unlearning.json'})\nService logs: {home / 'logs'}")
-    if args.keep and triton is not None:
-        print(f"Still running: `.venv/bin/umbra status`, Triton at {inference_url} (pid {triton.pid}); stop with "
-              f"`.venv/bin/umbra down`, `kill -- -{triton.pid}` and `deploy/s3/rgw.sh stop`.")
-    problems = [f"step {key} failed" for key in steps.failed]
+    problems = [f"step {which} failed" for which in steps.failed]
     problems += [f"{name} is {s['health']}" for name, s in report["services"].items() if s["health"] != "SERVING"]
     checks = {"dataset": ("exported_identical", "the exported dataset differs from the upload"),
               "classifier": ("predicted_images", "the served classifier predicted nothing"),
@@ -601,6 +593,17 @@ def main() -> int:
               "anonymized": ("images", "the anonymized version is empty"),
               "unlearning": ("changed_samples", "the unlearning update revised no sample")}
     problems += [words for key, (field, words) in checks.items() if key in report and not report[key].get(field)]
+    if problems:
+        print(f"\nWhat was seen: {OUT / 'demo.json'}\nService logs: {home / 'logs'}")
+    else:
+        print(f"\nResults: {OUT / 'demo.json'} (dataset exported to {OUT / 'faces-export'}; the classifier's "
+              f"predictions in {OUT / 'predictions.json'}; the AugMDP release in {OUT / 'faces-augmdp'}, drawn in "
+              f"{OUT / 'augmdp-grid.png'}; the anonymized dataset in {OUT / 'faces-anonymized'}, drawn beside its "
+              f"originals in {OUT / 'anonymized-grid.png'}; the unlearned model's comparison with retraining in "
+              f"{OUT / 'unlearning.json'})\nService logs: {home / 'logs'}")
+    if args.keep and triton is not None:
+        print(f"Still running: `.venv/bin/umbra status`, Triton at {inference_url} (pid {triton.pid}); stop with "
+              f"`.venv/bin/umbra down`, `kill -- -{triton.pid}` and `deploy/s3/rgw.sh stop`.")
     print(f"\nThe demo took {report['seconds']:.0f} s. " + ("Every step worked." if not problems else
           "It did not fully work: " + "; ".join(problems) + "."))
     return 1 if problems else 0

@@ -39,7 +39,7 @@ def test_a_refused_step_is_reported_and_its_dependents_skipped(demo, capsys):
     assert "refused: INVALID_ARGUMENT: must be in (0, 100]; field differential_privacy.target_epsilon; reason " \
            "INVALID_INPUT" in out
     assert "skipped: it needs what classifier would have given" in out and "Traceback" not in out
-    assert steps.failed == ["classifier"] and report["skipped"] == ["augmdp"]
+    assert steps.failed == ["4 (classifier)"] and report["skipped"] == ["augmdp"]
     assert report["dataset"] and report["protection_job"] and "classifier" not in report
 
 
