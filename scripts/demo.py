@@ -56,7 +56,8 @@ from umbra.client.errors import grpc_code_name
 from umbra.client.operations import OperationsClient
 from umbra.common.v1 import privacy_pb2, refs_pb2
 from umbra.coordinator.v1 import dataset_service_pb2 as cds
-from umbra.coordinator.v1 import (dataset_service_pb2_grpc, job_service_pb2, job_service_pb2_grpc, tenant_service_pb2,
+from umbra.coordinator.v1 import (dataset_service_pb2_grpc, job_service_pb2, job_service_pb2_grpc,
+                                  ledger_service_pb2, ledger_service_pb2_grpc, tenant_service_pb2,
                                   tenant_service_pb2_grpc)
 from umbra.dataset import synthetic
 from umbra.distortion.v1 import distortion_service_pb2 as dds
@@ -363,7 +364,15 @@ def anonymize_faces(home: Path, tenant: str, dataset_version: str) -> dict:
           f"person {result.privacy_cost.epsilon:.4g}; released gender differs from the original for {changed} of "
           f"{len(after)}")
     print(f"   originals and three intensities: {grid}; the anonymized dataset: {anonymized}")
+    balance = ledger_service_pb2_grpc.LedgerServiceStub(coordinator).GetPrivacyBalance(
+        ledger_service_pb2.GetPrivacyBalanceRequest(), timeout=60)
+    print(f"   the tenant's privacy ledger (coordinator): {balance.committed_entries} charges spent epsilon "
+          f"{balance.spent.epsilon:.6g} composed tightly ({balance.spent_basic.epsilon:.6g} by basic composition) "
+          f"of {balance.budget.epsilon:g}; {balance.remaining.epsilon:.6g} left (`umbra ledger balance`)")
     return {"generator": f"{generator.generator.model}/versions/{generator.generator.version}",
+            "ledger": {"spent_epsilon": balance.spent.epsilon, "spent_epsilon_basic": balance.spent_basic.epsilon,
+                       "spent_delta": balance.spent.delta, "remaining_epsilon": balance.remaining.epsilon,
+                       "charges": balance.committed_entries},
             "generator_epsilon": cost.epsilon, "preview_epsilon": {str(k): v for k, v in costs.items()},
             "version": committed.name, "images": committed.sample_count, "seconds": round(seconds, 1),
             "epsilon_per_person": result.privacy_cost.epsilon, "released_gender_changed": changed,
