@@ -28,7 +28,7 @@ from umbra.storage import keys
 from umbra.storage.datasets import DatasetReader
 from umbra.storage.local import LocalObjectStore
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the generator fixture may wait 660 s
 FACES = 40
 GENERATOR = refs_pb2.ModelRef(model="models/faces-gen", version=1)
 

@@ -87,6 +87,7 @@ def test_buf_curl_calls_every_service_through_reflection(stack):
             assert answer.returncode != 0 and "unimplemented" in answer.stdout + answer.stderr
 
 
+@pytest.mark.timeout(1500)  # 11 `umbra` calls of at most 120 s each
 def test_tenant_and_dataset_commands(stack, tmp_path):
     from umbra.dataset import synthetic
 

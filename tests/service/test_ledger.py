@@ -30,7 +30,7 @@ from umbra.services.convert import privacy_cost_from_proto
 from umbra.storage.datasets import DatasetReader
 from umbra.storage.local import LocalObjectStore
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # fixture 420 s + 6 previews of 120 s
 FACES = 12
 GENERATOR = refs_pb2.ModelRef(model="models/public-gen", version=1)
 FACES_V1 = refs_pb2.DatasetRef(dataset="datasets/faces", version=1)

@@ -17,7 +17,7 @@ from umbra.storage.local import LocalObjectStore
 from umbra.training.v1 import training_service_pb2 as ts
 from umbra.training.v1 import training_service_pb2_grpc
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # its waits add up to 750 s
 
 
 def request(model: str) -> ts.TrainRequest:
