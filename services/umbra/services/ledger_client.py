@@ -15,6 +15,7 @@ UNAVAILABLE, and no work starts without its reservation.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,9 +39,18 @@ TIMEOUT = 60.0  # a reservation composes the tenant's whole ledger (DP-SGD entri
 class LedgerClient:
     def __init__(self, target: str, service_token: str):
         self.target, self._token = target, service_token
+        self._stubs: dict[str, ledger_service_pb2_grpc.LedgerServiceStub] = {}  # one channel per tenant, reused
+        self._lock = threading.Lock()
+
+    def _stub(self, tenant: str) -> ledger_service_pb2_grpc.LedgerServiceStub:
+        with self._lock:
+            if tenant not in self._stubs:
+                channel = open_channel(self.target, self._token, tenant=tenant)
+                self._stubs[tenant] = ledger_service_pb2_grpc.LedgerServiceStub(channel)
+            return self._stubs[tenant]
 
     def _call(self, tenant: str, method: str, request):
-        stub = ledger_service_pb2_grpc.LedgerServiceStub(open_channel(self.target, self._token, tenant=tenant))
+        stub = self._stub(tenant)
         try:
             return call(getattr(stub, method), request, timeout=TIMEOUT)
         except UmbraRpcError as exc:

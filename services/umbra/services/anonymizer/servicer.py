@@ -64,8 +64,8 @@ class AnonymizerServicer(anonymizer_service_pb2_grpc.AnonymizerServiceServicer):
         tenant = _tenant()
         charged = self._plan_training(tenant, request)  # every bad input refused here, before any compute
         job: generator_job.Job = charged.job
-        cost = job.reserved_cost()
-        if cost is None and request.budget.epsilon > 0:
+        cost, limit = job.reserved_cost(), budget_from_proto(request.budget, "budget")
+        if cost is None and limit is not None:
             raise FailedPrecondition("a generator trained without DP has no finite ε; it cannot be trained within a "
                                      "privacy budget (set privacy.target_epsilon)", reason="PRIVACY_BUDGET_EXHAUSTED")
         if cost is not None:
