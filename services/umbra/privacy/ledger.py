@@ -119,8 +119,9 @@ class PrivacyLedger:
         shown = [e for e in everything if not dataset or e.dataset == dataset]
         costs = [e.cost for e in shown]
         scope = f"datasets/{dataset}" if dataset else f"tenants/{tenant}"
-        return Balance(budget, composition.tight(costs, scope), composition.basic(costs, scope),
-                       budget.less(composition.tight([e.cost for e in everything])),
+        spent = composition.tight(costs, scope)
+        total = composition.tight([e.cost for e in everything]) if dataset else spent  # composed once when the same
+        return Balance(budget, spent, composition.basic(costs, scope), budget.less(total),
                        sum(e.state == RESERVED for e in shown), sum(e.state == COMMITTED for e in shown))
 
     def entries(self, tenant: str, *, dataset: str = "", before: str = "", limit: int = 50) -> list[Entry]:
@@ -187,12 +188,16 @@ class PrivacyLedger:
         return _entry(row), budget.less(after)
 
     def _move(self, tenant: str, request_id: str, state: str, cost: Cost | None = None) -> Entry:
+        """Moves a reserved entry to `state` (with `cost`, never above the reserved one), in one transaction."""
         with self._transaction() as db:
             found = db.execute(f"SELECT {_COLUMNS} FROM ledger_entries WHERE tenant = ? AND request_id = ?",
                                (tenant, request_id)).fetchone()
             if found is None:
                 raise NotFound("ledger entry", f"request_id {request_id}")
             entry = _entry(found)
+            if cost is not None and (cost.epsilon > entry.cost.epsilon or cost.delta > entry.cost.delta):
+                raise InvalidInput("cost", f"ε={cost.epsilon:.6g}, δ={cost.delta:.3g} exceeds the reserved "
+                                           f"ε={entry.cost.epsilon:.6g}, δ={entry.cost.delta:.3g}")
             if entry.state == state:
                 return entry  # a retry
             if entry.state != RESERVED:
@@ -208,12 +213,6 @@ class PrivacyLedger:
         """The work is done. `cost`, when the final cost is known only now, may not exceed the reserved one."""
         if cost is not None:
             _check_cost(cost)
-            with self._transaction() as db:
-                found = db.execute("SELECT epsilon, delta FROM ledger_entries WHERE tenant = ? AND request_id = ?",
-                                   (tenant, request_id)).fetchone()
-            if found is not None and (cost.epsilon > found[0] or cost.delta > found[1]):
-                raise InvalidInput("cost", f"ε={cost.epsilon:.6g}, δ={cost.delta:.3g} exceeds the reserved "
-                                           f"ε={found[0]:.6g}, δ={found[1]:.3g}")
         return self._move(tenant, request_id, COMMITTED, cost)
 
     def release(self, tenant: str, request_id: str) -> Entry:
