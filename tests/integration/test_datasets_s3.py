@@ -51,6 +51,34 @@ def test_round_trip_through_presigned_urls(coordinator, tmp_path):
     assert source == back
 
 
+class KeepsItsTargets(DatasetsClient):
+    """Remembers the presigned URLs an upload was given, as an attacker holding them would."""
+
+    targets: list = []
+
+    def _put(self, version, target, data):
+        KeepsItsTargets.targets.append(target)
+        return super()._put(version, target, data)
+
+
+def test_a_presigned_put_after_the_commit_changes_nothing(coordinator, tmp_path):
+    """Issue 15, class 2: presigned PUT URLs cannot be revoked and stay valid after the commit; they point into
+    the version's staging area, which the commit copied from and nothing reads afterwards."""
+    from umbra.client.datasets import _http
+
+    faces = synthetic.write_folder(tmp_path / "faces", 8, size=32, seed=7)
+    other = synthetic.write_folder(tmp_path / "other", 8, size=32, seed=8)
+    client = KeepsItsTargets(open_channel(coordinator, create_tenant(coordinator, unique_tenant())))
+    version = client.upload(faces, "faces", policy=SizePolicy(size=32), progress=False)
+    client.export(version.name, tmp_path / "before")
+    shard_url = next(t.url for t in KeepsItsTargets.targets if t.shard.startswith("shard-"))
+    _http("PUT", shard_url, (other / "images" / sorted(p.name for p in (other / "images").iterdir())[0])
+          .read_bytes())  # still accepted by S3, an hour long
+    client.export(version.name, tmp_path / "after")
+    for image in (tmp_path / "before" / "images").iterdir():
+        assert (tmp_path / "after" / "images" / image.name).read_bytes() == image.read_bytes()
+
+
 class StopsStorageMidway(DatasetsClient):
     """Stops the real S3 server just before the second shard goes up."""
 

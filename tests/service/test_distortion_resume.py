@@ -59,7 +59,7 @@ def test_killed_release_resumes_at_its_last_finished_shard(tmp_path):
     store.ensure_bucket("umbra-acme")
     commit_faces(store, "umbra-acme", 64, size=32, seed=6)
     write_extractor(store, "umbra-acme", "gender")
-    first_shard = keys.shard("faces", 2, "shard-000000.tar")
+    first_shard = keys.upload_shard("faces", 2, "shard-000000.tar")
     proc = serve_process("distortion", home, port)
     channel = open_channel(f"127.0.0.1:{port}", SERVICE_TOKEN, tenant="acme")
     stub, operations = distortion_service_pb2_grpc.DistortionServiceStub(channel), OperationsClient(channel)

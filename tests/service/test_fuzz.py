@@ -306,7 +306,7 @@ def bad_metadata(own: str, others: list[str], worker: bool) -> st.SearchStrategy
         st.tuples(value, value).map(lambda vs: tuple(("authorization", v) for v in vs)),
     ]
     if worker:
-        tenant = st.text(_PRINTABLE, min_size=1, max_size=50).filter(lambda t: not auth.TENANT_ID.match(t))
+        tenant = st.text(_PRINTABLE, min_size=1, max_size=50).filter(lambda t: not auth.TENANT_ID.fullmatch(t))
         shapes.append(tenant.map(lambda t: (("authorization", f"Bearer {own}"), (auth.TENANT_HEADER, t))))
     return st.one_of(*shapes)
 

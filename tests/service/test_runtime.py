@@ -107,10 +107,12 @@ def test_credentials_are_not_interchangeable(all_services):
 
 
 def test_revoked_key_is_refused(all_services, tmp_path):
-    from umbra.runtime.auth import ApiKeyStore
+    from umbra.services.coordinator.api_keys import ApiKeyStore
+    from umbra.services.coordinator.db import CoordinatorDB
 
     coordinator = all_services["coordinator"]
-    keys = ApiKeyStore(coordinator.running.runtime.config.data_dir / "api_keys.sqlite3")
+    db = CoordinatorDB(coordinator.running.runtime.config.data_dir / "coordinator.sqlite3")
+    keys = ApiKeyStore(db)
     key_id, key = keys.issue("acme", "to revoke")
     method = unbuilt_method("coordinator")
     with pytest.raises(grpc.RpcError) as err:
@@ -120,7 +122,7 @@ def test_revoked_key_is_refused(all_services, tmp_path):
     with pytest.raises(grpc.RpcError) as err:
         raw_call(coordinator.channel(credential=key), method, b"", timeout=5)
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    keys.close()
+    db.close()
 
 
 def test_unauthenticated_call_never_reaches_the_servicer(sleeper):

@@ -23,6 +23,12 @@ def test_defaults_and_secrets_stay_out_of_repr():
     ({"UMBRA_GRACE_SECONDS": "-1"}, "UMBRA_GRACE_SECONDS"),
     ({"UMBRA_MAX_MESSAGE_BYTES": "1.5"}, "UMBRA_MAX_MESSAGE_BYTES"),
     ({"UMBRA_LOG_LEVEL": "chatty"}, "UMBRA_LOG_LEVEL"),
+    ({"UMBRA_STREAM_IDLE_SECONDS": "0"}, "UMBRA_STREAM_IDLE_SECONDS"),
+    ({"UMBRA_STREAM_MAX_SECONDS": "soon"}, "UMBRA_STREAM_MAX_SECONDS"),
+    ({"UMBRA_TENANT_MAX_CALLS": "0"}, "UMBRA_TENANT_MAX_CALLS"),
+    ({"UMBRA_TENANT_MAX_STREAMS": "1.5"}, "UMBRA_TENANT_MAX_STREAMS"),
+    ({"UMBRA_MAX_STREAMS": "16"}, "UMBRA_MAX_STREAMS"),  # would leave no RPC thread of the 16 for unary calls
+    ({"UMBRA_MAX_QUEUED_CALLS": "-1"}, "UMBRA_MAX_QUEUED_CALLS"),
 ])
 def test_bad_settings_name_the_variable(override, variable):
     with pytest.raises(ConfigError, match=variable):
@@ -39,3 +45,18 @@ def test_coordinator_needs_an_admin_key_workers_do_not():
 def test_unknown_service():
     with pytest.raises(ConfigError, match="unknown service"):
         ServiceConfig.from_env("billing", BASE)
+
+
+def test_resource_limits_default_to_shares_of_the_rpc_threads():
+    config = ServiceConfig.from_env("coordinator", BASE)
+    assert (config.max_workers, config.tenant_max_calls, config.tenant_max_streams, config.max_streams,
+            config.max_queued_calls) == (16, 4, 2, 8, 64)
+    assert (config.stream_idle_seconds, config.stream_max_seconds) == (30.0, 900.0)
+    config = ServiceConfig.from_env("coordinator", {**BASE, "UMBRA_MAX_WORKERS": "40"})
+    assert (config.tenant_max_calls, config.tenant_max_streams, config.max_streams, config.max_queued_calls) == \
+        (10, 2, 20, 160)
+    config = ServiceConfig.from_env("coordinator", {**BASE, "UMBRA_MAX_WORKERS": "1"})
+    assert (config.tenant_max_calls, config.max_streams) == (1, 1)
+    config = ServiceConfig.from_env("coordinator", {**BASE, "UMBRA_STREAM_IDLE_SECONDS": "2.5",
+                                                    "UMBRA_TENANT_MAX_STREAMS": "1", "UMBRA_MAX_STREAMS": "15"})
+    assert (config.stream_idle_seconds, config.tenant_max_streams, config.max_streams) == (2.5, 1, 15)

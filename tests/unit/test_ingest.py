@@ -5,6 +5,7 @@ import csv
 import hashlib
 import io
 import os
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from umbra.dataset import ingest, synthetic
+from umbra.dataset import images, ingest, synthetic
 from umbra.dataset.images import SizePolicy
 from umbra.dataset.ingest import IngestError, Problem, scan, write_shards
 from umbra.dataset.manifest import SPLITS, validate_key
@@ -133,7 +134,7 @@ def test_celeba_layout(tmp_path, faces, layout):
         assert entry.labels["Eyeglasses"] == face.attributes["glasses"]
         assert entry.labels["Smiling"] == face.attributes["smile"]
         assert entry.labels["Male"] == ("1" if face.attributes["gender"] == "0" else "0")
-        assert entry.media_type == "image/jpeg" and entry.sha256 == sha(entry.path.read_bytes())
+        assert entry.media_type == "image/jpeg" and entry.sha256 == sha(images.strip(entry.path.read_bytes()).data)
 
 
 @pytest.mark.parametrize("layout", ["utkface", "auto"])
@@ -418,3 +419,201 @@ def test_export_refuses_a_non_empty_destination_and_leaves_nothing_on_error(tmp_
     (tmp_path / "empty").mkdir()
     dest = ingest.export([(sample, faces[0].png)], tmp_path / "empty", ["x"])
     assert (dest / "labels.csv").read_text() == "file,x\na.png,1\n"
+
+
+# privacy on the way in: symbolic links out of the folder, metadata, formula injection
+
+
+@pytest.fixture
+def outside(tmp_path, faces):
+    """A folder beside the upload folder, holding an image that must not be read."""
+    path = tmp_path / "outside"
+    path.mkdir()
+    (path / "secret.png").write_bytes(faces[9].png)
+    return path
+
+
+def test_a_symbolic_link_out_of_the_folder_is_not_followed(folder, outside, faces):
+    os.symlink(outside / "secret.png", folder / "images" / "link.png")
+    add_row(folder, "link.png")
+    (folder / "more").mkdir()
+    (folder / "more" / "extra.png").write_bytes(faces[5].png)
+    os.symlink(Path("..") / "more" / "extra.png", folder / "images" / "inside.png")  # stays inside: followed
+    add_row(folder, "inside.png")
+    problems, names = problems_of(folder)
+    assert problems == [Problem("link.png", "symbolic link points outside the folder")]
+    assert "inside.png" in names and "link.png" not in names
+
+
+def test_write_shards_does_not_follow_a_link_made_after_the_scan(folder, outside):
+    plan = scan(folder, policy=POLICY)
+    target = folder / "images" / "synth-000001.png"
+    target.unlink()
+    os.symlink(outside / "secret.png", target)
+    with pytest.raises(IngestError, match=r"synth-000001\.png: symbolic link points outside the folder"):
+        write_shards(plan, ShardWriter(lambda name, data: None))
+
+
+def test_a_labels_file_or_images_folder_linked_out_of_the_folder_is_refused(tmp_path, outside, faces):
+    write_csv(outside, faces[:2])
+    linked_labels = tmp_path / "labels-link"
+    (linked_labels / "images").mkdir(parents=True)
+    os.symlink(outside / "labels.csv", linked_labels / "labels.csv")
+    with pytest.raises(IngestError, match=r"labels\.csv: outside the folder"):
+        scan(linked_labels, policy=POLICY)
+    linked_images = tmp_path / "images-link"
+    linked_images.mkdir()
+    (linked_images / "labels.csv").write_bytes((outside / "labels.csv").read_bytes())
+    os.symlink(outside / "images", linked_images / "images")
+    with pytest.raises(IngestError, match="images: symbolic link points outside the folder"):
+        scan(linked_images, policy=POLICY)
+
+
+def test_folder_walks_never_enter_a_linked_folder_outside(tmp_path, outside, faces):
+    upload = tmp_path / "classes"
+    (upload / "cats").mkdir(parents=True)
+    (upload / "cats" / "a.png").write_bytes(faces[0].png)
+    os.symlink(outside, upload / "cats" / "nested")  # a linked folder inside a class: not walked
+    os.symlink(outside, upload / "stolen")  # a class folder that is a link out: a problem, not walked
+    plan = scan(upload, policy=POLICY)
+    assert plan.layout == "imagefolder" and [e.name for e in plan.entries] == ["cats/a.png"]
+    assert plan.problems == [Problem("stolen/", "symbolic link points outside the folder")]
+    only_link = tmp_path / "only-link"
+    only_link.mkdir()
+    os.symlink(outside, only_link / "stolen")
+    with pytest.raises(IngestError, match="no sub-folders holding images"):  # detection does not look inside
+        scan(only_link, policy=POLICY)
+
+
+def test_metadata_is_stripped_and_the_round_trip_stays_byte_identical(tmp_path, faces):
+    from PIL import PngImagePlugin
+
+    source = tmp_path / "source"
+    (source / "images").mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x010E] = "patient 4711"  # ImageDescription
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Author", "Jane Doe")
+    face = Image.open(io.BytesIO(faces[0].png))
+    face.save(source / "images" / "a.jpg", exif=exif, comment=b"Mary", icc_profile=b"Example" * 10)
+    face.save(source / "images" / "b.png", pnginfo=text, exif=exif, dpi=(300, 300))
+    with open(source / "images" / "b.png", "ab") as handle:
+        handle.write(b"trailer")
+    (source / "labels.csv").write_text("file,x\na.jpg,1\nb.png,2\n")
+    plan = scan(source, policy=POLICY)
+    assert plan.problems == [] and [e.media_type for e in plan.entries] == ["image/jpeg", "image/png"]
+    shards: dict[str, bytes] = {}
+    samples = write_shards(plan, ShardWriter(lambda name, data: shards.__setitem__(name, data)))
+    stored = {m.key: m.image for data in shards.values() for m in iter_shard(io.BytesIO(data))}
+    for sample in samples:
+        for secret in (b"4711", b"Jane", b"Mary", b"Example", b"trailer"):
+            assert secret not in stored[sample.key]
+        images.check_stored(stored[sample.key], size=32, media_type=sample.media_type)
+    exported = ingest.export(((s, stored[s.key]) for s in samples), tmp_path / "exported", plan.label_columns)
+    again = scan(exported, policy=POLICY)
+    assert [(e.sha256, e.size) for e in again.entries] == [(e.sha256, e.size) for e in plan.entries]
+    assert [e.labels for e in again.entries] == [e.labels for e in plan.entries]
+
+
+FORMULAS = ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(A1)", "\tx", "\r=x", "'=x", "''@x", "-", "=", "-inf"]
+PLAIN = ["-3", "-0.5", "+4", "1e-3", "'-3", "'", "", "hello", "a=b", "'quoted"]
+
+
+def test_export_escapes_formulas_and_ingest_reads_them_back(tmp_path, faces):
+    columns = ["+col", *(f"c{i}" for i in range(len(FORMULAS) + len(PLAIN)))]
+    values = ["v", *FORMULAS, *PLAIN]
+    sample = ingest.Sample("-hidden", "shard-000000.tar", "train", sha(faces[0].png), len(faces[0].png),
+                           dict(zip(columns, values, strict=True)))
+    dest = ingest.export([(sample, faces[0].png)], tmp_path / "out", columns)
+    with open(dest / "labels.csv", newline="") as handle:
+        header, row = list(csv.reader(handle))
+    assert header[:2] == ["file", "'+col"] and row[0] == "'-hidden.png"
+    written = dict(zip(columns, row[1:], strict=True))
+    for column, value in zip(columns[1:], values[1:], strict=True):
+        if value in FORMULAS:
+            assert written[column] == "'" + value
+        else:
+            assert written[column] == value
+    plan = scan(dest, policy=POLICY)
+    assert plan.problems == [] and plan.label_columns == columns
+    (entry,) = plan.entries
+    assert entry.name == "-hidden.png"
+    # the csv layout strips the whitespace around cells; the escaped tab and CR survive inside their quote
+    assert entry.labels == dict(zip(columns, values, strict=True))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("'=+-@\t\r0123.5eEx ")), max_size=8))
+def test_escape_cell_round_trips_and_never_starts_a_formula(cell):
+    escaped = ingest.escape_cell(cell)
+    assert ingest.unescape_cell(escaped) == cell
+    assert not escaped.startswith(ingest.FORMULA_START) or ingest.NUMBER.match(escaped)
+
+
+# linear checks and bounds
+
+
+def test_a_million_columns_are_refused_at_once(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels.csv").write_text("file," + ",".join(f"c{i}" for i in range(10**6)) + "\n")
+    started = time.monotonic()
+    with pytest.raises(IngestError, match=r"labels\.csv line 1: 1000001 columns; at most 1000 label columns"):
+        scan(tmp_path, layout="csv", policy=POLICY)
+    assert time.monotonic() - started < 5  # the quadratic check took hours
+
+
+def test_the_duplicate_column_check_is_linear(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingest, "MAX_LABEL_COLUMNS", 10**7)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels.csv").write_text("file," + ",".join(f"c{i}" for i in range(10**6)) + ",c7\n")
+    started = time.monotonic()
+    with pytest.raises(IngestError, match=r"column 'c7' appears twice \(columns 9 and 1000002\)"):
+        scan(tmp_path, layout="csv", policy=POLICY)
+    assert time.monotonic() - started < 5
+
+
+def test_label_columns_and_cells_are_bounded(folder):
+    labels = folder / "labels.csv"
+    text = labels.read_text()
+    labels.write_text("file," + ",".join(f"c{i}" for i in range(1000)) + "\n")
+    assert scan(folder, layout="csv", policy=POLICY).label_columns == [f"c{i}" for i in range(1000)]
+    labels.write_text("file,ok," + "n" * 1001 + "\n")
+    with pytest.raises(IngestError, match="line 1: the name of column 3 is longer than 1000 characters"):
+        scan(folder, policy=POLICY)
+    labels.write_text(text + "synth-000000.png,30,0,1,0,0," + "r" * 1001 + "\n")
+    line = len(text.splitlines()) + 1
+    assert problems_of(folder)[0] == [Problem(f"labels.csv line {line}",
+                                              "column 'hair_color' is longer than 1000 characters")]
+    labels.write_text(text + "synth-000000.png,30,0,1,0,0," + "r" * 200_000 + "\n")
+    with pytest.raises(IngestError, match=f"labels.csv line {line}: cannot parse: field larger than field limit"):
+        scan(folder, policy=POLICY)
+
+
+def _quadratic_unique_keys(relatives):
+    """unique_keys as it was: the reference for which key each name gets."""
+    used, keys = set(), []
+    for relative in relatives:
+        base = key = ingest.sanitize_key(relative)
+        number = 2
+        while key.lower() in used:
+            suffix = f"-{number}"
+            key = base[: ingest.MAX_KEY - len(suffix)] + suffix
+            number += 1
+        used.add(key.lower())
+        keys.append(key)
+    return keys
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from(["a.png", "A.jpg", "a-2.png", "a-3.gif", "a b.png", "a!b.png", "a-b-2.png",
+                                 "x" * 94 + ".png", "x" * 94 + "y.png", "x" * 93 + "-2.png"]), max_size=30))
+def test_unique_keys_gives_the_keys_it_always_gave(relatives):
+    assert ingest.unique_keys(relatives) == _quadratic_unique_keys(relatives)
+
+
+def test_unique_keys_is_linear_in_the_names():
+    names = [f"a.{i}" for i in range(10_000)]  # every name has the key "a"
+    started = time.monotonic()
+    keys = ingest.unique_keys(names)
+    assert time.monotonic() - started < 5  # the quadratic numbering took about 35 s
+    assert keys == ["a", *(f"a-{n}" for n in range(2, 10_001))]

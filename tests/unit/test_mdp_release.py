@@ -64,12 +64,12 @@ def test_an_interrupted_run_resumes_at_its_last_finished_shard(store):
         release.run(job(store, 3), extractor_of(store), cancelled=stop_after_first_shard,
                     progress=lambda done, total, shards, loss: shards_seen.append(shards))
     assert store.stat(BUCKET, keys.private("faces", 3, "parts/shard-000000.tar.json")) is not None
-    first = store.get(BUCKET, keys.shard("faces", 3, "shard-000000.tar"))
+    first = store.get(BUCKET, keys.upload_shard("faces", 3, "shard-000000.tar"))
 
     reports = []
     resumed = release.run(job(store, 3), extractor_of(store), progress=lambda *report: reports.append(report))
     assert reports[0][0] == 8 and reports[0][2] == 1  # the first shard was taken as it was, not recomputed
-    assert store.get(BUCKET, keys.shard("faces", 3, "shard-000000.tar")) == first
+    assert store.get(BUCKET, keys.upload_shard("faces", 3, "shard-000000.tar")) == first
     assert shard_hashes(store, 3) == shard_hashes(store, 2)  # the same bytes as the uninterrupted run
     assert resumed.feature_loss == pytest.approx(whole.feature_loss)
     assert not list(store.list(BUCKET, keys.version_prefix("faces", 3) + "private/parts/"))  # gone with the record

@@ -35,3 +35,32 @@ def test_tenant_and_api_key_names():
     assert names.api_key("tenants/acme/apiKeys/0123456789ab") == ("acme", "0123456789ab")
     with pytest.raises(InvalidInput):
         names.api_key("tenants/acme/apiKeys/xyz")
+
+
+# Issue 15, class 7: "$" accepted a trailing newline, and \d or str.isdigit accepted other scripts' digits.
+@pytest.mark.parametrize("parse, name", [
+    (names.dataset, "datasets/faces\n"), (names.dataset_version, "datasets/faces\n/versions/1"),
+    (names.dataset_version, "datasets/faces/versions/١"), (names.dataset_version, "datasets/faces/versions/1\n"),
+    (names.model, "models/cnn\n"), (names.tenant, "tenants/acme\n"),
+    (names.api_key, "tenants/acme/apiKeys/0123456789ab\n"),
+    (names.operation, "operations/" + "a" * 32 + "\n"), (names.dataset, "datasets/ｆaces"),
+])
+def test_ids_are_matched_whole_and_ascii_only(parse, name):
+    with pytest.raises(InvalidInput):
+        parse(name)
+
+
+def test_object_key_parts_are_matched_whole():
+    from umbra.dataset import manifest as mf
+    from umbra.storage import keys
+
+    for bad in ("shard-000000.tar\n", "shard-١٢٣٤٥٦.tar"):
+        with pytest.raises(InvalidInput):
+            keys.shard("faces", 1, bad)
+        with pytest.raises(mf.ManifestError):
+            mf.validate_key(bad.replace(".", "-"))
+    with pytest.raises(InvalidInput):
+        keys.private("faces", 1, "record.json\n")
+    assert keys.parse_version_key("datasets/faces/v12/upload/shards/shard-000000.tar") == (
+        "faces", 12, "upload/shards/shard-000000.tar")
+    assert keys.parse_version_key("datasets/faces/v١/x") is None

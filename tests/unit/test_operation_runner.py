@@ -30,6 +30,38 @@ def test_request_id_returns_the_first_operation(tmp_path):
         runner.start(kind="K", tenant="acme", metadata=training_service_pb2.EvaluateMetadata(), work=work)
 
 
+def test_a_retry_of_an_interrupted_request_starts_it_again(tmp_path):
+    """Issue 15, class 4: after a crash, the same request_id got the interrupted operation back (ABORTED) forever,
+    so the documented upload could never be finished. An interruption is not the request's answer."""
+    from umbra.runtime.operations.runner import interrupted
+
+    path = tmp_path / "ops.sqlite3"
+    runner = OperationRunner(OperationStore(path), service="test")
+    started = threading.Event()
+
+    def stuck(ctx):
+        started.set()
+        ctx.cancel_event.wait(5)
+        ctx.check_cancelled()
+        return duration_pb2.Duration(seconds=1)
+
+    first = runner.start(kind="K", tenant="acme", metadata=training_service_pb2.EvaluateMetadata(), work=stuck,
+                         request_id="r-1")
+    assert started.wait(5)
+    runner.shutdown(2)  # the service stops under it: interrupted, not cancelled by the caller
+    runner.store.close()
+    runner = OperationRunner(OperationStore(path), service="test")
+    runner.recover()
+    old = runner.get(first.name, "acme").operation
+    assert old.done and interrupted(old)
+    assert runner.find("acme", "K", "r-1") is None
+    again = runner.start(kind="K", tenant="acme", metadata=training_service_pb2.EvaluateMetadata(),
+                         work=lambda ctx: duration_pb2.Duration(seconds=2), request_id="r-1")
+    assert again.name != first.name and runner.wait(again.name, "acme", 5).HasField("response")
+    assert runner.find("acme", "K", "r-1").name == again.name  # and it answers for the request from now on
+    runner.shutdown(1)
+
+
 def test_unexpected_errors_become_a_generic_internal_error(tmp_path):
     runner = OperationRunner(OperationStore(tmp_path / "ops.sqlite3"), service="test")
 

@@ -1,6 +1,6 @@
 """The `umbra` command.
 
-    umbra serve <service>        run one service in the foreground (until SIGTERM)
+    umbra serve <service>        run one service in the foreground (until SIGTERM); what it writes is 0600
     umbra up [service ...]       start services as background processes on this machine
     umbra down [service ...]     stop them (SIGTERM, then SIGKILL after the grace period)
     umbra status [service ...]   health of each service
@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from google.protobuf import json_format
@@ -20,6 +21,9 @@ from umbra.client import layout
 
 
 def _serve(args) -> int:
+    # Everything the service creates (SQLite databases and their WAL files, local object-store files,
+    # checkpoints) is private to the user: files 0600, folders 0700.
+    os.umask(0o077)
     try:
         from umbra.services.main import serve_service
     except ImportError as exc:

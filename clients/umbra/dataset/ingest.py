@@ -26,6 +26,17 @@ the USTAR headers shards.py writes); collisions, ignoring case, get `-2`, `-3`, 
 Problems (unreadable, corrupt, unlabelled, duplicate images, bad labels rows) are collected in
 `IngestPlan.problems`, never raised; only a folder that cannot be read as a whole raises `IngestError`.
 The split is a hash of (seed, key), so the same folder and seed always give the same split.
+
+Nothing outside the folder is read: a symbolic link whose target lies outside it is not followed (an image
+behind one is a problem, "symbolic link points outside the folder"; a labels file or images folder behind one
+is an `IngestError`), and no folder walk follows a link out of it. Every check is linear in the size of
+the input; a labels CSV may have at most MAX_LABEL_COLUMNS label columns and cells of at most MAX_CELL
+characters.
+
+A labels.csv written by `export` protects spreadsheets from formula injection: a cell that starts with =, +,
+-, @, a tab or a carriage return (and is not a plain number such as -3 or -0.5) gets a single quote in front,
+and so does a cell that starts with quotes followed by such a cell. The csv layout removes exactly that quote
+when it reads a labels file, so export → ingest keeps every label.
 """
 
 from __future__ import annotations
@@ -39,7 +50,7 @@ import re
 import secrets
 import shutil
 import stat
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -58,6 +69,10 @@ UTKFACE_EXAMPLE = "25_0_3_20170119171155123.jpg.chip.jpg"
 MAX_KEY = 95
 MAX_FILE_BYTES = 256 * 1024 * 1024
 NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+MAX_LABEL_COLUMNS = 1000
+MAX_CELL = 1000  # characters in one cell of a labels file
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula
+OUTSIDE = "symbolic link points outside the folder"
 _NOT_KEY = re.compile(r"[^A-Za-z0-9_-]")
 DEFAULT_POLICY = SizePolicy()
 
@@ -100,6 +115,7 @@ class IngestPlan:
     image_size: int
     policy: SizePolicy = field(default_factory=SizePolicy)
     seed: int = 0
+    folder: Path | None = None  # the scanned folder, symbolic links resolved: images are read from inside it
 
 
 @dataclass(frozen=True)
@@ -134,16 +150,21 @@ def sanitize_key(relative: str) -> str:
 
 
 def unique_keys(relatives: Sequence[str]) -> list[str]:
-    """Sanitized keys, made unique (ignoring case) with `-2`, `-3`, ... in the given order."""
+    """Sanitized keys, made unique (ignoring case) with `-2`, `-3`, ... in the given order: each key gets the
+    lowest number not taken yet. Numbering resumes where the last key with the same base stopped (the lower
+    numbers are all taken), so a thousand names with one key cost a thousand tries, not half a million."""
     used: set[str] = set()
+    next_number: dict[str, int] = {}  # base (lower case) -> the first number that may still be free
     keys = []
     for relative in relatives:
         base = key = sanitize_key(relative)
-        number = 2
-        while key.lower() in used:
-            suffix = f"-{number}"
-            key = base[: MAX_KEY - len(suffix)] + suffix
-            number += 1
+        if key.lower() in used:
+            number = next_number.get(base.lower(), 2)
+            while key.lower() in used:
+                suffix = f"-{number}"
+                key = base[: MAX_KEY - len(suffix)] + suffix
+                number += 1
+            next_number[base.lower()] = number
         used.add(key.lower())
         keys.append(key)
     return keys
@@ -183,9 +204,19 @@ def _is_image_name(name: str) -> bool:
     return not name.startswith(".") and PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
 
 
+def _resolved(folder: Path) -> Path:
+    return Path(os.path.realpath(folder))
+
+
+def _escapes(path: Path, top: Path) -> bool:
+    """Whether `path`, its symbolic links followed, leads out of `top` (a folder, already `_resolved`)."""
+    return not Path(os.path.realpath(path)).is_relative_to(top)
+
+
 def _image_files(root: Path, problems: list[Problem] | None = None) -> list[tuple[str, Path]]:
     """(path relative to root, path) of the image files under root, sorted; hidden entries are skipped.
-    A folder named like an image (`x.png/`) is listed, not entered: reading it reports the problem."""
+    A folder named like an image (`x.png/`) is listed, not entered: reading it reports the problem. Linked
+    folders are not entered (os.walk does not follow links); the caller checks that root itself is inside."""
     found: list[tuple[str, Path]] = []
 
     def unreadable(exc: OSError) -> None:
@@ -193,7 +224,7 @@ def _image_files(root: Path, problems: list[Problem] | None = None) -> list[tupl
             name = Path(os.path.relpath(exc.filename, root)).as_posix() if exc.filename else str(root)
             problems.append(Problem(name + "/", f"cannot read folder: {exc.strerror or exc}"))
 
-    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=False):
         here = Path(dirpath)
         keep = []
         for name in sorted(dirnames):
@@ -212,15 +243,18 @@ def _image_files(root: Path, problems: list[Problem] | None = None) -> list[tupl
 
 def _holds_images(folder: Path) -> bool:
     """Whether any image file lies under folder (stops at the first one)."""
-    for _, dirnames, filenames in os.walk(folder):
+    for _, dirnames, filenames in os.walk(folder, followlinks=False):
         if any(_is_image_name(name) for name in filenames):
             return True
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
     return False
 
 
-def _read(path: Path) -> bytes:
-    """The file's bytes, or ImageProblem saying why it cannot be read."""
+def _read(path: Path, top: Path | None) -> bytes:
+    """The file's bytes, or ImageProblem saying why it cannot be read; a symbolic link that leads out of the
+    folder `top` (resolved) is not followed."""
+    if top is not None and _escapes(path, top):
+        raise ImageProblem(OUTSIDE)
     try:
         info = os.stat(path)
         if stat.S_ISDIR(info.st_mode):
@@ -243,9 +277,14 @@ def _read(path: Path) -> bytes:
         raise ImageProblem(f"cannot read: {exc.strerror or exc}") from None
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, top: Path) -> str:
+    """A labels file's text, line ends as they are (a quoted CSV cell may hold a CR); IngestError when it cannot
+    be read or lies outside the folder `top` (resolved)."""
+    if _escapes(path, top):
+        raise IngestError(f"{path}: outside the folder (symbolic links out of it are not followed)")
     try:
-        return path.read_text(encoding="utf-8-sig")
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            return handle.read()
     except UnicodeDecodeError as exc:
         raise IngestError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
@@ -259,6 +298,22 @@ def _inside(value: str) -> PurePosixPath | None:
     return relative
 
 
+def _needs_quote(cell: str) -> bool:
+    """Whether `export` puts a quote in front of a cell (see the module docstring)."""
+    rest = cell.lstrip("'")
+    return rest.startswith(FORMULA_START) and not NUMBER.match(rest)
+
+
+def escape_cell(cell: str) -> str:
+    """A labels.csv cell that spreadsheets do not run as a formula (see the module docstring)."""
+    return "'" + cell if _needs_quote(cell) else cell
+
+
+def unescape_cell(cell: str) -> str:
+    """The inverse of `escape_cell`."""
+    return cell[1:] if cell.startswith("'") and _needs_quote(cell) else cell
+
+
 def _unlabelled(root: Path, labelled: set[str], labels_name: str, problems: list[Problem]) -> None:
     for relative, _ in _image_files(root, problems):
         if relative not in labelled:
@@ -268,38 +323,70 @@ def _unlabelled(root: Path, labelled: set[str], labels_name: str, problems: list
 # layouts
 
 
+def _rows(reader, labels_file: str) -> Iterator[list[str]]:
+    """The reader's rows, each cell stripped and unescaped; IngestError naming the line the csv module
+    cannot parse (a field longer than its field_size_limit, for example)."""
+    try:
+        for row in reader:
+            yield [unescape_cell(cell.strip()) for cell in row]
+    except csv.Error as exc:
+        raise IngestError(f"{labels_file} line {reader.line_num}: cannot parse: {exc}") from None
+
+
+def _check_header(header: list[str], labels_file: str) -> None:
+    """Every column named, at most MAX_CELL characters, once; at most MAX_LABEL_COLUMNS label columns."""
+    if len(header) > MAX_LABEL_COLUMNS + 1:
+        raise IngestError(f"{labels_file} line 1: {len(header)} columns; at most {MAX_LABEL_COLUMNS} label "
+                          "columns besides the file column")
+    first: dict[str, int] = {}
+    for number, name in enumerate(header, start=1):
+        if not name:
+            raise IngestError(f"{labels_file} line 1: column {number} has no name")
+        if len(name) > MAX_CELL:
+            raise IngestError(f"{labels_file} line 1: the name of column {number} is longer than {MAX_CELL} "
+                              "characters")
+        if name in first:
+            raise IngestError(f"{labels_file} line 1: column {name!r} appears twice (columns {first[name]} "
+                              f"and {number})")
+        first[name] = number
+
+
 def _csv_layout(folder: Path, labels_file: str) -> _Found:
+    top = _resolved(folder)
     labels_path = folder / labels_file
     if not labels_path.is_file():
         raise IngestError(f"{labels_path}: labels file not found (the csv layout needs one)")
-    text = _read_text(labels_path)
+    text = _read_text(labels_path, top)
     first = text.split("\n", 1)[0]
     delimiter = "," if "," in first else "\t" if "\t" in first else ";" if ";" in first else ","
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = [h.strip() for h in next(reader, [])]
+    rows = _rows(reader, labels_file)
+    header = next(rows, [])
     if not header or not any(header):
         raise IngestError(f"{labels_file}: empty; its first line must name the columns (file,...)")
-    for index, name in enumerate(header):
-        if not name:
-            raise IngestError(f"{labels_file} line 1: column {index + 1} has no name")
-        if header.index(name) != index:
-            raise IngestError(f"{labels_file} line 1: column {name!r} appears twice")
+    _check_header(header, labels_file)
     lowered = [h.lower() for h in header]
     file_index = next((lowered.index(c) for c in FILE_COLUMNS if c in lowered), 0)
     columns = [h for i, h in enumerate(header) if i != file_index]
     root = folder / "images" if (folder / "images").is_dir() else folder
+    if _escapes(root, top):
+        raise IngestError(f"{root}: {OUTSIDE}")
 
     found = _Found([], [], columns)
     seen: dict[str, int] = {}
-    for row in reader:
+    for row in rows:
         line = reader.line_num
-        if not any(cell.strip() for cell in row):
+        if not any(row):
             continue
         where = f"{labels_file} line {line}"
         if len(row) != len(header):
             found.problems.append(Problem(where, f"has {len(row)} fields, the header has {len(header)}"))
             continue
-        value = row[file_index].strip()
+        long = next((i for i, cell in enumerate(row) if len(cell) > MAX_CELL), None)
+        if long is not None:
+            found.problems.append(Problem(where, f"column {header[long]!r} is longer than {MAX_CELL} characters"))
+            continue
+        value = row[file_index]
         relative = _inside(value)
         if relative is None:
             reason = "the file column is empty" if not value else f"file {value!r} is outside the images folder"
@@ -319,19 +406,22 @@ def _csv_layout(folder: Path, labels_file: str) -> _Found:
             found.problems.append(Problem(where, f"image {value!r} is already labelled on line {seen[name]}"))
             continue
         seen[name] = line
-        labels = {h: row[i].strip() for i, h in enumerate(header) if i != file_index}
+        labels = {h: row[i] for i, h in enumerate(header) if i != file_index}
         found.candidates.append(_Candidate(name, path, labels))
     _unlabelled(root, set(seen), labels_file, found.problems)
     return found
 
 
 def _imagefolder_layout(folder: Path) -> _Found:
+    top = _resolved(folder)
     found = _Found([], [], ["class"])
     classes = []
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
-        if entry.is_dir():
+        if entry.is_dir() and _escapes(entry, top):
+            found.problems.append(Problem(f"{entry.name}/", OUTSIDE))
+        elif entry.is_dir():
             classes.append(entry)
         elif _is_image_name(entry.name):
             found.problems.append(Problem(entry.name, "not in a class sub-folder"))
@@ -349,12 +439,18 @@ def _celeba_layout(folder: Path) -> _Found:
         raise IngestError(f"{attributes_path}: not found (the celeba layout needs it)")
     if not root.is_dir():
         raise IngestError(f"{root}: not found (the celeba layout keeps its images there)")
-    lines = _read_text(attributes_path).splitlines()
+    top = _resolved(folder)
+    if _escapes(root, top):
+        raise IngestError(f"{root}: {OUTSIDE}")
+    lines = _read_text(attributes_path, top).splitlines()
     if len(lines) < 2:
         raise IngestError(f"{CELEBA_ATTRIBUTES}: needs a count on line 1 and attribute names on line 2")
     names = lines[1].split()
     if not names or len(set(names)) != len(names):
         raise IngestError(f"{CELEBA_ATTRIBUTES} line 2: attribute names missing or repeated")
+    if len(names) > MAX_LABEL_COLUMNS or max(map(len, names)) > MAX_CELL:
+        raise IngestError(f"{CELEBA_ATTRIBUTES} line 2: at most {MAX_LABEL_COLUMNS} attribute names of at most "
+                          f"{MAX_CELL} characters")
     found = _Found([], [], names)
     seen: dict[str, int] = {}
     rows = 0
@@ -427,7 +523,8 @@ def detect_layout(folder: Path, *, labels_file: str | None = None) -> str:
         clues.append(f"only {matching} of {len(images)} image files named like {UTKFACE_EXAMPLE} (utkface)")
     else:
         clues.append(f"no image files named like {UTKFACE_EXAMPLE} (utkface)")
-    if any(e.is_dir() and _holds_images(e) for e in entries):
+    top = _resolved(folder)
+    if any(e.is_dir() and not _escapes(e, top) and _holds_images(e) for e in entries):
         return "imagefolder"
     clues.append("no sub-folders holding images (imagefolder)")
     raise IngestError(f"{folder}: cannot tell the layout: {'; '.join(clues)}. "
@@ -470,6 +567,7 @@ def scan(
     fractions = check_split(split)
     if not folder.is_dir():
         raise IngestError(f"{folder}: no such folder")
+    top = _resolved(folder)
     try:
         if layout == "auto":
             layout = detect_layout(folder, labels_file=labels_file)
@@ -492,7 +590,7 @@ def scan(
     total = len(candidates)
     for done, (candidate, key) in enumerate(zip(candidates, keys, strict=True), start=1):
         try:
-            image = normalize(_read(candidate.path), policy)
+            image = normalize(_read(candidate.path, top), policy)
         except ImageProblem as exc:
             problems.append(Problem(candidate.name, exc.reason))
         else:
@@ -521,7 +619,7 @@ def scan(
         for candidate, key, sha256, size, media_type in kept
     ]
     entries.sort(key=lambda e: e.key)
-    return IngestPlan(layout, entries, problems, list(found.columns), numeric, policy.size, policy, seed)
+    return IngestPlan(layout, entries, problems, list(found.columns), numeric, policy.size, policy, seed, top)
 
 
 def write_shards(
@@ -543,7 +641,7 @@ def write_shards(
     total = len(plan.entries)
     for done, entry in enumerate(plan.entries, start=1):
         try:
-            image = normalize(_read(entry.path), policy)
+            image = normalize(_read(entry.path, plan.folder), policy)
         except ImageProblem as exc:
             raise IngestError(f"{entry.name}: {exc.reason} (it was fine when scanned; scan again)") from None
         if image.sha256 != entry.sha256:
@@ -559,10 +657,21 @@ def write_shards(
     return samples
 
 
+def _csv_line(cells: Iterable[str]) -> str:
+    """One labels.csv line, each cell escaped, ending in LF. The csv module quotes a cell holding a line break
+    only when the break is part of its line terminator, so the line is written ending in CR LF (then a lone CR
+    in a label is quoted too) and that end replaced."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerow([escape_cell(cell) for cell in cells])
+    return buffer.getvalue()[:-2] + "\n"
+
+
 def export(samples_with_images: Iterable[tuple[Sample, bytes]], folder: Path, label_columns: Sequence[str]) -> Path:
     """Writes `images/<key>.<ext>` (the bytes as given) and `labels.csv` (`file`, then the label columns)
-    into `folder`, which must be missing or empty. Atomic: everything goes into a hidden sibling folder
-    first, renamed into place at the end (and removed on any error)."""
+    into `folder`, which must be missing or empty. Every cell of labels.csv goes through `escape_cell`: one
+    that a spreadsheet would run as a formula (=, +, -, @, tab, carriage return; not a plain number) gets a
+    single quote in front, which the csv layout removes again on ingest. Atomic: everything goes into a
+    hidden sibling folder first, renamed into place at the end (and removed on any error)."""
     folder = Path(folder)
     columns = list(label_columns)
     if "file" in columns or len(set(columns)) != len(columns):
@@ -576,8 +685,7 @@ def export(samples_with_images: Iterable[tuple[Sample, bytes]], folder: Path, la
         (staging / "images").mkdir()
         written: set[str] = set()
         with open(staging / "labels.csv", "w", newline="", encoding="utf-8") as handle:
-            out = csv.writer(handle, lineterminator="\n")
-            out.writerow(["file", *columns])
+            handle.write(_csv_line(("file", *columns)))
             for sample, data in samples_with_images:
                 try:
                     validate_key(sample.key)
@@ -590,7 +698,7 @@ def export(samples_with_images: Iterable[tuple[Sample, bytes]], folder: Path, la
                     raise IngestError(f"export: sample {sample.key} appears twice")
                 written.add(name.lower())
                 (staging / "images" / name).write_bytes(data)
-                out.writerow([name, *(sample.labels.get(c, "") for c in columns)])
+                handle.write(_csv_line((name, *(sample.labels.get(c, "") for c in columns))))
         if folder.exists():
             folder.rmdir()
         os.rename(staging, folder)

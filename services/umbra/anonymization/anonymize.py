@@ -27,6 +27,7 @@ from umbra.diffusion.attributes import Attribute
 from umbra.diffusion.generator import ConditionalUNet, GeneratorConfig
 from umbra.diffusion.sampling import Schedule, regenerate, schedule_for
 from umbra.privacy.mechanisms import Cost
+from umbra.runtime import bounds
 from umbra.runtime.errors import InvalidInput
 
 
@@ -91,6 +92,7 @@ def check(generator: Generator, *, dataset_id: str, label_columns: list[str], im
     """Every check before any work; InvalidInput names the field."""
     config = generator.config
     plan = plan_for(intensity, steps)
+    bounds.seed(seed, "settings.seed")
     if not protected:
         raise InvalidInput("settings.protected_attributes", "name at least one attribute to protect")
     both = set(protected) & set(kept)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable
 from importlib.metadata import version as package_version
@@ -30,6 +29,7 @@ from umbra.diffusion.generator import ConditionalUNet, GeneratorConfig, load_mat
 from umbra.diffusion.training import GeneratorHyper, train
 from umbra.privacy.dp_sgd import Checkpoint, DPSettings, EpochReport, poisson_rate
 from umbra.privacy.mechanisms import Cost, dp_sgd_cost
+from umbra.runtime import bounds
 from umbra.runtime.errors import Cancelled, InvalidInput
 from umbra.storage.datasets import DatasetReader
 
@@ -104,6 +104,7 @@ def plan(registry: ModelRegistry, bucket: str, *, model: str, reader: DatasetRea
          start: tuple[str, int] | None, seed: int) -> Job:
     """Every check before any compute; InvalidInput names the request field. `image_size` 0 is min(32, the
     dataset's)."""
+    bounds.seed(seed)
     selected = [s for s in reader.samples() if s.split == split]
     if not selected:
         raise InvalidInput("dataset.split", f"split {split!r} has no samples")
@@ -123,8 +124,7 @@ def plan(registry: ModelRegistry, bucket: str, *, model: str, reader: DatasetRea
         if not 0 < dp.target_delta < 1 / samples:
             raise InvalidInput("privacy.target_delta", f"must be in (0, 1/n) = (0, {1 / samples:.3g}) for the "
                                                        f"{samples} training images")
-        if not (math.isfinite(dp.max_grad_norm) and dp.max_grad_norm > 0):
-            raise InvalidInput("privacy.max_grad_norm", "must be a positive number")
+        dp.validate(samples, field="privacy")  # the ranges of the rest, as classifier training has them
     stored = None if start is None else _starting_point(registry, bucket, start, reader, size, schema)
     return Job(registry, bucket, model, reader, split, schema, size, hyper, dp, stored, samples, seed)
 
@@ -187,6 +187,7 @@ def run(job: Job, *, run_id: str, progress: Callable[[EpochReport, Cost | None],
     record = job.record(result, len(images), time.monotonic() - started, fresh)
     stage("writing the generator")
     version = job.registry.write(job.bucket, job.model, job.config, net.state_dict(), record)
+    job.registry.delete_checkpoints(job.bucket, job.model, run_id)  # the version is written: nothing resumes now
     cost = dp_sgd_cost(record["privacy"], "generator training")
     log.info("generator %s v%d written (epsilon %s)", job.model, version, cost.epsilon)
     return Result(job.model, version, record, cost)

@@ -24,6 +24,7 @@ TABLE: tuple[tuple[float, int, float, float, int], ...] = (
     (1.00, 900, 5.0, 0.0, 10),
 )
 DEFAULT_INTENSITY = 0.75
+MAX_STEPS = 1000  # DDIM steps: the generator's whole chain (umbra.diffusion.sampling.schedule_for)
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,8 @@ def plan_for(intensity: float, steps: int = 0, field: str = "settings.intensity"
     """The table's settings at `intensity`; `steps` > 0 replaces the table's denoising steps."""
     if not (math.isfinite(intensity) and 0.0 <= intensity <= 1.0):
         raise InvalidInput(field, f"is {intensity}: must be between 0 and 1")
-    if steps < 0:
-        raise InvalidInput("settings.steps", f"is {steps}: must be at least 1 (0: the table's)")
+    if not 0 <= steps <= MAX_STEPS:
+        raise InvalidInput("settings.steps", f"is {steps}: must be 1 to {MAX_STEPS} (0: the table's)")
     if intensity == TABLE[-1][0]:
         _, timestep, guidance, epsilon, table_steps = TABLE[-1]
         return Plan(intensity, timestep, guidance, epsilon, steps or table_steps)

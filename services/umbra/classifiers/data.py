@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from umbra.runtime.errors import InvalidInput
+from umbra.runtime.errors import DataLoss, InvalidInput
 from umbra.storage.datasets import DatasetReader
 
 
@@ -36,13 +36,24 @@ class LabelledImages:
         return images.float().div_(255.0)
 
 
+MAX_SIDE = 1024  # the largest image a dataset version may hold (umbra.dataset.manifest.MAX_IMAGE_SIZE)
+
+
 def decode(data: bytes, size: int) -> np.ndarray:
-    """An encoded image as uint8 RGB, (3, size, size), resized (bilinear) when its side differs."""
-    with Image.open(io.BytesIO(data)) as image:
-        image = image.convert("RGB")
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.BILINEAR)
-        return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+    """An encoded image as uint8 RGB, (3, size, size), resized (bilinear) when its side differs. DataLoss, before
+    any pixel is decoded, for an image larger than any version holds (a decompression bomb the commit's check
+    would have refused), and for bytes that do not decode."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if max(image.size) > MAX_SIDE:
+                raise DataLoss(f"a stored image is {image.size[0]}x{image.size[1]} pixels; versions hold at most "
+                               f"{MAX_SIDE}x{MAX_SIDE}")
+            image = image.convert("RGB")
+            if image.size != (size, size):
+                image = image.resize((size, size), Image.BILINEAR)
+            return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataLoss(f"a stored image does not decode: {exc}") from None
 
 
 def load_keys(reader: DatasetReader, labels: dict[str, str], *, image_size: int, classes: list[str]) -> LabelledImages:

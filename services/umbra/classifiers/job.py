@@ -8,7 +8,8 @@ training record written with the weights (built here, beside the parameters it d
 
 `progress(stage, epoch=None, checkpoint="", privacy=None)` gets each stage, and after every epoch its report, the
 key of the checkpoint just saved and the privacy spent so far (a dict shaped like the record's "privacy").
-A run stopped after an epoch resumes from its last checkpoint when run again with the same `run_id`.
+A run stopped after an epoch resumes from its last checkpoint when run again with the same `run_id`; a run keeps
+only that one, and none once its version is written.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from umbra.classifiers.data import load_split
 from umbra.classifiers.registry import ModelRegistry, StoredModel
 from umbra.classifiers.revision import Change, Revision
 from umbra.privacy.dp_sgd import Checkpoint, DPSettings, EpochReport, poisson_rate
+from umbra.runtime import bounds
 from umbra.runtime.errors import Cancelled, InvalidInput
 from umbra.storage.datasets import DatasetReader
 
 log = logging.getLogger(__name__)
+MAX_WIDTH = 256  # channels of the network's first stage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,11 +100,12 @@ def plan(registry: ModelRegistry, bucket: str, *, model: str, reader: DatasetRea
     if task not in reader.header.label_columns:
         raise InvalidInput("task", f"{task!r} is not a label column of datasets/{reader.dataset} (it has "
                                    f"{', '.join(reader.header.label_columns) or 'none'})")
+    bounds.seed(seed)
     image_size = image_size or reader.header.image_size
     if image_size not in IMAGE_SIZES:
         raise InvalidInput("hyperparameters.image_size", f"must be one of {IMAGE_SIZES}")
-    if not 0 <= width <= 256:
-        raise InvalidInput("hyperparameters.width", "must be between 1 and 256 (0: the default)")
+    if not 0 <= width <= MAX_WIDTH:
+        raise InvalidInput("hyperparameters.width", f"must be between 1 and {MAX_WIDTH} (0: the default)")
     stored = None if start is None else _starting_point(registry, bucket, start, reader, architecture, image_size)
     width = width or (stored.config.width if stored else ModelConfig.width)
     if stored is not None and width != stored.config.width:
@@ -174,6 +178,7 @@ def run(job: Job, *, run_id: str, progress: Callable[..., None] = lambda stage, 
     record = job.record(data.classes, result, metrics, len(data))
     progress("writing model")
     version = job.registry.write(job.bucket, job.model, config, model.state_dict(), record)
+    job.registry.delete_checkpoints(job.bucket, job.model, run_id)  # the version is written: nothing resumes now
     log.info("model %s v%d written (epsilon %.3f)", job.model, version, result.epsilon)
     return Result(job.model, version, record)
 

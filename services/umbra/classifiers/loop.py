@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from umbra.classifiers.data import LabelledImages
 from umbra.privacy.dp_sgd import Checkpoint, DPSettings, EpochReport, TrainResult, make_private
+from umbra.runtime import bounds
 from umbra.runtime.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,13 @@ class Hyperparameters:
 
 
 SCHEDULES = ("constant", "cosine")
+# The ranges of a request's hyperparameters (0 in the request is the default above, see
+# umbra.services.training.convert). Epochs bound the run's compute; batches the memory of a step.
+MAX_EPOCHS = 1000
+MAX_BATCH_SIZE = 4096
+MAX_PHYSICAL_BATCH_SIZE = 4096
+MAX_LEARNING_RATE = 10.0  # the DP recipes' SGD on a linear head uses 4
+MAX_WEIGHT_DECAY = 1.0
 
 
 def learning_rate(hyper: Hyperparameters, step: int, total_steps: int) -> float:
@@ -51,14 +59,14 @@ def learning_rate(hyper: Hyperparameters, step: int, total_steps: int) -> float:
 
 def validate(*, data_size: int, hyper: Hyperparameters, dp: DPSettings | None) -> None:
     """Bad settings are refused before any compute, naming the field."""
-    if hyper.epochs < 1:
-        raise InvalidInput("hyperparameters.epochs", "must be at least 1")
-    if not 1 <= hyper.batch_size <= data_size:
-        raise InvalidInput("hyperparameters.batch_size", f"must be between 1 and the {data_size} training samples")
-    if hyper.physical_batch_size < 1:
-        raise InvalidInput("hyperparameters.physical_batch_size", "must be at least 1")
-    if not (math.isfinite(hyper.learning_rate) and hyper.learning_rate > 0):
-        raise InvalidInput("hyperparameters.learning_rate", "must be a positive number")
+    bounds.integer(hyper.epochs, "hyperparameters.epochs", 1, MAX_EPOCHS)
+    if not 1 <= hyper.batch_size <= min(data_size, MAX_BATCH_SIZE):
+        raise InvalidInput("hyperparameters.batch_size", f"is {hyper.batch_size}: must be between 1 and the "
+                                                         f"{data_size} training samples, at most {MAX_BATCH_SIZE}")
+    bounds.integer(hyper.physical_batch_size, "hyperparameters.physical_batch_size", 1, MAX_PHYSICAL_BATCH_SIZE)
+    bounds.number(hyper.learning_rate, "hyperparameters.learning_rate", 0, MAX_LEARNING_RATE, open_low=True)
+    bounds.number(hyper.momentum, "hyperparameters.momentum", 0, 1, open_high=True)
+    bounds.number(hyper.weight_decay, "hyperparameters.weight_decay", 0, MAX_WEIGHT_DECAY)
     if hyper.optimizer not in ("adam", "sgd"):
         raise InvalidInput("hyperparameters.optimizer", "must be 'adam' or 'sgd'")
     if hyper.schedule not in SCHEDULES:

@@ -21,7 +21,8 @@ from umbra.runtime.names import validate_resource_id
 from umbra.storage.base import ObjectStore
 
 WEIGHTS, CONFIG, RECORD = "weights.safetensors", "config.json", "record.json"
-_VERSION = re.compile(r"^models/([^/]+)/v(\d+)/record\.json$")
+_CHECKPOINT = re.compile(r"checkpoint-([0-9]{1,9})\.pt")
+_VERSION = re.compile(r"models/([^/]+)/v([0-9]+)/record\.json")
 
 
 def version_prefix(model: str, version: int) -> str:
@@ -57,7 +58,7 @@ class ModelRegistry:
         prefix = f"models/{validate_resource_id(model, 'model')}/" if model else "models/"
         found = []
         for info in self.store.list(bucket, prefix):
-            match = _VERSION.match(info.key)
+            match = _VERSION.fullmatch(info.key)
             if match:
                 found.append((match.group(1), int(match.group(2))))
         yield from sorted(found)
@@ -107,17 +108,37 @@ class ModelRegistry:
         self.store.delete_prefix(bucket, prefix)
 
     def save_checkpoint(self, bucket: str, model: str, run: str, epoch: int, state: dict) -> str:
+        """Stores the run's checkpoint after `epoch` and then removes its earlier ones: a resume needs only the
+        latest, so a run holds one checkpoint (two for a moment) however many epochs it has. The new one is whole
+        in the store (`put` is atomic) before any earlier one goes, so a crash in between still resumes."""
         key = run_prefix(model, run) + f"checkpoint-{epoch:04d}.pt"
         buffer = io.BytesIO()
         torch.save(state, buffer)
         self.store.put(bucket, key, buffer.getvalue())
+        for _, earlier in self._checkpoints(bucket, model, run):
+            if earlier != key:
+                self.store.delete(bucket, earlier)
         return key
 
     def latest_checkpoint(self, bucket: str, model: str, run: str) -> dict | None:
-        """The newest checkpoint of a run, or None. Its SHA-256 is verified before anything is unpickled, and
-        only tensors and plain containers are accepted (torch.load with weights_only)."""
-        found = sorted(info.key for info in self.store.list(bucket, run_prefix(model, run))
-                       if info.key.endswith(".pt"))
+        """The newest checkpoint of a run (by epoch), or None. Its SHA-256 is verified before anything is
+        unpickled, and only tensors and plain containers are accepted (torch.load with weights_only)."""
+        found = self._checkpoints(bucket, model, run)
         if not found:
             return None
-        return torch.load(io.BytesIO(self.store.get(bucket, found[-1])), weights_only=True)
+        return torch.load(io.BytesIO(self.store.get(bucket, max(found)[1])), weights_only=True)
+
+    def delete_checkpoints(self, bucket: str, model: str, run: str) -> None:
+        """Removes a run's checkpoints (once its version is written, nothing resumes from them)."""
+        for _, key in self._checkpoints(bucket, model, run):
+            self.store.delete(bucket, key)
+
+    def _checkpoints(self, bucket: str, model: str, run: str) -> list[tuple[int, str]]:
+        """(epoch, key) of each checkpoint of a run."""
+        prefix = run_prefix(model, run)
+        found = []
+        for info in self.store.list(bucket, prefix):
+            match = _CHECKPOINT.fullmatch(info.key.removeprefix(prefix))
+            if match:
+                found.append((int(match.group(1)), info.key))
+        return found

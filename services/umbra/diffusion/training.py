@@ -32,6 +32,14 @@ from umbra.runtime.errors import InvalidInput
 log = logging.getLogger(__name__)
 
 
+# The ranges of a TrainGeneratorRequest's numbers (0 in the request is the default below, see
+# umbra.services.anonymizer.convert). A diffusion model wants many more epochs than a classifier.
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 4096
+MAX_LEARNING_RATE = 1.0
+MAX_NOISE_MULTIPLICITY = 64
+
+
 @dataclass(frozen=True)
 class GeneratorHyper:
     epochs: int = 10
@@ -44,14 +52,17 @@ class GeneratorHyper:
     ema_decay: float = 0.999  # 0: keep the last iterate
 
     def validate(self, data_size: int) -> "GeneratorHyper":
-        if not 1 <= self.epochs <= 10_000:
-            raise InvalidInput("epochs", f"is {self.epochs}: must be 1 to 10000")
-        if not 1 <= self.batch_size <= data_size:
-            raise InvalidInput("batch_size", f"is {self.batch_size}: must be 1 to the {data_size} training images")
-        if not (math.isfinite(self.learning_rate) and 0 < self.learning_rate <= 1):
-            raise InvalidInput("learning_rate", f"is {self.learning_rate}: must be above 0 and at most 1")
-        if not 1 <= self.noise_multiplicity <= 64:
-            raise InvalidInput("privacy.noise_multiplicity", f"is {self.noise_multiplicity}: must be 1 to 64")
+        if not 1 <= self.epochs <= MAX_EPOCHS:
+            raise InvalidInput("epochs", f"is {self.epochs}: must be 1 to {MAX_EPOCHS}")
+        if not 1 <= self.batch_size <= min(data_size, MAX_BATCH_SIZE):
+            raise InvalidInput("batch_size", f"is {self.batch_size}: must be 1 to the {data_size} training images, "
+                                             f"at most {MAX_BATCH_SIZE}")
+        if not (math.isfinite(self.learning_rate) and 0 < self.learning_rate <= MAX_LEARNING_RATE):
+            raise InvalidInput("learning_rate", f"is {self.learning_rate}: must be above 0 and at most "
+                                                f"{MAX_LEARNING_RATE:g}")
+        if not 1 <= self.noise_multiplicity <= MAX_NOISE_MULTIPLICITY:
+            raise InvalidInput("privacy.noise_multiplicity", f"is {self.noise_multiplicity}: must be 1 to "
+                                                             f"{MAX_NOISE_MULTIPLICITY}")
         if not 0 <= self.condition_dropout < 1:
             raise InvalidInput("condition_dropout", "must be in [0, 1)")
         return self

@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 MAX_QUEUE_DELAY_US = 1000  # how long Triton may hold a request to batch it with others
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9._-]+$")  # what PyTriton accepts
+_MODEL_NAME = re.compile(r"[A-Za-z0-9._-]+")  # what PyTriton accepts
 _UNIX_SOCKET_PATH_MAX = 107  # PyTriton puts its sockets in the workspace: "<workspace>/<model>_0_0-server.sock"
 
 
@@ -101,7 +101,7 @@ def load_model_dir(model_dir: str | Path) -> list[ServedModel]:
 
 
 def _check_name(name: str) -> None:
-    if not _MODEL_NAME.match(name):
+    if not _MODEL_NAME.fullmatch(name):
         raise ValueError(f"model name {name!r} may only hold letters, digits, dots, underscores and dashes")
 
 

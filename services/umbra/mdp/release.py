@@ -42,6 +42,7 @@ from umbra.classifiers.data import decode
 from umbra.classifiers.registry import StoredModel
 from umbra.dataset import manifest as mf
 from umbra.mdp.feature_matching import choose_starts, match_features
+from umbra.runtime import bounds
 from umbra.runtime.errors import InvalidInput
 from umbra.storage.base import ObjectStore
 from umbra.storage.datasets import DatasetReader
@@ -50,6 +51,11 @@ from umbra.storage.derived import DerivedVersion, png
 log = logging.getLogger(__name__)
 START_POLICIES = ("random_other_class",)
 BATCHES_PER_SHARD = 4
+# The ranges of a DistortDatasetRequest's numbers (0 in the request is the default, except for copies).
+MAX_COPIES = 16
+MAX_STEPS = 10_000
+MAX_STEP_SIZE = 10.0
+MAX_BATCH_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -63,17 +69,19 @@ class Settings:
     start_policy: str = "random_other_class"
 
     def validate(self) -> "Settings":
-        if not 1 <= self.copies <= 16:
-            raise InvalidInput("copies", f"is {self.copies}: must be 1 (MDP) to 16 (AugMDP)")
-        if not 1 <= self.steps <= 10_000:
-            raise InvalidInput("steps", f"is {self.steps}: must be 1 to 10000 (0: the default 100)")
-        if not 0 < self.step_size <= 10:
-            raise InvalidInput("step_size", f"is {self.step_size}: must be above 0 and at most 10 (0: the default "
-                                            f"0.1)")
+        if not 1 <= self.copies <= MAX_COPIES:
+            raise InvalidInput("copies", f"is {self.copies}: must be 1 (MDP) to {MAX_COPIES} (AugMDP)")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise InvalidInput("steps", f"is {self.steps}: must be 1 to {MAX_STEPS} (0: the default 100)")
+        if not 0 < self.step_size <= MAX_STEP_SIZE:
+            raise InvalidInput("step_size", f"is {self.step_size}: must be above 0 and at most {MAX_STEP_SIZE:g} (0: "
+                                            f"the default 0.1)")
         if not 0 <= self.momentum < 1:
             raise InvalidInput("momentum", f"is {self.momentum}: must be at least 0 and below 1")
-        if not 1 <= self.batch_size <= 4096:
-            raise InvalidInput("batch_size", f"is {self.batch_size}: must be 1 to 4096 (0: the default 128)")
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise InvalidInput("batch_size", f"is {self.batch_size}: must be 1 to {MAX_BATCH_SIZE} (0: the default "
+                                             f"128)")
+        bounds.seed(self.seed)
         if self.start_policy not in START_POLICIES:
             raise InvalidInput("start_policy", f"must be one of {', '.join(START_POLICIES)}")
         return self

@@ -27,6 +27,9 @@ from umbra.runtime.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 ACCOUNTANTS = ("prv", "rdp")
+MAX_TARGET_EPSILON = 100.0  # above, DP protects nothing, and calibrating the noise takes ever longer
+MAX_NOISE_MULTIPLIER = 1e6  # Opacus's own ceiling when it calibrates (a record's calibrated noise fits under it)
+MAX_GRAD_NORM = 1e3  # clipping norms are ~0.1-10
 
 
 @dataclass(frozen=True)
@@ -44,12 +47,21 @@ class DPSettings:
         if not 0 < self.target_delta < 1 / data_size:
             raise InvalidInput(f"{field}.target_delta",
                                f"must be in (0, 1/n) = (0, {1 / data_size:.3g}) for n = {data_size} samples")
+        if not (math.isfinite(self.target_epsilon) and self.target_epsilon <= MAX_TARGET_EPSILON):
+            raise InvalidInput(f"{field}.target_epsilon", f"is {self.target_epsilon}: must be a positive number, at "
+                                                          f"most {MAX_TARGET_EPSILON:g}")
+        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier <= MAX_NOISE_MULTIPLIER):
+            raise InvalidInput(f"{field}.noise_multiplier", f"is {self.noise_multiplier}: must be a positive number, "
+                                                            f"at most {MAX_NOISE_MULTIPLIER:g}")
         if (self.target_epsilon > 0) == (self.noise_multiplier > 0):
             raise InvalidInput(field, "give exactly one of target_epsilon (> 0) and noise_multiplier (> 0)")
-        if self.target_epsilon < 0 or not math.isfinite(self.target_epsilon):
+        if self.target_epsilon < 0:
             raise InvalidInput(f"{field}.target_epsilon", "must be a positive number")
-        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
-            raise InvalidInput(f"{field}.max_grad_norm", "must be a positive number")
+        if self.noise_multiplier < 0:
+            raise InvalidInput(f"{field}.noise_multiplier", "must be a positive number")
+        if not (math.isfinite(self.max_grad_norm) and 0 < self.max_grad_norm <= MAX_GRAD_NORM):
+            raise InvalidInput(f"{field}.max_grad_norm", f"is {self.max_grad_norm}: must be a positive number, at "
+                                                         f"most {MAX_GRAD_NORM:g}")
         if self.accountant not in ACCOUNTANTS:
             raise InvalidInput(f"{field}.accountant", "must be 'prv' or 'rdp'")
         return self

@@ -1,6 +1,7 @@
-"""Who is calling. The public coordinator takes tenant API keys (kept only as SHA-256 hashes) and the admin
-key; internal services take the service credential that the coordinator presents. Health checks and server
-reflection need no credential, so Kubernetes probes and `buf curl --list-methods` work without one.
+"""Who is calling. The public coordinator takes tenant API keys (kept only as SHA-256 hashes, in its database:
+umbra.services.coordinator.api_keys) and the admin key; internal services take the service credential that the
+coordinator presents. Health checks and server reflection need no credential, so Kubernetes probes and
+`buf curl --list-methods` work without one.
 
 Credentials travel as `authorization: Bearer <secret>`. An internal call names the tenant it acts for in
 `x-umbra-tenant`; only a caller holding the service credential may set it.
@@ -13,23 +14,18 @@ import contextvars
 import hashlib
 import hmac
 import re
-import secrets
-import sqlite3
-import threading
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
-from umbra.runtime.errors import InvalidInput, NotFound, PermissionDenied, Unauthenticated
+from umbra.runtime.errors import InvalidInput, PermissionDenied, Unauthenticated
 
 AUTHORIZATION = "authorization"
 TENANT_HEADER = "x-umbra-tenant"
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
                    "/grpc.reflection.v1.ServerReflection/")
-TENANT_ID = re.compile(r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$")
-_KEY = re.compile(r"^umbra_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+TENANT_ID = re.compile(r"[a-z][a-z0-9-]{1,38}[a-z0-9]")  # matched whole (fullmatch), ASCII only
+_KEY = re.compile(r"umbra_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 
 
 @dataclass(frozen=True)
@@ -56,7 +52,7 @@ def require_tenant(why: str) -> str:
 
 
 def validate_tenant_id(value: str, field: str = "tenant") -> str:
-    if not TENANT_ID.match(value):
+    if not isinstance(value, str) or not TENANT_ID.fullmatch(value):
         raise InvalidInput(field, "must be 3-40 characters of lower-case letters, digits and '-', starting "
                                   "with a letter and not ending with '-'")
     return value
@@ -103,82 +99,22 @@ class ServiceAuthenticator:
         return Principal("service", tenant)
 
 
-class ApiKeyStore:
-    """Tenant API keys. A key is `umbra_<id>_<secret>`; only the secret's SHA-256 is stored, so a copy of
-    the database gives no usable key. Keys are 256-bit random, so a fast hash is the right one here."""
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS api_keys (key_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, "
-                "secret_sha256 TEXT NOT NULL, display_name TEXT NOT NULL, create_time REAL NOT NULL, "
-                "revoke_time REAL)"
-            )
-
-    def issue(self, tenant: str, display_name: str = "") -> tuple[str, str]:
-        """Makes a key for a tenant. Returns (key_id, plaintext key); the plaintext is not kept."""
-        validate_tenant_id(tenant)
-        key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
-        with self._lock:
-            self._db.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)",
-                             (key_id, tenant, sha256_hex(secret), display_name, time.time()))
-        return key_id, f"umbra_{key_id}_{secret}"
-
-    def revoke(self, tenant: str, key_id: str) -> None:
-        """Revokes one of the tenant's keys; revoking it again is a no-op (safe to retry)."""
-        with self._lock:
-            self._db.execute("UPDATE api_keys SET revoke_time = ? WHERE key_id = ? AND tenant = ? "
-                             "AND revoke_time IS NULL", (time.time(), key_id, tenant))
-            exists = self._db.execute("SELECT 1 FROM api_keys WHERE key_id = ? AND tenant = ?",
-                                      (key_id, tenant)).fetchone()
-        if exists is None:
-            raise NotFound("api key", key_id)
-
-    def list(self, tenant: str, *, after: str = "", limit: int = 1000) -> list[tuple[str, str, float, float | None]]:
-        """(key_id, display_name, create_time, revoke_time) of a tenant's keys, in key_id order."""
-        with self._lock:
-            return self._db.execute("SELECT key_id, display_name, create_time, revoke_time FROM api_keys "
-                                    "WHERE tenant = ? AND key_id > ? ORDER BY key_id LIMIT ?",
-                                    (tenant, after, limit)).fetchall()
-
-    def key(self, tenant: str, key_id: str) -> tuple[str, str, float, float | None] | None:
-        with self._lock:
-            return self._db.execute("SELECT key_id, display_name, create_time, revoke_time FROM api_keys "
-                                    "WHERE tenant = ? AND key_id = ?", (tenant, key_id)).fetchone()
-
-    def revoke_all(self, tenant: str) -> None:
-        with self._lock:
-            self._db.execute("UPDATE api_keys SET revoke_time = ? WHERE tenant = ? AND revoke_time IS NULL",
-                             (time.time(), tenant))
+class KeyChecker(Protocol):
+    """What the public coordinator checks credentials against (umbra.services.coordinator.api_keys)."""
 
     def verify(self, key: str) -> str | None:
-        """The tenant owning a valid, unrevoked key, or None."""
-        match = _KEY.match(key)
-        if not match:
-            return None
-        key_id, secret = match.groups()
-        with self._lock:
-            row = self._db.execute("SELECT tenant, secret_sha256 FROM api_keys WHERE key_id = ? "
-                                   "AND revoke_time IS NULL", (key_id,)).fetchone()
-        if row is None or not hmac.compare_digest(row[1], sha256_hex(secret)):
-            return None
-        return row[0]
+        """The active tenant owning a valid, unrevoked key, or None."""
 
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+    def tenant_active(self, tenant: str) -> bool: ...
 
 
 class TenantAuthenticator:
     """The public coordinator: tenant API keys, or the admin key. On its `internal_methods` only (full method
     paths: the ledger's reserve, commit and release), also the service credential of Umbra's own workers, which
-    must name their tenant in x-umbra-tenant."""
+    must name their tenant in x-umbra-tenant. Every call made for a tenant, by key or by a worker, is refused
+    once that tenant is deleted: the check asks the tenant's state each time."""
 
-    def __init__(self, keys: ApiKeyStore, admin_key: str, service_token: str = "",
+    def __init__(self, keys: KeyChecker, admin_key: str, service_token: str = "",
                  internal_methods: frozenset[str] = frozenset()):
         self._keys = keys
         self._admin_hash = sha256_hex(admin_key)
@@ -194,10 +130,14 @@ class TenantAuthenticator:
             if not principal.tenant:
                 raise Unauthenticated(f"an internal call names its tenant in {TENANT_HEADER}",
                                       reason="CREDENTIAL_MALFORMED")
+            if not self._keys.tenant_active(principal.tenant):
+                raise Unauthenticated(f"tenant {principal.tenant!r} does not exist or was deleted",
+                                      reason="TENANT_INACTIVE")
             return principal
         tenant = self._keys.verify(token)
         if tenant is None:
-            raise Unauthenticated("invalid or revoked API key", reason="CREDENTIAL_INVALID")
+            raise Unauthenticated("invalid or revoked API key (or its tenant was deleted)",
+                                  reason="CREDENTIAL_INVALID")
         return Principal("tenant", tenant)
 
 

@@ -92,6 +92,19 @@ class ServiceConfig:
     training_url: str = ""
     # The coordinator (gRPC host:port), whose privacy ledger the workers charge before work that spends privacy.
     coordinator_url: str = ""
+    # Bounds on what one call and one tenant may hold (the interceptor enforces them; docs/configuration.md).
+    # A client stream (UploadDatasetChunk, reflection) that sends no message for this long is ended.
+    stream_idle_seconds: float = 30.0
+    # The longest a client stream may last, however busy.
+    stream_max_seconds: float = 900.0
+    # Calls in flight per tenant (tenant API keys; not the admin key, not Umbra's own service calls).
+    tenant_max_calls: int = 4
+    # Client streams in flight per tenant.
+    tenant_max_streams: int = 2
+    # Client streams in flight in all, whoever calls: the rest of the RPC threads stay for unary calls.
+    max_streams: int = 8
+    # Calls waiting for an RPC thread beyond max_workers; more are refused RESOURCE_EXHAUSTED by grpc itself.
+    max_queued_calls: int = 64
 
     @classmethod
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> "ServiceConfig":
@@ -117,6 +130,11 @@ class ServiceConfig:
             store = StoreConfig.from_env(env, home)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        workers = int(_number(env, "UMBRA_MAX_WORKERS", 16, minimum=1, integer=True))
+        max_streams = int(_number(env, "UMBRA_MAX_STREAMS", max(1, workers // 2), minimum=1, integer=True))
+        if workers > 1 and max_streams >= workers:
+            raise ConfigError(f"UMBRA_MAX_STREAMS: {max_streams} would leave none of the {workers} RPC threads "
+                              "(UMBRA_MAX_WORKERS) for unary calls and health checks; it must be below it")
         return cls(
             service=service,
             host=ep.host,
@@ -126,7 +144,7 @@ class ServiceConfig:
             admin_key=admin_key,
             grace_seconds=_number(env, "UMBRA_GRACE_SECONDS", 30.0, minimum=0, integer=False),
             max_message_bytes=int(_number(env, "UMBRA_MAX_MESSAGE_BYTES", 16 * MIB, minimum=1024, integer=True)),
-            max_workers=int(_number(env, "UMBRA_MAX_WORKERS", 16, minimum=1, integer=True)),
+            max_workers=workers,
             max_wait_seconds=_number(env, "UMBRA_MAX_WAIT_SECONDS", 60.0, minimum=0, integer=False),
             log_level=level,
             store=store,
@@ -135,4 +153,11 @@ class ServiceConfig:
             inference_url=env.get("UMBRA_INFERENCE_URL", ""),
             training_url=env.get("UMBRA_TRAINING_URL") or layout.endpoint("training", env).target,
             coordinator_url=env.get("UMBRA_COORDINATOR_URL") or layout.endpoint("coordinator", env).target,
+            stream_idle_seconds=_number(env, "UMBRA_STREAM_IDLE_SECONDS", 30.0, minimum=1, integer=False),
+            stream_max_seconds=_number(env, "UMBRA_STREAM_MAX_SECONDS", 900.0, minimum=1, integer=False),
+            tenant_max_calls=int(_number(env, "UMBRA_TENANT_MAX_CALLS", max(1, workers // 4), minimum=1,
+                                         integer=True)),
+            tenant_max_streams=int(_number(env, "UMBRA_TENANT_MAX_STREAMS", 2, minimum=1, integer=True)),
+            max_streams=max_streams,
+            max_queued_calls=int(_number(env, "UMBRA_MAX_QUEUED_CALLS", 4 * workers, minimum=0, integer=True)),
         )

@@ -101,3 +101,32 @@ class Unimplemented(UmbraError):
 
     code = grpc.StatusCode.UNIMPLEMENTED
     reason = "NOT_BUILT_YET"
+
+
+class ResourceExhausted(UmbraError):
+    """The caller is over a concurrency limit (calls or streams at once); retrying after `retry_after` seconds,
+    once some of its calls have finished, may succeed. The interceptor adds a `google.rpc.RetryInfo`."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, *, reason: str | None = None, metadata: dict[str, str] | None = None,
+                 retry_after: float = 1.0):
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after = retry_after
+
+
+class StreamTimeout(UmbraError):
+    """A client stream sent no message for too long (STREAM_IDLE) or lasted longer than allowed
+    (STREAM_TOO_LONG); the server ended it to free its thread."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "STREAM_IDLE"
+
+
+class DataLoss(UmbraError):
+    """Stored data that cannot be used as what it claims to be (an image that does not decode, or is far larger
+    than its version's size): the data is at fault, not the request or the service."""
+
+    code = grpc.StatusCode.DATA_LOSS
+    reason = "DATA_CORRUPT"

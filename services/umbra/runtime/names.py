@@ -13,14 +13,15 @@ import re
 from umbra.runtime.auth import validate_tenant_id
 from umbra.runtime.errors import InvalidInput
 
-RESOURCE_ID = re.compile(r"^[a-z][a-z0-9-]{1,61}[a-z0-9]$")
-_OPERATION = re.compile(r"^operations/[0-9a-f]{32}$")
-_API_KEY = re.compile(r"^tenants/([^/]+)/apiKeys/([0-9a-f]{12})$")
+# Matched whole with re.fullmatch (a "$" anchor would accept a trailing newline); every class is ASCII.
+RESOURCE_ID = re.compile(r"[a-z][a-z0-9-]{1,61}[a-z0-9]")
+_OPERATION = re.compile(r"operations/[0-9a-f]{32}")
+_API_KEY = re.compile(r"tenants/([^/]+)/apiKeys/([0-9a-f]{12})")
 
 
 def validate_resource_id(value: str, field: str) -> str:
     """A model's, dataset's or served model's id: what object keys are built from."""
-    if not RESOURCE_ID.match(value):
+    if not isinstance(value, str) or not RESOURCE_ID.fullmatch(value):
         raise InvalidInput(field, "must be 3-63 characters of lower-case letters, digits and '-', starting with "
                                   "a letter and not ending with '-'")
     return value
@@ -68,7 +69,7 @@ def tenant(name: str, field: str = "name") -> str:
 
 def api_key(name: str, field: str = "name") -> tuple[str, str]:
     """(tenant, key id) of 'tenants/{tenant}/apiKeys/{key}'."""
-    match = _API_KEY.match(name)
+    match = _API_KEY.fullmatch(name)
     if not match:
         raise InvalidInput(field, "must look like 'tenants/{tenant}/apiKeys/{key}'")
     return validate_tenant_id(match.group(1), field), match.group(2)
@@ -76,7 +77,7 @@ def api_key(name: str, field: str = "name") -> tuple[str, str]:
 
 def operation(name: str, field: str = "name") -> str:
     """The id in 'operations/{operation}' (32 hex digits): also the run id of the operation's checkpoints."""
-    if not _OPERATION.match(name):
+    if not _OPERATION.fullmatch(name):
         raise InvalidInput(field, "must look like 'operations/' followed by 32 hex digits")
     return name.removeprefix("operations/")
 

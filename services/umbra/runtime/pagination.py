@@ -15,6 +15,7 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 T = TypeVar("T")
 MAX_TOKEN_CHARS = 1024  # ours are far shorter; a longer one is not ours, and is not worth parsing
+MAX_POSITION = 2**31 - 1  # a numeric position is a version number (int32)
 
 
 def page_size(value: int, field: str = "page_size") -> int:
@@ -49,6 +50,17 @@ def decode_token(token: str, query: str, field: str = "page_token") -> str | Non
     if not isinstance(position, str) or query_hash != _query_hash(query):
         raise InvalidInput(field, "belongs to a different query; repeat the request that returned it")
     return position
+
+
+def integer_position(after: str | None, field: str = "page_token", high: int = MAX_POSITION) -> int:
+    """The number a List's token resumes after (0 for the first page): ASCII digits only, at most `high`. A token
+    is not signed, so anyone can forge one: a huge number, or digits of another script that int() would take,
+    is refused like any other token this service did not issue (never an overflow in the database)."""
+    if not after:
+        return 0
+    if not (after.isascii() and after.isdigit() and len(after) <= len(str(high)) and int(after) <= high):
+        raise InvalidInput(field, "is not a token this service issued")
+    return int(after)
 
 
 def page(request, query: str, fetch: Callable[[str | None, int], Sequence[T]], position: Callable[[T], str]

@@ -115,7 +115,9 @@ def create_server(config: ServiceConfig, spec: ServiceSpec) -> RunningService:
     registrations = built.registrations
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
-        interceptors=[RuntimeInterceptor(built.authenticator)],
+        interceptors=[RuntimeInterceptor(built.authenticator, config)],
+        # Calls running plus calls waiting for a thread; grpc refuses more with RESOURCE_EXHAUSTED at once.
+        maximum_concurrent_rpcs=config.max_workers + config.max_queued_calls,
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),

@@ -102,6 +102,12 @@ class ObjectStore(ABC):
     @abstractmethod
     def list(self, bucket: str, prefix: str) -> Iterator[ObjectInfo]: ...
 
+    def copy(self, bucket: str, source: str, key: str) -> ObjectInfo:
+        """Copies an object within a bucket, its recorded SHA-256 with it (atomically, like `put`); NotFound when
+        the source is missing. Backends with a server-side copy override this."""
+        with self.open(bucket, source) as stream:
+            return self.put_stream(bucket, key, stream, sha256=self.stat(bucket, source).sha256)
+
     @abstractmethod
     def delete(self, bucket: str, key: str) -> None:
         """Deletes one object; deleting a missing one is not an error."""

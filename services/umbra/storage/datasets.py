@@ -1,5 +1,6 @@
-"""Dataset versions in object storage: checking an upload before it is committed, and reading a committed
-version back as a stream (one GET per shard, memory flat however large the dataset).
+"""Dataset versions in object storage: checking an upload before it is committed (the manifest's size and every
+field, every shard's bytes, every image decoded), and reading a committed version back as a stream (one GET per
+shard, memory flat however large the dataset).
 
 A version is visible exactly when its manifest (`keys.manifest`) exists: the commit writes it last.
 """
@@ -12,11 +13,15 @@ import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
-from umbra.dataset import manifest as mf
+from umbra.dataset import images, manifest as mf
 from umbra.dataset.shards import iter_shard
 from umbra.runtime.errors import FailedPrecondition, InvalidInput, NotFound
 from umbra.storage import keys
 from umbra.storage.base import ObjectStore
+
+
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # about 200,000 samples with a few labels each
+MAX_SAMPLES = 200_000
 
 
 @dataclass
@@ -26,30 +31,52 @@ class UploadCheck:
     problems: list[tuple[str, str]] = field(default_factory=list)  # (sample or shard, reason)
 
 
-def check_upload(store: ObjectStore, bucket: str, dataset: str, version: int, *,
-                 progress: Callable[[int, int], None] | None = None,
-                 cancelled: Callable[[], bool] = lambda: False) -> UploadCheck:
-    """Reads the client's manifest and every shard it names: each shard must hash to its declared SHA-256
-    and hold every sample the manifest puts in it, with the declared SHA-256 and size."""
+def read_upload_manifest(store: ObjectStore, bucket: str, dataset: str, version: int
+                         ) -> tuple[mf.Header, list[mf.Sample]]:
+    """The uploader's manifest, size-checked before it is read and every field type-checked; InvalidInput naming
+    the line and the field when it is malformed."""
+    key = keys.upload_manifest(dataset, version)
+    info = store.stat(bucket, key)
+    if info is None:
+        raise FailedPrecondition("nothing to commit: the manifest was not uploaded", reason="MANIFEST_MISSING")
+    if info.size > MAX_MANIFEST_BYTES:
+        raise InvalidInput("manifest", f"is {info.size} bytes; a version's manifest may be at most "
+                                       f"{MAX_MANIFEST_BYTES} bytes (split the dataset into several)")
     try:
-        raw = store.get(bucket, keys.upload_manifest(dataset, version))
+        raw = store.get(bucket, key)
     except NotFound:
         raise FailedPrecondition("nothing to commit: the manifest was not uploaded", reason="MANIFEST_MISSING") \
             from None
+    if len(raw) > MAX_MANIFEST_BYTES:  # replaced since the stat
+        raise InvalidInput("manifest", f"may be at most {MAX_MANIFEST_BYTES} bytes")
     try:
         header, sample_iter = mf.loads(raw.decode().splitlines())
-        samples = list(sample_iter)
+        samples = list(itertools.islice(sample_iter, MAX_SAMPLES + 1))
     except (mf.ManifestError, UnicodeDecodeError) as exc:
         raise InvalidInput("manifest", str(exc)) from None
+    if len(samples) > MAX_SAMPLES:
+        raise InvalidInput("manifest", f"holds more than {MAX_SAMPLES} samples")
     if header.samples != len(samples):
         raise InvalidInput("manifest", f"header says {header.samples} samples, lines hold {len(samples)}")
     if len({s.key for s in samples}) != len(samples):
         raise InvalidInput("manifest", "sample keys repeat")
+    shards = set(header.shards)
+    for sample in samples:
+        if sample.shard not in shards:
+            raise InvalidInput("manifest", f"sample {sample.key} names shard {sample.shard}, which the header lacks")
+    return header, samples
+
+
+def check_shards(store: ObjectStore, bucket: str, dataset: str, version: int, header: mf.Header,
+                 samples: list[mf.Sample], *, progress: Callable[[int, int], None] | None = None,
+                 cancelled: Callable[[], bool] = lambda: False) -> UploadCheck:
+    """Reads every shard the manifest names, as the commit copied it (`keys.shard`): each must hash to its
+    declared SHA-256 and hold every sample the manifest puts in it, with the declared SHA-256 and size, and every
+    image must decode as what the version promises (`images.check_stored`: the header's size, RGB, the declared
+    media type, no metadata). Problems are collected by sample or shard name, never raised."""
     check = UploadCheck(header, samples)
     by_shard: dict[str, dict[str, mf.Sample]] = {name: {} for name in header.shards}
     for sample in samples:
-        if sample.shard not in by_shard:
-            raise InvalidInput("manifest", f"sample {sample.key} names shard {sample.shard}, which the header lacks")
         by_shard[sample.shard][sample.key] = sample
     for done, shard in enumerate(header.shards):
         if cancelled():
@@ -72,6 +99,11 @@ def check_upload(store: ObjectStore, bucket: str, dataset: str, version: int, *,
                 seen.add(member.key)
                 if hashlib.sha256(member.image).hexdigest() != sample.sha256 or len(member.image) != sample.size:
                     check.problems.append((member.key, "image bytes differ from the manifest's sha256/size"))
+                    continue
+                try:
+                    images.check_stored(member.image, size=header.image_size, media_type=sample.media_type)
+                except images.ImageProblem as exc:
+                    check.problems.append((member.key, exc.reason))
             hasher.drain()
         except Exception as exc:  # noqa: BLE001 - a broken tar is reported by name
             check.problems.append((shard, f"unreadable shard: {exc}"))

@@ -9,8 +9,9 @@ every shard and makes it visible (versions are numbered and published by the coo
     part = out.finished(shard) or out.write_shard(shard, [(sample, png, record_row), ...])
     out.finish(parts, header, record)   # the private record, then the upload manifest
 
-What is written under `datasets/<d>/v<n>/`: the shards, `upload/manifest.jsonl` (last: the version is then
-ready to commit) and, under `private/` (never exported), `<kind>-record.json`, `run.json` (the fingerprint of
+What is written under `datasets/<d>/v<n>/`: the shards and `upload/manifest.jsonl`, staged under `upload/` (the
+manifest last: the version is then ready to commit) and, under `private/` (never exported), `<kind>-record.json`,
+`run.json` (the fingerprint of
 the request the version belongs to, so a different request never mixes its shards in) and, while the work
 runs, `parts/<shard>.json` (each finished shard's manifest lines and record rows, written after the shard:
 a rerun skips those shards).
@@ -98,7 +99,7 @@ class DerivedVersion:
             record.append(row)
         writer.close()
         data = tar[0]
-        self.store.put(self.bucket, keys.shard(*self.output, shard), data, content_type="application/x-tar")
+        self.store.put(self.bucket, keys.upload_shard(*self.output, shard), data, content_type="application/x-tar")
         part = {"shard": shard, "sha256": hashlib.sha256(data).hexdigest(), "samples": samples, "record": record}
         self.store.put(self.bucket, self.key(f"parts/{shard}.json"), json.dumps(part).encode(),
                        content_type="application/json")

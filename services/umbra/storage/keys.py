@@ -1,10 +1,16 @@
 """The object layout. Every key is built here from validated ids; nothing from a request is used verbatim.
 
     umbra-<tenant>/datasets/<dataset>/v<version>/manifest.jsonl           visible once written (last)
-    umbra-<tenant>/datasets/<dataset>/v<version>/upload/manifest.jsonl    the client's, before commit
-    umbra-<tenant>/datasets/<dataset>/v<version>/shards/shard-000000.tar
+    umbra-<tenant>/datasets/<dataset>/v<version>/shards/shard-000000.tar  written by the commit only
+    umbra-<tenant>/datasets/<dataset>/v<version>/upload/manifest.jsonl    staged: the uploader's, before commit
+    umbra-<tenant>/datasets/<dataset>/v<version>/upload/shards/shard-000000.tar
     umbra-<tenant>/datasets/<dataset>/v<version>/private/...            what made the version (e.g. the MDP start
                                                                          mapping); never exported with it
+
+Uploads (streams, presigned PUTs, workers writing a derived version) only ever write under `upload/`. The commit
+copies the staged shards to `shards/` once uploads are closed, checks those copies and writes the manifest: a
+write that arrives late lands in `upload/`, which nothing reads after the commit, so a committed version cannot
+change.
 """
 
 from __future__ import annotations
@@ -36,21 +42,41 @@ def manifest(dataset: str, version: int) -> str:
 
 
 def upload_manifest(dataset: str, version: int) -> str:
-    return version_prefix(dataset, version) + "upload/manifest.jsonl"
+    return upload_prefix(dataset, version) + "manifest.jsonl"
 
 
-_PRIVATE = re.compile(r"^[a-z0-9-]+(/shard-\d{6}\.tar)?\.json$")
+_PRIVATE = re.compile(r"[a-z0-9-]+(/shard-[0-9]{6}\.tar)?\.json")
 
 
 def private(dataset: str, version: int, name: str) -> str:
     """An object kept beside a version for its tenant only: ExportDatasetVersion serves the manifest and shards,
     never these."""
-    if not _PRIVATE.match(name):
+    if not _PRIVATE.fullmatch(name):
         raise InvalidInput("name", "must look like 'record.json' or 'parts/shard-000000.tar.json'")
     return version_prefix(dataset, version) + "private/" + name
 
 
+def upload_prefix(dataset: str, version: int) -> str:
+    return version_prefix(dataset, version) + "upload/"
+
+
+def upload_shard(dataset: str, version: int, name: str) -> str:
+    """Where an uploader stages a shard before the commit copies it to `shard(...)`."""
+    if not SHARD.fullmatch(name):
+        raise InvalidInput("shard", "must look like shard-000000.tar")
+    return upload_prefix(dataset, version) + "shards/" + name
+
+
+_VERSION_KEY = re.compile(r"datasets/([a-z][a-z0-9-]{1,61}[a-z0-9])/v([1-9][0-9]{0,8})/(.+)")
+
+
+def parse_version_key(key: str) -> tuple[str, int, str] | None:
+    """(dataset, version, rest) of a key under a version's prefix, or None for any other key."""
+    match = _VERSION_KEY.fullmatch(key)
+    return (match.group(1), int(match.group(2)), match.group(3)) if match else None
+
+
 def shard(dataset: str, version: int, name: str) -> str:
-    if not SHARD.match(name):
+    if not SHARD.fullmatch(name):
         raise InvalidInput("shard", "must look like shard-000000.tar")
     return version_prefix(dataset, version) + "shards/" + name

@@ -14,7 +14,8 @@ anything else becomes INTERNAL with a generic message (the traceback is logged o
 After a restart, `recover()` (called by the server once the service has registered its resumers) picks up
 what a previous process left unfinished: a resumable operation whose kind has a resumer starts again from
 its stored request (the work finds its own checkpoints); any other is completed with an OPERATION_INTERRUPTED
-error, so a client asking about it gets an answer, never NOT_FOUND.
+error, so a client asking about it gets an answer, never NOT_FOUND. A retry of the interrupted request (the same
+request_id) starts it again: an interruption is not the request's answer, so a retry after a crash finishes.
 """
 
 from __future__ import annotations
@@ -37,6 +38,17 @@ from umbra.runtime.errors import (DOMAIN, Cancelled, FailedPrecondition, Interru
 from umbra.runtime.operations.store import OperationStore, Record
 
 log = logging.getLogger(__name__)
+
+
+def interrupted(op: lro.Operation) -> bool:
+    """Whether an operation ended because its process stopped (not because of the work or the caller)."""
+    if not op.done or op.error.code != code_pb2.ABORTED:
+        return False
+    for detail in op.error.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info) and info.reason == Interrupted.reason:
+            return True
+    return False
 
 
 def new_name() -> str:
@@ -127,6 +139,12 @@ class OperationRunner:
             log.info("operation %s (%s) resumed after a restart", record.operation.name, record.kind)
         self._interrupt_unfinished("the service restarted before it finished")
 
+    def find(self, tenant: str, kind: str, request_id: str) -> lro.Operation | None:
+        """The operation that a request_id started and that still answers for it (an interrupted one does not:
+        `start` with the same request_id runs the request again)."""
+        record = self.store.find(tenant, kind, request_id) if request_id else None
+        return None if record is None or interrupted(record.operation) else record.operation
+
     # -- starting and running -------------------------------------------------------------------------------
 
     def start(self, *, kind: str, tenant: str, metadata: message.Message,
@@ -147,6 +165,13 @@ class OperationRunner:
         record = self.store.insert(op, tenant=tenant, kind=kind, request_id=request_id,
                                    request=resume_request.SerializeToString() if resume_request else b"",
                                    resumable=resume_request is not None)
+        if record.operation.name != op.name and interrupted(record.operation):
+            log.info("request_id seen before, by %s, which a restart interrupted: starting it again",
+                     record.operation.name)
+            self.store.forget_request_id(record.operation.name)
+            record = self.store.insert(op, tenant=tenant, kind=kind, request_id=request_id,
+                                       request=resume_request.SerializeToString() if resume_request else b"",
+                                       resumable=resume_request is not None)
         if record.operation.name != op.name:
             log.info("request_id seen before; returning %s", record.operation.name)
             return record.operation
@@ -167,8 +192,13 @@ class OperationRunner:
                 ctx.metadata.progress.stage = "done"
                 log.info("operation %s done", ctx.name)
             except UmbraError as exc:
+                stopped = self._stopping.is_set() and not ctx.metadata.progress.cancel_requested
+                if isinstance(exc, Cancelled) and stopped:
+                    exc = Interrupted("interrupted: the service stopped before it finished; retry the request "
+                                      "(the same request_id starts it again)")  # stopping is not the caller's cancel
                 ctx._op.error.CopyFrom(_error_status(exc))
-                ctx.metadata.progress.stage = "cancelled" if isinstance(exc, Cancelled) else "failed"
+                ctx.metadata.progress.stage = ("cancelled" if isinstance(exc, Cancelled) else
+                                               "interrupted" if isinstance(exc, Interrupted) else "failed")
                 log.info("operation %s ended: %s", ctx.name, exc.message, extra={"code": exc.code.name})
             except Exception:  # noqa: BLE001 - the operation must end, with a generic error
                 log.exception("operation %s failed with an unexpected error", ctx.name)
@@ -261,7 +291,7 @@ class OperationRunner:
             if record.cancel_requested:
                 exc: UmbraError = Cancelled(f"cancelled by request; {why}")
             else:
-                exc = Interrupted(f"interrupted: {why}; start it again with a new request_id")
+                exc = Interrupted(f"interrupted: {why}; retry the request (the same request_id starts it again)")
             op.done = True
             op.error.CopyFrom(_error_status(exc))
             metadata = protos.unpack(op.metadata)

@@ -95,6 +95,11 @@ class OperationStore:
                                    "WHERE name = ?", (name,)).fetchone()
         return None if row is None else _record(row)
 
+    def forget_request_id(self, name: str) -> None:
+        """Unbinds an operation from its request_id, so that the same request_id can start a new one."""
+        with self._lock:
+            self._db.execute("UPDATE operations SET request_id = NULL WHERE name = ?", (name,))
+
     def request_cancel(self, name: str) -> None:
         with self._lock:
             self._db.execute("UPDATE operations SET cancel_requested = 1 WHERE name = ?", (name,))

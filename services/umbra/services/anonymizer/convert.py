@@ -12,8 +12,9 @@ from umbra.anonymizer.v1 import anonymizer_service_pb2 as an
 from umbra.common.v1 import image_pb2, refs_pb2
 from umbra.diffusion.training import GeneratorHyper
 from umbra.privacy import composition
-from umbra.privacy.dp_sgd import DPSettings
+from umbra.privacy.dp_sgd import MAX_GRAD_NORM, MAX_TARGET_EPSILON, DPSettings
 from umbra.privacy.mechanisms import Cost
+from umbra.runtime import bounds
 from umbra.runtime.errors import InvalidInput
 from umbra.services.convert import privacy_cost_to_proto
 from umbra.storage.derived import png
@@ -26,10 +27,14 @@ def hyper_from_proto(request: an.TrainGeneratorRequest) -> GeneratorHyper:
 
 
 def dp_from_proto(privacy: an.GeneratorPrivacy) -> DPSettings | None:
-    """DP-SGD's settings; None for target_epsilon 0 (no DP)."""
-    if privacy.target_epsilon < 0 or not math.isfinite(privacy.target_epsilon):
-        raise InvalidInput("privacy.target_epsilon", "must be a finite number; 0 trains without DP")
+    """DP-SGD's settings; None for target_epsilon 0 (no DP). Their ranges with DP are DPSettings.validate's (run
+    by the plan, which knows n for target_delta); without, the unused fields must still be numbers in range."""
+    if not (math.isfinite(privacy.target_epsilon) and 0 <= privacy.target_epsilon <= MAX_TARGET_EPSILON):
+        raise InvalidInput("privacy.target_epsilon", f"is {privacy.target_epsilon}: must be a finite number in "
+                                                     f"[0, {MAX_TARGET_EPSILON:g}]; 0 trains without DP")
     if privacy.target_epsilon == 0:
+        bounds.number(privacy.target_delta, "privacy.target_delta", 0, 1, open_high=True)
+        bounds.number(privacy.max_grad_norm, "privacy.max_grad_norm", 0, MAX_GRAD_NORM)
         return None
     return DPSettings(target_delta=privacy.target_delta, target_epsilon=privacy.target_epsilon,
                       max_grad_norm=privacy.max_grad_norm or 1.0)

@@ -22,7 +22,7 @@ from umbra.classifiers.registry import ModelRegistry
 from umbra.anonymization import generator_training as generator_job
 from umbra.diffusion.generator import ConditionalUNet
 from umbra.privacy.mechanisms import Cost
-from umbra.runtime import auth, names
+from umbra.runtime import auth, bounds, names
 from umbra.runtime.errors import FailedPrecondition, InvalidInput
 from umbra.runtime.operations import LongRunning, OperationContext, OperationRunner
 from umbra.services.anonymizer import convert
@@ -32,6 +32,9 @@ from umbra.services.references import dataset_reader
 from umbra.storage import keys
 from umbra.storage.base import ObjectStore
 from umbra.storage.datasets import DatasetReader
+
+
+MAX_IMAGE_COUNT = 10**9  # EstimatePrivacyCost's image_count (the cost of a dataset is one image's, see below)
 
 
 def _tenant() -> str:
@@ -128,8 +131,7 @@ class AnonymizerServicer(anonymizer_service_pb2_grpc.AnonymizerServiceServicer):
         """One image's cost, which is also a dataset's (each image is a different person's, so their costs do
         not add up: parallel composition); priced for the generator's own training dataset, so ε_g is in it."""
         tenant = _tenant()
-        if request.image_count < 0:
-            raise InvalidInput("image_count", "must be at least 0")
+        bounds.integer(request.image_count, "image_count", 0, MAX_IMAGE_COUNT)
         checked = self._check(keys.bucket(tenant), request.settings, "", [], 0)
         return an.EstimatePrivacyCostResponse(privacy_cost=privacy_cost_to_proto(checked.cost.per_image))
 

@@ -20,11 +20,13 @@ from umbra.coordinator.v1 import (
     tenant_service_pb2,
     tenant_service_pb2_grpc,
 )
-from umbra.runtime.auth import ApiKeyStore, TenantAuthenticator
+from umbra.runtime.auth import TenantAuthenticator
 from umbra.runtime.server import Built, Runtime, ServiceSpec, registration
 from umbra.services.coordinator import versions
+from umbra.services.coordinator.api_keys import ApiKeyStore
 from umbra.services.coordinator.datasets import DatasetServicer
 from umbra.services.coordinator.db import CoordinatorDB
+from umbra.services.coordinator.locks import DatasetLocks
 from umbra.privacy.ledger import PrivacyLedger
 from umbra.services.coordinator.ledger import LedgerServicer
 from umbra.services.coordinator.stubs import JobServicer, ModelServicer
@@ -40,13 +42,15 @@ INTERNAL_METHODS = frozenset(f"/umbra.coordinator.v1.LedgerService/{rpc}" for rp
 def build(runtime: Runtime) -> Built:
     config = runtime.config
     db = CoordinatorDB(config.data_dir / "coordinator.sqlite3")
-    api_keys = ApiKeyStore(config.data_dir / "api_keys.sqlite3")
+    api_keys = ApiKeyStore(db)
+    api_keys.import_legacy(config.data_dir / "api_keys.sqlite3")  # a data folder from before keys lived in db
     store = open_store(config.store)
-    datasets = DatasetServicer(db, store, runtime.operations, presign_seconds=config.presign_seconds)
-    versions.recover(db, store, config.upload_ttl_seconds)  # interrupted commits, abandoned uploads
+    locks = DatasetLocks()
+    datasets = DatasetServicer(db, store, runtime.operations, locks, presign_seconds=config.presign_seconds)
+    versions.recover(db, store, locks, config.upload_ttl_seconds)  # interrupted commits, abandoned uploads
     stop_sweeper = threading.Event()
-    versions.start_sweeper(db, store, config.upload_ttl_seconds, stop_sweeper)
-    runtime.closers += [db.close, api_keys.close, stop_sweeper.set]
+    versions.start_sweeper(db, store, locks, config.upload_ttl_seconds, stop_sweeper)
+    runtime.closers += [db.close, stop_sweeper.set]
     return Built(
         registrations=[
             registration(tenant_service_pb2, tenant_service_pb2_grpc, "TenantService",

@@ -1,12 +1,15 @@
 """DatasetService: the calling tenant's datasets and their immutable versions.
 
 Upload: CreateDatasetVersion gives one target per shard plus one for the manifest (presigned PUT URLs when
-the store has them; otherwise the client streams through UploadDatasetChunk). CommitDatasetVersion checks
-every shard against the manifest and then writes the final manifest: the moment the version becomes visible.
+the store has them; otherwise the client streams through UploadDatasetChunk), all in the version's staging
+area. CommitDatasetVersion closes uploads, copies the staged shards, checks the copies against the manifest
+(every image decoded) and then writes the final manifest: the moment the version becomes visible. The races
+between uploads, commits and deletion are settled by one lock per dataset (versions.py, locks.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -19,6 +22,7 @@ from umbra.runtime.errors import AlreadyExists, FailedPrecondition, InvalidInput
 from umbra.runtime.operations import OperationRunner
 from umbra.services.coordinator import convert, versions
 from umbra.services.coordinator.db import CoordinatorDB, DatasetRow, VersionRow
+from umbra.services.coordinator.locks import DatasetLocks
 from umbra.storage import datasets as stored, keys
 from umbra.storage.base import ObjectStore
 
@@ -38,9 +42,9 @@ def _text(value: str, field: str, limit: int) -> str:
 
 
 class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
-    def __init__(self, db: CoordinatorDB, store: ObjectStore, operations: OperationRunner, *,
+    def __init__(self, db: CoordinatorDB, store: ObjectStore, operations: OperationRunner, locks: DatasetLocks, *,
                  presign_seconds: int):
-        self.db, self.store, self.operations = db, store, operations
+        self.db, self.store, self.operations, self.locks = db, store, operations, locks
         self.presign_seconds = presign_seconds
 
     # -- datasets ---------------------------------------------------------------------------------------------
@@ -75,8 +79,9 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     def DeleteDataset(self, request, context):
         tenant = _tenant()
         row = self._dataset(tenant, request.name)
-        self.db.delete_dataset(tenant, row.id)  # invisible from here on; objects go next (or in the sweep)
-        removed = self.store.delete_prefix(keys.bucket(tenant), keys.dataset_prefix(row.id))
+        with self.locks.exclusive(tenant, row.id):  # waits for writes landing now; later ones find no version
+            self.db.delete_dataset(tenant, row.id)  # invisible from here on; a commit under way stops
+            removed = self.store.delete_prefix(keys.bucket(tenant), keys.dataset_prefix(row.id))
         log.info("dataset %s deleted (%d objects)", row.id, removed)
         return ds.DeleteDatasetResponse()
 
@@ -112,36 +117,36 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
             return response
         return ds.CreateDatasetVersionResponse(
             dataset_version=response.dataset_version,
-            shard_targets=[self._target(tenant, keys.shard(row.dataset, row.version, mf.shard_name(i)),
+            shard_targets=[self._target(tenant, keys.upload_shard(row.dataset, row.version, mf.shard_name(i)),
                                         mf.shard_name(i)) for i in range(row.shard_count)],
             manifest_target=self._target(tenant, keys.upload_manifest(row.dataset, row.version), MANIFEST))
 
-    def _object_key(self, row: VersionRow, shard: str, field: str) -> str:
-        if shard == MANIFEST:
-            return keys.upload_manifest(row.dataset, row.version)
-        if not mf.SHARD.match(shard) or int(shard[6:12]) >= row.shard_count:
+    def _shard(self, row: VersionRow, shard: str, field: str) -> str:
+        """`shard` checked against the version: 'manifest' or one of its shard names."""
+        if shard != MANIFEST and (not mf.SHARD.fullmatch(shard) or int(shard[6:12]) >= row.shard_count):
             raise InvalidInput(field, f"must be 'manifest' or one of shard-000000.tar … "
                                       f"{mf.shard_name(row.shard_count - 1)}")
-        return keys.shard(row.dataset, row.version, shard)
+        return shard
 
     def UploadDatasetChunk(self, request_iterator, context):
         tenant = _tenant()
         first = next(request_iterator, None)
         if first is None:
             raise InvalidInput("request", "the stream was empty")
-        row = self._version(tenant, first.dataset_version, "dataset_version")
-        if row.state not in ("UPLOADING", "FAILED"):
-            raise FailedPrecondition(f"version {row.version} is {row.state.lower()}; uploads are closed",
-                                     reason="VERSION_NOT_UPLOADING")
-        key = self._object_key(row, first.shard, "shard")
-        stream = versions.ChunkStream(first, request_iterator)
-        info = self.store.put_stream(keys.bucket(tenant), key, stream, sha256="")
-        if not stream.sha256:
-            self.store.delete(keys.bucket(tenant), key)
-            raise InvalidInput("sha256", "the last message must carry the SHA-256 of the whole object")
-        if stream.sha256 != info.sha256:
-            self.store.delete(keys.bucket(tenant), key)
-            raise InvalidInput("sha256", f"the bytes received hash to {info.sha256}, not {stream.sha256}")
+        row = versions.require_state(self.db, self._version(tenant, first.dataset_version, "dataset_version"),
+                                     versions.OPEN_FOR_UPLOAD)
+        shard = self._shard(row, first.shard, "shard")
+        key = (keys.upload_manifest(row.dataset, row.version) if shard == MANIFEST
+               else keys.upload_shard(row.dataset, row.version, shard))
+        with contextlib.ExitStack() as landing:
+
+            def land() -> None:  # every byte arrived and matched its SHA-256: the write lands now, or never
+                landing.enter_context(self.locks.shared(tenant, row.dataset))
+                versions.require_state(self.db, row, versions.OPEN_FOR_UPLOAD)
+
+            stream = versions.ChunkStream(first, request_iterator, land=land, max_bytes=(
+                stored.MAX_MANIFEST_BYTES if shard == MANIFEST else versions.MAX_UPLOAD_BYTES))
+            info = self.store.put_stream(keys.bucket(tenant), key, stream, sha256="")
         return ds.UploadDatasetChunkResponse(object=refs_pb2.ObjectRef(bucket=info.bucket, key=info.key,
                                                                        sha256=info.sha256, size_bytes=info.size))
 
@@ -149,23 +154,27 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         tenant = _tenant()
         row = self._version(tenant, request.name)
         kind = "CommitDatasetVersion"
-        if request.request_id:
-            earlier = self.operations.store.find(tenant, kind, request.request_id)
-            if earlier is not None:
-                return ds.CommitDatasetVersionResponse(operation=earlier.operation)
-        if not self.db.set_version_state(tenant, row.dataset, row.version, "COMMITTING",
-                                         expect=("UPLOADING", "FAILED")):
-            state = self.db.version(tenant, row.dataset, row.version).state.lower()
-            raise FailedPrecondition(f"version {row.version} is {state}", reason="VERSION_NOT_UPLOADING")
+        earlier = self.operations.find(tenant, kind, request.request_id)  # an interrupted one does not count
+        if earlier is not None:
+            return ds.CommitDatasetVersionResponse(operation=earlier)
+        with self.locks.exclusive(tenant, row.dataset):  # uploads landing now finish first; later ones are refused
+            if not self.db.set_version_state(tenant, row.dataset, row.version, "COMMITTING",
+                                             expect=versions.OPEN_FOR_UPLOAD):
+                now = self.db.version(tenant, row.dataset, row.version)
+                if now is None:
+                    raise NotFound("dataset version", request.name)
+                raise FailedPrecondition(f"version {row.version} is {now.state.lower()}",
+                                         reason="VERSION_NOT_UPLOADING")
         bucket = keys.bucket(tenant)
 
         def commit(ctx) -> ds.DatasetVersion:
             try:
-                return versions.commit(ctx, self.db, self.store, bucket, row, request.drop_invalid)
+                return versions.commit(ctx, self.db, self.store, self.locks, bucket, row, request.drop_invalid)
             except BaseException as exc:
                 state = "UPLOADING" if ctx.cancelled else "FAILED"
-                self.db.set_version_state(tenant, row.dataset, row.version, state, expect=("COMMITTING",),
-                                          error=getattr(exc, "message", "internal error"))
+                with self.locks.exclusive(tenant, row.dataset):
+                    self.db.set_version_state(tenant, row.dataset, row.version, state, expect=("COMMITTING",),
+                                              error=getattr(exc, "message", "internal error"))
                 raise
 
         op = self.operations.start(kind=kind, tenant=tenant, metadata=ds.CommitDatasetVersionMetadata(), work=commit,
@@ -182,9 +191,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
         dataset = self._dataset(tenant, request.parent, "parent")
 
         def fetch(after: str | None, limit: int) -> list[VersionRow]:
-            if not (after or "0").isdigit():
-                raise InvalidInput("page_token", "is not a token this service issued")
-            return self.db.versions(tenant, dataset.id, int(after or "0"), limit)
+            return self.db.versions(tenant, dataset.id, pagination.integer_position(after), limit)
 
         rows, token = pagination.page(request, f"versions/{dataset.id}", fetch, lambda row: str(row.version))
         return ds.ListDatasetVersionsResponse(
@@ -209,6 +216,7 @@ class DatasetServicer(dataset_service_pb2_grpc.DatasetServiceServicer):
     def DownloadDatasetChunk(self, request, context):
         tenant = _tenant()
         row = self._committed(tenant, request.dataset_version, "dataset_version")
-        key = (keys.manifest(row.dataset, row.version) if request.shard == MANIFEST
-               else self._object_key(row, request.shard, "shard"))
+        shard = self._shard(row, request.shard, "shard")
+        key = (keys.manifest(row.dataset, row.version) if shard == MANIFEST
+               else keys.shard(row.dataset, row.version, shard))
         return versions.download(self.store, keys.bucket(tenant), key)

@@ -1,5 +1,5 @@
-"""The coordinator's metadata in SQL (SQLite by default): tenants, datasets and dataset versions, and the privacy
-ledger's entries (umbra.privacy.ledger).
+"""The coordinator's metadata in SQL (SQLite by default): tenants and their API keys (api_keys.py), datasets and
+dataset versions, and the privacy ledger's entries (umbra.privacy.ledger).
 
 Metadata is written before any side effect in storage, and a version's state says how far it got, so a
 restart can finish or clean up what a crash interrupted (see versions.recover).
@@ -32,6 +32,9 @@ CREATE TABLE IF NOT EXISTS dataset_versions (
     PRIMARY KEY (tenant, dataset, version));
 CREATE UNIQUE INDEX IF NOT EXISTS dataset_versions_request
     ON dataset_versions (tenant, dataset, request_id) WHERE request_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, secret_sha256 TEXT NOT NULL, display_name TEXT NOT NULL,
+    create_time REAL NOT NULL, revoke_time REAL);
 """
 
 
@@ -91,11 +94,11 @@ class CoordinatorDB:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def _one(self, query: str, args: tuple):
+    def fetch_one(self, query: str, args: tuple):
         with self._lock:
             return self._db.execute(query, args).fetchone()
 
-    def _all(self, query: str, args: tuple):
+    def fetch_all(self, query: str, args: tuple):
         with self._lock:
             return self._db.execute(query, args).fetchall()
 
@@ -113,12 +116,16 @@ class CoordinatorDB:
             return False
 
     def tenant(self, tenant: str) -> TenantRow | None:
-        row = self._one("SELECT * FROM tenants WHERE id = ?", (tenant,))
+        row = self.fetch_one("SELECT * FROM tenants WHERE id = ?", (tenant,))
         return TenantRow(*row) if row else None
 
     def tenants(self, after: str, limit: int) -> list[TenantRow]:
-        return [TenantRow(*r) for r in self._all("SELECT * FROM tenants WHERE id > ? ORDER BY id LIMIT ?",
+        return [TenantRow(*r) for r in self.fetch_all("SELECT * FROM tenants WHERE id > ? ORDER BY id LIMIT ?",
                                                  (after, limit))]
+
+    def tenant_ids(self) -> list[str]:
+        """Every tenant's id, deleted ones too (their objects stay until an operator removes them)."""
+        return [r[0] for r in self.fetch_all("SELECT id FROM tenants ORDER BY id", ())]
 
     def update_tenant(self, tenant: str, **fields) -> None:
         assignments = ", ".join(f"{name} = ?" for name in fields)
@@ -143,11 +150,11 @@ class CoordinatorDB:
                 "AND v.dataset = d.id AND v.state = 'COMMITTED'), 0) FROM datasets d ")
 
     def dataset(self, tenant: str, dataset: str) -> DatasetRow | None:
-        row = self._one(self._DATASET + "WHERE d.tenant = ? AND d.id = ?", (tenant, dataset))
+        row = self.fetch_one(self._DATASET + "WHERE d.tenant = ? AND d.id = ?", (tenant, dataset))
         return DatasetRow(*row) if row else None
 
     def datasets(self, tenant: str, after: str, limit: int) -> list[DatasetRow]:
-        return [DatasetRow(*r) for r in self._all(self._DATASET + "WHERE d.tenant = ? AND d.id > ? ORDER BY d.id "
+        return [DatasetRow(*r) for r in self.fetch_all(self._DATASET + "WHERE d.tenant = ? AND d.id > ? ORDER BY d.id "
                                                   "LIMIT ?", (tenant, after, limit))]
 
     def delete_dataset(self, tenant: str, dataset: str) -> None:
@@ -183,17 +190,18 @@ class CoordinatorDB:
         return VersionRow(*head, stats=json.loads(stats), error=error)
 
     def version(self, tenant: str, dataset: str, version: int) -> VersionRow | None:
-        row = self._one(self._VERSION + "WHERE tenant = ? AND dataset = ? AND version = ?", (tenant, dataset, version))
+        row = self.fetch_one(self._VERSION + "WHERE tenant = ? AND dataset = ? AND version = ?",
+                             (tenant, dataset, version))
         return self._version(row) if row else None
 
     def versions(self, tenant: str, dataset: str, after: int, limit: int) -> list[VersionRow]:
-        return [self._version(r) for r in self._all(
+        return [self._version(r) for r in self.fetch_all(
             self._VERSION + "WHERE tenant = ? AND dataset = ? AND version > ? ORDER BY version LIMIT ?",
             (tenant, dataset, after, limit))]
 
     def versions_in(self, states: tuple[str, ...]) -> list[VersionRow]:
         marks = ", ".join("?" for _ in states)
-        return [self._version(r) for r in self._all(self._VERSION + f"WHERE state IN ({marks})", states)]
+        return [self._version(r) for r in self.fetch_all(self._VERSION + f"WHERE state IN ({marks})", states)]
 
     def set_version_state(self, tenant: str, dataset: str, version: int, state: str, *, expect: tuple[str, ...],
                           stats: dict | None = None, error: str = "") -> bool:

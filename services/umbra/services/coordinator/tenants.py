@@ -9,9 +9,10 @@ import time
 from umbra.coordinator.v1 import tenant_service_pb2 as ts
 from umbra.coordinator.v1 import tenant_service_pb2_grpc
 from umbra.runtime import auth, names, pagination
-from umbra.runtime.auth import ApiKeyStore, validate_tenant_id
+from umbra.runtime.auth import validate_tenant_id
 from umbra.runtime.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
 from umbra.services.coordinator import convert
+from umbra.services.coordinator.api_keys import ApiKeyStore
 from umbra.services.coordinator.db import CoordinatorDB, TenantRow
 from umbra.storage import keys
 from umbra.storage.base import ObjectStore
@@ -102,8 +103,7 @@ class TenantServicer(tenant_service_pb2_grpc.TenantServiceServicer):
     def DeleteTenant(self, request, context):
         _admin()
         row = self._visible_tenant(request.name)
-        self.keys.revoke_all(row.id)
-        self.db.update_tenant(row.id, state="DELETED")
+        self.keys.delete_tenant(row.id)  # one transaction: no key issued meanwhile survives it
         log.info("tenant %s deleted; its keys are revoked", row.id)
         return ts.DeleteTenantResponse(tenant=convert.tenant_to_proto(self.db.tenant(row.id)))
 

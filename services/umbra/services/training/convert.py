@@ -28,7 +28,7 @@ def architecture_to_proto(name: str) -> int:
 
 def hyperparameters_from_proto(h: ts.Hyperparameters) -> loop.Hyperparameters:
     """Zero is the documented default."""
-    if h.augmentation_multiplicity > 1:
+    if h.augmentation_multiplicity not in (0, 1):
         raise InvalidInput("hyperparameters.augmentation_multiplicity", "is not supported yet: leave it 0 or 1")
     d = loop.Hyperparameters()
     return loop.Hyperparameters(

@@ -69,6 +69,7 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
 
         result = job.run(planned, run_id=names.operation(ctx.name), progress=progress,
                          cancelled=lambda: ctx.cancelled)
+        ctx.metadata.ClearField("checkpoint")  # the run's checkpoints are gone once its version is written
         stored = self.registry.get(planned.bucket, result.model, result.version)
         return convert.model_version_to_proto(stored, planned.bucket)
 

@@ -15,6 +15,13 @@ from umbra.training.v1 import training_service_pb2 as ts
 from umbra.unlearning.v1 import unlearning_service_pb2 as us
 
 _METHODS = {us.METHOD_FIRST_ORDER: "first_order", us.METHOD_SECOND_ORDER: "second_order"}
+# The ranges of an UnlearnRequest's numbers; 0 is the default (the automatic choice for tau and scale).
+MAX_TAU = 1e9  # the automatic search tries tau·n up to 1e4; a diverging tau is refused by the update itself
+MAX_LISSA_DAMPING = 0.99
+MAX_LISSA_SCALE = 1e10  # the automatic scale tries up to 1e9 (umbra.feature_unlearning.updates.SCALES)
+MAX_LISSA_DEPTH = 10_000
+MAX_LISSA_PATIENCE = 10_000
+MAX_LISSA_BATCH_SIZE = 4096
 
 
 def _number(value: float, field: str, *, low: float = 0.0, high: float = math.inf) -> float:
@@ -29,12 +36,14 @@ def settings_from_proto(request: us.UnlearnRequest) -> updates.Settings:
         raise InvalidInput("method", "choose METHOD_FIRST_ORDER or METHOD_SECOND_ORDER")
     given, default = request.lissa, updates.Lissa()
     lissa = updates.Lissa(
-        damping=_number(given.damping, "lissa.damping", high=0.99) or default.damping,
-        scale=_number(given.scale, "lissa.scale"),
-        depth=int(_number(given.depth, "lissa.depth", high=10_000)) or default.depth,
-        patience=int(_number(given.patience, "lissa.patience", high=10_000)) or default.patience,
-        batch_size=int(_number(given.batch_size, "lissa.batch_size", high=4096)) or default.batch_size)
-    return updates.Settings(method=_METHODS[request.method], tau=_number(request.tau, "tau"), lissa=lissa)
+        damping=_number(given.damping, "lissa.damping", high=MAX_LISSA_DAMPING) or default.damping,
+        scale=_number(given.scale, "lissa.scale", high=MAX_LISSA_SCALE),
+        depth=int(_number(given.depth, "lissa.depth", high=MAX_LISSA_DEPTH)) or default.depth,
+        patience=int(_number(given.patience, "lissa.patience", high=MAX_LISSA_PATIENCE)) or default.patience,
+        batch_size=(int(_number(given.batch_size, "lissa.batch_size", high=MAX_LISSA_BATCH_SIZE))
+                    or default.batch_size))
+    return updates.Settings(method=_METHODS[request.method], tau=_number(request.tau, "tau", high=MAX_TAU),
+                            lissa=lissa)
 
 
 def result_to_proto(result: Result, output_model: str, source: StoredModel) -> us.UnlearningResult:

@@ -1,0 +1,84 @@
+"""One reader-writer lock per dataset, so that no write into a dataset's objects races with a change of its state.
+
+Every write that lands in a dataset's prefix (an upload stream's shard, a commit's copy of a staged shard, the
+commit's manifest) holds the dataset's lock *shared* and checks the version's state in the database first.
+Whatever changes that state (the start of a commit, deleting the dataset, sweeping an abandoned upload) holds it
+*exclusively*: it waits for the writes under way to land, and every later write finds the new state and is
+refused. Writers wait behind a waiting exclusive holder, so a stream of uploads cannot starve a deletion.
+
+    with locks.shared(tenant, dataset):
+        if db.version(...).state == "UPLOADING":
+            store.put(...)
+
+The locks are in-process: one coordinator replica serves a tenant's dataset writes (the database, SQLite by
+default, is single-writer too).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class _ReadersWriter:
+    def __init__(self):
+        self.changed = threading.Condition()
+        self.readers = 0
+        self.writer = False
+        self.writers_waiting = 0
+        self.users = 0  # holders and waiters: the entry is dropped when none is left
+
+
+class DatasetLocks:
+    def __init__(self):
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str], _ReadersWriter] = {}
+
+    @contextmanager
+    def _entry(self, tenant: str, dataset: str) -> Iterator[_ReadersWriter]:
+        with self._guard:
+            lock = self._locks.setdefault((tenant, dataset), _ReadersWriter())
+            lock.users += 1
+        try:
+            yield lock
+        finally:
+            with self._guard:
+                lock.users -= 1
+                if lock.users == 0:
+                    del self._locks[(tenant, dataset)]
+
+    @contextmanager
+    def shared(self, tenant: str, dataset: str) -> Iterator[None]:
+        """Held while a write lands in the dataset's objects."""
+        with self._entry(tenant, dataset) as lock:
+            with lock.changed:
+                lock.changed.wait_for(lambda: not lock.writer and not lock.writers_waiting)
+                lock.readers += 1
+            try:
+                yield
+            finally:
+                with lock.changed:
+                    lock.readers -= 1
+                    lock.changed.notify_all()
+
+    @contextmanager
+    def exclusive(self, tenant: str, dataset: str) -> Iterator[None]:
+        """Held while the state of the dataset or one of its versions changes."""
+        with self._entry(tenant, dataset) as lock:
+            with lock.changed:
+                lock.writers_waiting += 1
+                lock.changed.wait_for(lambda: not lock.writer and lock.readers == 0)
+                lock.writers_waiting -= 1
+                lock.writer = True
+            try:
+                yield
+            finally:
+                with lock.changed:
+                    lock.writer = False
+                    lock.changed.notify_all()
+
+    def __len__(self) -> int:
+        """Datasets with a holder or waiter (0 when idle: entries do not pile up)."""
+        with self._guard:
+            return len(self._locks)
