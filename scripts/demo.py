@@ -7,7 +7,8 @@
    S3 through presigned URLs, committed), and export the committed version back to check it byte for byte;
 4. train a DP-SGD gender classifier on it through the training service (epsilon in the operation's progress),
    starting from weights pretrained on other, public synthetic faces; evaluate it on the test split, publish
-   it to Triton and classify exported images with `umbra models predict` (tritonclient over gRPC);
+   it to Triton through the coordinator's ModelService (the tenant's API key) and classify exported images
+   with `umbra models predict` (tritonclient over gRPC);
 5. release an AugMDP version (two copies) of the training split through the distortion service, with the
    classifier of step 4 as the feature extractor: the coordinator reserves the version, the distortion service
    writes it, the coordinator commits it; export it and draw original / start image / released image;
@@ -20,8 +21,11 @@
    out/demo/unlearning.json. When the service refuses the second-order update (its safety check: an update
    that raises the loss on the revised training data is never written), the demo says so and falls back to
    the first-order update, whose step is searched so that it cannot raise that loss;
-8. show that the protection job (coordinator) is not built yet; write what was seen to out/demo/demo.json and
-   stop everything it started (unless --keep), also when a step fails or the demo is interrupted.
+8. the main job through the coordinator's public API: a protection job shows previews of eight test faces,
+   a scripted reviewer prints what it sees and answers more or less privacy until the intensity suits it, and
+   accepts; the coordinator anonymizes the dataset at that intensity, commits it and writes the report
+   (out/demo/report/report.html). Write what was seen to out/demo/demo.json and stop everything it started
+   (unless --keep), also when a step fails or the demo is interrupted.
 
 A refusal by a service (a gRPC error or a failed operation) is reported in plain words, never as a traceback;
 the steps that need the refused step's result are skipped, and the demo exits 1. A refusal the demo handles
@@ -42,6 +46,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,6 +61,8 @@ from umbra.client.errors import grpc_code_name
 from umbra.client.operations import OperationsClient
 from umbra.common.v1 import privacy_pb2, refs_pb2
 from umbra.coordinator.v1 import dataset_service_pb2 as cds
+from umbra.coordinator.v1 import model_service_pb2 as cms
+from umbra.coordinator.v1 import model_service_pb2_grpc
 from umbra.coordinator.v1 import (dataset_service_pb2_grpc, job_service_pb2, job_service_pb2_grpc,
                                   ledger_service_pb2, ledger_service_pb2_grpc, tenant_service_pb2,
                                   tenant_service_pb2_grpc)
@@ -182,8 +189,9 @@ def start_inference_server(home: Path, port: int) -> subprocess.Popen:
 
 def train_and_serve(home: Path, tenant: str, dataset_version: str, images: Path, epsilon: float,
                     inference_url: str) -> dict:
-    """Step 4, through the training service (internal: the demo presents the service credential for the tenant, as
-    the coordinator will once its job loop drives training)."""
+    """Step 4: training and evaluation through the training service (internal: the demo presents the service
+    credential for the tenant, as the coordinator will once its job loop drives training), then publishing through
+    the coordinator's ModelService with the tenant's API key."""
     service_token = (home / "secrets" / "service-token").read_text().strip()
     channel = open_channel(layout.endpoint("training").target, service_token, tenant=tenant)
     stub, operations = training_service_pb2_grpc.TrainingServiceStub(channel), OperationsClient(channel)
@@ -224,10 +232,15 @@ def train_and_serve(home: Path, tenant: str, dataset_version: str, images: Path,
         timeout=30).operation.name, ts.Evaluation, poll_seconds=1)
     print(f"   test split: accuracy {evaluation.accuracy:.3f}, balanced accuracy {evaluation.balanced_accuracy:.3f} "
           f"on {evaluation.sample_count} images")
-    exported = stub.ExportModelVersion(ts.ExportModelVersionRequest(
-        model=refs_pb2.ModelRef(model="models/gender", version=int(trained.name.rsplit("/", 1)[1])),
-        served_model_name="gender"), timeout=120)
-    print(f"   published as {exported.served_model_name} on the inference server at {exported.endpoint}")
+    # Publishing is public: the tenant asks the coordinator's ModelService, with its own API key.
+    coordinator = open_channel(layout.endpoint("coordinator").target, coordinator_key)
+    publishing = model_service_pb2_grpc.ModelServiceStub(coordinator).PublishModel(cms.PublishModelRequest(
+        publication_id="gender", request_id=secrets.token_hex(16),
+        model=refs_pb2.ModelRef(model="models/gender", version=int(trained.name.rsplit("/", 1)[1]))), timeout=60)
+    exported = OperationsClient(coordinator).result(publishing.operation.name, cms.Publication, timeout=180,
+                                                    poll_seconds=1)
+    print(f"   {exported.name} (the coordinator's ModelService): served as {exported.served_model_name} on the "
+          f"inference server at {exported.endpoint}")
     sample = sorted((images / "images").iterdir())[:8]
     classes = ",".join(trained.training_record.classes)
     command = [sys.executable, "-m", "umbra.cli.main", "models", "predict", *map(str, sample), "--model",
@@ -582,8 +595,10 @@ def main() -> int:
                                     home, report["dataset"]["tenant"], report["classifier"]["model_version"],
                                     report["dataset"]["version"], report["anonymized"]["version"]),
                   needs=("classifier", "anonymized"))
-        steps.run("protection_job", "8. the protection job itself is not built yet, and says so",
-                  lambda: protection_job(), needs=("dataset",))
+        steps.run("protection_job", "8. the main job through the coordinator: previews, a scripted reviewer's "
+                                    "answers, the dataset anonymized at the accepted intensity, the report",
+                  lambda: protection_job(report["anonymized"]["generator"], report["dataset"]["version"]),
+                  needs=("dataset", "anonymized"))
     finally:
         if stops and not args.keep:
             step("stopping what the demo started")
@@ -600,7 +615,8 @@ def main() -> int:
               "classifier": ("predicted_images", "the served classifier predicted nothing"),
               "augmdp": ("labels_kept", "the AugMDP release changed labels"),
               "anonymized": ("images", "the anonymized version is empty"),
-              "unlearning": ("changed_samples", "the unlearning update revised no sample")}
+              "unlearning": ("changed_samples", "the unlearning update revised no sample"),
+              "protection_job": ("report", "the protection job wrote no report")}
     problems += [words for key, (field, words) in checks.items() if key in report and not report[key].get(field)]
     if problems:
         print(f"\nWhat was seen: {OUT / 'demo.json'}\nService logs: {home / 'logs'}")
@@ -609,7 +625,8 @@ def main() -> int:
               f"predictions in {OUT / 'predictions.json'}; the AugMDP release in {OUT / 'faces-augmdp'}, drawn in "
               f"{OUT / 'augmdp-grid.png'}; the anonymized dataset in {OUT / 'faces-anonymized'}, drawn beside its "
               f"originals in {OUT / 'anonymized-grid.png'}; the unlearned model's comparison with retraining in "
-              f"{OUT / 'unlearning.json'})\nService logs: {home / 'logs'}")
+              f"{OUT / 'unlearning.json'})\nThe protection job's report: {OUT / 'report' / 'report.html'}\n"
+              f"Service logs: {home / 'logs'}")
     if args.keep and triton is not None:
         print(f"Still running: `.venv/bin/umbra status`, Triton at {inference_url} (pid {triton.pid}); stop with "
               f"`.venv/bin/umbra down`, `kill -- -{triton.pid}` and `deploy/s3/rgw.sh stop`.")
@@ -668,20 +685,94 @@ def upload_dataset(home: Path, faces_count: int) -> dict:
             "export_folder": str(exported), "privacy_budget": {"epsilon": given.epsilon, "delta": given.delta}}
 
 
-def protection_job() -> dict:
-    """Step 8: the coordinator's job service, which answers UNIMPLEMENTED until the protection job is built."""
+REVIEWER_TASTE = (0.78, 0.85)  # the intensities the scripted reviewer accepts; the coordinator never sees it
+
+
+def protection_job(generator: str, dataset_version: str) -> dict:
+    """Step 8: the main job through the coordinator's public API. A scripted reviewer looks at each round's
+    preview (what changed, what it cost), answers more or less privacy until the intensity suits it, and accepts;
+    the coordinator then anonymizes the whole dataset at that intensity, commits it and writes the report."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
     key = (OUT / "tenant-api-key").read_text().strip()
-    stub = job_service_pb2_grpc.JobServiceStub(open_channel(layout.endpoint("coordinator").target, key))
-    try:
-        listed = stub.ListProtectionJobs(job_service_pb2.ListProtectionJobsRequest(), timeout=10)
-    except grpc.RpcError as exc:
-        err = UmbraRpcError.from_rpc_error(exc)
-        if err.code != grpc.StatusCode.UNIMPLEMENTED:
-            raise
-        print(f"   ListProtectionJobs -> {err.code.name}: {err.message}")
-        return {"code": err.code.name, "message": err.message}
-    print(f"   ListProtectionJobs answers: {len(listed.jobs)} job(s)")
-    return {"code": "OK", "jobs": len(listed.jobs)}
+    channel = open_channel(layout.endpoint("coordinator").target, key)
+    stub = job_service_pb2_grpc.JobServiceStub(channel)
+    model, number = generator.removeprefix("models/").split("/versions/")
+    dataset, version = dataset_version.removeprefix("datasets/").split("/versions/")
+    spec = job_service_pb2.ProtectionJobSpec(
+        dataset=refs_pb2.DatasetRef(dataset=f"datasets/{dataset}", version=int(version)),
+        protected_attributes=["gender"], kept_attributes=["skin_tone"], preview_size=8, seed=0,
+        generator=refs_pb2.ModelRef(model=f"models/{model}", version=int(number)),
+        budget=privacy_pb2.PrivacyBudget(epsilon=DEMO_BUDGET, delta=DEMO_DELTA))
+    job_id = f"protect-{secrets.token_hex(3)}"
+    op = stub.CreateProtectionJob(job_service_pb2.CreateProtectionJobRequest(
+        job_id=job_id, spec=spec, request_id=str(uuid.uuid4())), timeout=60).operation
+    name = f"jobs/{job_id}"
+    print(f"   {name} started ({op.name}): protect gender, keep skin tone, 8 test faces per preview", flush=True)
+    low, high = REVIEWER_TASTE
+    rounds = []
+    while True:
+        shown = _shown_preview(stub, name)
+        r = shown.round
+        changed = sum(1 for pair in shown.pairs for a in pair.released_attributes if a.attribute == "gender"
+                      and a.category != _gender_of(pair.original.sample_key))
+        pixels = [np.abs(np.asarray(Image.open(io.BytesIO(p.original.data)).convert("RGB").resize((32, 32)),
+                                    dtype=float) - np.asarray(Image.open(io.BytesIO(p.anonymized.data))
+                                                              .convert("RGB"), dtype=float)).mean()
+                  for p in shown.pairs]
+        answer = (job_service_pb2.FEEDBACK_MORE_PRIVACY if r.intensity < low else
+                  job_service_pb2.FEEDBACK_LESS_PRIVACY if r.intensity > high else job_service_pb2.FEEDBACK_ACCEPT)
+        words = job_service_pb2.Feedback.Name(answer).removeprefix("FEEDBACK_").lower().replace("_", " ")
+        print(f"   round {len(rounds) + 1} at intensity {r.intensity:.4f}: released gender differs for {changed} of "
+              f"{len(shown.pairs)}, mean pixel change {np.mean(pixels):.1f}/255, a face recognizer re-identifies "
+              f"{r.risk['reid_rank1']:.0%} (rank 1 among {r.risk['reid_gallery']:.0f}), epsilon "
+              f"{r.privacy_cost.epsilon:.4g} (budget left {r.budget_left.epsilon:.4g}) -> the reviewer answers: "
+              f"{words}", flush=True)
+        rounds.append({"intensity": r.intensity, "answer": words, "gender_changed": changed,
+                       "reid_rank1": r.risk["reid_rank1"], "epsilon": r.privacy_cost.epsilon,
+                       "mean_pixel_change": float(np.mean(pixels))})
+        stub.SubmitFeedback(job_service_pb2.SubmitFeedbackRequest(round=r.name, feedback=answer,
+                                                                  request_id=str(uuid.uuid4())), timeout=60)
+        if answer == job_service_pb2.FEEDBACK_ACCEPT:
+            break
+    job = OperationsClient(channel).result(op.name, job_service_pb2.ProtectionJob, progress=True, poll_seconds=1)
+    report = stub.GetReport(job_service_pb2.GetReportRequest(job=name), timeout=60)
+    folder = OUT / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_bytes(report.json_content)
+    (folder / "report.html").write_bytes(report.html_content)
+    metrics = dict(report.metrics)
+    anonymized = f"{job.anonymized_dataset.dataset}/versions/{job.anonymized_dataset.version}"
+    print(f"   accepted intensity {job.accepted_intensity:.4f} after {len(rounds)} rounds (the reviewer's taste, "
+          f"kept from the coordinator: {low}-{high}); {anonymized} committed")
+    print(f"   epsilon per person, every preview and the dataset composed: {metrics['epsilon_total']:.4g} "
+          f"(previews {metrics['preview_epsilon_share']:.0%} of it)")
+    print(f"   the report: {folder / 'report.html'}")
+    return {"job": name, "rounds": rounds, "accepted_intensity": job.accepted_intensity, "anonymized": anonymized,
+            "metrics": metrics, "report": str(folder / "report.html")}
+
+
+def _shown_preview(stub, name: str, timeout: float = 600) -> job_service_pb2.GetPreviewResponse:
+    """The preview of the job's current round once it is shown (an answered round is not shown again)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            shown = stub.GetPreview(job_service_pb2.GetPreviewRequest(job=name), timeout=60)
+            if shown.round.feedback == job_service_pb2.FEEDBACK_UNSPECIFIED:
+                return shown
+        except grpc.RpcError as exc:
+            if UmbraRpcError.from_rpc_error(exc).reason != "ROUND_NOT_READY":
+                raise
+        time.sleep(0.5)
+    raise TimeoutError(f"{name} showed no preview within {timeout:.0f} s")
+
+
+def _gender_of(key: str) -> str:
+    """A sample's gender label in the exported original dataset (step 3)."""
+    return _labels(OUT / "faces-export").get(key, "")
 
 
 if __name__ == "__main__":

@@ -123,13 +123,14 @@ def test_a_failed_job_releases_its_reservation(system):
         cds.CreateDatasetVersionRequest(parent="datasets/faces", shard_count=1), timeout=30).dataset_version
     settings = an.AnonymizationSettings(generator=refs_pb2.ModelRef(model="models/broken-gen", version=1),
                                         protected_attributes=["gender"], intensity=0.9, steps=2, seed=2)
+    number = int(reserved.name.rsplit("/", 1)[1])
     op = anonymizer_service_pb2_grpc.AnonymizerServiceStub(a).AnonymizeDataset(an.AnonymizeDatasetRequest(
         settings=settings, dataset=FACES_V1, output_dataset="datasets/faces",
-        output_version=int(reserved.name.rsplit("/", 1)[1]), request_id="dataset-broken"), timeout=60).operation
+        output_version=number, request_id="dataset-broken"), timeout=60).operation
     with pytest.raises(OperationFailed):
         OperationsClient(a).result(op.name, an.AnonymizationResult, poll_seconds=0.5, timeout=120)
     entry = next(e for e in ledger(coordinator).ListLedgerEntries(ls.ListLedgerEntriesRequest(), timeout=30).entries
-                 if e.request_id == "anonymizer/AnonymizeDataset/dataset-broken")
+                 if e.request_id.startswith(f"anonymizer/AnonymizeDataset/datasets/faces/versions/{number}/"))
     assert entry.state == privacy_pb2.PRIVACY_CHARGE_STATE_RELEASED
     after = ledger(coordinator).GetPrivacyBalance(ls.GetPrivacyBalanceRequest(), timeout=30)
     assert after.spent.epsilon == before.spent.epsilon and after.reserved_entries == 0

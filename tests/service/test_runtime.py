@@ -27,7 +27,7 @@ from umbra.runtime.errors import InvalidInput
 from umbra.runtime.server import create_server
 
 CONTRACT = {
-    "coordinator": "umbra.coordinator.v1.JobService",  # still unbuilt: a call that passes auth gets UNIMPLEMENTED
+    "coordinator": "umbra.coordinator.v1.JobService",
     "anonymizer": "umbra.anonymizer.v1.AnonymizerService",
     "distortion": "umbra.distortion.v1.DistortionService",
     "training": "umbra.training.v1.TrainingService",
@@ -44,9 +44,10 @@ def sleeper(tmp_path):
     running.stop(grace=0)
 
 
-# What an empty request gets once it passes authentication: UNIMPLEMENTED from an RPC not built yet (the
-# first of the service), or, where every RPC is built, the servicer's own refusal of the empty request.
-REACHED = {"training": ("GetModelVersion", grpc.StatusCode.INVALID_ARGUMENT, "name: must look like"),
+# What an empty request gets once it passes authentication: the servicer's own refusal of the empty request
+# (every RPC is built; one that was not would answer UNIMPLEMENTED, reason NOT_BUILT_YET).
+REACHED = {"coordinator": ("GetProtectionJob", grpc.StatusCode.INVALID_ARGUMENT, "name: must look like"),
+           "training": ("GetModelVersion", grpc.StatusCode.INVALID_ARGUMENT, "name: must look like"),
            "distortion": ("DistortDataset", grpc.StatusCode.INVALID_ARGUMENT, "copies: is 0"),
            "anonymizer": ("TrainGenerator", grpc.StatusCode.INVALID_ARGUMENT, "model: must look like"),
            "unlearning": ("Unlearn", grpc.StatusCode.INVALID_ARGUMENT, "model: needs model")}
@@ -117,7 +118,7 @@ def test_revoked_key_is_refused(all_services, tmp_path):
     method = unbuilt_method("coordinator")
     with pytest.raises(grpc.RpcError) as err:
         raw_call(coordinator.channel(credential=key), method, b"", timeout=5)
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED  # accepted
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # accepted: the servicer refused the empty request
     keys.revoke("acme", key_id)
     with pytest.raises(grpc.RpcError) as err:
         raw_call(coordinator.channel(credential=key), method, b"", timeout=5)

@@ -64,3 +64,11 @@ def test_object_key_parts_are_matched_whole():
     assert keys.parse_version_key("datasets/faces/v12/upload/shards/shard-000000.tar") == (
         "faces", 12, "upload/shards/shard-000000.tar")
     assert keys.parse_version_key("datasets/faces/v١/x") is None
+
+
+def test_publication_names():
+    assert names.publication("publications/gender-api") == "gender-api"
+    for bad in ("", "publications/", "publications/a/b", "publication/gender-api", "publications/Gender",
+                "publications/gender-api\n"):
+        with pytest.raises(InvalidInput, match="^name: "):
+            names.publication(bad)

@@ -7,6 +7,9 @@
     umbra operations list|get|wait|cancel   long-running operations on the coordinator
     umbra tenants create|list               tenants (admin key: UMBRA_ADMIN_KEY or $UMBRA_HOME/secrets/admin-key)
     umbra datasets upload|list|show|export|delete   datasets (tenant key: UMBRA_API_KEY)
+    umbra jobs create|list|show|preview|feedback|rounds|report   protection jobs (tenant key)
+    umbra ledger balance|entries            the privacy budget: spent, left, every charge (tenant key)
+    umbra models publish|publications|withdraw|predict   models on the inference server (tenant key)
 """
 
 from __future__ import annotations
@@ -85,9 +88,10 @@ def parser() -> argparse.ArgumentParser:
         if action == "wait":
             cmd.add_argument("--timeout", type=float, default=None, help="seconds (default: until done)")
     ops.set_defaults(func=_operations)
-    from umbra.cli import models, resources
+    from umbra.cli import jobs, models, resources
 
     resources.add_commands(sub)
+    jobs.add_commands(sub)
     models.add_commands(sub)
     return p
 

@@ -1,7 +1,11 @@
-"""`umbra models predict`: classify images with a model published on the inference server (Triton, over gRPC
-with tritonclient). The images are read, resized to the size the served model takes, and sent in batches.
+"""`umbra models …`: publish model versions to the inference server through the coordinator's ModelService (tenant
+API key), list and withdraw the publications, and classify images with a published model (Triton, over gRPC with
+tritonclient: the images are read, resized to the size the served model takes, and sent in batches).
 
+    umbra models publish models/gender/versions/3 --id gender     # waits until Triton serves acme.gender
+    umbra models publications
     umbra models predict --model acme.gender face1.png faces/ --classes male,female
+    umbra models withdraw gender
 """
 
 from __future__ import annotations
@@ -86,13 +90,79 @@ def predict(args) -> int:
     return 0
 
 
+def _model_version(text: str):
+    """A ModelRef from 'models/{model}/versions/{n}'; SystemExit otherwise."""
+    from umbra.common.v1 import refs_pb2
+
+    parts = text.split("/")
+    if len(parts) != 4 or parts[0] != "models" or parts[2] != "versions" or not parts[3].isdigit():
+        raise SystemExit(f"umbra models publish: {text!r} is not a model version (models/<model>/versions/<n>)")
+    return refs_pb2.ModelRef(model=f"models/{parts[1]}", version=int(parts[3]))
+
+
+def _line(p) -> str:
+    from umbra.coordinator.v1 import model_service_pb2 as ms
+
+    state = ms.Publication.State.Name(p.state).removeprefix("STATE_").lower()
+    return f"{p.name:40} {p.served_model_name:40} {p.model.model}/versions/{p.model.version}  {state}  {p.endpoint}"
+
+
+def publications(args) -> int:
+    """publish, publications and withdraw: the coordinator's ModelService."""
+    from umbra.client import Client
+    from umbra.client.errors import OperationFailed, UmbraRpcError
+    from umbra.client.operations import call
+    from umbra.coordinator.v1 import model_service_pb2 as ms
+
+    with Client() as client:
+        try:
+            if args.action == "publish":
+                request = ms.PublishModelRequest(publication_id=args.id, model=_model_version(args.model_version))
+                op = call(client.models.PublishModel, request, timeout=client.timeout).operation
+                print(f"{op.name}: publishing {args.model_version} as publications/{args.id}", file=sys.stderr)
+                published = client.operations.result(op.name, ms.Publication, timeout=args.timeout, progress=True,
+                                                     poll_seconds=1)
+                print(f"{published.name}: {published.served_model_name} served at {published.endpoint}")
+            elif args.action == "publications":
+                token = ""
+                while True:
+                    page = call(client.models.ListPublications, ms.ListPublicationsRequest(page_token=token),
+                                timeout=client.timeout)
+                    for p in page.publications:
+                        print(_line(p))
+                    token = page.next_page_token
+                    if not token:
+                        break
+            else:
+                name = args.id if args.id.startswith("publications/") else f"publications/{args.id}"
+                call(client.models.DeletePublication, ms.DeletePublicationRequest(name=name),
+                     timeout=client.timeout + 60)
+                print(f"{name} withdrawn: the inference server no longer serves it")
+        except (UmbraRpcError, OperationFailed, TimeoutError) as exc:
+            print(f"umbra models {args.action}: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    m = sub.add_parser("models", help="use models published on the inference server")
+    m = sub.add_parser("models", help="publish models to the inference server, list and withdraw them, and "
+                                      "classify images with them")
     m_sub = m.add_subparsers(dest="action", required=True)
+    pub = m_sub.add_parser("publish", help="publish a model version to the inference server (waits until it is "
+                                           "served)")
+    pub.add_argument("model_version", help="models/<model>/versions/<n>")
+    pub.add_argument("--id", required=True, help="the publication's id (3-63 lower-case letters, digits and '-'); "
+                                                 "Triton serves it as <tenant>.<id>")
+    pub.add_argument("--timeout", type=float, default=None, help="seconds to wait (default: until done)")
+    pub.set_defaults(func=publications)
+    m_sub.add_parser("publications", help="list your publications and their state").set_defaults(func=publications)
+    w = m_sub.add_parser("withdraw", help="withdraw a publication: the inference server stops serving it")
+    w.add_argument("id", help="the publication's id (or publications/<id>)")
+    w.set_defaults(func=publications)
     p = m_sub.add_parser("predict", help="classify images with a published model (Triton, gRPC)")
     p.add_argument("images", nargs="+", help="image files or folders of images")
-    p.add_argument("--model", required=True, help="the served model name, as ExportModelVersion returned it "
-                                                  "(<tenant>.<name>)")
+    p.add_argument("--model", required=True, help="the served model name, as `umbra models publish` printed it "
+                                                  "(<tenant>.<id>)")
     p.add_argument("--endpoint", default=os.environ.get("UMBRA_INFERENCE_URL") or DEFAULT_ENDPOINT,
                    help=f"the inference server's gRPC address (default: $UMBRA_INFERENCE_URL or {DEFAULT_ENDPOINT})")
     p.add_argument("--classes", help="class names in output order, comma-separated (as in the model's record)")

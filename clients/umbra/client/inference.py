@@ -8,6 +8,7 @@ come back as `tritonclient.utils.InferenceServerException`, whose message says w
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -92,5 +93,26 @@ def wait_until_ready(url: str, model_name: str, timeout: float = 60.0) -> bool:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.25)
+    finally:
+        client.close()
+
+
+def readiness(url: str, model_names: Iterable[str], timeout: float = 2.0) -> dict[str, bool] | None:
+    """For each model name, whether the server at `url` serves it now (over one connection); None when the server
+    does not answer. `timeout` (seconds) bounds each call."""
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        try:
+            if not client.is_server_live(client_timeout=timeout):
+                return None
+        except InferenceServerException:
+            return None
+        answers = {}
+        for name in model_names:
+            try:
+                answers[name] = bool(client.is_model_ready(name, client_timeout=timeout))
+            except InferenceServerException:
+                answers[name] = False  # a model the server does not know
+        return answers
     finally:
         client.close()

@@ -1,7 +1,16 @@
 """Anonymizing a whole dataset version into a new one, shard by shard and resumably (umbra.storage.derived).
 
-    job = plan(store, bucket, reader, request, output=("faces", 3), fingerprint=...)   # checks, no compute
-    result = run(job, net, progress=..., cancelled=...)
+    job = plan(store, bucket, reader, request, output=("faces", 3), fingerprint=..., shards=None)  # no compute
+    result = run(job, load_net, progress=..., cancelled=...)
+
+Output shard i holds the samples [256 i, 256 i + 256) of the plan's sample list (the source manifest's samples
+that have a value for every protected and kept attribute, in manifest order; `shard_count` says how many shards
+that makes), and its bytes are a function of the source version, the settings, the seed and i alone: each
+sample's released values come from its own generator (`sample_rng`: seed and key), each batch's image noise from
+one seeded by the seed and the batch's first sample index. So any replica writes the same bytes for a shard,
+whichever other shards it writes or finds. `shards` splits the work across replicas: a run given shard indices
+writes those shards and their parts only; a run without (all shards) reuses every part it finds, writes the
+rest, then the record and the upload manifest.
 
 The new version keeps every sample's key and split and the kept attributes' labels; each protected attribute's
 label is its RELEASED value, and any other label or attribute is dropped (the generator may have changed what
@@ -16,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 
@@ -34,6 +43,7 @@ from umbra.storage.derived import DerivedVersion, png
 log = logging.getLogger(__name__)
 BATCH = 64
 BATCHES_PER_SHARD = 4
+SHARD_SAMPLES = BATCH * BATCHES_PER_SHARD
 
 
 @dataclass(frozen=True)
@@ -43,10 +53,11 @@ class Job:
     samples: list[mf.Sample]
     left_out: int  # samples without a value for a protected or kept attribute
     out: DerivedVersion
+    shards: tuple[int, ...] | None = None  # the output shards this run writes (parts only); None: all, then finish
 
     @property
     def chunks(self) -> list[range]:
-        n, size = len(self.samples), BATCH * BATCHES_PER_SHARD
+        n, size = len(self.samples), SHARD_SAMPLES
         return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
 
@@ -55,7 +66,7 @@ class Result:
     samples: int
     left_out: int
     shards: int
-    record_key: str
+    record_key: str  # "" for a run given `shards` (parts only: the run without finishes the version)
     manifest_key: str
 
 
@@ -64,12 +75,31 @@ def sample_rng(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")])
 
 
+def batch_generator(seed: int, start: int) -> torch.Generator:
+    """The image noise of the batch whose first sample is the plan's sample `start` (a batch never crosses a
+    shard, so this is fixed by the shard and the batch's place in it)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + start)
+
+
+def _complete(sample: mf.Sample, needed: list[str]) -> bool:
+    return all(name in sample.labels for name in needed)
+
+
+def shard_count(samples: Iterable[mf.Sample], attributes: Iterable[str]) -> int:
+    """How many output shards anonymizing these source samples writes, protecting and keeping `attributes`
+    (the names, protected and kept alike): the plan's rule, for a caller that splits the work before asking."""
+    needed = list(attributes)
+    return -(-sum(_complete(s, needed) for s in samples) // SHARD_SAMPLES)
+
+
 def plan(store: ObjectStore, bucket: str, reader: DatasetReader, request: Request, *, output: tuple[str, int],
-         fingerprint: str) -> Job:
+         fingerprint: str, shards: list[int] | None = None) -> Job:
+    """`shards`: the output shard indices to write (parts only), or None for all and the finished version. The
+    fingerprint must not depend on `shards`: every run into one version must be the same request."""
     needed = [a.name for a in (*request.protected, *request.kept)]
     samples, left_out = [], 0
     for sample in reader.samples():
-        if all(name in sample.labels for name in needed):
+        if _complete(sample, needed):
             for attribute in (*request.protected, *request.kept):
                 attribute.index(sample.labels[attribute.name])  # a value the generator does not know: refused now
             samples.append(sample)
@@ -77,29 +107,40 @@ def plan(store: ObjectStore, bucket: str, reader: DatasetReader, request: Reques
             left_out += 1
     if not samples:
         raise InvalidInput("dataset", f"no sample has a value for every one of {', '.join(needed)}")
+    count = -(-len(samples) // SHARD_SAMPLES)
+    if shards is not None:
+        seen: set[int] = set()
+        for index in shards:
+            if not 0 <= index < count:
+                raise InvalidInput("shards", f"{index} is not a shard of this anonymization: it writes {count} "
+                                             f"shard{'s' if count > 1 else ''} (0 to {count - 1})")
+            if index in seen:
+                raise InvalidInput("shards", f"names shard {index} twice")
+            seen.add(index)
     out = DerivedVersion(store, bucket, (reader.dataset, reader.version), output, fingerprint, kind="anonymization")
     out.check()
-    return Job(reader, request, samples, left_out, out)
+    return Job(reader, request, samples, left_out, out, None if shards is None else tuple(sorted(shards)))
 
 
-def run(job: Job, net, *, progress: Callable[[int, int, int], None] = lambda done, total, shards: None,
+def run(job: Job, net: Callable[[], torch.nn.Module], *,
+        progress: Callable[[int, int, int], None] = lambda done, total, shards: None,
         cancelled: Callable[[], bool] = lambda: False) -> Result:
-    """Writes the anonymized version; progress(images_done, images_total, shards_done)."""
-    job.out.claim()
+    """Writes the run's shards (every shard an earlier run finished is reused) and, without `job.shards`, the
+    record and the upload manifest. `net()` loads the generator, called only when a shard is left to compute;
+    progress(images_done, images_total, shards_done), counting the run's own shards."""
     chunks = job.chunks
-    size = job.reader.header.image_size
-    wanted = {s.key: i for i, s in enumerate(job.samples)}
+    chosen = range(len(chunks)) if job.shards is None else job.shards
+    if job.shards is not None and job.out.staged():  # a late replica: the version was finished without it
+        return Result(sum(len(chunks[c]) for c in chosen), job.left_out, len(chosen), "", "")
+    finished = {c: job.out.finished(mf.shard_name(c)) for c in chosen}
+    todo = [c for c in chosen if finished[c] is None]
+    model = net() if todo else None
+    job.out.claim()
+    images, offsets = _load(job, {c: chunks[c] for c in todo})
+    total = sum(len(chunks[c]) for c in chosen)
     parts, done = [], 0
-    todo = {mf.shard_name(c): chunk for c, chunk in enumerate(chunks)}
-    finished = {shard: job.out.finished(shard) for shard in todo}
-    images = torch.empty((len(job.samples), 3, size, size), dtype=torch.uint8)
-    if any(part is None for part in finished.values()):
-        pixels = images.numpy()
-        for sample, data in job.reader.iter_images():
-            if sample.key in wanted:
-                pixels[wanted[sample.key]] = decode(data, size)
-    for c, (shard, chunk) in enumerate(todo.items()):
-        part = finished[shard]
+    for n, c in enumerate(chosen):
+        chunk, part = chunks[c], finished[c]
         if part is None:
             entries = []
             for start in range(chunk.start, chunk.stop, BATCH):
@@ -107,21 +148,42 @@ def run(job: Job, net, *, progress: Callable[[int, int, int], None] = lambda don
                     raise Cancelled("the anonymization was cancelled; the shards written so far are kept for a "
                                     "rerun of the same request")
                 batch = range(start, min(start + BATCH, chunk.stop))
-                entries += _anonymize_batch(job, net, batch, images, c)
-                progress(done + batch.stop - chunk.start, len(job.samples), c)
-            part = job.out.write_shard(shard, entries)
+                at = offsets[c] + start - chunk.start
+                entries += _anonymize_batch(job, model, batch, images[at:at + len(batch)])
+                progress(done + batch.stop - chunk.start, total, n)
+            part = job.out.write_shard(mf.shard_name(c), entries)
         parts.append(part)
         done += len(chunk)
-        progress(done, len(job.samples), c + 1)
+        progress(done, total, n + 1)
+    if job.shards is not None:
+        return Result(done, job.left_out, len(parts), "", "")
     return _finish(job, parts)
 
 
-def _anonymize_batch(job: Job, net, batch: range, images: torch.Tensor, shard: int) -> list[tuple]:
+def _load(job: Job, chunks: dict[int, range]) -> tuple[torch.Tensor, dict[int, int]]:
+    """The source images of the chunks' samples, decoded at the source's size, chunk after chunk (and where each
+    chunk starts); only the source shards that hold one of them are read."""
+    size = job.reader.header.image_size
+    offsets, slot, n = {}, {}, 0
+    for c, chunk in chunks.items():
+        offsets[c] = n
+        for i in chunk:
+            slot[job.samples[i].key] = n
+            n += 1
+    images = torch.empty((n, 3, size, size), dtype=torch.uint8)
+    if n:
+        pixels = images.numpy()
+        for sample, data in job.reader.iter_images(only=slot):
+            pixels[slot[sample.key]] = decode(data, size)
+    return images, offsets
+
+
+def _anonymize_batch(job: Job, net, batch: range, images: torch.Tensor) -> list[tuple]:
     request = job.request
     samples = [job.samples[i] for i in batch]
-    generator = torch.Generator().manual_seed(request.seed * 1_000_003 + batch.start)
-    out, released = anonymize(net, request, images[batch.start:batch.stop], [s.labels for s in samples],
-                              [sample_rng(request.seed, s.key) for s in samples], generator)
+    out, released = anonymize(net, request, images, [s.labels for s in samples],
+                              [sample_rng(request.seed, s.key) for s in samples],
+                              batch_generator(request.seed, batch.start))
     kept = {a.name for a in request.kept}
     entries = []
     for i, sample in enumerate(samples):

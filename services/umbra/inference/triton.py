@@ -11,8 +11,9 @@ process; Triton talks to them through PyTriton's proxy (a python-backend stub pe
 
 Command line: `python -m umbra.inference.triton --model-dir DIR [--grpc-port P]` serves every model folder
 under DIR (the folder name is the model name) until SIGTERM or SIGINT. With `--store` instead, it serves the
-model versions published in object storage (umbra.inference.publications) and loads new ones as they are
-published, without a restart (Triton's explicit model control, through PyTriton's bind after start).
+model versions published in object storage (umbra.inference.publications), loads new ones as they are
+published and unloads withdrawn ones, without a restart (Triton's explicit model control, through PyTriton's
+bind after start).
 
 The python-backend stub links against libpython from the loader's default path. When this interpreter is
 not the system one (pyenv), the stub would load the system libpython with this interpreter's stdlib and the
@@ -40,9 +41,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import tritonclient.grpc as grpcclient
+from pytriton.client.auth import create_auth_headers
 from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, Tensor
 from pytriton.model_config import ModelConfig as TritonModelConfig
+from pytriton.proxy.data import TensorStore
 from pytriton.triton import Triton, TritonConfig
 from safetensors.torch import load_file
 from torch import nn
@@ -287,6 +291,40 @@ class InferenceServer:
             self.configs[served.name] = served.config
         logger.info("now serving %s", served.name)
 
+    def remove(self, name: str) -> None:
+        """Stop serving one model: Triton unloads it and its proxy stops. PyTriton 0.7 has no public way to
+        unbind a model, so this does what its ModelManager.clean does for every model, for one: the proxy's
+        observers and handlers first (else the stub's exit would read as the runtime dying and stop the server),
+        then Triton's unload (model control takes PyTriton's access token), then the model leaves the manager's
+        registry (whose models must all be alive for the server to count as running). The same name can be
+        added again afterwards."""
+        with self._lock:
+            if self._triton is None:
+                raise RuntimeError("the inference server is not started")
+            if name not in self.models:
+                raise ValueError(f"model {name!r} is not served")
+            manager = self._triton._model_manager
+            key, bound = next((k, m) for k, m in manager._models.items() if m.model_name == name)
+            tensor_store = getattr(bound._serializer_deserializer, "_tensor_store", None)
+            try:
+                bound.clean()
+                # PyTriton keeps one TensorStore per data socket (<workspace>/<model>-data.sock) for the process's
+                # life; a model loaded again under this name gets a new socket server with a new key, so the
+                # closed one must not be handed out again.
+                for address, instance in list(TensorStore._instances.items()):
+                    if instance is tensor_store:
+                        del TensorStore._instances[address]
+                client = grpcclient.InferenceServerClient(self.grpc_url)
+                try:
+                    client.unload_model(name, headers=create_auth_headers(self._triton.get_access_token(), "grpc"),
+                                        client_timeout=60.0)
+                finally:
+                    client.close()
+            finally:  # its proxy is gone either way: a model left in the registry would read as a dead server
+                del manager._models[key]
+                del self.models[name], self.configs[name]
+        logger.info("no longer serving %s", name)
+
     def stop(self) -> None:
         """Stop Triton (in-flight requests get a few seconds) and remove the workspace; safe to call twice."""
         triton, self._triton = self._triton, None
@@ -303,12 +341,20 @@ class InferenceServer:
 
 
 def sync_publications(server: InferenceServer, store, tried: dict[str, str]) -> None:
-    """Loads every publication in `store` that `server` does not serve yet. `tried` maps a Triton name to the
-    entry (etag) last tried, so an entry that failed to load is logged once, not on every poll."""
+    """Makes `server` serve what is published in `store`: loads every publication it does not serve yet and
+    unloads those withdrawn (or replaced by another entry under the same name). `tried` maps a Triton name to the
+    entry (etag) last tried, so an entry that failed to load is logged and recorded once, not on every poll."""
     from umbra.inference import publications
 
-    for publication, etag in publications.list_all(store):
-        name = publication.triton_name
+    current = {p.triton_name: (p, etag) for p, etag in publications.list_all(store)}  # all read before any change
+    for name in [n for n in tried if current.get(n, (None, None))[1] != tried[n]]:
+        del tried[name]
+        if name in server.models:
+            try:
+                server.remove(name)
+            except Exception as e:  # noqa: BLE001 - keep serving the others
+                logger.error("cannot stop serving %s: %s", name, e)
+    for name, (publication, etag) in current.items():
         if name in server.models or tried.get(name) == etag:
             continue
         tried[name] = etag
@@ -318,6 +364,10 @@ def sync_publications(server: InferenceServer, store, tried: dict[str, str]) -> 
         except Exception as e:  # noqa: BLE001 - one bad publication must not stop the others being served
             logger.error("cannot serve %s (tenant %s, models/%s/versions/%d): %s", name, publication.tenant,
                          publication.model, publication.version, e)
+            try:
+                publications.record_failure(store, publication, str(e))
+            except Exception as write_error:  # noqa: BLE001 - the log above says it all the same
+                logger.warning("cannot record that %s failed to load: %s", name, write_error)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

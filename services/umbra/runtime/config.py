@@ -92,6 +92,8 @@ class ServiceConfig:
     training_url: str = ""
     # The coordinator (gRPC host:port), whose privacy ledger the workers charge before work that spends privacy.
     coordinator_url: str = ""
+    # The anonymizer replicas (gRPC host:port each) the coordinator's protection jobs call.
+    anonymizer_urls: tuple[str, ...] = ()
     # Bounds on what one call and one tenant may hold (the interceptor enforces them; docs/configuration.md).
     # A client stream (UploadDatasetChunk, reflection) that sends no message for this long is ended.
     stream_idle_seconds: float = 30.0
@@ -153,6 +155,8 @@ class ServiceConfig:
             inference_url=env.get("UMBRA_INFERENCE_URL", ""),
             training_url=env.get("UMBRA_TRAINING_URL") or layout.endpoint("training", env).target,
             coordinator_url=env.get("UMBRA_COORDINATOR_URL") or layout.endpoint("coordinator", env).target,
+            anonymizer_urls=tuple(u.strip() for u in env.get("UMBRA_ANONYMIZER_URLS", "").split(",") if u.strip())
+            or (layout.endpoint("anonymizer", env).target,),
             stream_idle_seconds=_number(env, "UMBRA_STREAM_IDLE_SECONDS", 30.0, minimum=1, integer=False),
             stream_max_seconds=_number(env, "UMBRA_STREAM_MAX_SECONDS", 900.0, minimum=1, integer=False),
             tenant_max_calls=int(_number(env, "UMBRA_TENANT_MAX_CALLS", max(1, workers // 4), minimum=1,

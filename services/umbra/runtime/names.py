@@ -4,6 +4,7 @@ in every error, and an id is only ever returned validated (object keys are built
     model = names.model("models/faces-cnn", "model")                         # "faces-cnn"
     model, version = names.model_version("models/faces-cnn/versions/3")     # ("faces-cnn", 3)
     dataset, version = names.dataset_version("datasets/faces/versions/2")   # ("faces", 2)
+    publication = names.publication("publications/gender-api")              # "gender-api"
 """
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ def dataset(name: str, field: str = "name") -> str:
 def dataset_version(name: str, field: str = "name") -> tuple[str, int]:
     """(id, version) of 'datasets/{dataset}/versions/{version}'."""
     return _parse(name, "datasets", field, versioned=True)
+
+
+def publication(name: str, field: str = "name") -> str:
+    """The id in 'publications/{publication}'."""
+    return _parse(name, "publications", field, versioned=False)[0]
 
 
 def tenant(name: str, field: str = "name") -> str:

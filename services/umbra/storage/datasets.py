@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field, replace
 
 from umbra.dataset import images, manifest as mf
@@ -176,11 +176,16 @@ class DatasetReader:
             _, samples = mf.loads(_lines(stream))
             yield from samples
 
-    def iter_images(self, *, split: str | None = None) -> Iterator[tuple[mf.Sample, bytes]]:
+    def iter_images(self, *, split: str | None = None,
+                    only: Container[str] | None = None) -> Iterator[tuple[mf.Sample, bytes]]:
         """(sample, encoded image) shard by shard; each shard's SHA-256 is checked as it streams. The manifest
-        lists samples grouped by shard, so only one shard's manifest lines are held at a time."""
+        lists samples grouped by shard, so only one shard's manifest lines are held at a time. With `only` (keys),
+        only those samples, and a shard that holds none of them is not read."""
         for shard, group in itertools.groupby(self.samples(), key=lambda s: s.shard):
-            wanted = {s.key: s for s in group if split is None or s.split == split}
+            wanted = {s.key: s for s in group
+                      if (split is None or s.split == split) and (only is None or s.key in only)}
+            if only is not None and not wanted:
+                continue
             stream = self.store.open(self.bucket, keys.shard(self.dataset, self.version, shard),
                                      expected_sha256=self.header.shard_sha256.get(shard, ""))
             with stream:

@@ -7,6 +7,7 @@ every shard and makes it visible (versions are numbered and published by the coo
     out.check()                         # before compute: not the source, not committed, not another request's
     out.claim()                         # when the work starts
     part = out.finished(shard) or out.write_shard(shard, [(sample, png, record_row), ...])
+    out.staged()                        # whether the upload manifest is written (the work is finished)
     out.finish(parts, header, record)   # the private record, then the upload manifest
 
 What is written under `datasets/<d>/v<n>/`: the shards and `upload/manifest.jsonl`, staged under `upload/` (the
@@ -78,6 +79,10 @@ class DerivedVersion:
     def claim(self) -> None:
         self.store.put(self.bucket, self.key(RUN), json.dumps({"fingerprint": self.fingerprint}).encode(),
                        content_type="application/json")
+
+    def staged(self) -> bool:
+        """Whether the upload manifest is written (every shard is, and their parts are gone)."""
+        return self.store.stat(self.bucket, keys.upload_manifest(*self.output)) is not None
 
     def finished(self, shard: str) -> dict | None:
         """The part of a shard an earlier run finished, or None."""

@@ -71,7 +71,7 @@ class ProtectionJob(_message.Message):
     def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[ProtectionJob.State, str]] = ..., spec: _Optional[_Union[ProtectionJobSpec, _Mapping]] = ..., accepted_intensity: _Optional[float] = ..., privacy_spent: _Optional[_Union[_privacy_pb2.PrivacyCost, _Mapping]] = ..., anonymized_dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., distorted_dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., unlearned_model: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., operation: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ProtectionJobSpec(_message.Message):
-    __slots__ = ("dataset", "protected_attributes", "kept_attributes", "budget", "initial_intensity", "preview_size", "distortion_copies", "model", "verify_unlearning", "seed")
+    __slots__ = ("dataset", "protected_attributes", "kept_attributes", "budget", "initial_intensity", "preview_size", "distortion_copies", "model", "verify_unlearning", "seed", "generator")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     PROTECTED_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     KEPT_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,7 @@ class ProtectionJobSpec(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERIFY_UNLEARNING_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    GENERATOR_FIELD_NUMBER: _ClassVar[int]
     dataset: _refs_pb2.DatasetRef
     protected_attributes: _containers.RepeatedScalarFieldContainer[str]
     kept_attributes: _containers.RepeatedScalarFieldContainer[str]
@@ -92,7 +93,8 @@ class ProtectionJobSpec(_message.Message):
     model: _refs_pb2.ModelRef
     verify_unlearning: bool
     seed: int
-    def __init__(self, dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., protected_attributes: _Optional[_Iterable[str]] = ..., kept_attributes: _Optional[_Iterable[str]] = ..., budget: _Optional[_Union[_privacy_pb2.PrivacyBudget, _Mapping]] = ..., initial_intensity: _Optional[float] = ..., preview_size: _Optional[int] = ..., distortion_copies: _Optional[int] = ..., model: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., verify_unlearning: _Optional[bool] = ..., seed: _Optional[int] = ...) -> None: ...
+    generator: _refs_pb2.ModelRef
+    def __init__(self, dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., protected_attributes: _Optional[_Iterable[str]] = ..., kept_attributes: _Optional[_Iterable[str]] = ..., budget: _Optional[_Union[_privacy_pb2.PrivacyBudget, _Mapping]] = ..., initial_intensity: _Optional[float] = ..., preview_size: _Optional[int] = ..., distortion_copies: _Optional[int] = ..., model: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., verify_unlearning: _Optional[bool] = ..., seed: _Optional[int] = ..., generator: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ...) -> None: ...
 
 class ProtectionJobMetadata(_message.Message):
     __slots__ = ("progress", "job", "round")
@@ -115,7 +117,14 @@ class PreviewPair(_message.Message):
     def __init__(self, original: _Optional[_Union[_image_pb2.Image, _Mapping]] = ..., anonymized: _Optional[_Union[_image_pb2.Image, _Mapping]] = ..., released_attributes: _Optional[_Iterable[_Union[_image_pb2.AttributeValue, _Mapping]]] = ...) -> None: ...
 
 class FeedbackRound(_message.Message):
-    __slots__ = ("name", "intensity", "privacy_cost", "feedback", "flagged_samples", "budget_left", "create_time")
+    __slots__ = ("name", "intensity", "privacy_cost", "feedback", "flagged_samples", "budget_left", "create_time", "risk")
+    class RiskEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     INTENSITY_FIELD_NUMBER: _ClassVar[int]
     PRIVACY_COST_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +132,7 @@ class FeedbackRound(_message.Message):
     FLAGGED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     BUDGET_LEFT_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    RISK_FIELD_NUMBER: _ClassVar[int]
     name: str
     intensity: float
     privacy_cost: _privacy_pb2.PrivacyCost
@@ -130,7 +140,8 @@ class FeedbackRound(_message.Message):
     flagged_samples: _containers.RepeatedScalarFieldContainer[str]
     budget_left: _privacy_pb2.PrivacyBudget
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., intensity: _Optional[float] = ..., privacy_cost: _Optional[_Union[_privacy_pb2.PrivacyCost, _Mapping]] = ..., feedback: _Optional[_Union[Feedback, str]] = ..., flagged_samples: _Optional[_Iterable[str]] = ..., budget_left: _Optional[_Union[_privacy_pb2.PrivacyBudget, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    risk: _containers.ScalarMap[str, float]
+    def __init__(self, name: _Optional[str] = ..., intensity: _Optional[float] = ..., privacy_cost: _Optional[_Union[_privacy_pb2.PrivacyCost, _Mapping]] = ..., feedback: _Optional[_Union[Feedback, str]] = ..., flagged_samples: _Optional[_Iterable[str]] = ..., budget_left: _Optional[_Union[_privacy_pb2.PrivacyBudget, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., risk: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class CreateProtectionJobRequest(_message.Message):
     __slots__ = ("job_id", "spec", "request_id")
@@ -235,7 +246,7 @@ class GetReportRequest(_message.Message):
     def __init__(self, job: _Optional[str] = ...) -> None: ...
 
 class GetReportResponse(_message.Message):
-    __slots__ = ("report_json", "report_html", "metrics", "privacy_total")
+    __slots__ = ("report_json", "report_html", "metrics", "privacy_total", "json_content", "html_content")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -247,8 +258,12 @@ class GetReportResponse(_message.Message):
     REPORT_HTML_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     PRIVACY_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    JSON_CONTENT_FIELD_NUMBER: _ClassVar[int]
+    HTML_CONTENT_FIELD_NUMBER: _ClassVar[int]
     report_json: _refs_pb2.ObjectRef
     report_html: _refs_pb2.ObjectRef
     metrics: _containers.ScalarMap[str, float]
     privacy_total: _privacy_pb2.PrivacyCost
-    def __init__(self, report_json: _Optional[_Union[_refs_pb2.ObjectRef, _Mapping]] = ..., report_html: _Optional[_Union[_refs_pb2.ObjectRef, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., privacy_total: _Optional[_Union[_privacy_pb2.PrivacyCost, _Mapping]] = ...) -> None: ...
+    json_content: bytes
+    html_content: bytes
+    def __init__(self, report_json: _Optional[_Union[_refs_pb2.ObjectRef, _Mapping]] = ..., report_html: _Optional[_Union[_refs_pb2.ObjectRef, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., privacy_total: _Optional[_Union[_privacy_pb2.PrivacyCost, _Mapping]] = ..., json_content: _Optional[bytes] = ..., html_content: _Optional[bytes] = ...) -> None: ...

@@ -67,10 +67,12 @@ def anonymization_result_to_proto(job: anonymized_dataset.Job,
     dataset, number = job.out.output
     per_image = job.request.cost.per_image
     cost = composition.basic(list(per_image.components), "each person in the dataset (one image per person)")
-    return an.AnonymizationResult(
+    response = an.AnonymizationResult(
         anonymized=refs_pb2.DatasetRef(dataset=f"datasets/{dataset}", version=number),
-        privacy_cost=privacy_cost_to_proto(cost), image_count=result.samples, left_out=result.left_out,
-        record=refs_pb2.ObjectRef(bucket=job.out.bucket, key=result.record_key))
+        privacy_cost=privacy_cost_to_proto(cost), image_count=result.samples, left_out=result.left_out)
+    if result.record_key:  # a run given `shards` writes parts only: no record yet
+        response.record.CopyFrom(refs_pb2.ObjectRef(bucket=job.out.bucket, key=result.record_key))
+    return response
 
 
 def fingerprint(request, ignore: tuple[str, ...] = ()) -> str:
@@ -80,6 +82,13 @@ def fingerprint(request, ignore: tuple[str, ...] = ()) -> str:
     for name in ignore:
         copy.ClearField(name)
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+
+
+def dataset_charge_id(output: tuple[str, int], fingerprint: str) -> str:
+    """The ledger's name for the charge of an anonymized version: one per output version and request (less its
+    request_id and shards), so every replica's and every retry's call into the version shares it."""
+    dataset, version = output
+    return f"anonymizer/AnonymizeDataset/datasets/{dataset}/versions/{version}/sha256:{fingerprint}"
 
 
 def charge_id(kind: str, request) -> str:

@@ -7,10 +7,15 @@ Privacy: before any work that spends privacy, the charge is reserved in the coor
 budget, shared by every replica), and committed when the work is done or released when it fails:
 - TrainGenerator: the target (ε, δ) against the training dataset; committed with what the run really spent.
 - Anonymize (a preview) and AnonymizeDataset: one image's image and attribute costs against the dataset.
+  AnonymizeDataset's charge is named after the output version and the request less request_id and shards, so the
+  calls that split one version across replicas share it: a call given `shards` reserves it (refused before any
+  work when the budget is spent) and leaves it reserved; the call without `shards`, which finishes the version,
+  commits it (or releases it when it fails).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 from umbra.anonymization import anonymize as anon
@@ -163,14 +168,14 @@ class AnonymizerServicer(anonymizer_service_pb2_grpc.AnonymizerServiceServicer):
         bucket = keys.bucket(tenant)
         reader = dataset_reader(self.store, bucket, request.dataset, "dataset")
         checked = self._checked(bucket, request.settings, reader)
-        if request.shards:
-            raise InvalidInput("shards", "splitting a dataset across replicas is not supported yet: leave it empty")
         output = names.dataset(request.output_dataset or request.dataset.dataset, "output_dataset")
         if request.output_version < 1:
             raise InvalidInput("output_version", "is required: the version the coordinator reserved for the output")
+        # every call into one version (each replica's shards, the finishing call) is the same request
+        fingerprint = convert.fingerprint(request, ignore=("request_id", "shards"))
         job = anonymized_dataset.plan(self.store, bucket, reader, checked, output=(output, request.output_version),
-                                      fingerprint=convert.fingerprint(request, ignore=("request_id",)))
-        return _Charged(job, convert.charge_id("AnonymizeDataset", request))
+                                      fingerprint=fingerprint, shards=list(request.shards) if request.shards else None)
+        return _Charged(job, convert.dataset_charge_id(job.out.output, fingerprint))
 
     def _run_dataset(self, ctx: OperationContext, charged: _Charged) -> an.AnonymizationResult:
         job: anonymized_dataset.Job = charged.job
@@ -179,8 +184,12 @@ class AnonymizerServicer(anonymizer_service_pb2_grpc.AnonymizerServiceServicer):
             ctx.metadata.shards_done = shards
             ctx.report(stage="anonymizing", done=done, total=total, unit="images", message=f"{shards} shards written")
 
-        with self.ledger.settles(ctx.tenant, charged.charge):
+        def load() -> ConditionalUNet:
             ctx.report(stage="loading the generator")
-            net = self._net(job.request.generator, job.out.bucket)
-            result = anonymized_dataset.run(job, net, progress=progress, cancelled=lambda: ctx.cancelled)
+            return self._net(job.request.generator, job.out.bucket)
+
+        # a call given shards leaves the charge reserved: the call that finishes the version settles it
+        settles = self.ledger.settles(ctx.tenant, charged.charge) if job.shards is None else contextlib.nullcontext()
+        with settles:
+            result = anonymized_dataset.run(job, load, progress=progress, cancelled=lambda: ctx.cancelled)
         return convert.anonymization_result_to_proto(job, result)

@@ -1,7 +1,8 @@
 """The coordinator: Umbra's only public API. Callers present a tenant API key or the admin key.
 
-Built so far: tenants and their API keys, datasets and their versions, the privacy ledger (which the workers
-charge with the service credential). Protection jobs and publishing answer UNIMPLEMENTED until they are built.
+Tenants and their API keys, datasets and their versions, the privacy ledger (which the workers charge with the
+service credential), protection jobs (which call the anonymizer replicas with the service credential) and the
+publication of models to the inference server.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ from umbra.services.coordinator.db import CoordinatorDB
 from umbra.services.coordinator.locks import DatasetLocks
 from umbra.privacy.ledger import PrivacyLedger
 from umbra.services.coordinator.ledger import LedgerServicer
-from umbra.services.coordinator.stubs import JobServicer, ModelServicer
+from umbra.services.coordinator.models import ModelServicer
+from umbra.services.coordinator.job_records import JobRecords
+from umbra.services.coordinator.jobs import JobServicer
+from umbra.services.coordinator.protection import Anonymizers, ProtectionJobs
 from umbra.services.coordinator.tenants import TenantServicer
 from umbra.storage import open_store
 
@@ -51,15 +55,20 @@ def build(runtime: Runtime) -> Built:
     stop_sweeper = threading.Event()
     versions.start_sweeper(db, store, locks, config.upload_ttl_seconds, stop_sweeper)
     runtime.closers += [db.close, stop_sweeper.set]
+    ledger = PrivacyLedger(db.transaction)
+    records = JobRecords(db)
+    protection = ProtectionJobs(records, db, store, locks, Anonymizers(list(config.anonymizer_urls),
+                                                                       config.service_token))
     return Built(
         registrations=[
             registration(tenant_service_pb2, tenant_service_pb2_grpc, "TenantService",
                          TenantServicer(db, api_keys, store)),
             registration(dataset_service_pb2, dataset_service_pb2_grpc, "DatasetService", datasets),
-            registration(job_service_pb2, job_service_pb2_grpc, "JobService", JobServicer()),
-            registration(ledger_service_pb2, ledger_service_pb2_grpc, "LedgerService",
-                         LedgerServicer(PrivacyLedger(db.transaction))),
-            registration(model_service_pb2, model_service_pb2_grpc, "ModelService", ModelServicer()),
+            registration(job_service_pb2, job_service_pb2_grpc, "JobService",
+                         JobServicer(records, protection, store, ledger, runtime.operations)),
+            registration(ledger_service_pb2, ledger_service_pb2_grpc, "LedgerService", LedgerServicer(ledger)),
+            registration(model_service_pb2, model_service_pb2_grpc, "ModelService",
+                         ModelServicer(store, runtime.operations, inference_url=config.inference_url)),
         ],
         authenticator=TenantAuthenticator(api_keys, config.admin_key, config.service_token, INTERNAL_METHODS),
     )

@@ -7,7 +7,9 @@ from google.protobuf import timestamp_pb2
 from umbra.common.v1 import privacy_pb2, refs_pb2
 from umbra.coordinator.v1 import dataset_service_pb2 as ds
 from umbra.coordinator.v1 import ledger_service_pb2 as ls
+from umbra.coordinator.v1 import model_service_pb2 as ms
 from umbra.coordinator.v1 import tenant_service_pb2 as ts
+from umbra.inference import publications
 from umbra.privacy.ledger import Balance, Entry
 from umbra.services.convert import budget_to_proto, privacy_cost_to_proto
 from umbra.services.coordinator.db import DatasetRow, TenantRow, VersionRow
@@ -79,3 +81,16 @@ def balance_to_proto(balance: Balance) -> ls.GetPrivacyBalanceResponse:
         budget=budget_to_proto(balance.budget), spent=privacy_cost_to_proto(balance.spent),
         remaining=budget_to_proto(balance.remaining), spent_basic=privacy_cost_to_proto(balance.spent_basic),
         reserved_entries=balance.reserved_entries, committed_entries=balance.committed_entries)
+
+
+_PUBLICATION_STATES = {publications.SERVING: ms.Publication.STATE_SERVING,
+                       publications.LOADING: ms.Publication.STATE_LOADING,
+                       publications.FAILED: ms.Publication.STATE_FAILED}
+
+
+def publication_to_proto(publication: publications.Publication, state: str, endpoint: str) -> ms.Publication:
+    return ms.Publication(
+        name=f"publications/{publication.served_model_name}",
+        model=refs_pb2.ModelRef(model=f"models/{publication.model}", version=publication.version),
+        state=_PUBLICATION_STATES[state], endpoint=endpoint, served_model_name=publication.triton_name,
+        create_time=timestamp(publication.create_time or None))

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from umbra.classifiers import evaluation, job
 from umbra.classifiers.registry import ModelRegistry
-from umbra.client import inference
 from umbra.inference import publications
 from umbra.runtime import auth, names, pagination
-from umbra.runtime.errors import FailedPrecondition, Unavailable
+from umbra.runtime.errors import FailedPrecondition
 from umbra.runtime.operations import LongRunning, OperationContext, OperationRunner
 from umbra.services.references import dataset_reader
 from umbra.services.training import convert
@@ -96,18 +95,15 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
     # -- model versions ---------------------------------------------------------------------------------------
 
     def ExportModelVersion(self, request, context):
-        """Publishes a model version to the inference server and returns once Triton serves it."""
+        """Publishes a model version to the inference server and returns once Triton serves it (the same
+        publications as the coordinator's ModelService: umbra.inference.publications)."""
         tenant = _tenant()
         model_id, number = names.model_ref(request.model, "model")
         served = names.validate_resource_id(request.served_model_name or model_id, "served_model_name")
         if not self.inference_url:
             raise FailedPrecondition("no inference server is configured for this service (UMBRA_INFERENCE_URL)")
-        self.registry.get(keys.bucket(tenant), model_id, number)  # NotFound, also for another tenant's model
         publication = publications.publish(self.store, tenant, served, model_id, number)
-        if not inference.wait_until_ready(self.inference_url, publication.triton_name, self.ready_timeout):
-            raise Unavailable(f"the inference server at {self.inference_url} did not load "
-                              f"{publication.triton_name} within {self.ready_timeout:.0f} s; the publication is "
-                              f"recorded and will be served when it does (see the inference server's log)")
+        publications.wait_until_served(self.store, self.inference_url, publication, self.ready_timeout)
         return ts.ExportModelVersionResponse(served_model_name=publication.triton_name, endpoint=self.inference_url)
 
     def GetModelVersion(self, request, context):

@@ -1,0 +1,191 @@
+"""`umbra jobs …`: the protection job from the command line (tenant API key).
+
+    umbra jobs create JOB --dataset faces --version 1 --protect gender --keep age --generator faces-gen:1 --watch
+    umbra jobs preview JOB --out round.png     # originals (top) over released images (bottom), risk, ε
+    umbra jobs feedback JOB --more             # or --less, --accept, --flag KEY [KEY ...]
+    umbra jobs report JOB --out DIR            # report.json and report.html
+    umbra jobs list | show JOB | rounds JOB
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from umbra.client.channel import open_channel
+from umbra.client.errors import OperationFailed, UmbraRpcError
+from umbra.client.operations import call
+from umbra.client.progress import Progress
+from umbra.client.settings import ClientSettings
+from umbra.common.v1 import privacy_pb2, refs_pb2
+from umbra.coordinator.v1 import job_service_pb2 as js
+from umbra.coordinator.v1 import job_service_pb2_grpc
+
+STATES = {v: k.removeprefix("STATE_").lower() for k, v in js.ProtectionJob.State.items()}
+WAITING_FOR_YOU = ("awaiting_feedback", "succeeded", "failed", "cancelled")
+
+
+def _stub() -> job_service_pb2_grpc.JobServiceStub:
+    settings = ClientSettings.load()
+    if not settings.api_key:
+        raise SystemExit("umbra jobs: needs a tenant API key in UMBRA_API_KEY (or the config file)")
+    return job_service_pb2_grpc.JobServiceStub(open_channel(settings.endpoint, settings.api_key))
+
+
+def _model_ref(text: str) -> refs_pb2.ModelRef:
+    model, _, version = text.partition(":")
+    if not version.isdigit():
+        raise SystemExit(f"umbra jobs: --generator {text!r}: write it as MODEL:VERSION, e.g. faces-gen:1")
+    return refs_pb2.ModelRef(model=f"models/{model}", version=int(version))
+
+
+def watch(stub, job: str, *, poll_seconds: float = 1.0) -> js.ProtectionJob:
+    """Shows the job's state and round until it waits for the tenant or ends; returns the job then."""
+    progress = Progress("job")
+    try:
+        while True:
+            current = call(stub.GetProtectionJob, js.GetProtectionJobRequest(name=job), timeout=30).job
+            state = STATES[current.state]
+            rounds = call(stub.ListFeedbackRounds, js.ListFeedbackRoundsRequest(parent=job, page_size=1000),
+                          timeout=30).rounds
+            progress.show(stage=state, done=len(rounds), unit="rounds")
+            if state in WAITING_FOR_YOU and (state != "awaiting_feedback" or _preview_ready(stub, job)):
+                return current
+            time.sleep(poll_seconds)
+    finally:
+        progress.close()
+
+
+def _preview_ready(stub, job: str) -> bool:
+    try:
+        call(stub.GetPreview, js.GetPreviewRequest(job=job), timeout=30)
+        return True
+    except UmbraRpcError as exc:
+        if exc.reason == "ROUND_NOT_READY":
+            return False
+        raise
+
+
+def _grid(pairs) -> bytes:
+    """One PNG: originals on the top row, released images below."""
+    from PIL import Image
+
+    images = [(Image.open(io.BytesIO(p.original.data)).convert("RGB"),
+               Image.open(io.BytesIO(p.anonymized.data)).convert("RGB")) for p in pairs]
+    side = max(max(o.size[0], r.size[0]) for o, r in images)
+    grid = Image.new("RGB", (side * len(images), side * 2), "white")
+    for i, (original, released) in enumerate(images):
+        grid.paste(original.resize((side, side)), (i * side, 0))
+        grid.paste(released.resize((side, side)), (i * side, side))
+    out = io.BytesIO()
+    grid.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _print_round(r: js.FeedbackRound) -> None:
+    answer = js.Feedback.Name(r.feedback).removeprefix("FEEDBACK_").lower()
+    risk = "  ".join(f"{k}={v:.3g}" for k, v in sorted(r.risk.items())) or "risk not measured"
+    print(f"{r.name}  intensity {r.intensity:.4f}  ε={r.privacy_cost.epsilon:.4g}  answer: {answer}  {risk}  "
+          f"budget left ε={r.budget_left.epsilon:.4g}")
+
+
+def jobs(args) -> int:
+    stub = _stub()
+    name = f"jobs/{args.job}" if getattr(args, "job", None) else ""
+    try:
+        if args.action == "create":
+            spec = js.ProtectionJobSpec(
+                dataset=refs_pb2.DatasetRef(dataset=f"datasets/{args.dataset}", version=args.version),
+                protected_attributes=args.protect, kept_attributes=args.keep, preview_size=args.preview_size,
+                initial_intensity=args.initial_intensity, generator=_model_ref(args.generator), seed=args.seed)
+            if args.epsilon is not None:
+                spec.budget.CopyFrom(privacy_pb2.PrivacyBudget(epsilon=args.epsilon, delta=args.delta))
+            op = call(stub.CreateProtectionJob, js.CreateProtectionJobRequest(
+                job_id=args.job, spec=spec, request_id=str(uuid.uuid4())), timeout=120).operation
+            print(f"{name} started ({op.name})")
+            if args.watch:
+                job = watch(stub, name)
+                print(f"{name}: {STATES[job.state]}" + ("; look at it with `umbra jobs preview " + args.job + "`"
+                                                        if STATES[job.state] == "awaiting_feedback" else ""))
+        elif args.action == "list":
+            for job in call(stub.ListProtectionJobs, js.ListProtectionJobsRequest(page_size=1000), timeout=30).jobs:
+                print(f"{job.name:32} {STATES[job.state]:18} accepted intensity {job.accepted_intensity:.4f}")
+        elif args.action == "show":
+            job = call(stub.GetProtectionJob, js.GetProtectionJobRequest(name=name), timeout=30).job
+            print(json_format.MessageToJson(job, indent=2))
+        elif args.action == "rounds":
+            for r in call(stub.ListFeedbackRounds, js.ListFeedbackRoundsRequest(parent=name, page_size=1000),
+                          timeout=30).rounds:
+                _print_round(r)
+        elif args.action == "preview":
+            shown = call(stub.GetPreview, js.GetPreviewRequest(job=name), timeout=60)
+            _print_round(shown.round)
+            for pair in shown.pairs:
+                released = ", ".join(f"{a.attribute}={a.category or a.number}" for a in pair.released_attributes)
+                print(f"  {pair.original.sample_key}: released {released}")
+            out = Path(args.out or f"{args.job}-round-{shown.round.name.rsplit('/', 1)[-1]}.png")
+            out.write_bytes(_grid(shown.pairs))
+            print(f"originals (top) and released images (bottom): {out}")
+        elif args.action == "feedback":
+            shown = call(stub.GetPreview, js.GetPreviewRequest(job=name), timeout=60)
+            answer = (js.FEEDBACK_ACCEPT if args.accept else js.FEEDBACK_MORE_PRIVACY if args.more
+                      else js.FEEDBACK_LESS_PRIVACY if args.less else js.FEEDBACK_UNSPECIFIED)
+            done = call(stub.SubmitFeedback, js.SubmitFeedbackRequest(
+                round=shown.round.name, feedback=answer, flagged_samples=args.flag or [],
+                request_id=str(uuid.uuid4())), timeout=60)
+            _print_round(done.round)
+            if done.HasField("next_round"):
+                print(f"next: {done.next_round.name} at intensity {done.next_round.intensity:.4f}")
+        else:  # report
+            report = call(stub.GetReport, js.GetReportRequest(job=name), timeout=120)
+            folder = Path(args.out)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "report.json").write_bytes(report.json_content)
+            (folder / "report.html").write_bytes(report.html_content)
+            for key, value in sorted(report.metrics.items()):
+                print(f"{key:28} {value:.4g}")
+            print(f"report: {folder / 'report.html'} (and report.json)")
+    except (UmbraRpcError, OperationFailed) as exc:
+        print(f"umbra jobs {args.action}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    j = sub.add_parser("jobs", help="protection jobs: create, look at previews, answer, get the report (tenant key)")
+    j_sub = j.add_subparsers(dest="action", required=True)
+    create = j_sub.add_parser("create", help="start a protection job")
+    create.add_argument("job", help="job id: 3-63 lower-case letters, digits and '-'")
+    create.add_argument("--dataset", required=True, help="dataset id")
+    create.add_argument("--version", type=int, required=True, help="dataset version to protect")
+    create.add_argument("--protect", nargs="+", required=True, metavar="ATTRIBUTE", help="attributes to change")
+    create.add_argument("--keep", nargs="*", default=[], metavar="ATTRIBUTE", help="attributes to keep")
+    create.add_argument("--generator", required=True, help="the DP generator trained on the dataset: MODEL:VERSION")
+    create.add_argument("--preview-size", type=int, default=0, help="images per preview (default 8, at most 16)")
+    create.add_argument("--initial-intensity", type=float, default=0.0, help="first preview's intensity (0.5)")
+    create.add_argument("--epsilon", type=float, default=None, help="most ε the job may spend (default: the budget)")
+    create.add_argument("--delta", type=float, default=1e-5, help="δ of that limit")
+    create.add_argument("--seed", type=int, default=0)
+    create.add_argument("--watch", action="store_true", help="show the job's progress until it needs you")
+    j_sub.add_parser("list", help="list jobs")
+    for action, text in (("show", "show a job"), ("rounds", "list a job's feedback rounds"),
+                         ("preview", "write the current round's images as a PNG grid and print its figures"),
+                         ("report", "write the job's report (JSON and HTML)")):
+        cmd = j_sub.add_parser(action, help=text)
+        cmd.add_argument("job")
+        if action in ("preview", "report"):
+            cmd.add_argument("--out", required=action == "report", help="PNG file (preview) or folder (report)")
+    fb = j_sub.add_parser("feedback", help="answer the current round")
+    fb.add_argument("job")
+    choice = fb.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--accept", action="store_true", help="anonymize the dataset at this intensity")
+    choice.add_argument("--more", action="store_true", help="more privacy: raise the intensity")
+    choice.add_argument("--less", action="store_true", help="less privacy: lower the intensity")
+    choice.add_argument("--flag", nargs="+", metavar="KEY", help="images still too recognisable (more privacy)")
+    j.set_defaults(func=jobs)

@@ -1,0 +1,179 @@
+"""JobService: the tenant's protection jobs, their feedback rounds and reports. The job itself runs in
+protection.py; this servicer validates, converts and answers."""
+
+from __future__ import annotations
+
+import uuid
+
+from umbra.common.v1 import image_pb2, refs_pb2
+from umbra.coordinator.v1 import job_service_pb2 as js
+from umbra.coordinator.v1 import job_service_pb2_grpc
+from umbra.privacy.ledger import PrivacyLedger
+from umbra.privacy.mechanisms import Cost
+from umbra.runtime import auth, names, pagination
+from umbra.runtime.errors import FailedPrecondition, InvalidInput, NotFound
+from umbra.runtime.operations import LongRunning, OperationRunner
+from umbra.services import convert as shared_convert
+from umbra.services.coordinator.job_records import ANSWERED, AWAITING, FINISHED, JobRecords, RoundRow
+from umbra.services.coordinator.protection import ANSWERS, Plan, ProtectionJobs, plan
+from umbra.storage import keys
+from umbra.storage.base import ObjectStore
+from umbra.storage.datasets import DatasetReader
+
+_FEEDBACK = {"accept": js.FEEDBACK_ACCEPT, "more": js.FEEDBACK_MORE_PRIVACY, "less": js.FEEDBACK_LESS_PRIVACY}
+MAX_FLAGGED = 16
+
+
+def _tenant() -> str:
+    return auth.require_tenant("jobs belong to a tenant: call with a tenant API key")
+
+
+def _round_name(name: str, field: str) -> tuple[str, int]:
+    parts = name.split("/")
+    if (len(parts) != 4 or parts[0] != "jobs" or parts[2] != "rounds" or not parts[3].isascii()
+            or not parts[3].isdigit() or len(parts[3]) > 6 or int(parts[3]) < 1):
+        raise InvalidInput(field, "must look like 'jobs/{job}/rounds/{round}' with a round of 1 or more")
+    return names.validate_resource_id(parts[1], field), int(parts[3])
+
+
+def _job_name(name: str, field: str) -> str:
+    parts = name.split("/")
+    if len(parts) != 2 or parts[0] != "jobs":
+        raise InvalidInput(field, "must look like 'jobs/{job}'")
+    return names.validate_resource_id(parts[1], field)
+
+
+class JobServicer(job_service_pb2_grpc.JobServiceServicer):
+    def __init__(self, records: JobRecords, jobs: ProtectionJobs, store: ObjectStore, ledger: PrivacyLedger,
+                 operations: OperationRunner):
+        self.records, self.jobs, self.store, self.ledger = records, jobs, store, ledger
+        self._create = LongRunning(operations, "CreateProtectionJob", js.CreateProtectionJobRequest,
+                                   js.ProtectionJobMetadata, plan=self._plan, run=self._run)
+
+    def _plan(self, tenant: str, request: js.CreateProtectionJobRequest) -> Plan:
+        return plan(self.records, self.jobs.db, self.store, tenant, request)
+
+    def _run(self, ctx, planned: Plan) -> js.ProtectionJob:
+        return self.jobs.run(ctx, planned)
+
+    def _job(self, tenant: str, name: str, field: str):
+        job = _job_name(name, field)
+        row = self.records.job(tenant, job)
+        if row is None:
+            raise NotFound("job", name)
+        return row
+
+    def CreateProtectionJob(self, request, context):
+        tenant = _tenant()
+        if not request.request_id:  # stored with the operation, so that a resumed job recognises its own row
+            request = js.CreateProtectionJobRequest(job_id=request.job_id, spec=request.spec,
+                                                    request_id=str(uuid.uuid4()))
+        return js.CreateProtectionJobResponse(operation=self._create.start(tenant, request))
+
+    def GetProtectionJob(self, request, context):
+        return js.GetProtectionJobResponse(job=self.jobs.to_proto(self._job(_tenant(), request.name, "name")))
+
+    def ListProtectionJobs(self, request, context):
+        tenant = _tenant()
+        rows, token = pagination.page(request, "jobs", lambda after, limit: self.records.jobs(tenant, after or "",
+                                                                                             limit),
+                                      lambda row: row.id)
+        return js.ListProtectionJobsResponse(jobs=[self.jobs.to_proto(r) for r in rows], next_page_token=token)
+
+    # -- rounds -----------------------------------------------------------------------------------------------
+
+    def _round_to_proto(self, tenant: str, row: RoundRow) -> js.FeedbackRound:
+        message = js.FeedbackRound(name=f"jobs/{row.job}/rounds/{row.round}", intensity=row.intensity,
+                                   feedback=_FEEDBACK.get(row.feedback, js.FEEDBACK_UNSPECIFIED),
+                                   flagged_samples=row.flagged, risk=row.preview.get("risk", {}))
+        if row.preview.get("cost"):
+            message.privacy_cost.CopyFrom(shared_convert.privacy_cost_to_proto(Cost.from_dict(row.preview["cost"])))
+        message.budget_left.CopyFrom(shared_convert.budget_to_proto(self.ledger.balance(tenant).remaining))
+        message.create_time.FromNanoseconds(int(row.create_time * 1e9))
+        return message
+
+    def GetPreview(self, request, context):
+        tenant = _tenant()
+        row = self._job(tenant, request.job, "job")
+        rounds = self.records.rounds(tenant, row.id)
+        if not rounds:
+            if row.state in FINISHED:
+                raise FailedPrecondition(f"job {row.id} is {row.state.lower()}: {row.error or 'no preview'}",
+                                         reason=f"JOB_{row.state}")
+            raise FailedPrecondition(f"job {row.id} has not shown a preview yet", reason="ROUND_NOT_READY")
+        current = rounds[-1]
+        if row.state in FINISHED and current.state not in (AWAITING, ANSWERED):
+            raise FailedPrecondition(f"job {row.id} is {row.state.lower()}: {row.error or 'no preview to show'}",
+                                     reason=f"JOB_{row.state}")
+        if current.state not in (AWAITING, ANSWERED):
+            raise FailedPrecondition(f"round {current.round}'s preview is still being made; ask again shortly",
+                                     reason="ROUND_NOT_READY")
+        spec = js.ProtectionJobSpec.FromString(row.spec)
+        bucket = keys.bucket(tenant)
+        images = current.preview.get("images", [])
+        wanted = {image["key"] for image in images}
+        reader = DatasetReader(self.store, bucket, spec.dataset.dataset.removeprefix("datasets/"),
+                               spec.dataset.version)
+        originals = {s.key: (s, data) for s, data in reader.iter_images(split="test") if s.key in wanted}
+        pairs = []
+        for image in images:
+            sample, data = originals[image["key"]]
+            released = self.store.get(bucket, image["object"])
+            pairs.append(js.PreviewPair(
+                original=image_pb2.Image(data=data, media_type=sample.media_type, sample_key=sample.key),
+                anonymized=image_pb2.Image(data=released, media_type="image/png", sample_key=sample.key),
+                released_attributes=[image_pb2.AttributeValue(attribute=k, category=v) if isinstance(v, str)
+                                     else image_pb2.AttributeValue(attribute=k, number=v)
+                                     for k, v in sorted(image["released"].items())]))
+        return js.GetPreviewResponse(round=self._round_to_proto(tenant, current), pairs=pairs)
+
+    def SubmitFeedback(self, request, context):
+        tenant = _tenant()
+        job, number = _round_name(request.round, "round")
+        if request.feedback not in ANSWERS and not request.flagged_samples:
+            raise InvalidInput("feedback", "must be FEEDBACK_ACCEPT, FEEDBACK_MORE_PRIVACY or FEEDBACK_LESS_PRIVACY "
+                                           "(or flag samples)")
+        flagged = list(request.flagged_samples)
+        if len(flagged) > MAX_FLAGGED or len(set(flagged)) != len(flagged):
+            raise InvalidInput("flagged_samples", f"must be at most {MAX_FLAGGED} distinct sample keys")
+        current = self.records.round(tenant, job, number)
+        if self.records.job(tenant, job) is None or current is None:
+            raise NotFound("round", request.round)
+        shown = {image["key"] for image in current.preview.get("images", [])}
+        unknown = [k for k in flagged if k not in shown]
+        if unknown:
+            raise InvalidInput("flagged_samples", f"{unknown[0]!r} is not in round {number}'s preview")
+        answer = ANSWERS.get(request.feedback, "more")
+        answered, following = self.jobs.answer(tenant, job, number, answer, flagged, request.request_id)
+        response = js.SubmitFeedbackResponse(round=self._round_to_proto(tenant, answered))
+        if following is not None:
+            response.next_round.CopyFrom(self._round_to_proto(tenant, following))
+        return response
+
+    def ListFeedbackRounds(self, request, context):
+        tenant = _tenant()
+        row = self._job(tenant, request.parent, "parent")
+
+        def fetch(after: str | None, limit: int) -> list[RoundRow]:
+            return self.records.rounds(tenant, row.id, pagination.integer_position(after), limit)
+
+        rows, token = pagination.page(request, f"rounds/{row.id}", fetch, lambda r: str(r.round))
+        return js.ListFeedbackRoundsResponse(rounds=[self._round_to_proto(tenant, r) for r in rows],
+                                             next_page_token=token)
+
+    def GetReport(self, request, context):
+        tenant = _tenant()
+        row = self._job(tenant, request.job, "job")
+        report = row.outputs.get("report")
+        if not report:
+            raise FailedPrecondition(f"job {row.id} is {row.state.lower()}; its report is written when it succeeds",
+                                     reason="REPORT_NOT_READY")
+        bucket = keys.bucket(tenant)
+        response = js.GetReportResponse(
+            report_json=refs_pb2.ObjectRef(bucket=bucket, key=report["json"]),
+            report_html=refs_pb2.ObjectRef(bucket=bucket, key=report["html"]), metrics=report["metrics"],
+            json_content=self.store.get(bucket, report["json"]), html_content=self.store.get(bucket, report["html"]))
+        if report.get("privacy_total"):
+            response.privacy_total.CopyFrom(shared_convert.privacy_cost_to_proto(
+                Cost.from_dict(report["privacy_total"])))
+        return response

@@ -1,0 +1,112 @@
+"""ModelService: publishes the calling tenant's model versions to the inference server (Triton), and gets, lists
+and withdraws the publications.
+
+A publication `publications/{id}` is the inference server's entry for the served name `id`
+(umbra.inference.publications: the same entries, and the same code, as the training service's
+ExportModelVersion). Triton serves it as `<tenant>.<id>` at `inference_url` (UMBRA_INFERENCE_URL); the model
+version is read from the tenant's registry in the coordinator's object store. Its state is what the inference
+server says now: SERVING, FAILED (it could not load it) or LOADING.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from umbra.coordinator.v1 import model_service_pb2 as ms
+from umbra.coordinator.v1 import model_service_pb2_grpc
+from umbra.inference import publications
+from umbra.runtime import auth, names, pagination
+from umbra.runtime.errors import FailedPrecondition, InvalidInput, Unavailable
+from umbra.runtime.operations import LongRunning, OperationContext, OperationRunner
+from umbra.services.coordinator import convert
+from umbra.storage.base import ObjectStore
+
+KIND = "PublishModel"
+MAX_REQUEST_ID = 200
+READY_TIMEOUT = 120.0  # how long PublishModel waits for the inference server to load the model
+WITHDRAW_TIMEOUT = 30.0  # how long DeletePublication waits for it to unload it
+
+
+def _tenant() -> str:
+    return auth.require_tenant("publications belong to a tenant: call with a tenant API key")
+
+
+def _request_id(value: str) -> str:
+    if len(value) > MAX_REQUEST_ID:
+        raise InvalidInput("request_id", f"must be at most {MAX_REQUEST_ID} characters")
+    return value
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, store: ObjectStore, operations: OperationRunner, *, inference_url: str,
+                 ready_timeout: float = READY_TIMEOUT, withdraw_timeout: float = WITHDRAW_TIMEOUT):
+        self.store, self.operations, self.inference_url = store, operations, inference_url
+        self.ready_timeout, self.withdraw_timeout = ready_timeout, withdraw_timeout
+        self._publish = LongRunning(operations, KIND, ms.PublishModelRequest, ms.PublishModelMetadata,
+                                    plan=self._plan_publish, run=self._run_publish)
+
+    def _no_server(self) -> FailedPrecondition:
+        return FailedPrecondition("no inference server is configured for the coordinator (UMBRA_INFERENCE_URL)")
+
+    # -- PublishModel -----------------------------------------------------------------------------------------
+
+    def PublishModel(self, request, context):
+        tenant = _tenant()
+        earlier = self.operations.find(tenant, KIND, _request_id(request.request_id))
+        if earlier is not None:  # a retry: the operation it started (an interrupted one does not count)
+            return ms.PublishModelResponse(operation=earlier)
+        if not request.request_id:
+            # The entry records the request that made it, so that a retry, or this operation resumed after a
+            # restart, is told apart from a second publication under the same id (ALREADY_EXISTS).
+            given, request = request, ms.PublishModelRequest()
+            request.CopyFrom(given)
+            request.request_id = f"auto-{secrets.token_hex(16)}"
+        return ms.PublishModelResponse(operation=self._publish.start(tenant, request))
+
+    def _plan_publish(self, tenant: str, request: ms.PublishModelRequest) -> publications.Publication:
+        publication_id = names.validate_resource_id(request.publication_id, "publication_id")
+        model, version = names.model_ref(request.model, "model")
+        if not self.inference_url:
+            raise self._no_server()
+        # Recorded here, before the operation starts, so that a taken id is refused at once; idempotent for the
+        # same request (a resumed operation plans again).
+        return publications.publish(self.store, tenant, publication_id, model, version,
+                                    request_id=request.request_id, field="publication_id")
+
+    def _run_publish(self, ctx: OperationContext, publication: publications.Publication) -> ms.Publication:
+        ctx.report(stage="loading", message=f"waiting for the inference server to serve {publication.triton_name}")
+        publications.wait_until_served(self.store, self.inference_url, publication, self.ready_timeout,
+                                       check=ctx.check_cancelled)
+        return convert.publication_to_proto(publication, publications.SERVING, self.inference_url)
+
+    # -- publications -----------------------------------------------------------------------------------------
+
+    def _to_proto(self, found: list[publications.Publication]) -> list[ms.Publication]:
+        states = publications.states(self.store, self.inference_url, found)
+        return [convert.publication_to_proto(p, s, self.inference_url) for p, s in zip(found, states, strict=True)]
+
+    def GetPublication(self, request, context):
+        tenant = _tenant()
+        publication = publications.get(self.store, tenant, names.publication(request.name))
+        return ms.GetPublicationResponse(publication=self._to_proto([publication])[0])
+
+    def ListPublications(self, request, context):
+        tenant = _tenant()
+        found, token = pagination.page(
+            request, "publications", lambda after, limit: publications.list_tenant(self.store, tenant, after, limit),
+            lambda p: p.served_model_name)
+        return ms.ListPublicationsResponse(publications=self._to_proto(found), next_page_token=token)
+
+    def DeletePublication(self, request, context):
+        """Withdraws the publication and returns once the inference server no longer serves it. A retry with the
+        same request_id after it is withdrawn answers OK again (without one: NOT_FOUND)."""
+        tenant = _tenant()
+        publication_id = names.publication(request.name)
+        withdrawn = publications.withdraw(self.store, tenant, publication_id,
+                                          request_id=_request_id(request.request_id))
+        if withdrawn is not None and self.inference_url and not publications.wait_until_withdrawn(
+                self.inference_url, withdrawn.triton_name, self.withdraw_timeout):
+            raise Unavailable(f"{request.name} is withdrawn, but the inference server at {self.inference_url} "
+                              f"still served {withdrawn.triton_name} after {self.withdraw_timeout:.0f} s; it stops "
+                              f"at its next look at the publications (see its log)")
+        return ms.DeletePublicationResponse()
