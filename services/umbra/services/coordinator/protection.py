@@ -325,8 +325,9 @@ class ProtectionJobs:
         if row.state != AWAITING_FEEDBACK:
             raise FailedPrecondition(f"job {job} is {row.state.lower()}, not awaiting feedback",
                                      reason="JOB_NOT_AWAITING_FEEDBACK")
-        if flagged and answer == "accept":
-            raise InvalidInput("flagged_samples", "flagging images asks for more privacy; do not accept with them")
+        if flagged and answer in ("accept", feedback.LESS):
+            raise InvalidInput("flagged_samples", "flagging images asks for more privacy; send them with "
+                                                  "FEEDBACK_MORE_PRIVACY or no answer")
         if flagged:
             answer = feedback.MORE
         spec = js.ProtectionJobSpec.FromString(row.spec)
