@@ -44,23 +44,21 @@ def sleeper(tmp_path):
     running.stop(grace=0)
 
 
-# What an empty request gets once it passes authentication: the servicer's own refusal of the empty request
-# (every RPC is built; one that was not would answer UNIMPLEMENTED, reason NOT_BUILT_YET).
+# What an empty request gets once it passes authentication: the servicer's own refusal of the empty request.
 REACHED = {"coordinator": ("GetProtectionJob", grpc.StatusCode.INVALID_ARGUMENT, "name: must look like"),
            "training": ("GetModelVersion", grpc.StatusCode.INVALID_ARGUMENT, "name: must look like"),
            "distortion": ("DistortDataset", grpc.StatusCode.INVALID_ARGUMENT, "copies: is 0"),
            "anonymizer": ("TrainGenerator", grpc.StatusCode.INVALID_ARGUMENT, "model: must look like"),
            "unlearning": ("Unlearn", grpc.StatusCode.INVALID_ARGUMENT, "model: needs model")}
-UNBUILT = (grpc.StatusCode.UNIMPLEMENTED, "not built yet")
 
 
-def unbuilt_method(service: str) -> str:
+def reached_method(service: str) -> str:
     """'/package.Service/Method' of the RPC of `service` that the authentication tests call."""
     protos.load_all()
     from google.protobuf import descriptor_pool
 
     described = descriptor_pool.Default().FindServiceByName(CONTRACT[service])
-    name = REACHED[service][0] if service in REACHED else described.methods[0].name
+    name = REACHED[service][0]
     return f"/{described.full_name}/{name}"
 
 
@@ -80,28 +78,27 @@ def test_health_and_reflection(any_service):
 
 
 def test_authentication_comes_before_the_servicer(any_service):
-    method = unbuilt_method(any_service.name)
+    method = reached_method(any_service.name)
     for credential, reason in (("", "CREDENTIAL_MISSING"), ("not-a-key", "CREDENTIAL_INVALID")):
         with pytest.raises(grpc.RpcError) as err:
             raw_call(any_service.channel(credential=credential), method, b"", timeout=5)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert status_details(err.value)["reason"] == reason
-    # With a valid credential the call reaches the servicer: it says the RPC is not built yet, or refuses the
-    # empty request itself.
+    # With a valid credential the call reaches the servicer, which refuses the empty request itself.
     with pytest.raises(grpc.RpcError) as err:
         raw_call(any_service.channel(), method, b"", timeout=5)
-    code, text = REACHED.get(any_service.name, ("",) + UNBUILT)[1:]
+    code, text = REACHED[any_service.name][1:]
     assert err.value.code() == code and text in err.value.details()
-    assert status_details(err.value)["reason"] == ("NOT_BUILT_YET" if code == UNBUILT[0] else code.name)
+    assert status_details(err.value)["reason"] == code.name
 
 
 def test_credentials_are_not_interchangeable(all_services):
     coordinator, training = all_services["coordinator"], all_services["training"]
-    method = unbuilt_method("training")
+    method = reached_method("training")
     with pytest.raises(grpc.RpcError) as err:  # a tenant key on an internal service
         raw_call(training.channel(credential=coordinator.credential), method, b"", timeout=5)
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    method = unbuilt_method("coordinator")
+    method = reached_method("coordinator")
     with pytest.raises(grpc.RpcError) as err:  # the service token on the public coordinator
         raw_call(coordinator.channel(credential=SERVICE_TOKEN), method, b"", timeout=5)
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -115,7 +112,7 @@ def test_revoked_key_is_refused(all_services, tmp_path):
     db = CoordinatorDB(coordinator.running.runtime.config.data_dir / "coordinator.sqlite3")
     keys = ApiKeyStore(db)
     key_id, key = keys.issue("acme", "to revoke")
-    method = unbuilt_method("coordinator")
+    method = reached_method("coordinator")
     with pytest.raises(grpc.RpcError) as err:
         raw_call(coordinator.channel(credential=key), method, b"", timeout=5)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # accepted: the servicer refused the empty request

@@ -96,13 +96,6 @@ class Interrupted(UmbraError):
     reason = "OPERATION_INTERRUPTED"
 
 
-class Unimplemented(UmbraError):
-    """An RPC of the contract that is not built yet."""
-
-    code = grpc.StatusCode.UNIMPLEMENTED
-    reason = "NOT_BUILT_YET"
-
-
 class ResourceExhausted(UmbraError):
     """The caller is over a concurrency limit (calls or streams at once); retrying after `retry_after` seconds,
     once some of its calls have finished, may succeed. The interceptor adds a `google.rpc.RetryInfo`."""

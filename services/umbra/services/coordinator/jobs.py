@@ -82,13 +82,17 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
 
     # -- rounds -----------------------------------------------------------------------------------------------
 
-    def _round_to_proto(self, tenant: str, row: RoundRow) -> js.FeedbackRound:
+    def _budget_left(self, tenant: str):
+        """What is left of the tenant's budget, composed once per request (it composes the whole ledger)."""
+        return shared_convert.budget_to_proto(self.ledger.balance(tenant).remaining)
+
+    def _round_to_proto(self, row: RoundRow, budget_left) -> js.FeedbackRound:
         message = js.FeedbackRound(name=f"jobs/{row.job}/rounds/{row.round}", intensity=row.intensity,
                                    feedback=_FEEDBACK.get(row.feedback, js.FEEDBACK_UNSPECIFIED),
                                    flagged_samples=row.flagged, risk=row.preview.get("risk", {}))
         if row.preview.get("cost"):
             message.privacy_cost.CopyFrom(shared_convert.privacy_cost_to_proto(Cost.from_dict(row.preview["cost"])))
-        message.budget_left.CopyFrom(shared_convert.budget_to_proto(self.ledger.balance(tenant).remaining))
+        message.budget_left.CopyFrom(budget_left)
         message.create_time.FromNanoseconds(int(row.create_time * 1e9))
         return message
 
@@ -125,7 +129,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 released_attributes=[image_pb2.AttributeValue(attribute=k, category=v) if isinstance(v, str)
                                      else image_pb2.AttributeValue(attribute=k, number=v)
                                      for k, v in sorted(image["released"].items())]))
-        return js.GetPreviewResponse(round=self._round_to_proto(tenant, current), pairs=pairs)
+        return js.GetPreviewResponse(round=self._round_to_proto(current, self._budget_left(tenant)), pairs=pairs)
 
     def SubmitFeedback(self, request, context):
         tenant = _tenant()
@@ -145,9 +149,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             raise InvalidInput("flagged_samples", f"{unknown[0]!r} is not in round {number}'s preview")
         answer = ANSWERS.get(request.feedback, "more")
         answered, following = self.jobs.answer(tenant, job, number, answer, flagged, request.request_id)
-        response = js.SubmitFeedbackResponse(round=self._round_to_proto(tenant, answered))
+        left = self._budget_left(tenant)
+        response = js.SubmitFeedbackResponse(round=self._round_to_proto(answered, left))
         if following is not None:
-            response.next_round.CopyFrom(self._round_to_proto(tenant, following))
+            response.next_round.CopyFrom(self._round_to_proto(following, left))
         return response
 
     def ListFeedbackRounds(self, request, context):
@@ -158,7 +163,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             return self.records.rounds(tenant, row.id, pagination.integer_position(after), limit)
 
         rows, token = pagination.page(request, f"rounds/{row.id}", fetch, lambda r: str(r.round))
-        return js.ListFeedbackRoundsResponse(rounds=[self._round_to_proto(tenant, r) for r in rows],
+        left = self._budget_left(tenant)
+        return js.ListFeedbackRoundsResponse(rounds=[self._round_to_proto(r, left) for r in rows],
                                              next_page_token=token)
 
     def GetReport(self, request, context):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,11 +55,6 @@ GALLERY_OTHERS = 100  # other test faces the recognizer searches among, beside t
 TIMEOUT = 60.0
 ANSWERS = {js.FEEDBACK_ACCEPT: "accept", js.FEEDBACK_MORE_PRIVACY: feedback.MORE,
            js.FEEDBACK_LESS_PRIVACY: feedback.LESS}
-
-
-def request_id(*parts: object) -> str:
-    """A request_id for a worker call, the same every time the job reaches the same step."""
-    return str(uuid.UUID(hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:32]))
 
 
 @dataclass(frozen=True)
@@ -272,7 +266,7 @@ class ProtectionJobs:
                                       dataset=refs_pb2.DatasetRef(dataset=f"datasets/{plan.dataset}",
                                                                   version=plan.version),
                                       sample_keys=plan.preview_keys,
-                                      request_id=request_id("job", tenant, plan.job, "round", number))
+                                      request_id=sharding.derived_request_id("job", tenant, plan.job, "round", number))
         try:
             response = call(self.anonymizers.stub(tenant).Anonymize, request, timeout=TIMEOUT * 5)
         except UmbraRpcError as exc:
@@ -350,7 +344,7 @@ class ProtectionJobs:
     def _anonymize_dataset(self, ctx, plan: Plan, intensity: float) -> None:
         tenant, job, bucket = plan.tenant, plan.job, keys.bucket(plan.tenant)
         row, _ = self.db.new_version(tenant, plan.dataset, 1, "ANONYMIZED",
-                                     request_id("job", tenant, job, "anonymized version"))
+                                     sharding.derived_request_id("job", tenant, job, "anonymized version"))
         self.records.update(tenant, job, outputs={"anonymized_version": row.version})
         if row.state == "COMMITTED":
             return
@@ -360,7 +354,7 @@ class ProtectionJobs:
                 settings=self.settings(plan, intensity),
                 dataset=refs_pb2.DatasetRef(dataset=f"datasets/{plan.dataset}", version=plan.version),
                 output_dataset=f"datasets/{plan.dataset}", output_version=row.version,
-                request_id=request_id("job", tenant, job, "anonymize dataset"))
+                request_id=sharding.derived_request_id("job", tenant, job, "anonymize dataset"))
             try:
                 result = sharding.anonymize_sharded(
                     self.anonymizers.targets, self.anonymizers.token, tenant, request, store=self.store,
