@@ -64,17 +64,11 @@ def scores(model: torch.nn.Module, data: LabelledImages) -> dict:
 def fit(recipe: recipes.Recipe, data: LabelledImages, *, epsilon: float | None,
         seed: int) -> tuple[torch.nn.Module, dp_sgd.TrainResult, float]:
     """(model, result, training seconds) of one in-process run of `recipe`, as the service would run it."""
-    recipe = recipe.fitted(len(data))
-    config = ModelConfig(recipe.architecture, len(data.classes), recipe.image_size, classes=data.classes,
-                         width=recipe.width, mirror_average=recipe.mirror_average)
-    torch.manual_seed(seed)
-    model = create(config)
     dp = (dp_sgd.DPSettings(target_delta=DELTA, target_epsilon=epsilon, max_grad_norm=recipe.max_grad_norm)
           if epsilon else None)
     began = time.perf_counter()
-    result = loop.train(model=model, data=data, hyper=recipe.hyper, dp=dp, seed=seed)
-    seconds = time.perf_counter() - began
-    return (model._module if hasattr(model, "_module") else model), result, seconds
+    model, result = recipes.fit(recipe, data, seed=seed, dp=dp)
+    return model, result, time.perf_counter() - began
 
 
 def hyperparameters_proto(recipe: recipes.Recipe) -> ts.Hyperparameters:

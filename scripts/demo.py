@@ -16,20 +16,19 @@
    then DP-SGD on the tenant's training split), preview eight test faces at three intensities with the ε of
    each mechanism, and anonymize the whole dataset (gender protected, skin tone kept) into a version the
    coordinator reserves and commits; draw originals beside the previews;
-7. update the gender classifier of step 4 to the anonymized images by second-order feature unlearning
-   (unlearning service), verified against retraining from scratch on them (training service):
-   out/demo/unlearning.json. When the service refuses the second-order update (its safety check: an update
-   that raises the loss on the revised training data is never written), the demo says so and falls back to
-   the first-order update, whose step is searched so that it cannot raise that loss;
-8. the main job through the coordinator's public API: a protection job shows previews of eight test faces,
-   a scripted reviewer prints what it sees and answers more or less privacy until the intensity suits it, and
-   accepts; the coordinator anonymizes the dataset at that intensity, commits it and writes the report
-   (out/demo/report/report.html). Write what was seen to out/demo/demo.json and stop everything it started
-   (unless --keep), also when a step fails or the demo is interrupted.
+7. the main job through the coordinator's public API: a protection job of the dataset and the gender
+   classifier of step 4 reuses the generator of step 6 (trained on this dataset), shows previews of eight test
+   faces, and a scripted reviewer prints what it sees and answers more or less privacy until the intensity
+   suits it, and accepts; the coordinator anonymizes the dataset at that intensity and commits it, updates the
+   classifier to the released images by feature unlearning (unlearning service; second order, or first order
+   when the service's safety check refuses the second-order step), verified against retraining from scratch
+   (training service), and writes the report (out/demo/report/report.html). The updated classifier is then
+   published to Triton through the ModelService and queried with `umbra models predict`. Write what was seen
+   to out/demo/demo.json and stop everything it started (unless --keep), also when a step fails or the demo is
+   interrupted.
 
 A refusal by a service (a gRPC error or a failed operation) is reported in plain words, never as a traceback;
-the steps that need the refused step's result are skipped, and the demo exits 1. A refusal the demo handles
-(step 7's fallback) does not change the exit status.
+the steps that need the refused step's result are skipped, and the demo exits 1.
 
     python scripts/demo.py [--keep] [--faces N] [--epsilon E] [--inference-port P]
 """
@@ -71,8 +70,6 @@ from umbra.distortion.v1 import distortion_service_pb2 as dds
 from umbra.distortion.v1 import distortion_service_pb2_grpc
 from umbra.training.v1 import training_service_pb2 as ts
 from umbra.training.v1 import training_service_pb2_grpc
-from umbra.unlearning.v1 import unlearning_service_pb2 as us
-from umbra.unlearning.v1 import unlearning_service_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out" / "demo"
@@ -86,7 +83,6 @@ GENERATOR_PRETRAIN_EPOCHS = 6  # the generator's public pretraining (no DP) on t
 # (see the README's intensity table); every charge is in the ledger.
 DEMO_BUDGET = 20_000.0
 DEMO_DELTA = 1e-3
-METHOD_WORDS = {us.METHOD_FIRST_ORDER: "first order", us.METHOD_SECOND_ORDER: "second order"}
 
 
 def step(text: str) -> None:
@@ -135,18 +131,6 @@ def refusal(exc: BaseException) -> str:
         said = (exc.stderr or "").strip().splitlines()[-3:]
         return f"`{' '.join(map(str, exc.cmd[:5]))} ...` exited {exc.returncode}" + "".join(f"\n     {x}" for x in said)
     return str(exc)
-
-
-def failure_reason(channel: grpc.Channel, name: str) -> tuple[str, dict[str, str]]:
-    """The `google.rpc.ErrorInfo` reason and metadata of a failed operation (OperationFailed carries neither)."""
-    from google.rpc import error_details_pb2
-
-    for detail in OperationsClient(channel).get(name).error.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason, dict(info.metadata)
-    return "", {}
 
 
 def s3_running() -> bool:
@@ -253,7 +237,7 @@ def train_and_serve(home: Path, tenant: str, dataset_version: str, images: Path,
     return {"model_version": trained.name, "epsilon": cost.epsilon, "delta": cost.delta,
             "initialized_from": start.name, "test_accuracy": evaluation.accuracy,
             "test_balanced_accuracy": evaluation.balanced_accuracy, "served_model_name": exported.served_model_name,
-            "endpoint": exported.endpoint, "predicted_images": len(rows),
+            "endpoint": exported.endpoint, "predicted_images": len(rows), "classes": classes,
             "predictions": str(OUT / "predictions.json")}
 
 
@@ -392,78 +376,6 @@ def anonymize_faces(home: Path, tenant: str, dataset_version: str) -> dict:
             "grid": str(grid), "export_folder": str(anonymized)}
 
 
-def unlearn_onto_anonymized(home: Path, tenant: str, model_version: str, original: str, anonymized: str) -> dict:
-    """Step 7: the published gender model updated to the anonymized images by feature unlearning (unlearning
-    service), verified against retraining from scratch on them (training service). Second order first; when the
-    service refuses it as raising the revised training loss, the first-order update (the refusal is kept in the
-    summary)."""
-    service_token = (home / "secrets" / "service-token").read_text().strip()
-    channel = open_channel(layout.endpoint("unlearning").target, service_token, tenant=tenant)
-    model, number = model_version.removeprefix("models/").split("/versions/")
-
-    def ref(name: str) -> refs_pb2.DatasetRef:
-        dataset, version = name.removeprefix("datasets/").split("/versions/")
-        return refs_pb2.DatasetRef(dataset=f"datasets/{dataset}", version=int(version))
-
-    def unlearn(method: int) -> us.UnlearningResult:
-        request = us.UnlearnRequest(model=refs_pb2.ModelRef(model=f"models/{model}", version=int(number)),
-                                    original=ref(original), revision=us.Revision(revised=ref(anonymized)),
-                                    method=method, verify=True, probe_attribute="skin_tone",
-                                    output_model=f"models/{model}-anonymized")
-        name = unlearning_service_pb2_grpc.UnlearningServiceStub(channel).Unlearn(request, timeout=60).operation.name
-        print(f"   {name}: {METHOD_WORDS[method]} update of {model_version} onto {anonymized}", flush=True)
-        return OperationsClient(channel).result(name, us.UnlearningResult, progress=True, poll_seconds=1)
-
-    method, refused = us.METHOD_SECOND_ORDER, None
-    try:
-        result = unlearn(method)
-    except OperationFailed as exc:
-        reason, measured = failure_reason(channel, exc.name)
-        if exc.code != grpc.StatusCode.FAILED_PRECONDITION.value[0] or reason != "UNLEARNING_DIVERGED":
-            raise
-        print(f"   refused by the unlearning service ({grpc_code_name(exc.code)}, {reason}): {exc.message}")
-        print("   that is its safety check: an update that raises the loss on the revised training data is never "
-              "written, and the model stays as it was. The second-order step takes the loss to be quadratic "
-              "around the trained weights, which a revision of every training image can take it beyond. Falling "
-              "back to the first-order update: its step size is searched so that it cannot raise that loss (a "
-              "step of 0 keeps the model unchanged).", flush=True)
-        refused = {"method": "second order", "operation": exc.name, "code": grpc_code_name(exc.code),
-                   "reason": reason, "message": exc.message, "measured": measured}
-        method = us.METHOD_FIRST_ORDER
-        result = unlearn(method)
-    v = result.verification
-    unlearned = f"{result.unlearned.model}/versions/{result.unlearned.version}"
-    print(f"   {unlearned}: {METHOD_WORDS[method]}, {result.changed_samples} training images revised, "
-          f"{result.removed_samples} removed; tau {result.tau:.3g}"
-          + (f", LiSSA scale {result.lissa_scale:g}" if method == us.METHOD_SECOND_ORDER else "")
-          + f", revised training loss {result.loss_before:.4f} -> {result.loss_after:.4f}, "
-          f"{result.gradient_evaluations} gradient evaluations, {result.seconds:.1f} s (retraining: "
-          f"{v.retrain_seconds:.1f} s)")
-    if result.tau == 0:
-        print("   tau 0: no step lowered the revised training loss, so the new version keeps the original weights")
-    print(f"   test accuracy ({v.test_count} images): original {v.accuracy_original:.3f}, unlearned "
-          f"{v.accuracy_unlearned:.3f}, retrained {v.accuracy_retrained:.3f}; agreement with the retrained model "
-          f"{v.agreement_with_retrained:.3f}; skin-tone probe " + ", ".join(
-              f"{k} {x:.3f}" for k, x in sorted(v.probe_balanced_accuracy.items())))
-    if result.outside_original_privacy_guarantee:
-        print("   the model was trained with DP-SGD: its epsilon does not cover this update (said in the record)")
-    summary = {"unlearned": unlearned, "method": METHOD_WORDS[method], "refused": refused,
-               "retrained": f"{v.retrained.model}/versions/{v.retrained.version}",
-               "changed_samples": result.changed_samples, "removed_samples": result.removed_samples,
-               "tau": result.tau, "lissa_scale": result.lissa_scale, "loss_before": result.loss_before,
-               "loss_after": result.loss_after,
-               "gradient_evaluations": result.gradient_evaluations, "unlearn_seconds": round(result.seconds, 2),
-               "retrain_seconds": round(v.retrain_seconds, 2), "accuracy_original": v.accuracy_original,
-               "accuracy_unlearned": v.accuracy_unlearned, "accuracy_retrained": v.accuracy_retrained,
-               "agreement_with_retrained": v.agreement_with_retrained, "parameter_distance": v.parameter_distance,
-               "probe_balanced_accuracy": dict(v.probe_balanced_accuracy),
-               "outside_original_privacy_guarantee": result.outside_original_privacy_guarantee}
-    path = OUT / "unlearning.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"   the comparison: {path}")
-    return summary
-
-
 def _test_keys(tenant: str, dataset: str, version: int) -> list[str]:
     """The keys of the test split, from the committed manifest in the tenant's bucket (the demo's S3 server)."""
     from umbra.storage import keys
@@ -590,15 +502,13 @@ def main() -> int:
                                 "the coordinator", lambda: anonymize_faces(
                                     home, report["dataset"]["tenant"], report["dataset"]["version"]),
                   needs=("dataset", "classifier"))  # the generator pretrains on step 4's public faces
-        steps.run("unlearning", "7. the published model updated to the anonymized images by feature unlearning "
-                                "(unlearning service)", lambda: unlearn_onto_anonymized(
-                                    home, report["dataset"]["tenant"], report["classifier"]["model_version"],
-                                    report["dataset"]["version"], report["anonymized"]["version"]),
-                  needs=("classifier", "anonymized"))
-        steps.run("protection_job", "8. the main job through the coordinator: previews, a scripted reviewer's "
-                                    "answers, the dataset anonymized at the accepted intensity, the report",
-                  lambda: protection_job(report["anonymized"]["generator"], report["dataset"]["version"]),
-                  needs=("dataset", "anonymized"))
+        steps.run("protection_job", "7. the main job through the coordinator: previews, a scripted reviewer's "
+                                    "answers, the dataset anonymized at the accepted intensity, the classifier "
+                                    "updated by unlearning, the report; the updated classifier published and queried",
+                  lambda: protection_job(report["classifier"]["model_version"], report["classifier"]["classes"],
+                                         report["dataset"]["version"],
+                                         Path(report["dataset"]["export_folder"]), inference_url),
+                  needs=("dataset", "classifier", "anonymized"))  # step 6 trained the generator the job reuses
     finally:
         if stops and not args.keep:
             step("stopping what the demo started")
@@ -615,8 +525,9 @@ def main() -> int:
               "classifier": ("predicted_images", "the served classifier predicted nothing"),
               "augmdp": ("labels_kept", "the AugMDP release changed labels"),
               "anonymized": ("images", "the anonymized version is empty"),
-              "unlearning": ("changed_samples", "the unlearning update revised no sample"),
               "protection_job": ("report", "the protection job wrote no report")}
+    if "protection_job" in report and not report["protection_job"].get("predicted_images"):
+        problems.append("the updated classifier, published, predicted nothing")
     problems += [words for key, (field, words) in checks.items() if key in report and not report[key].get(field)]
     if problems:
         print(f"\nWhat was seen: {OUT / 'demo.json'}\nService logs: {home / 'logs'}")
@@ -624,8 +535,8 @@ def main() -> int:
         print(f"\nResults: {OUT / 'demo.json'} (dataset exported to {OUT / 'faces-export'}; the classifier's "
               f"predictions in {OUT / 'predictions.json'}; the AugMDP release in {OUT / 'faces-augmdp'}, drawn in "
               f"{OUT / 'augmdp-grid.png'}; the anonymized dataset in {OUT / 'faces-anonymized'}, drawn beside its "
-              f"originals in {OUT / 'anonymized-grid.png'}; the unlearned model's comparison with retraining in "
-              f"{OUT / 'unlearning.json'})\nThe protection job's report: {OUT / 'report' / 'report.html'}\n"
+              f"originals in {OUT / 'anonymized-grid.png'}; the updated classifier's predictions in "
+              f"{OUT / 'predictions-updated.json'})\nThe protection job's report: {OUT / 'report' / 'report.html'}\n"
               f"Service logs: {home / 'logs'}")
     if args.keep and triton is not None:
         print(f"Still running: `.venv/bin/umbra status`, Triton at {inference_url} (pid {triton.pid}); stop with "
@@ -688,10 +599,13 @@ def upload_dataset(home: Path, faces_count: int) -> dict:
 REVIEWER_TASTE = (0.78, 0.85)  # the intensities the scripted reviewer accepts; the coordinator never sees it
 
 
-def protection_job(generator: str, dataset_version: str) -> dict:
-    """Step 8: the main job through the coordinator's public API. A scripted reviewer looks at each round's
-    preview (what changed, what it cost), answers more or less privacy until the intensity suits it, and accepts;
-    the coordinator then anonymizes the whole dataset at that intensity, commits it and writes the report."""
+def protection_job(classifier: str, classes: str, dataset_version: str, images: Path, inference_url: str) -> dict:
+    """Step 7: the main job through the coordinator's public API. The job reuses the tenant's generator trained
+    on the dataset (step 6). A scripted reviewer looks at each round's preview (what changed, what a face
+    recognizer still finds, what it cost), answers more or less privacy until the intensity suits it, and
+    accepts; the coordinator then anonymizes the whole dataset at that intensity, commits it, updates the
+    classifier of step 4 to the released images by feature unlearning (verified against retraining) and writes
+    the report. The tenant then publishes the updated classifier to Triton and queries it."""
     import io
 
     import numpy as np
@@ -700,18 +614,20 @@ def protection_job(generator: str, dataset_version: str) -> dict:
     key = (OUT / "tenant-api-key").read_text().strip()
     channel = open_channel(layout.endpoint("coordinator").target, key)
     stub = job_service_pb2_grpc.JobServiceStub(channel)
-    model, number = generator.removeprefix("models/").split("/versions/")
+    model, number = classifier.removeprefix("models/").split("/versions/")
     dataset, version = dataset_version.removeprefix("datasets/").split("/versions/")
     spec = job_service_pb2.ProtectionJobSpec(
         dataset=refs_pb2.DatasetRef(dataset=f"datasets/{dataset}", version=int(version)),
         protected_attributes=["gender"], kept_attributes=["skin_tone"], preview_size=8, seed=0,
-        generator=refs_pb2.ModelRef(model=f"models/{model}", version=int(number)),
+        model=refs_pb2.ModelRef(model=f"models/{model}", version=int(number)), verify_unlearning=True,
         budget=privacy_pb2.PrivacyBudget(epsilon=DEMO_BUDGET, delta=DEMO_DELTA))
     job_id = f"protect-{secrets.token_hex(3)}"
     op = stub.CreateProtectionJob(job_service_pb2.CreateProtectionJobRequest(
         job_id=job_id, spec=spec, request_id=str(uuid.uuid4())), timeout=60).operation
     name = f"jobs/{job_id}"
-    print(f"   {name} started ({op.name}): protect gender, keep skin tone, 8 test faces per preview", flush=True)
+    print(f"   {name} started ({op.name}): protect gender, keep skin tone, 8 test faces per preview, update "
+          f"{classifier} by unlearning", flush=True)
+    _wait_for_feedback(stub, name)
     low, high = REVIEWER_TASTE
     rounds = []
     while True:
@@ -750,9 +666,54 @@ def protection_job(generator: str, dataset_version: str) -> dict:
           f"kept from the coordinator: {low}-{high}); {anonymized} committed")
     print(f"   epsilon per person, every preview and the dataset composed: {metrics['epsilon_total']:.4g} "
           f"(previews {metrics['preview_epsilon_share']:.0%} of it)")
+    unlearning = json.loads(report.json_content)["unlearning"]
+    v = unlearning["verification"]
+    updated = f"{job.unlearned_model.model}/versions/{job.unlearned_model.version}"
+    print(f"   {updated}: {classifier} updated by {unlearning['method']} unlearning, "
+          f"{unlearning['changed_samples']} training images revised, loss on them {unlearning['loss_before']:.4f} "
+          f"-> {unlearning['loss_after']:.4f} in {unlearning['seconds']:.1f} s (retraining: "
+          f"{v['retrain_seconds']:.1f} s)" + (f"; the second-order step was refused by the service's safety check "
+                                              f"({unlearning['second_order_refused']})"
+                                              if unlearning["second_order_refused"] else ""))
+    print(f"   test accuracy ({v['test_count']} images): original {v['accuracy_original']:.3f}, updated "
+          f"{v['accuracy_unlearned']:.3f}, retrained {v['accuracy_retrained']:.3f}; agreement with the retrained "
+          f"model {v['agreement_with_retrained']:.3f}; {v['probe_attribute']} probe on the features " + ", ".join(
+              f"{k} {x:.3f}" for k, x in sorted(v["probe_balanced_accuracy"].items())))
     print(f"   the report: {folder / 'report.html'}")
+    publishing = model_service_pb2_grpc.ModelServiceStub(channel).PublishModel(cms.PublishModelRequest(
+        publication_id="gender-protected", request_id=secrets.token_hex(16), model=job.unlearned_model), timeout=60)
+    published = OperationsClient(channel).result(publishing.operation.name, cms.Publication, timeout=180,
+                                                 poll_seconds=1)
+    print(f"   {published.name}: the updated classifier served as {published.served_model_name} at "
+          f"{published.endpoint}")
+    sample = sorted((images / "images").iterdir())[:8]
+    command = [sys.executable, "-m", "umbra.cli.main", "models", "predict", *map(str, sample), "--model",
+               published.served_model_name, "--endpoint", inference_url, "--classes", classes, "--json"]
+    predicted = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    (OUT / "predictions-updated.json").write_text(predicted)
+    rows = json.loads(predicted)
+    for row in rows[:4]:
+        print(f"   umbra models predict {Path(row['image']).name}: gender {row['class']} ({row['probability']:.2f})")
     return {"job": name, "rounds": rounds, "accepted_intensity": job.accepted_intensity, "anonymized": anonymized,
-            "metrics": metrics, "report": str(folder / "report.html")}
+            "metrics": metrics, "report": str(folder / "report.html"), "updated_model": updated,
+            "unlearning": unlearning, "served_model_name": published.served_model_name,
+            "predicted_images": len(rows), "predictions": str(OUT / "predictions-updated.json")}
+
+
+def _wait_for_feedback(stub, name: str, timeout: float = 900) -> None:
+    """Prints the job's stages while it prepares (its generator), until it awaits feedback."""
+    deadline, said = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        job = stub.GetProtectionJob(job_service_pb2.GetProtectionJobRequest(name=name), timeout=60).job
+        state = job_service_pb2.ProtectionJob.State.Name(job.state).removeprefix("STATE_").lower()
+        if state != said:
+            print(f"   {name}: {state.replace('_', ' ')}", flush=True)
+            said = state
+        if job.state != job_service_pb2.ProtectionJob.STATE_PENDING and \
+                job.state != job_service_pb2.ProtectionJob.STATE_PREPARING:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{name} was still preparing after {timeout:.0f} s")
 
 
 def _shown_preview(stub, name: str, timeout: float = 600) -> job_service_pb2.GetPreviewResponse:

@@ -1,9 +1,11 @@
 """`umbra jobs …`: the protection job from the command line (tenant API key).
 
-    umbra jobs create JOB --dataset faces --version 1 --protect gender --keep age --generator faces-gen:1 --watch
+    umbra jobs create JOB --dataset faces --version 1 --protect gender --keep skin_tone --watch
+                          [--generator faces-gen:1] [--model gender:1 [--verify-unlearning]]
     umbra jobs preview JOB --out round.png     # originals (top) over released images (bottom), risk, ε
     umbra jobs feedback JOB --more             # or --less, --accept, --flag KEY [KEY ...]
     umbra jobs report JOB --out DIR            # report.json and report.html
+    umbra jobs cancel JOB                      # in any stage; what the job reserved and did not spend is released
     umbra jobs list | show JOB | rounds JOB
 """
 
@@ -20,7 +22,7 @@ from google.protobuf import json_format
 
 from umbra.client.channel import open_channel
 from umbra.client.errors import OperationFailed, UmbraRpcError
-from umbra.client.operations import call
+from umbra.client.operations import OperationsClient, call
 from umbra.client.progress import Progress
 from umbra.client.settings import ClientSettings
 from umbra.common.v1 import privacy_pb2, refs_pb2
@@ -31,17 +33,21 @@ STATES = {v: k.removeprefix("STATE_").lower() for k, v in js.ProtectionJob.State
 WAITING_FOR_YOU = ("awaiting_feedback", "succeeded", "failed", "cancelled")
 
 
-def _stub() -> job_service_pb2_grpc.JobServiceStub:
+def _channel():
     settings = ClientSettings.load()
     if not settings.api_key:
         raise SystemExit("umbra jobs: needs a tenant API key in UMBRA_API_KEY (or the config file)")
-    return job_service_pb2_grpc.JobServiceStub(open_channel(settings.endpoint, settings.api_key))
+    return open_channel(settings.endpoint, settings.api_key)
 
 
-def _model_ref(text: str) -> refs_pb2.ModelRef:
+def _stub() -> job_service_pb2_grpc.JobServiceStub:
+    return job_service_pb2_grpc.JobServiceStub(_channel())
+
+
+def _model_ref(text: str, option: str) -> refs_pb2.ModelRef:
     model, _, version = text.partition(":")
-    if not version.isdigit():
-        raise SystemExit(f"umbra jobs: --generator {text!r}: write it as MODEL:VERSION, e.g. faces-gen:1")
+    if not (version.isascii() and version.isdigit()):
+        raise SystemExit(f"umbra jobs: {option} {text!r}: write it as MODEL:VERSION, e.g. faces-gen:1")
     return refs_pb2.ModelRef(model=f"models/{model}", version=int(version))
 
 
@@ -103,7 +109,11 @@ def jobs(args) -> int:
             spec = js.ProtectionJobSpec(
                 dataset=refs_pb2.DatasetRef(dataset=f"datasets/{args.dataset}", version=args.version),
                 protected_attributes=args.protect, kept_attributes=args.keep, preview_size=args.preview_size,
-                initial_intensity=args.initial_intensity, generator=_model_ref(args.generator), seed=args.seed)
+                initial_intensity=args.initial_intensity, seed=args.seed, verify_unlearning=args.verify_unlearning)
+            if args.generator:
+                spec.generator.CopyFrom(_model_ref(args.generator, "--generator"))
+            if args.model:
+                spec.model.CopyFrom(_model_ref(args.model, "--model"))
             if args.epsilon is not None:
                 spec.budget.CopyFrom(privacy_pb2.PrivacyBudget(epsilon=args.epsilon, delta=args.delta))
             op = call(stub.CreateProtectionJob, js.CreateProtectionJobRequest(
@@ -116,6 +126,10 @@ def jobs(args) -> int:
         elif args.action == "list":
             for job in call(stub.ListProtectionJobs, js.ListProtectionJobsRequest(page_size=1000), timeout=30).jobs:
                 print(f"{job.name:32} {STATES[job.state]:18} accepted intensity {job.accepted_intensity:.4f}")
+        elif args.action == "cancel":
+            job = call(stub.GetProtectionJob, js.GetProtectionJobRequest(name=name), timeout=30).job
+            OperationsClient(_channel()).cancel(job.operation)
+            print(f"{name}: cancel requested ({job.operation}); `umbra jobs show {args.job}` says when it ended")
         elif args.action == "show":
             job = call(stub.GetProtectionJob, js.GetProtectionJobRequest(name=name), timeout=30).job
             print(json_format.MessageToJson(job, indent=2))
@@ -166,7 +180,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--version", type=int, required=True, help="dataset version to protect")
     create.add_argument("--protect", nargs="+", required=True, metavar="ATTRIBUTE", help="attributes to change")
     create.add_argument("--keep", nargs="*", default=[], metavar="ATTRIBUTE", help="attributes to keep")
-    create.add_argument("--generator", required=True, help="the DP generator trained on the dataset: MODEL:VERSION")
+    create.add_argument("--generator", help="the DP generator to use: MODEL:VERSION (default: the tenant's DP "
+                                            "generator trained on the dataset, else one the job trains)")
+    create.add_argument("--model", help="a classifier trained on the dataset version, to update to the released "
+                                        "images by feature unlearning: MODEL:VERSION")
+    create.add_argument("--verify-unlearning", action="store_true",
+                        help="also retrain the model from scratch and compare (needs --model)")
     create.add_argument("--preview-size", type=int, default=0, help="images per preview (default 8, at most 16)")
     create.add_argument("--initial-intensity", type=float, default=0.0, help="first preview's intensity (0.5)")
     create.add_argument("--epsilon", type=float, default=None, help="most ε the job may spend (default: the budget)")
@@ -175,6 +194,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--watch", action="store_true", help="show the job's progress until it needs you")
     j_sub.add_parser("list", help="list jobs")
     for action, text in (("show", "show a job"), ("rounds", "list a job's feedback rounds"),
+                         ("cancel", "cancel a job in any stage (what it reserved and did not spend is released)"),
                          ("preview", "write the current round's images as a PNG grid and print its figures"),
                          ("report", "write the job's report (JSON and HTML)")):
         cmd = j_sub.add_parser(action, help=text)

@@ -5,6 +5,7 @@
 
     recipe = recipes.for_epsilon(8.0)   # None: non-private
     hyper = recipe.hyper
+    model, result = recipes.fit(recipes.NONPRIVATE, data, seed=0)   # one in-process run, as the service runs it
 
 None starts from public pretraining: on synthetic faces it did not help the ScatterNets (0.727 at ε=1 with it,
 0.72-0.75 without), so the service's `initialize_from` is left to callers that have better public data.
@@ -14,7 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import torch
+
+from umbra.classifiers import loop
+from umbra.classifiers.architectures import ModelConfig, create
+from umbra.classifiers.data import LabelledImages
 from umbra.classifiers.loop import Hyperparameters
+from umbra.privacy import dp_sgd
 
 
 @dataclass(frozen=True)
@@ -60,3 +67,16 @@ def for_epsilon(epsilon: float | None) -> Recipe:
         return NONPRIVATE
     below = [e for e in DP if e <= epsilon]
     return DP[max(below)] if below else DP[min(DP)]
+
+
+def fit(recipe: Recipe, data: LabelledImages, *, seed: int,
+        dp: dp_sgd.DPSettings | None = None) -> tuple[torch.nn.Module, dp_sgd.TrainResult]:
+    """(model, result) of one in-process run of `recipe` (fitted to the data's size) on `data`, as the training
+    service would run it."""
+    recipe = recipe.fitted(len(data))
+    config = ModelConfig(recipe.architecture, len(data.classes), recipe.image_size, classes=data.classes,
+                         width=recipe.width, mirror_average=recipe.mirror_average)
+    torch.manual_seed(seed)
+    model = create(config)
+    result = loop.train(model=model, data=data, hyper=recipe.hyper, dp=dp, seed=seed)
+    return (model._module if hasattr(model, "_module") else model), result

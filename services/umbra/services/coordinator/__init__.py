@@ -1,8 +1,8 @@
 """The coordinator: Umbra's only public API. Callers present a tenant API key or the admin key.
 
 Tenants and their API keys, datasets and their versions, the privacy ledger (which the workers charge with the
-service credential), protection jobs (which call the anonymizer replicas with the service credential) and the
-publication of models to the inference server.
+service credential), protection jobs (which call the anonymizer replicas and the unlearning service with the
+service credential) and the publication of models to the inference server.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from umbra.services.coordinator.ledger import LedgerServicer
 from umbra.services.coordinator.models import ModelServicer
 from umbra.services.coordinator.job_records import JobRecords
 from umbra.services.coordinator.jobs import JobServicer
-from umbra.services.coordinator.protection import Anonymizers, ProtectionJobs
+from umbra.services.coordinator.job_workers import JobWorkers
+from umbra.services.coordinator.protection import ProtectionJobs
 from umbra.services.coordinator.tenants import TenantServicer
 from umbra.storage import open_store
 
@@ -57,15 +58,16 @@ def build(runtime: Runtime) -> Built:
     runtime.closers += [db.close, stop_sweeper.set]
     ledger = PrivacyLedger(db.transaction)
     records = JobRecords(db)
-    protection = ProtectionJobs(records, db, store, locks, Anonymizers(list(config.anonymizer_urls),
-                                                                       config.service_token))
+    workers = JobWorkers(list(config.anonymizer_urls), config.unlearning_url, config.service_token)
+    protection = ProtectionJobs(records, db, store, locks, workers, ledger)
+    job_servicer = JobServicer(records, protection, store, ledger, runtime.operations)
+    job_servicer.resume_interrupted()  # jobs a graceful stop interrupted (a killed one resumes with its operation)
     return Built(
         registrations=[
             registration(tenant_service_pb2, tenant_service_pb2_grpc, "TenantService",
                          TenantServicer(db, api_keys, store)),
             registration(dataset_service_pb2, dataset_service_pb2_grpc, "DatasetService", datasets),
-            registration(job_service_pb2, job_service_pb2_grpc, "JobService",
-                         JobServicer(records, protection, store, ledger, runtime.operations)),
+            registration(job_service_pb2, job_service_pb2_grpc, "JobService", job_servicer),
             registration(ledger_service_pb2, ledger_service_pb2_grpc, "LedgerService", LedgerServicer(ledger)),
             registration(model_service_pb2, model_service_pb2_grpc, "ModelService",
                          ModelServicer(store, runtime.operations, inference_url=config.inference_url)),

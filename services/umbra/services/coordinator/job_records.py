@@ -109,6 +109,12 @@ class JobRecords:
         return [self._job(r) for r in self.db.fetch_all(self._JOB + "WHERE tenant = ? AND id > ? ORDER BY id LIMIT ?",
                                                          (tenant, after, limit))]
 
+    def unfinished(self) -> list[tuple[JobRow, str]]:
+        """(job, the request_id that created it) of every job not succeeded, failed or cancelled, of every tenant."""
+        marks = ", ".join("?" for _ in FINISHED)
+        rows = self.db.fetch_all(f"SELECT tenant, id, request_id FROM jobs WHERE state NOT IN ({marks})", FINISHED)
+        return [(self.job(tenant, job), request_id or "") for tenant, job, request_id in rows]
+
     def update(self, tenant: str, job: str, *, outputs: dict | None = None, **fields) -> JobRow:
         """Sets fields of a job (state, stage, operation, error) and merges `outputs` into its outputs."""
         with self.db.transaction() as sql:

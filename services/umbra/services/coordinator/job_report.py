@@ -45,6 +45,15 @@ def build(store: ObjectStore, bucket: str, job, rounds: list, spec: js.Protectio
     }
     if accepted is not None:
         metrics |= {f"accepted_{k}": v for k, v in accepted.preview.get("risk", {}).items()}
+    metrics |= {k: float(v) for k, v in (job.outputs.get("evaluation") or {}).items()}
+    unlearning = job.outputs.get("unlearning")
+    if unlearning:
+        metrics |= {"unlearning_changed_samples": float(unlearning["changed_samples"]),
+                    "unlearning_loss_before": unlearning["loss_before"],
+                    "unlearning_loss_after": unlearning["loss_after"]}
+        for name, value in (unlearning.get("verification") or {}).items():
+            if isinstance(value, (int, float)):
+                metrics[f"unlearning_{name}"] = float(value)
     report = {
         "job": f"jobs/{job.id}",
         "dataset": {"source": f"{spec.dataset.dataset}/versions/{spec.dataset.version}",
@@ -53,6 +62,10 @@ def build(store: ObjectStore, bucket: str, job, rounds: list, spec: js.Protectio
         "protected_attributes": list(spec.protected_attributes), "kept_attributes": list(spec.kept_attributes),
         "rounds": [{"round": r.round, "intensity": r.intensity, "feedback": r.feedback, "flagged": r.flagged,
                     "cost": r.preview.get("cost"), "risk": r.preview.get("risk", {})} for r in rounds],
+        "generator": dict(job.outputs.get("generator") or {}, trained_by_job=bool(job.outputs.get("generator_cost")),
+                          cost=job.outputs.get("generator_cost")),
+        "unlearning": unlearning,
+        "evaluation_skipped": job.outputs.get("evaluation_skipped") or {},
         "privacy": {"previews": previews.to_dict() if previews else None,
                     "dataset": dataset_cost.to_dict() if dataset_cost else None,
                     "total": total.to_dict() if total else None},
@@ -91,6 +104,21 @@ def _html(report: dict, pairs: list[tuple[str, bytes, bytes]]) -> str:
                       f"<td>{e(cost.get('description', ''))}</td></tr>"
                       for name, cost in report["privacy"].items() if cost)
     images = "".join(f"<figure>{_img(o)}{_img(r)}<figcaption>{e(k)}</figcaption></figure>" for k, o, r in pairs)
+    generator = report["generator"]
+    made = ("trained by this job" if generator.get("trained_by_job") else "reused (trained on this dataset before, "
+            "its ε_g charged then)")
+    about_generator = (f"<p>Generator {e(str(generator.get('model', '')))}/versions/{generator.get('version', '')}: "
+                       f"{made}. Each image's ε below includes the generator's ε_g when it was trained on this "
+                       "dataset.</p>")
+    unlearning = report.get("unlearning")
+    about_model = ""
+    if unlearning:
+        rows = "".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in unlearning.items()
+                       if k != "verification")
+        rows += "".join(f"<tr><th>verification: {e(k)}</th><td>{e(str(v))}</td></tr>"
+                        for k, v in (unlearning.get("verification") or {}).items())
+        about_model = ("<h2>The model, updated to the released images by feature unlearning</h2>"
+                       f"<table>{rows}</table>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Umbra report: {e(report['job'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:60em}}table{{border-collapse:collapse}}
@@ -101,9 +129,11 @@ td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}figure{{display:
 ({report['dataset']['images']} images, {report['dataset']['left_out']} left out). Protected:
 {e(', '.join(report['protected_attributes']))}; kept: {e(', '.join(report['kept_attributes']) or 'none')}.</p>
 <h2>Headline</h2><table>{metrics}</table>
+{about_generator}
 <h2>Privacy (ε, δ)</h2><table><tr><th></th><th>ε</th><th>δ</th><th>what</th></tr>{privacy}</table>
 <h2>Feedback rounds</h2>
 <table><tr><th>round</th><th>intensity</th><th>answer</th><th>ε</th><th>flagged</th><th>risk</th></tr>{rounds}</table>
+{about_model}
 <h2>Accepted round: originals (left) beside released images (right)</h2>{images}
 </body></html>
 """

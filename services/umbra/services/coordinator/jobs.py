@@ -3,6 +3,7 @@ protection.py; this servicer validates, converts and answers."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 from umbra.common.v1 import image_pb2, refs_pb2
@@ -13,6 +14,7 @@ from umbra.privacy.mechanisms import Cost
 from umbra.runtime import auth, names, pagination
 from umbra.runtime.errors import FailedPrecondition, InvalidInput, NotFound
 from umbra.runtime.operations import LongRunning, OperationRunner
+from umbra.runtime.operations.runner import interrupted
 from umbra.services import convert as shared_convert
 from umbra.services.coordinator.job_records import ANSWERED, AWAITING, FINISHED, JobRecords, RoundRow
 from umbra.services.coordinator.protection import ANSWERS, Plan, ProtectionJobs, plan
@@ -20,6 +22,7 @@ from umbra.storage import keys
 from umbra.storage.base import ObjectStore
 from umbra.storage.datasets import DatasetReader
 
+log = logging.getLogger(__name__)
 _FEEDBACK = {"accept": js.FEEDBACK_ACCEPT, "more": js.FEEDBACK_MORE_PRIVACY, "less": js.FEEDBACK_LESS_PRIVACY}
 MAX_FLAGGED = 16
 
@@ -47,8 +50,25 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     def __init__(self, records: JobRecords, jobs: ProtectionJobs, store: ObjectStore, ledger: PrivacyLedger,
                  operations: OperationRunner):
         self.records, self.jobs, self.store, self.ledger = records, jobs, store, ledger
+        self.operations = operations
         self._create = LongRunning(operations, "CreateProtectionJob", js.CreateProtectionJobRequest,
                                    js.ProtectionJobMetadata, plan=self._plan, run=self._run)
+
+    def resume_interrupted(self) -> int:
+        """At start: carries on the jobs whose operation a previous stop of the coordinator interrupted (a job
+        killed outright resumes with its operation; umbra.runtime.operations). Returns how many."""
+        resumed = 0
+        for row, request_id in self.records.unfinished():
+            record = self.operations.store.get(row.operation) if row.operation else None
+            if record is None or not interrupted(record.operation) or not request_id:
+                continue
+            try:
+                self._create.start(row.tenant, js.CreateProtectionJobRequest(
+                    job_id=row.id, spec=js.ProtectionJobSpec.FromString(row.spec), request_id=request_id))
+                resumed += 1
+            except Exception:  # noqa: BLE001 - one job that cannot go on must not stop the coordinator
+                log.exception("job %s of tenant %s could not carry on after the restart", row.id, row.tenant)
+        return resumed
 
     def _plan(self, tenant: str, request: js.CreateProtectionJobRequest) -> Plan:
         return plan(self.records, self.jobs.db, self.store, tenant, request)

@@ -1,18 +1,21 @@
 """The protection job, stage by stage: the coordinator's side of Umbra's main job.
 
     plan(...)            checks the request by field and records the job (once per request_id)
-    ProtectionJobs.run   preparing -> feedback rounds -> running (anonymize the dataset, commit it, report)
+    ProtectionJobs.run   preparing (the generator) -> feedback rounds -> running (anonymize the dataset, commit
+                         it, update the model by unlearning, report)
 
 Every stage is written to the database (job_records) before its side effect, and every call to a worker carries
 a request_id derived from the job and the stage (and the round), so a coordinator restarted at any moment
 resumes the job where it stood: a retried preview is answered by the anonymizer's first answer (charged once),
 the anonymized version is reserved once, and no round is lost or repeated.
 
-Built so far: previews at intensities chosen by bisection (umbra.anonymization.feedback), each charged in the
-ledger by the anonymizer and measured for re-identification by a pretrained face recognizer, the whole dataset
-anonymized at the accepted intensity and committed as a new version, and the report. The job must name its
-generator (training one inside the job, MDP, unlearning and a baseline model are refused by field until they
-are built).
+Preparing reuses the generator the job names, or a DP generator of the tenant trained on the dataset, or trains
+one (job_models). Previews come at intensities chosen by bisection (umbra.anonymization.feedback), each charged
+in the ledger by the anonymizer and measured for re-identification by a pretrained face recognizer. Running
+anonymizes the whole dataset at the accepted intensity across the anonymizer replicas, commits it as a new
+version, updates `spec.model` to it by feature unlearning (verified against retraining when asked), and writes
+the report. Cancelling (or a failure) releases what the job reserved and was not spent, and deletes its
+uncommitted version. MDP inside the job is refused by field until it is built.
 """
 
 from __future__ import annotations
@@ -25,33 +28,36 @@ from dataclasses import dataclass
 import numpy as np
 
 from umbra.anonymizer.v1 import anonymizer_service_pb2 as an
-from umbra.anonymizer.v1 import anonymizer_service_pb2_grpc
-from umbra.client.channel import open_channel
 from umbra.client.errors import OperationFailed, UmbraRpcError
 from umbra.client.operations import call
 from umbra.common.v1 import refs_pb2
 from umbra.coordinator.v1 import dataset_service_pb2 as ds
 from umbra.coordinator.v1 import job_service_pb2 as js
-from umbra.anonymization import feedback, reidentification
+from umbra.anonymization import attacks, feedback, reidentification
 from umbra.dataset.images import decode_rgb
+from umbra.feature_unlearning import verification
 from umbra.privacy import composition
+from umbra.privacy.ledger import RESERVED, PrivacyLedger
 from umbra.privacy.mechanisms import Cost
 from umbra.runtime import names
-from umbra.runtime.errors import (AlreadyExists, BudgetExhausted, Cancelled, FailedPrecondition, InvalidInput, NotFound,
-                                  UmbraError, Unavailable)
+from umbra.runtime.errors import AlreadyExists, Cancelled, FailedPrecondition, InvalidInput, NotFound, UmbraError
 from umbra.services import convert as shared_convert
-from umbra.services.coordinator import job_report, sharding, versions
+from umbra.services.coordinator import job_models, job_report, sharding, versions
 from umbra.services.coordinator.db import CoordinatorDB
 from umbra.services.coordinator.job_records import (ANSWERED, AWAITING, AWAITING_FEEDBACK, CANCELLED, FAILED,
-                                                    PENDING, PREVIEWING, RUNNING, SUCCEEDED, JobRecords, JobRow)
+                                                    PENDING, PREPARING, PREVIEWING, RUNNING, SUCCEEDED, JobRecords,
+                                                    JobRow)
+from umbra.services.coordinator.job_workers import JobWorkers, WorkerFailed, worker_error
 from umbra.services.coordinator.locks import DatasetLocks
 from umbra.storage import keys
 from umbra.storage.base import ObjectStore
 from umbra.storage.datasets import DatasetReader
+from umbra.unlearning.v1 import unlearning_service_pb2 as us
 
 log = logging.getLogger(__name__)
 DEFAULT_PREVIEW_SIZE, MAX_PREVIEW_SIZE = 8, 16  # the anonymizer's preview limit is 16
 GALLERY_OTHERS = 100  # other test faces the recognizer searches among, beside the preview's own originals
+EVALUATION_FACES = 300  # released test faces re-identified among their originals for the report (at most)
 TIMEOUT = 60.0
 ANSWERS = {js.FEEDBACK_ACCEPT: "accept", js.FEEDBACK_MORE_PRIVACY: feedback.MORE,
            js.FEEDBACK_LESS_PRIVACY: feedback.LESS}
@@ -66,6 +72,8 @@ class Plan:
     version: int
     preview_keys: tuple[str, ...]
     gallery_keys: tuple[str, ...]  # the preview's originals first, then other test faces to search among
+    probe: str = ""  # with verify_unlearning: the attribute the leakage probe predicts from the model's features
+    evaluation_keys: tuple[str, ...] = ()  # the test faces the report's re-identification figures are measured on
 
 
 def plan(records: JobRecords, db: CoordinatorDB, store: ObjectStore, tenant: str,
@@ -107,12 +115,18 @@ def plan(records: JobRecords, db: CoordinatorDB, store: ObjectStore, tenant: str
         raise InvalidInput("spec.preview_size", f"must be 1 to {MAX_PREVIEW_SIZE} (0: {DEFAULT_PREVIEW_SIZE})")
     if spec.distortion_copies:
         raise InvalidInput("spec.distortion_copies", "MDP inside the job is not built yet: leave it 0")
-    if spec.HasField("model") or spec.verify_unlearning:
-        raise InvalidInput("spec.model", "updating a model by unlearning inside the job is not built yet")
-    if not spec.HasField("generator"):
-        raise InvalidInput("spec.generator", "name the DP generator trained on this dataset (training one inside "
-                                             "the job is not built yet)")
-    names.model_ref(spec.generator, "spec.generator")
+    probe = ""
+    if spec.HasField("model"):
+        task = job_models.check_model(store, keys.bucket(tenant), spec).get("task", "")
+        if task not in protected + kept:  # the anonymized version carries the protected and kept labels only
+            raise InvalidInput("spec.model", f"learns {task!r}, which the anonymized version will not carry: "
+                                             f"protect or keep {task!r} too")
+        if spec.verify_unlearning:
+            probe = _probe(reader, task, protected + kept)
+    elif spec.verify_unlearning:
+        raise InvalidInput("spec.verify_unlearning", "verifies the update of spec.model: name the model")
+    if spec.HasField("generator"):
+        names.model_ref(spec.generator, "spec.generator")
     if not 0 <= spec.seed < 2**32:
         raise InvalidInput("spec.seed", "must be 0 to 2^32 - 1")
     test = sorted(s.key for s in reader.samples() if s.split == "test"
@@ -126,7 +140,31 @@ def plan(records: JobRecords, db: CoordinatorDB, store: ObjectStore, tenant: str
     if not created:
         raise AlreadyExists(f"job {job!r} already exists", metadata={"job": job})
     return Plan(tenant, job, spec, dataset, spec.dataset.version, tuple(ranked[:size]),
-                tuple(ranked[:size + GALLERY_OTHERS]))
+                tuple(ranked[:size + GALLERY_OTHERS]), probe, tuple(ranked[:EVALUATION_FACES]))
+
+
+def _cancelled_by_tenant(ctx) -> bool:
+    """Whether the job's operation was cancelled by the tenant (not only stopped by a shutdown of the coordinator,
+    after which the job carries on: umbra.services.coordinator.jobs.JobServicer.resume_interrupted)."""
+    return ctx.metadata.progress.cancel_requested
+
+
+def _probe(reader: DatasetReader, task: str, attributes: list[str]) -> str:
+    """The attribute the verification's leakage probe predicts from each model's features: the first protected
+    (else kept) attribute, other than the model's task, that the unlearning service can score on the test split."""
+    why = []
+    for attribute in attributes:
+        if attribute == task:
+            continue
+        try:
+            verification.check_probe(reader, task=task, attribute=attribute)
+            return attribute
+        except InvalidInput as exc:
+            why.append(f"cannot probe {attribute!r} ({exc.message})")
+    raise InvalidInput("spec.verify_unlearning", "the verification's probe predicts a protected or kept attribute "
+                                                 "from the model's features, and the job " + (
+                                                     "; ".join(why) or f"names no attribute besides the model's "
+                                                                        f"task ({task!r})"))
 
 
 def _search(spec: js.ProtectionJobSpec, answered: list) -> feedback.IntensitySearch:
@@ -144,42 +182,14 @@ def next_intensity(spec: js.ProtectionJobSpec, rounds: list) -> float | None:
     return search.answer(answered[-1].feedback)
 
 
-class Anonymizers:
-    """The anonymizer replicas a job calls, as the service credential acting for the job's tenant."""
-
-    def __init__(self, targets: list[str], service_token: str):
-        if not targets:
-            raise ValueError("no anonymizer address")
-        self.targets, self.token = targets, service_token
-        self._channels: dict[tuple[str, int], object] = {}  # one per tenant and replica, reused
-        self._lock = threading.Lock()
-
-    def _channel(self, tenant: str, index: int):
-        key = (tenant, index % len(self.targets))
-        with self._lock:
-            if key not in self._channels:
-                self._channels[key] = open_channel(self.targets[key[1]], self.token, tenant=tenant)
-            return self._channels[key]
-
-    def stub(self, tenant: str, index: int = 0) -> anonymizer_service_pb2_grpc.AnonymizerServiceStub:
-        return anonymizer_service_pb2_grpc.AnonymizerServiceStub(self._channel(tenant, index))
-
-
-def _worker_error(exc: UmbraRpcError) -> UmbraError:
-    """A worker's refusal as this job's error: a spent budget stays FAILED_PRECONDITION PRIVACY_BUDGET_EXHAUSTED."""
-    if exc.reason == "PRIVACY_BUDGET_EXHAUSTED":
-        return BudgetExhausted(exc.message, metadata=exc.metadata)
-    if exc.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-        return Unavailable(f"the anonymizer cannot be reached: {exc.message}")
-    return FailedPrecondition(f"the anonymizer refused: {exc.message}", reason=exc.reason or "WORKER_REFUSED")
-
-
 class ProtectionJobs:
     def __init__(self, records: JobRecords, db: CoordinatorDB, store: ObjectStore, locks: DatasetLocks,
-                 anonymizers: Anonymizers):
-        self.records, self.db, self.store, self.locks, self.anonymizers = records, db, store, locks, anonymizers
+                 workers: JobWorkers, ledger: PrivacyLedger):
+        self.records, self.db, self.store, self.locks = records, db, store, locks
+        self.workers, self.ledger = workers, ledger
         self._changed = threading.Condition()
         self._galleries: dict[tuple[str, str], np.ndarray] = {}  # a job's originals, embedded once per process
+        self._judges: dict[tuple[str, str], list[attacks.AttributeJudge]] = {}  # trained once per job and process
         self._gallery_lock = threading.Lock()
 
     def notify(self) -> None:
@@ -189,7 +199,9 @@ class ProtectionJobs:
 
     def settings(self, plan: Plan, intensity: float) -> an.AnonymizationSettings:
         spec = plan.spec
-        settings = an.AnonymizationSettings(generator=spec.generator, protected_attributes=spec.protected_attributes,
+        generator = self.records.job(plan.tenant, plan.job).outputs["generator"]
+        settings = an.AnonymizationSettings(generator=refs_pb2.ModelRef(**generator),
+                                            protected_attributes=spec.protected_attributes,
                                             kept_attributes=spec.kept_attributes, intensity=intensity, seed=spec.seed)
         if spec.HasField("budget"):
             settings.budget.CopyFrom(spec.budget)
@@ -204,13 +216,20 @@ class ProtectionJobs:
         try:
             row = records.job(tenant, job)
             if row.state == PENDING:
-                row = records.update(tenant, job, state=AWAITING_FEEDBACK, stage="feedback")
+                row = records.update(tenant, job, state=PREPARING, stage="preparing the generator")
+            if row.state == PREPARING:
+                generator = self._prepare_generator(ctx, plan)
+                row = records.update(tenant, job, state=AWAITING_FEEDBACK, stage="feedback",
+                                     outputs={"generator": {"model": generator.model, "version": generator.version}})
             if row.state == AWAITING_FEEDBACK:
                 accepted = self._feedback_loop(ctx, plan)
                 row = records.update(tenant, job, state=RUNNING, stage="anonymizing",
                                      outputs={"accepted_intensity": accepted})
             if row.state == RUNNING:
                 self._anonymize_dataset(ctx, plan, row.outputs["accepted_intensity"])
+                self._evaluate(ctx, plan)
+                if plan.spec.HasField("model"):
+                    self._unlearn(ctx, plan)
                 ctx.report(stage="writing the report")
                 report = job_report.build(self.store, keys.bucket(tenant), records.job(tenant, job),
                                           records.rounds(tenant, job), plan.spec)
@@ -218,14 +237,48 @@ class ProtectionJobs:
             ctx.report(stage="done")
             return self.to_proto(records.job(tenant, job))
         except Cancelled:
+            if not _cancelled_by_tenant(ctx):
+                # The coordinator is stopping, not the tenant cancelling: the job stays where it stood, and the
+                # same CreateProtectionJob request (its request_id) carries it on.
+                records.update(tenant, job, stage="interrupted by a restart of the coordinator")
+                raise
+            self._abandon(plan)
             records.update(tenant, job, state=CANCELLED, stage="cancelled")
             raise
         except UmbraError as exc:
+            self._abandon(plan)
             records.update(tenant, job, state=FAILED, stage="failed", error=exc.message)
             raise
         except Exception:
+            self._abandon(plan)
             records.update(tenant, job, state=FAILED, stage="failed", error="internal error")
             raise
+
+    def _prepare_generator(self, ctx, plan: Plan) -> refs_pb2.ModelRef:
+        """The generator the job names; else one of the tenant's DP generators trained on the dataset and
+        conditioned on the job's attributes; else one the job trains (charged in the ledger by the anonymizer)."""
+        spec, tenant = plan.spec, plan.tenant
+        if spec.HasField("generator"):
+            return spec.generator
+        attributes = [*spec.protected_attributes, *spec.kept_attributes]
+        found = job_models.reusable_generator(self.store, keys.bucket(tenant), plan.dataset, plan.version, attributes)
+        if found is not None:
+            ctx.report(stage=f"reusing the generator {found.model}/versions/{found.version}")
+            return found
+        request = job_models.generator_request(plan.job, spec, sharding.derived_request_id(
+            "job", tenant, plan.job, "generator"))
+        ctx.report(stage=f"training a DP generator ({request.model}, target epsilon "
+                         f"{request.privacy.target_epsilon:g})")
+        stub = self.workers.anonymizer(tenant)
+        try:
+            started = call(stub.TrainGenerator, request, timeout=TIMEOUT).operation
+            result = self.workers.finish(ctx, self.workers.channel(tenant, self.workers.anonymizer_targets[0]),
+                                         started, an.GeneratorResult, stage="training the generator")
+        except (UmbraRpcError, OperationFailed) as exc:
+            raise worker_error(exc, "anonymizer") from None
+        cost = shared_convert.privacy_cost_from_proto(result.privacy_cost, "privacy_cost")
+        self.records.update(tenant, plan.job, outputs={"generator_cost": cost.to_dict()})
+        return result.generator
 
     def _feedback_loop(self, ctx, plan: Plan) -> float:
         """Runs rounds until one is accepted; returns its intensity."""
@@ -268,9 +321,9 @@ class ProtectionJobs:
                                       sample_keys=plan.preview_keys,
                                       request_id=sharding.derived_request_id("job", tenant, plan.job, "round", number))
         try:
-            response = call(self.anonymizers.stub(tenant).Anonymize, request, timeout=TIMEOUT * 5)
+            response = call(self.workers.anonymizer(tenant).Anonymize, request, timeout=TIMEOUT * 5)
         except UmbraRpcError as exc:
-            raise _worker_error(exc) from None
+            raise worker_error(exc, "anonymizer") from None
         bucket = keys.bucket(tenant)
         images = []
         for key, image in zip(plan.preview_keys, response.images, strict=True):
@@ -286,7 +339,8 @@ class ProtectionJobs:
     def _risk(self, plan: Plan, released: list[bytes]) -> dict[str, float]:
         """How often a pretrained face recognizer (dlib's ResNet, umbra.anonymization.reidentification) finds
         each released face's own original first among the preview's originals and other test faces (rank 1),
-        and how often it calls them the same person (distance < 0.6)."""
+        and how often it calls them the same person (distance < 0.6); and, per protected category attribute, how
+        often a classifier trained on the original images still finds its true value (beside chance)."""
         key = (plan.tenant, plan.job)
         with self._gallery_lock:
             gallery = self._galleries.get(key)
@@ -302,8 +356,29 @@ class ProtectionJobs:
                 self._galleries[key] = gallery
         embedded = reidentification.recognizer().embed(np.stack([decode_rgb(data) for data in released]))
         result = reidentification.reidentify(embedded, gallery)
-        return {"reid_rank1": result.rank1, "reid_verify_rate": result.verify_rate,
+        risk = {"reid_rank1": result.rank1, "reid_verify_rate": result.verify_rate,
                 "reid_gallery": float(len(gallery))}
+        reader = DatasetReader(self.store, keys.bucket(plan.tenant), plan.dataset, plan.version)
+        labels = {s.key: s.labels for s in reader.samples() if s.key in set(plan.preview_keys)}
+        for judge in self._attribute_judges(plan, reader):
+            risk[f"{judge.attribute}_classifier_agreement"] = judge.agreement(
+                released, [labels[k].get(judge.attribute, "") for k in plan.preview_keys])
+            risk[f"{judge.attribute}_classifier_chance"] = judge.chance
+        return risk
+
+    def _attribute_judges(self, plan: Plan, reader: DatasetReader) -> list[attacks.AttributeJudge]:
+        """A classifier of each protected category attribute, trained on the original training images (once
+        per job and process), which says what a preview still gives away."""
+        key = (plan.tenant, plan.job)
+        with self._gallery_lock:
+            judges = self._judges.get(key)
+        if judges is None:
+            trained = [attacks.AttributeJudge.train(reader, a, seed=plan.spec.seed)
+                       for a in plan.spec.protected_attributes]
+            judges = [j for j in trained if j is not None]
+            with self._gallery_lock:
+                self._judges[key] = judges
+        return judges
 
     def answer(self, tenant: str, job: str, number: int, answer: str, flagged: list[str],
                request_id_: str) -> tuple:
@@ -357,11 +432,11 @@ class ProtectionJobs:
                 request_id=sharding.derived_request_id("job", tenant, job, "anonymize dataset"))
             try:
                 result = sharding.anonymize_sharded(
-                    self.anonymizers.targets, self.anonymizers.token, tenant, request, store=self.store,
+                    self.workers.anonymizer_targets, self.workers.token, tenant, request, store=self.store,
                     progress=lambda done, total: ctx.report(done=done, total=total, unit="shards"),
-                    cancelled=lambda: ctx.cancelled)
+                    cancelled=lambda: ctx.cancelled, cancel_workers=lambda: _cancelled_by_tenant(ctx))
             except UmbraRpcError as exc:
-                raise _worker_error(exc) from None
+                raise worker_error(exc, "anonymizer") from None
             except OperationFailed as exc:
                 raise FailedPrecondition(f"anonymizing the dataset failed: {exc.message}",
                                          reason="ANONYMIZATION_FAILED") from None
@@ -375,6 +450,109 @@ class ProtectionJobs:
         versions.commit(_CommitContext(ctx), self.db, self.store, self.locks, bucket,
                         self.db.version(tenant, plan.dataset, row.version), drop_invalid=False)
 
+    def _evaluate(self, ctx, plan: Plan) -> None:
+        """For the report: re-identification of the released test faces (up to EVALUATION_FACES) among their
+        originals by the pretrained face recognizer (rank 1, verification rate), an adversary retrained on the
+        released images for each protected attribute and the utility kept for each kept one
+        (umbra.anonymization.attacks)."""
+        tenant, job = plan.tenant, plan.job
+        row = self.records.job(tenant, job)
+        if row.outputs.get("evaluation"):
+            return
+        wanted = set(plan.evaluation_keys)
+        ctx.report(stage=f"measuring re-identification of {len(wanted)} released test faces")
+        bucket = keys.bucket(tenant)
+
+        def faces(version: int) -> dict[str, np.ndarray]:
+            reader = DatasetReader(self.store, bucket, plan.dataset, version)
+            return {s.key: decode_rgb(data) for s, data in reader.iter_images(split="test") if s.key in wanted}
+
+        originals, released = faces(plan.version), faces(row.outputs["anonymized_version"])
+        shared = [k for k in plan.evaluation_keys if k in released]  # a sample the anonymizer left out is absent
+        recognizer = reidentification.recognizer()
+        result = reidentification.reidentify(recognizer.embed(np.stack([released[k] for k in shared])),
+                                             recognizer.embed(np.stack([originals[k] for k in shared])))
+        attributes = attacks.measure(DatasetReader(self.store, bucket, plan.dataset, plan.version),
+                                     DatasetReader(self.store, bucket, plan.dataset, row.outputs["anonymized_version"]),
+                                     protected=list(plan.spec.protected_attributes),
+                                     kept=list(plan.spec.kept_attributes), seed=plan.spec.seed,
+                                     progress=lambda stage: ctx.report(stage=stage), cancelled=lambda: ctx.cancelled)
+        ctx.check_cancelled()
+        self.records.update(tenant, job, outputs={"evaluation": {
+            "reid_rank1": result.rank1, "reid_verify_rate": result.verify_rate, "reid_faces": len(shared),
+            **attributes["metrics"]}, "evaluation_skipped": attributes["skipped"]})
+
+    def _unlearn(self, ctx, plan: Plan) -> None:
+        """Updates spec.model to the anonymized version by feature unlearning (a new version of the same model),
+        verified against retraining from scratch when the job asks for it."""
+        tenant, job, spec = plan.tenant, plan.job, plan.spec
+        row = self.records.job(tenant, job)
+        if row.outputs.get("unlearning"):
+            return
+        anonymized = refs_pb2.DatasetRef(dataset=spec.dataset.dataset, version=row.outputs["anonymized_version"])
+
+        def unlearn(method: int) -> us.UnlearningResult:
+            request = us.UnlearnRequest(
+                model=spec.model, original=spec.dataset, revision=us.Revision(revised=anonymized), method=method,
+                verify=spec.verify_unlearning, output_model=spec.model.model,
+                probe_attribute=plan.probe,
+                request_id=sharding.derived_request_id("job", tenant, job, "unlearn", us.Method.Name(method)))
+            ctx.report(stage=f"updating {spec.model.model}/versions/{spec.model.version} by unlearning")
+            started = call(self.workers.unlearning(tenant).Unlearn, request, timeout=TIMEOUT).operation
+            return self.workers.finish(ctx, self.workers.channel(tenant, self.workers.unlearning_target), started,
+                                       us.UnlearningResult, stage="unlearning")
+
+        refused = ""
+        try:
+            try:
+                result = unlearn(us.METHOD_SECOND_ORDER)
+            except WorkerFailed as exc:
+                # The service's safety check: a second-order step that raises the loss on the revised training
+                # data is never written. The first-order step is searched so that it cannot raise it.
+                if exc.reason != "UNLEARNING_DIVERGED":
+                    raise
+                refused = exc.message
+                result = unlearn(us.METHOD_FIRST_ORDER)
+        except (UmbraRpcError, OperationFailed) as exc:
+            raise worker_error(exc, "unlearning service") from None
+        figures = {"model": result.unlearned.model, "version": result.unlearned.version,
+                   "changed_samples": result.changed_samples, "removed_samples": result.removed_samples,
+                   "method": "first order" if refused else "second order", "second_order_refused": refused,
+                   "seconds": result.seconds, "tau": result.tau, "update_norm": result.update_norm,
+                   "loss_before": result.loss_before, "loss_after": result.loss_after,
+                   "outside_original_privacy_guarantee": result.outside_original_privacy_guarantee}
+        if result.HasField("verification"):
+            v = result.verification
+            figures["verification"] = {
+                "accuracy_original": v.accuracy_original, "accuracy_unlearned": v.accuracy_unlearned,
+                "accuracy_retrained": v.accuracy_retrained, "agreement_with_retrained": v.agreement_with_retrained,
+                "parameter_distance": v.parameter_distance, "retrain_seconds": v.retrain_seconds,
+                "probe_attribute": plan.probe, "probe_balanced_accuracy": dict(v.probe_balanced_accuracy),
+                "test_count": v.test_count,
+                "retrained": f"{v.retrained.model}/versions/{v.retrained.version}"}
+        self.records.update(tenant, job, outputs={"unlearning": figures})
+
+    def _abandon(self, plan: Plan) -> None:
+        """After a cancel or a failure: the charge the job's dataset anonymization reserved (and did not spend:
+        the version was never committed) is released, and the uncommitted version deleted. Previews and a
+        generator were settled by the anonymizer (spent, or released when they failed)."""
+        tenant = plan.tenant
+        version = self.records.job(tenant, plan.job).outputs.get("anonymized_version")
+        if not version:
+            return
+        with self.locks.exclusive(tenant, plan.dataset):
+            row = self.db.version(tenant, plan.dataset, version)
+            if row is None or row.state not in versions.OPEN_FOR_UPLOAD:
+                return  # committed (its charge is spent) or gone
+            prefix = f"anonymizer/AnonymizeDataset/datasets/{plan.dataset}/versions/{version}/"
+            for entry in self.ledger.entries(tenant, dataset=plan.dataset, limit=1000):
+                if entry.state == RESERVED and entry.request_id.startswith(prefix):
+                    self.ledger.release(tenant, entry.request_id)
+            self.store.delete_prefix(keys.bucket(tenant), keys.version_prefix(plan.dataset, version))
+            self.db.delete_version(tenant, plan.dataset, version)
+        log.info("job %s: released its dataset reservation and deleted the uncommitted version %d", plan.job,
+                 version)
+
     # -- conversion ---------------------------------------------------------------------------------------------
 
     def to_proto(self, row: JobRow) -> js.ProtectionJob:
@@ -386,6 +564,9 @@ class ProtectionJobs:
         version = row.outputs.get("anonymized_version")
         if version and row.state == SUCCEEDED:
             job.anonymized_dataset.CopyFrom(refs_pb2.DatasetRef(dataset=job.spec.dataset.dataset, version=version))
+        unlearned = row.outputs.get("unlearning")
+        if unlearned and row.state == SUCCEEDED:
+            job.unlearned_model.CopyFrom(refs_pb2.ModelRef(model=unlearned["model"], version=unlearned["version"]))
         spent = row.outputs.get("report", {}).get("privacy_total")
         if spent:
             job.privacy_spent.CopyFrom(shared_convert.privacy_cost_to_proto(Cost.from_dict(spent)))

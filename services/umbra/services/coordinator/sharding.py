@@ -71,8 +71,9 @@ class _Outcome:
 
 class _Replicas:
     def __init__(self, targets: list[str], service_token: str, tenant: str, poll_seconds: float,
-                 cancelled: Callable[[], bool] = lambda: False):
+                 cancelled: Callable[[], bool] = lambda: False, cancel_workers: Callable[[], bool] = lambda: True):
         self.targets, self.poll_seconds, self.cancelled = targets, poll_seconds, cancelled
+        self.cancel_workers = cancel_workers
         self._channels = [open_channel(t, service_token, tenant=tenant) for t in targets]
         self.shards_done: dict[str, int] = {}  # the latest shards_done of each operation running
         self.stop = threading.Event()
@@ -93,7 +94,8 @@ class _Replicas:
         try:
             while not op.done:
                 if self.cancelled():  # the caller's job was cancelled: its workers' operations are cancelled too
-                    operations.cancel(op.name)
+                    if self.cancel_workers():  # (not when the caller is only stopping: it will carry on later)
+                        operations.cancel(op.name)
                     return _Outcome(error=Cancelled("cancelled by request"), refused=True)
                 if self.stop.is_set():
                     return _Outcome(error=RuntimeError("stopped"))
@@ -117,15 +119,16 @@ def _unusable(exc: UmbraRpcError) -> bool:
 
 def anonymize_sharded(targets: list[str], service_token: str, tenant: str, request: an.AnonymizeDatasetRequest, *,
                       store: ObjectStore, progress: Callable[[int, int], None] | None = None,
-                      poll_seconds: float = 1.0, cancelled: Callable[[], bool] = lambda: False
-                      ) -> an.AnonymizationResult:
+                      poll_seconds: float = 1.0, cancelled: Callable[[], bool] = lambda: False,
+                      cancel_workers: Callable[[], bool] = lambda: True) -> an.AnonymizationResult:
     """Runs `request` (whose `shards` must be empty) across the anonymizer replicas at `targets` and returns the
     finishing call's result: the whole version, as one replica's would be. `store` is the tenant's object store,
     to count the shards from the source manifest. progress(shards_done, shards_total) while it runs.
 
     Raises UmbraRpcError when the request is refused (by field, budget, version in use: every replica would
     refuse it) or no replica can be reached, OperationFailed when the work failed on every replica left, and
-    Cancelled (after cancelling the replicas' operations) once `cancelled()` says so."""
+    Cancelled once `cancelled()` says so, after cancelling the replicas' operations when `cancel_workers()` says
+    so too (a caller that is only stopping leaves them to finish, and finds them again when it carries on)."""
     if not targets:
         raise ValueError("no anonymizer address")
     if request.shards:
@@ -134,7 +137,7 @@ def anonymize_sharded(targets: list[str], service_token: str, tenant: str, reque
     settings = request.settings
     reader = dataset_reader(store, keys.bucket(tenant), request.dataset, "dataset")
     total = shard_count(reader.samples(), [*settings.protected_attributes, *settings.kept_attributes])
-    replicas = _Replicas(list(targets), service_token, tenant, poll_seconds, cancelled)
+    replicas = _Replicas(list(targets), service_token, tenant, poll_seconds, cancelled, cancel_workers)
     try:
         healthy = list(range(len(targets)))
         if total > 1 and len(targets) > 1:

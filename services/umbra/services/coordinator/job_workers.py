@@ -1,0 +1,98 @@
+"""The workers a protection job calls, as the service credential acting for the job's tenant: the anonymizer
+replicas (previews, the generator, the whole dataset) and the unlearning service (the model's update).
+
+    workers = JobWorkers(["10.0.0.7:50052"], "10.0.0.9:50055", service_token)
+    result = workers.finish(ctx, channel, operation, an.GeneratorResult, stage="training the generator")
+
+`finish` waits for a worker's long-running operation while the job's own operation reports its progress, and
+cancels the worker's operation when the tenant cancels the job (the worker then releases what it reserved in
+the ledger); when the coordinator is only stopping, the worker's operation goes on, and the job finds it again
+(the same request_id) when it carries on. A worker's refusal becomes the job's error by `worker_error`.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+from google.rpc import error_details_pb2
+
+from umbra.anonymizer.v1 import anonymizer_service_pb2_grpc
+from umbra.client.channel import open_channel
+from umbra.client.errors import OperationFailed, UmbraRpcError
+from umbra.client.operations import OperationsClient, progress_of
+from umbra.runtime.errors import BudgetExhausted, Cancelled, FailedPrecondition, UmbraError, Unavailable
+from umbra.unlearning.v1 import unlearning_service_pb2_grpc
+
+TIMEOUT = 60.0  # one RPC to a worker
+POLL_SECONDS = 1.0
+
+
+class WorkerFailed(OperationFailed):
+    """A worker's operation ended with an error; `reason` is its ErrorInfo reason ("" when it gave none)."""
+
+    def __init__(self, op):
+        super().__init__(op.name, op.error.code, op.error.message)
+        self.reason = ""
+        for detail in op.error.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                self.reason = info.reason
+
+
+class JobWorkers:
+    def __init__(self, anonymizers: list[str], unlearning: str, service_token: str):
+        if not anonymizers:
+            raise ValueError("no anonymizer address")
+        self.anonymizer_targets, self.unlearning_target, self.token = anonymizers, unlearning, service_token
+        self._channels: dict[tuple[str, str], grpc.Channel] = {}  # one per tenant and worker address, reused
+        self._lock = threading.Lock()
+
+    def channel(self, tenant: str, target: str) -> grpc.Channel:
+        with self._lock:
+            if (tenant, target) not in self._channels:
+                self._channels[(tenant, target)] = open_channel(target, self.token, tenant=tenant)
+            return self._channels[(tenant, target)]
+
+    def anonymizer(self, tenant: str) -> anonymizer_service_pb2_grpc.AnonymizerServiceStub:
+        """The first anonymizer replica (previews and the generator; the dataset goes to every replica)."""
+        return anonymizer_service_pb2_grpc.AnonymizerServiceStub(self.channel(tenant, self.anonymizer_targets[0]))
+
+    def unlearning(self, tenant: str) -> unlearning_service_pb2_grpc.UnlearningServiceStub:
+        if not self.unlearning_target:
+            raise FailedPrecondition("no unlearning service is configured for the coordinator (UMBRA_UNLEARNING_URL)")
+        return unlearning_service_pb2_grpc.UnlearningServiceStub(self.channel(tenant, self.unlearning_target))
+
+    def finish(self, ctx, channel: grpc.Channel, operation, response_type, *, stage: str):
+        """The response of the worker's `operation` once it is done; its progress shows as the job's stage.
+        Raises Cancelled (after cancelling the worker's operation) when the job is cancelled, WorkerFailed when
+        the work failed, UmbraRpcError when the worker cannot be asked."""
+        operations = OperationsClient(channel, TIMEOUT)
+        op = operation
+        while not op.done:
+            if ctx.cancelled:
+                if ctx.metadata.progress.cancel_requested:  # the tenant's cancel, not a shutdown of the coordinator
+                    operations.cancel(op.name)
+                raise Cancelled("cancelled by request")
+            op = operations.wait(op.name, timeout=POLL_SECONDS, poll_seconds=POLL_SECONDS)
+            progress = progress_of(op)
+            if progress is not None and progress.stage:
+                ctx.report(stage=f"{stage}: {progress.stage}", done=progress.done, total=progress.total,
+                           unit=progress.unit)
+        if op.HasField("error"):
+            raise WorkerFailed(op)
+        response = response_type()
+        op.response.Unpack(response)
+        return response
+
+
+def worker_error(exc: UmbraRpcError | OperationFailed, worker: str) -> UmbraError:
+    """A worker's refusal or failure as the job's error: a spent budget stays FAILED_PRECONDITION
+    PRIVACY_BUDGET_EXHAUSTED, an unreachable worker is UNAVAILABLE, anything else FAILED_PRECONDITION naming it."""
+    if isinstance(exc, OperationFailed):
+        return FailedPrecondition(f"the {worker} failed: {exc.message}", reason="WORKER_FAILED")
+    if exc.reason == "PRIVACY_BUDGET_EXHAUSTED":
+        return BudgetExhausted(exc.message, metadata=exc.metadata)
+    if exc.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+        return Unavailable(f"the {worker} cannot be reached: {exc.message}")
+    return FailedPrecondition(f"the {worker} refused: {exc.message}", reason=exc.reason or "WORKER_REFUSED")
