@@ -44,8 +44,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from benchmarks.common import create_tenant, default_data, running_services, s3_server, service_env, write_result
-from benchmarks.distortion import accuracies, subset_folder
+from benchmarks.common import (create_tenant, default_data, running_services, s3_server, service_env, subset_folder,
+                               write_result)
+from benchmarks.distortion import accuracies
 from benchmarks.training import fit
 from umbra.anonymization import anonymize as anon
 from umbra.anonymization.dataset import sample_rng

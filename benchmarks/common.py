@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import secrets
 import signal
 import socket
@@ -138,3 +139,16 @@ def create_tenant(coordinator: str, admin_key: str, *, budget: tuple[float, floa
         request.tenant.privacy_budget.CopyFrom(privacy_pb2.PrivacyBudget(epsilon=budget[0], delta=budget[1]))
     key = stub.CreateTenant(request, timeout=30).api_key_secret
     return tenant, key
+
+
+def subset_folder(folder: Path, count: int, scratch: Path) -> Path:
+    """The first `count` labelled images of a folder, copied into `scratch` (a temporary folder: uploads refuse links
+    that point out of the folder they upload)."""
+    lines = (folder / "labels.csv").read_text().splitlines()
+    out = scratch / f"first-{count}"
+    (out / "images").mkdir(parents=True)
+    (out / "labels.csv").write_text("\n".join(lines[:count + 1]) + "\n")
+    for line in lines[1:count + 1]:
+        name = line.split(",", 1)[0]
+        shutil.copyfile(folder / "images" / name, out / "images" / name)
+    return out

@@ -45,7 +45,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import (create_tenant, default_data, running_services, s3_server, service_env, write_result)
+from benchmarks.common import (create_tenant, default_data, running_services, s3_server, service_env, subset_folder,
+                               write_result)
 from benchmarks.training import balanced_accuracy, fit, train_through_service
 from umbra.classifiers import loop, recipes
 from umbra.classifiers.architectures import create
@@ -72,18 +73,6 @@ REFERENCE_STEPS = 100
 # end-to-end CNN recipe measured for the training issue.
 OTHER_FAMILY = dataclasses.replace(recipes.NONPRIVATE, architecture="groupnorm_cnn",
                                    hyper=dataclasses.replace(recipes.NONPRIVATE.hyper, epochs=30))
-
-
-def subset_folder(folder: Path, count: int, scratch: Path) -> Path:
-    """The first `count` labelled images of a folder, as a folder of links (nothing is copied)."""
-    lines = (folder / "labels.csv").read_text().splitlines()
-    out = scratch / f"first-{count}"
-    (out / "images").mkdir(parents=True)
-    (out / "labels.csv").write_text("\n".join(lines[:count + 1]) + "\n")
-    for line in lines[1:count + 1]:
-        name = line.split(",", 1)[0]
-        (out / "images" / name).symlink_to((folder / "images" / name).resolve())
-    return out
 
 
 def accuracies(model: torch.nn.Module, data: LabelledImages) -> tuple[float, float]:

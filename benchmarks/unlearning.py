@@ -43,8 +43,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from benchmarks.common import create_tenant, default_data, running_services, s3_server, service_env, write_result
-from benchmarks.distortion import OTHER_FAMILY, subset_folder
+from benchmarks.common import (create_tenant, default_data, running_services, s3_server, service_env, subset_folder,
+                               write_result)
+from benchmarks.distortion import OTHER_FAMILY
 from benchmarks.training import train_through_service
 from umbra.classifiers import recipes
 from umbra.classifiers.architectures import create

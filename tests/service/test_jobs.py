@@ -14,7 +14,7 @@ import time
 import grpc
 import pytest
 
-from support import create_tenant, free_port, start_service, status_details
+from support import SERVICE_TOKEN, create_tenant, free_port, start_service, status_details
 from umbra.anonymizer.v1 import anonymizer_service_pb2 as an
 from umbra.anonymizer.v1 import anonymizer_service_pb2_grpc
 from umbra.client.channel import open_channel
@@ -40,13 +40,15 @@ GENERATOR = refs_pb2.ModelRef(model="models/faces-gen", version=1)
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
-    port, unlearning_port = free_port(), free_port()
+    port, unlearning_port, distortion_port = free_port(), free_port(), free_port()
     coordinator = start_service("coordinator", home, budget=(1e5, 0.1), UMBRA_ANONYMIZER_URLS=f"127.0.0.1:{port}",
-                                UMBRA_UNLEARNING_URL=f"127.0.0.1:{unlearning_port}")
+                                UMBRA_UNLEARNING_URL=f"127.0.0.1:{unlearning_port}",
+                                UMBRA_DISTORTION_URL=f"127.0.0.1:{distortion_port}")
     anonymizer = start_service("anonymizer", home, coordinator=coordinator, UMBRA_ANONYMIZER_PORT=str(port))
     training = start_service("training", home)
     unlearning = start_service("unlearning", home, UMBRA_UNLEARNING_PORT=str(unlearning_port),
                                UMBRA_TRAINING_URL=training.target)
+    distortion = start_service("distortion", home, UMBRA_DISTORTION_PORT=str(distortion_port))
     store = LocalObjectStore(home / "objects")
     faces = synthetic.write_folder(tmp_path_factory.mktemp("faces") / "faces", 120, size=32, seed=4)
     uploaded = DatasetsClient(coordinator.channel()).upload(faces, "faces", progress=False, policy=SizePolicy(size=32))
@@ -70,7 +72,7 @@ def services(tmp_path_factory):
                 epochs=2, batch_size=16, physical_batch_size=16, learning_rate=3e-3, width=8)), timeout=30).operation
         OperationsClient(training.channel()).result(op.name, ts.ModelVersion, poll_seconds=0.5, timeout=600)
     yield coordinator, anonymizer, store, test_faces
-    for served in (coordinator, anonymizer, training, unlearning):
+    for served in (coordinator, anonymizer, training, unlearning, distortion):
         served.running.stop(grace=0)
 
 
@@ -104,7 +106,7 @@ def test_a_job_through_three_rounds_to_an_anonymized_version_an_updated_model_an
     stub = jobs(coordinator)
     # no generator named: the job reuses the tenant's DP generator trained on datasets/faces v1 (gender, age, smile)
     job_spec = spec(generator=None, kept_attributes=["smile"], model=refs_pb2.ModelRef(model="models/smile", version=1),
-                    verify_unlearning=True)
+                    verify_unlearning=True, distortion_copies=1)
     created = stub.CreateProtectionJob(js.CreateProtectionJobRequest(job_id="protect-faces", spec=job_spec,
                                                                      request_id="job-1"), timeout=60)
     again = stub.CreateProtectionJob(js.CreateProtectionJobRequest(job_id="protect-faces", spec=job_spec,
@@ -147,6 +149,7 @@ def test_a_job_through_three_rounds_to_an_anonymized_version_an_updated_model_an
     assert done.state == js.ProtectionJob.STATE_SUCCEEDED and done.accepted_intensity == 0.8125
     assert done.anonymized_dataset.dataset == "datasets/faces" and done.anonymized_dataset.version == 2
     assert done.unlearned_model == refs_pb2.ModelRef(model="models/smile", version=2)  # a new version of the model
+    assert done.distorted_dataset == refs_pb2.DatasetRef(dataset="datasets/faces", version=3)  # MDP of version 2
     rounds = stub.ListFeedbackRounds(js.ListFeedbackRoundsRequest(parent="jobs/protect-faces", page_size=3),
                                      timeout=30)
     rest = stub.ListFeedbackRounds(js.ListFeedbackRoundsRequest(parent="jobs/protect-faces", page_size=3,
@@ -166,6 +169,12 @@ def test_a_job_through_three_rounds_to_an_anonymized_version_an_updated_model_an
     assert 0 <= verification["agreement_with_retrained"] <= 1 and verification["test_count"] == test_faces
     assert 0 <= report.metrics["unlearning_accuracy_unlearned"] <= 1
     assert b"feature unlearning" in report.html_content
+    assert content["distortion"]["copies"] == 1 and content["distortion"]["label"] == "smile"
+    assert content["distortion"]["images"] > 0 and b"MDP of the released training split" in report.html_content
+    assert 0 <= report.metrics["reid_rank1"] <= 1 and report.metrics["reid_faces"] == test_faces
+    assert 0 <= report.metrics["adversary_gender_bacc"] <= 1 and report.metrics["adversary_gender_chance"] == 0.5
+    assert report.metrics["kept_smile_utility_ratio"] > 0
+    assert 0 <= first.round.risk["gender_classifier_agreement"] <= 1  # what a gender classifier still finds
 
     ledger = ledger_service_pb2_grpc.LedgerServiceStub(coordinator.channel())
     entries = ledger.ListLedgerEntries(ledger_service_pb2.ListLedgerEntriesRequest(page_size=100), timeout=60).entries
@@ -186,7 +195,9 @@ def test_bad_jobs_are_refused_by_field_before_any_work(services):
         ("job-a", spec(initial_intensity=1.5), "spec.initial_intensity"),
         ("job-a", spec(budget=privacy_pb2.PrivacyBudget(epsilon=-1, delta=1e-6)), "spec.budget.epsilon"),
         ("job-a", spec(dataset=refs_pb2.DatasetRef(dataset="datasets/faces", version=0)), "spec.dataset.version"),
-        ("job-a", spec(distortion_copies=2), "spec.distortion_copies"),
+        ("job-a", spec(distortion_copies=2), "spec.distortion_copies"),  # MDP needs the model's features
+        ("job-a", spec(distortion_copies=9, model=refs_pb2.ModelRef(model="models/smile", version=1),
+                       kept_attributes=["smile"]), "spec.distortion_copies"),
         ("job-a", spec(verify_unlearning=True), "spec.verify_unlearning"),  # verifies nothing without a model
         ("job-a", spec(model=refs_pb2.ModelRef(model="models/smile-elsewhere", version=1), kept_attributes=["smile"]),
          "spec.model"),
@@ -271,6 +282,22 @@ def test_a_job_without_a_generator_trains_one_and_cancelling_it_releases_what_it
     versions = dataset_service_pb2_grpc.DatasetServiceStub(coordinator.channel()).ListDatasetVersions(
         ds.ListDatasetVersionsRequest(parent="datasets/faces"), timeout=30).dataset_versions
     assert all(v.state == ds.DatasetVersion.STATE_COMMITTED for v in versions)  # the job's uncommitted one is deleted
+
+
+def test_a_tenant_whose_budget_is_spent_cannot_start_a_job(services):
+    coordinator, _, _, _ = services
+    key = create_tenant(coordinator.target, "spent", budget=(0.5, 1e-6))
+    ledger = ledger_service_pb2_grpc.LedgerServiceStub(open_channel(coordinator.target, SERVICE_TOKEN, tenant="spent"))
+    cost = privacy_pb2.PrivacyCost(mechanism=privacy_pb2.PRIVACY_MECHANISM_RANDOMIZED_RESPONSE, epsilon=0.5,
+                                   description="attribute gender")
+    ledger.ReservePrivacyCharge(ledger_service_pb2.ReservePrivacyChargeRequest(
+        dataset="datasets/faces", cost=cost, request_id="all-of-it", spent_by="test"), timeout=30)
+    stub = job_service_pb2_grpc.JobServiceStub(open_channel(coordinator.target, key))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.CreateProtectionJob(js.CreateProtectionJobRequest(job_id="protect-faces", spec=spec()), timeout=30)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert status_details(err.value)["reason"] == "PRIVACY_BUDGET_EXHAUSTED"
+    assert not stub.ListProtectionJobs(js.ListProtectionJobsRequest(), timeout=30).jobs  # nothing recorded
 
 
 def test_a_job_carries_on_after_the_coordinator_stops_gracefully_and_starts_again(services):

@@ -109,7 +109,8 @@ def jobs(args) -> int:
             spec = js.ProtectionJobSpec(
                 dataset=refs_pb2.DatasetRef(dataset=f"datasets/{args.dataset}", version=args.version),
                 protected_attributes=args.protect, kept_attributes=args.keep, preview_size=args.preview_size,
-                initial_intensity=args.initial_intensity, seed=args.seed, verify_unlearning=args.verify_unlearning)
+                initial_intensity=args.initial_intensity, seed=args.seed, verify_unlearning=args.verify_unlearning,
+                distortion_copies=args.distortion_copies)
             if args.generator:
                 spec.generator.CopyFrom(_model_ref(args.generator, "--generator"))
             if args.model:
@@ -186,6 +187,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                         "images by feature unlearning: MODEL:VERSION")
     create.add_argument("--verify-unlearning", action="store_true",
                         help="also retrain the model from scratch and compare (needs --model)")
+    create.add_argument("--distortion-copies", type=int, default=0,
+                        help="then MDP (1) or AugMDP (2-8 copies) of the anonymized training split, matching the "
+                             "features of --model (default 0: none)")
     create.add_argument("--preview-size", type=int, default=0, help="images per preview (default 8, at most 16)")
     create.add_argument("--initial-intensity", type=float, default=0.0, help="first preview's intensity (0.5)")
     create.add_argument("--epsilon", type=float, default=None, help="most ε the job may spend (default: the budget)")

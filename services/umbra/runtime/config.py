@@ -96,6 +96,8 @@ class ServiceConfig:
     anonymizer_urls: tuple[str, ...] = ()
     # The unlearning service (gRPC host:port), which the coordinator's protection jobs ask to update a model.
     unlearning_url: str = ""
+    # The distortion service (gRPC host:port), which the coordinator's protection jobs ask for MDP/AugMDP.
+    distortion_url: str = ""
     # Bounds on what one call and one tenant may hold (the interceptor enforces them; docs/configuration.md).
     # A client stream (UploadDatasetChunk, reflection) that sends no message for this long is ended.
     stream_idle_seconds: float = 30.0
@@ -160,6 +162,7 @@ class ServiceConfig:
             anonymizer_urls=tuple(u.strip() for u in env.get("UMBRA_ANONYMIZER_URLS", "").split(",") if u.strip())
             or (layout.endpoint("anonymizer", env).target,),
             unlearning_url=env.get("UMBRA_UNLEARNING_URL") or layout.endpoint("unlearning", env).target,
+            distortion_url=env.get("UMBRA_DISTORTION_URL") or layout.endpoint("distortion", env).target,
             stream_idle_seconds=_number(env, "UMBRA_STREAM_IDLE_SECONDS", 30.0, minimum=1, integer=False),
             stream_max_seconds=_number(env, "UMBRA_STREAM_MAX_SECONDS", 900.0, minimum=1, integer=False),
             tenant_max_calls=int(_number(env, "UMBRA_TENANT_MAX_CALLS", max(1, workers // 4), minimum=1,

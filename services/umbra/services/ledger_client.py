@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,16 +30,17 @@ from umbra.coordinator.v1 import ledger_service_pb2 as ls
 from umbra.coordinator.v1 import ledger_service_pb2_grpc
 from umbra.privacy.ledger import Budget
 from umbra.privacy.mechanisms import Cost
-from umbra.runtime.errors import BudgetExhausted, FailedPrecondition, InvalidInput, Unavailable
+from umbra.runtime.errors import BudgetExhausted, FailedPrecondition, Interrupted, InvalidInput, Unavailable
 from umbra.services.convert import budget_to_proto, privacy_cost_to_proto
 
 log = logging.getLogger(__name__)
 TIMEOUT = 60.0  # a reservation composes the tenant's whole ledger (DP-SGD entries through the PRV accountant)
+COMMIT_PATIENCE = 120.0  # how long finished work waits for an unreachable coordinator to take its commit
 
 
 class LedgerClient:
-    def __init__(self, target: str, service_token: str):
-        self.target, self._token = target, service_token
+    def __init__(self, target: str, service_token: str, *, commit_patience: float = COMMIT_PATIENCE):
+        self.target, self._token, self.commit_patience = target, service_token, commit_patience
         self._stubs: dict[str, ledger_service_pb2_grpc.LedgerServiceStub] = {}  # one channel per tenant, reused
         self._lock = threading.Lock()
 
@@ -99,7 +101,24 @@ class LedgerClient:
                     log.exception("could not release the privacy charge %s", request_id)
             raise
         if request_id:
-            self.commit(tenant, request_id, settlement.cost)
+            self._commit_patiently(tenant, request_id, settlement.cost)
+
+    def _commit_patiently(self, tenant: str, request_id: str, cost: Cost | None) -> None:
+        """The work is done: its charge is committed, retrying (it is idempotent) while the coordinator cannot be
+        reached, for up to `commit_patience` seconds. Then Interrupted, never a failure: the entry stays reserved
+        (counted), and the same request_id runs the work again (which finds what it wrote) and commits."""
+        deadline, pause = time.monotonic() + self.commit_patience, 0.5
+        while True:
+            try:
+                return self.commit(tenant, request_id, cost)
+            except Unavailable as exc:
+                if time.monotonic() + pause > deadline:
+                    raise Interrupted(f"the work is done, but its privacy charge could not be committed: "
+                                      f"{exc.message}; retry the request (the same request_id commits it)") from None
+                log.warning("committing the privacy charge %s: the ledger cannot be reached; retrying in %.1f s",
+                            request_id, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 10.0)
 
 
 @dataclass

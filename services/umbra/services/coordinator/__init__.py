@@ -1,8 +1,8 @@
 """The coordinator: Umbra's only public API. Callers present a tenant API key or the admin key.
 
 Tenants and their API keys, datasets and their versions, the privacy ledger (which the workers charge with the
-service credential), protection jobs (which call the anonymizer replicas and the unlearning service with the
-service credential) and the publication of models to the inference server.
+service credential), protection jobs (which call the anonymizer replicas, the unlearning and the distortion service
+with the service credential) and the publication of models to the inference server.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def build(runtime: Runtime) -> Built:
     runtime.closers += [db.close, stop_sweeper.set]
     ledger = PrivacyLedger(db.transaction)
     records = JobRecords(db)
-    workers = JobWorkers(list(config.anonymizer_urls), config.unlearning_url, config.service_token)
+    workers = JobWorkers(list(config.anonymizer_urls), config.unlearning_url, config.distortion_url,
+                         config.service_token)
     protection = ProtectionJobs(records, db, store, locks, workers, ledger)
     job_servicer = JobServicer(records, protection, store, ledger, runtime.operations)
     job_servicer.resume_interrupted()  # jobs a graceful stop interrupted (a killed one resumes with its operation)

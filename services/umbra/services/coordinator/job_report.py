@@ -27,13 +27,32 @@ def _composed(costs: list[Cost], description: str) -> Cost | None:
     return composition.tight(costs, description) if costs else None
 
 
+def _without_generator(cost: Cost) -> tuple[Cost, Cost | None]:
+    """(what the anonymizer charged for an image, the generator's ε_g) of a per-image cost: the anonymizer's
+    per-image cost includes the generator's DP-SGD run when it was trained on this dataset, which the ledger
+    charged once, when it was trained."""
+    generator = [c for c in cost.components if c.mechanism == "dp_sgd"]
+    if not generator:
+        return cost, None
+    return composition.basic([c for c in cost.components if c.mechanism != "dp_sgd"], cost.description), generator[0]
+
+
 def build(store: ObjectStore, bucket: str, job, rounds: list, spec: js.ProtectionJobSpec) -> dict:
-    """Writes the report's JSON and HTML; returns its summary (object keys, headline metrics, composed ε)."""
-    round_costs = [Cost.from_dict(r.preview["cost"]) for r in rounds if r.preview.get("cost")]
-    dataset_cost = Cost.from_dict(job.outputs["dataset_cost"]) if job.outputs.get("dataset_cost") else None
+    """Writes the report's JSON and HTML; returns its summary (object keys, headline metrics, composed ε).
+    The total composes what the ledger holds for the job's person: every preview round, the anonymized dataset,
+    and the generator's training once (when it was trained on this dataset)."""
+    split = [_without_generator(Cost.from_dict(r.preview["cost"])) for r in rounds if r.preview.get("cost")]
+    round_costs = [charged for charged, _ in split]
+    generators = [g for _, g in split if g is not None]
+    dataset_cost = None
+    if job.outputs.get("dataset_cost"):
+        dataset_cost, generator = _without_generator(Cost.from_dict(job.outputs["dataset_cost"]))
+        generators += [generator] if generator is not None else []
+    generator_cost = generators[0] if generators else None
     previews = _composed(round_costs, "every preview round")
-    total = _composed(round_costs + ([dataset_cost] if dataset_cost else []),
-                      "every preview round and the anonymized dataset (a person in all of them)")
+    total = _composed(round_costs + [c for c in (dataset_cost, generator_cost) if c is not None],
+                      "every preview round, the anonymized dataset and the generator's training (a person in all "
+                      "of them)")
     accepted = next((r for r in rounds if r.feedback == "accept"), None)
     metrics = {
         "rounds": float(len(rounds)),
@@ -46,6 +65,10 @@ def build(store: ObjectStore, bucket: str, job, rounds: list, spec: js.Protectio
     if accepted is not None:
         metrics |= {f"accepted_{k}": v for k, v in accepted.preview.get("risk", {}).items()}
     metrics |= {k: float(v) for k, v in (job.outputs.get("evaluation") or {}).items()}
+    distortion = job.outputs.get("distortion")
+    if distortion:
+        metrics |= {"distortion_copies": float(distortion["copies"]),
+                    "distortion_feature_loss": float(distortion.get("feature_loss", 0.0))}
     unlearning = job.outputs.get("unlearning")
     if unlearning:
         metrics |= {"unlearning_changed_samples": float(unlearning["changed_samples"]),
@@ -65,9 +88,11 @@ def build(store: ObjectStore, bucket: str, job, rounds: list, spec: js.Protectio
         "generator": dict(job.outputs.get("generator") or {}, trained_by_job=bool(job.outputs.get("generator_cost")),
                           cost=job.outputs.get("generator_cost")),
         "unlearning": unlearning,
+        "distortion": distortion,
         "evaluation_skipped": job.outputs.get("evaluation_skipped") or {},
         "privacy": {"previews": previews.to_dict() if previews else None,
                     "dataset": dataset_cost.to_dict() if dataset_cost else None,
+                    "generator": generator_cost.to_dict() if generator_cost else None,
                     "total": total.to_dict() if total else None},
         "metrics": metrics,
     }
@@ -105,11 +130,12 @@ def _html(report: dict, pairs: list[tuple[str, bytes, bytes]]) -> str:
                       for name, cost in report["privacy"].items() if cost)
     images = "".join(f"<figure>{_img(o)}{_img(r)}<figcaption>{e(k)}</figcaption></figure>" for k, o, r in pairs)
     generator = report["generator"]
-    made = ("trained by this job" if generator.get("trained_by_job") else "reused (trained on this dataset before, "
-            "its ε_g charged then)")
+    made = ("trained by this job" if generator.get("trained_by_job") else "named by the job or reused (its ε_g "
+            "charged when it was trained)")
     about_generator = (f"<p>Generator {e(str(generator.get('model', '')))}/versions/{generator.get('version', '')}: "
-                       f"{made}. Each image's ε below includes the generator's ε_g when it was trained on this "
-                       "dataset.</p>")
+                       f"{made}. Each round's ε in the table of rounds is the anonymizer's per-image figure, which "
+                       "includes the generator's ε_g when it was trained on this dataset; the privacy table counts "
+                       "ε_g once, as the ledger does.</p>")
     unlearning = report.get("unlearning")
     about_model = ""
     if unlearning:
@@ -119,6 +145,14 @@ def _html(report: dict, pairs: list[tuple[str, bytes, bytes]]) -> str:
                         for k, v in (unlearning.get("verification") or {}).items())
         about_model = ("<h2>The model, updated to the released images by feature unlearning</h2>"
                        f"<table>{rows}</table>")
+    distortion = report.get("distortion")
+    if distortion:
+        kind = "AugMDP" if distortion["copies"] > 1 else "MDP"
+        dataset = report["dataset"]["source"].split("/versions/")[0]
+        about_model += (f"<h2>{kind} of the released training split</h2><p>{e(dataset)}/versions/"
+                        f"{distortion['version']}: {distortion['copies']} released image(s) per training image, "
+                        f"label {e(distortion['label'])} kept while its mapping to the images is "
+                        f"hidden; mean feature-matching loss {distortion.get('feature_loss', 0):.4g}.</p>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Umbra report: {e(report['job'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:60em}}table{{border-collapse:collapse}}

@@ -1,7 +1,8 @@
 """The workers a protection job calls, as the service credential acting for the job's tenant: the anonymizer
-replicas (previews, the generator, the whole dataset) and the unlearning service (the model's update).
+replicas (previews, the generator, the whole dataset), the unlearning service (the model's update) and the
+distortion service (MDP).
 
-    workers = JobWorkers(["10.0.0.7:50052"], "10.0.0.9:50055", service_token)
+    workers = JobWorkers(["10.0.0.7:50052"], "10.0.0.9:50055", "10.0.0.8:50053", service_token)
     result = workers.finish(ctx, channel, operation, an.GeneratorResult, stage="training the generator")
 
 `finish` waits for a worker's long-running operation while the job's own operation reports its progress, and
@@ -19,6 +20,7 @@ from google.rpc import error_details_pb2
 
 from umbra.anonymizer.v1 import anonymizer_service_pb2_grpc
 from umbra.client.channel import open_channel
+from umbra.distortion.v1 import distortion_service_pb2_grpc
 from umbra.client.errors import OperationFailed, UmbraRpcError
 from umbra.client.operations import OperationsClient, progress_of
 from umbra.runtime.errors import BudgetExhausted, Cancelled, FailedPrecondition, UmbraError, Unavailable
@@ -41,10 +43,11 @@ class WorkerFailed(OperationFailed):
 
 
 class JobWorkers:
-    def __init__(self, anonymizers: list[str], unlearning: str, service_token: str):
+    def __init__(self, anonymizers: list[str], unlearning: str, distortion: str, service_token: str):
         if not anonymizers:
             raise ValueError("no anonymizer address")
-        self.anonymizer_targets, self.unlearning_target, self.token = anonymizers, unlearning, service_token
+        self.anonymizer_targets, self.token = anonymizers, service_token
+        self.unlearning_target, self.distortion_target = unlearning, distortion
         self._channels: dict[tuple[str, str], grpc.Channel] = {}  # one per tenant and worker address, reused
         self._lock = threading.Lock()
 
@@ -62,6 +65,11 @@ class JobWorkers:
         if not self.unlearning_target:
             raise FailedPrecondition("no unlearning service is configured for the coordinator (UMBRA_UNLEARNING_URL)")
         return unlearning_service_pb2_grpc.UnlearningServiceStub(self.channel(tenant, self.unlearning_target))
+
+    def distortion(self, tenant: str) -> distortion_service_pb2_grpc.DistortionServiceStub:
+        if not self.distortion_target:
+            raise FailedPrecondition("no distortion service is configured for the coordinator (UMBRA_DISTORTION_URL)")
+        return distortion_service_pb2_grpc.DistortionServiceStub(self.channel(tenant, self.distortion_target))
 
     def finish(self, ctx, channel: grpc.Channel, operation, response_type, *, stage: str):
         """The response of the worker's `operation` once it is done; its progress shows as the job's stage.

@@ -12,7 +12,7 @@ from umbra.coordinator.v1 import job_service_pb2_grpc
 from umbra.privacy.ledger import PrivacyLedger
 from umbra.privacy.mechanisms import Cost
 from umbra.runtime import auth, names, pagination
-from umbra.runtime.errors import FailedPrecondition, InvalidInput, NotFound
+from umbra.runtime.errors import BudgetExhausted, FailedPrecondition, InvalidInput, NotFound
 from umbra.runtime.operations import LongRunning, OperationRunner
 from umbra.runtime.operations.runner import interrupted
 from umbra.services import convert as shared_convert
@@ -71,6 +71,13 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         return resumed
 
     def _plan(self, tenant: str, request: js.CreateProtectionJobRequest) -> Plan:
+        if self.records.job(tenant, request.job_id) is None:  # a new job (not one carried on after a restart)
+            left = self.ledger.balance(tenant).remaining
+            if left.epsilon <= 0 or left.delta <= 0:
+                raise BudgetExhausted(f"the tenant's privacy budget is spent (ε={left.epsilon:.6g}, δ={left.delta:.3g} "
+                                      "left): a job could not pay for one preview",
+                                      metadata={"remaining_epsilon": repr(left.epsilon),
+                                                "remaining_delta": repr(left.delta)})
         return plan(self.records, self.jobs.db, self.store, tenant, request)
 
     def _run(self, ctx, planned: Plan) -> js.ProtectionJob:

@@ -35,6 +35,7 @@ from umbra.coordinator.v1 import dataset_service_pb2 as ds
 from umbra.coordinator.v1 import job_service_pb2 as js
 from umbra.anonymization import attacks, feedback, reidentification
 from umbra.dataset.images import decode_rgb
+from umbra.distortion.v1 import distortion_service_pb2 as dds
 from umbra.feature_unlearning import verification
 from umbra.privacy import composition
 from umbra.privacy.ledger import RESERVED, PrivacyLedger
@@ -59,6 +60,10 @@ DEFAULT_PREVIEW_SIZE, MAX_PREVIEW_SIZE = 8, 16  # the anonymizer's preview limit
 GALLERY_OTHERS = 100  # other test faces the recognizer searches among, beside the preview's own originals
 EVALUATION_FACES = 300  # released test faces re-identified among their originals for the report (at most)
 TIMEOUT = 60.0
+MAX_DISTORTION_COPIES = 8
+# MDP/AugMDP inside the job: momentum 0.7 at step 0.06 reaches the paper's 100-step feature loss in about a third
+# of the steps (benchmarks/distortion.py; the demo's AugMDP step uses the same).
+MDP_STEPS, MDP_STEP_SIZE, MDP_MOMENTUM = 35, 0.06, 0.7
 ANSWERS = {js.FEEDBACK_ACCEPT: "accept", js.FEEDBACK_MORE_PRIVACY: feedback.MORE,
            js.FEEDBACK_LESS_PRIVACY: feedback.LESS}
 
@@ -73,6 +78,7 @@ class Plan:
     preview_keys: tuple[str, ...]
     gallery_keys: tuple[str, ...]  # the preview's originals first, then other test faces to search among
     probe: str = ""  # with verify_unlearning: the attribute the leakage probe predicts from the model's features
+    task: str = ""  # the label spec.model learns (the one MDP protects the mapping of)
     evaluation_keys: tuple[str, ...] = ()  # the test faces the report's re-identification figures are measured on
 
 
@@ -113,9 +119,13 @@ def plan(records: JobRecords, db: CoordinatorDB, store: ObjectStore, tenant: str
     size = spec.preview_size or DEFAULT_PREVIEW_SIZE
     if not 1 <= size <= MAX_PREVIEW_SIZE:
         raise InvalidInput("spec.preview_size", f"must be 1 to {MAX_PREVIEW_SIZE} (0: {DEFAULT_PREVIEW_SIZE})")
-    if spec.distortion_copies:
-        raise InvalidInput("spec.distortion_copies", "MDP inside the job is not built yet: leave it 0")
-    probe = ""
+    if not 0 <= spec.distortion_copies <= MAX_DISTORTION_COPIES:
+        raise InvalidInput("spec.distortion_copies", f"must be 0 (none), 1 (MDP) or up to {MAX_DISTORTION_COPIES} "
+                                                     "(AugMDP)")
+    if spec.distortion_copies and not spec.HasField("model"):
+        raise InvalidInput("spec.distortion_copies", "MDP matches features of spec.model, trained on this dataset: "
+                                                     "name the model")
+    probe = task = ""
     if spec.HasField("model"):
         task = job_models.check_model(store, keys.bucket(tenant), spec).get("task", "")
         if task not in protected + kept:  # the anonymized version carries the protected and kept labels only
@@ -140,7 +150,7 @@ def plan(records: JobRecords, db: CoordinatorDB, store: ObjectStore, tenant: str
     if not created:
         raise AlreadyExists(f"job {job!r} already exists", metadata={"job": job})
     return Plan(tenant, job, spec, dataset, spec.dataset.version, tuple(ranked[:size]),
-                tuple(ranked[:size + GALLERY_OTHERS]), probe, tuple(ranked[:EVALUATION_FACES]))
+                tuple(ranked[:size + GALLERY_OTHERS]), probe, task, tuple(ranked[:EVALUATION_FACES]))
 
 
 def _cancelled_by_tenant(ctx) -> bool:
@@ -230,6 +240,8 @@ class ProtectionJobs:
                 self._evaluate(ctx, plan)
                 if plan.spec.HasField("model"):
                     self._unlearn(ctx, plan)
+                if plan.spec.distortion_copies:
+                    self._distort(ctx, plan)
                 ctx.report(stage="writing the report")
                 report = job_report.build(self.store, keys.bucket(tenant), records.job(tenant, job),
                                           records.rounds(tenant, job), plan.spec)
@@ -532,26 +544,69 @@ class ProtectionJobs:
                 "retrained": f"{v.retrained.model}/versions/{v.retrained.version}"}
         self.records.update(tenant, job, outputs={"unlearning": figures})
 
-    def _abandon(self, plan: Plan) -> None:
-        """After a cancel or a failure: the charge the job's dataset anonymization reserved (and did not spend:
-        the version was never committed) is released, and the uncommitted version deleted. Previews and a
-        generator were settled by the anonymizer (spent, or released when they failed)."""
-        tenant = plan.tenant
-        version = self.records.job(tenant, plan.job).outputs.get("anonymized_version")
-        if not version:
+    def _distort(self, ctx, plan: Plan) -> None:
+        """MDP (one copy) or AugMDP of the anonymized training split (distortion service), with spec.model as the
+        feature extractor, into a new version of the dataset that the coordinator reserves and commits."""
+        tenant, job, spec = plan.tenant, plan.job, plan.spec
+        row = self.records.job(tenant, job)
+        if row.outputs.get("distortion"):
             return
+        version, _ = self.db.new_version(tenant, plan.dataset, 1, "DISTORTED",
+                                         sharding.derived_request_id("job", tenant, job, "distorted version"))
+        self.records.update(tenant, job, outputs={"distorted_version": version.version})
+        figures: dict = {"version": version.version, "copies": spec.distortion_copies, "label": plan.task}
+        if version.state in versions.OPEN_FOR_UPLOAD:
+            request = dds.DistortDatasetRequest(
+                dataset=refs_pb2.DatasetRef(dataset=f"datasets/{plan.dataset}",
+                                            version=row.outputs["anonymized_version"], split="train"),
+                label_column=plan.task, feature_extractor=spec.model, copies=spec.distortion_copies,
+                steps=MDP_STEPS, step_size=MDP_STEP_SIZE, momentum=MDP_MOMENTUM, seed=spec.seed,
+                output_dataset=f"datasets/{plan.dataset}", output_version=version.version,
+                request_id=sharding.derived_request_id("job", tenant, job, "distort"))
+            ctx.report(stage=f"{'AugMDP' if spec.distortion_copies > 1 else 'MDP'} of the anonymized training split")
+            try:
+                started = call(self.workers.distortion(tenant).DistortDataset, request, timeout=TIMEOUT).operation
+                result = self.workers.finish(ctx, self.workers.channel(tenant, self.workers.distortion_target),
+                                             started, dds.DistortionResult, stage="distorting")
+            except (UmbraRpcError, OperationFailed) as exc:
+                raise worker_error(exc, "distortion service") from None
+            figures |= {"feature_loss": result.feature_loss, "images": result.image_count}
+            self.records.update(tenant, job, outputs={"distortion_run": figures})
+            with self.locks.exclusive(tenant, plan.dataset):
+                self.db.set_version_state(tenant, plan.dataset, version.version, "COMMITTING",
+                                          expect=versions.OPEN_FOR_UPLOAD)
+        ctx.report(stage="committing the distorted version")
+        versions.commit(_CommitContext(ctx), self.db, self.store, self.locks, keys.bucket(tenant),
+                        self.db.version(tenant, plan.dataset, version.version), drop_invalid=False)
+        figures = self.records.job(tenant, job).outputs.get("distortion_run", figures)
+        self.records.update(tenant, job, outputs={"distortion": figures})
+
+    def _abandon(self, plan: Plan) -> None:
+        """After a cancel or a failure: the job's uncommitted versions (anonymized, distorted) are deleted, and the
+        charge its dataset anonymization reserved and did not spend is released. Previews and a generator were
+        settled by the anonymizer (spent, or released when they failed)."""
+        outputs = self.records.job(plan.tenant, plan.job).outputs
+        if outputs.get("distorted_version"):
+            self._delete_uncommitted(plan, outputs["distorted_version"], "")
+        if outputs.get("anonymized_version"):
+            self._delete_uncommitted(plan, outputs["anonymized_version"],
+                                     f"anonymizer/AnonymizeDataset/datasets/{plan.dataset}/versions/"
+                                     f"{outputs['anonymized_version']}/")
+
+    def _delete_uncommitted(self, plan: Plan, version: int, charges: str) -> None:
+        """Deletes the job's `version` unless it was committed, and releases the reserved charges whose request_id
+        starts with `charges` ("" for none)."""
+        tenant = plan.tenant
         with self.locks.exclusive(tenant, plan.dataset):
             row = self.db.version(tenant, plan.dataset, version)
             if row is None or row.state not in versions.OPEN_FOR_UPLOAD:
                 return  # committed (its charge is spent) or gone
-            prefix = f"anonymizer/AnonymizeDataset/datasets/{plan.dataset}/versions/{version}/"
-            for entry in self.ledger.entries(tenant, dataset=plan.dataset, limit=1000):
-                if entry.state == RESERVED and entry.request_id.startswith(prefix):
+            for entry in self.ledger.entries(tenant, dataset=plan.dataset, limit=1000) if charges else ():
+                if entry.state == RESERVED and entry.request_id.startswith(charges):
                     self.ledger.release(tenant, entry.request_id)
             self.store.delete_prefix(keys.bucket(tenant), keys.version_prefix(plan.dataset, version))
             self.db.delete_version(tenant, plan.dataset, version)
-        log.info("job %s: released its dataset reservation and deleted the uncommitted version %d", plan.job,
-                 version)
+        log.info("job %s: deleted its uncommitted version %d (and released its reservation)", plan.job, version)
 
     # -- conversion ---------------------------------------------------------------------------------------------
 
@@ -564,6 +619,10 @@ class ProtectionJobs:
         version = row.outputs.get("anonymized_version")
         if version and row.state == SUCCEEDED:
             job.anonymized_dataset.CopyFrom(refs_pb2.DatasetRef(dataset=job.spec.dataset.dataset, version=version))
+        distorted = row.outputs.get("distortion")
+        if distorted and row.state == SUCCEEDED:
+            job.distorted_dataset.CopyFrom(refs_pb2.DatasetRef(dataset=job.spec.dataset.dataset,
+                                                               version=distorted["version"]))
         unlearned = row.outputs.get("unlearning")
         if unlearned and row.state == SUCCEEDED:
             job.unlearned_model.CopyFrom(refs_pb2.ModelRef(model=unlearned["model"], version=unlearned["version"]))

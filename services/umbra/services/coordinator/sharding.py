@@ -34,12 +34,14 @@ from umbra.client.channel import open_channel
 from umbra.client.errors import OperationFailed, UmbraRpcError
 from umbra.client.operations import OperationsClient, call
 from umbra.runtime.errors import Cancelled
+from umbra.runtime.operations.runner import interrupted
 from umbra.services.references import dataset_reader
 from umbra.storage import keys
 from umbra.storage.base import ObjectStore
 
 TIMEOUT = 60.0  # one RPC (starting an operation plans the request and reserves its privacy charge)
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+INTERRUPTED_RETRIES = 3  # an operation that ends interrupted is started again this many times at most
 
 
 def derived_request_id(base: str, *parts: object) -> str:
@@ -83,33 +85,44 @@ class _Replicas:
             channel.close()
 
     def run(self, replica: int, request: an.AnonymizeDatasetRequest) -> _Outcome:
-        """Starts the request on the replica and waits for its operation."""
+        """Starts the request on the replica and waits for its operation. An operation that ends interrupted
+        (its replica stopped, or the ledger could not take its commit) is started again, a few times: the same
+        request_id starts it anew, and it finds what it wrote."""
+        outcome = _Outcome()
+        for _ in range(INTERRUPTED_RETRIES + 1):
+            outcome, again = self._run_once(replica, request)
+            if not again:
+                break
+        return outcome
+
+    def _run_once(self, replica: int, request: an.AnonymizeDatasetRequest) -> tuple[_Outcome, bool]:
+        """(the outcome, whether it was interrupted and may be started again)."""
         channel = self._channels[replica]
         try:
             op = call(anonymizer_service_pb2_grpc.AnonymizerServiceStub(channel).AnonymizeDataset, request,
                       timeout=TIMEOUT).operation
         except UmbraRpcError as exc:
-            return _Outcome(error=exc, refused=not _unusable(exc))
+            return _Outcome(error=exc, refused=not _unusable(exc)), False
         operations = OperationsClient(channel, TIMEOUT)
         try:
             while not op.done:
                 if self.cancelled():  # the caller's job was cancelled: its workers' operations are cancelled too
                     if self.cancel_workers():  # (not when the caller is only stopping: it will carry on later)
                         operations.cancel(op.name)
-                    return _Outcome(error=Cancelled("cancelled by request"), refused=True)
+                    return _Outcome(error=Cancelled("cancelled by request"), refused=True), False
                 if self.stop.is_set():
-                    return _Outcome(error=RuntimeError("stopped"))
+                    return _Outcome(error=RuntimeError("stopped")), False
                 op = operations.wait(op.name, timeout=self.poll_seconds, poll_seconds=self.poll_seconds)
                 metadata = protos.unpack(op.metadata)
                 if metadata is not None:
                     self.shards_done[request.request_id] = getattr(metadata, "shards_done", 0)
         except UmbraRpcError as exc:
-            return _Outcome(error=exc)
+            return _Outcome(error=exc), False
         if op.HasField("error"):
-            return _Outcome(error=OperationFailed(op.name, op.error.code, op.error.message))
+            return _Outcome(error=OperationFailed(op.name, op.error.code, op.error.message)), interrupted(op)
         result = an.AnonymizationResult()
         op.response.Unpack(result)
-        return _Outcome(result=result)
+        return _Outcome(result=result), False
 
 
 def _unusable(exc: UmbraRpcError) -> bool:
