@@ -644,11 +644,13 @@ def protection_job(classifier: str, classes: str, dataset_version: str, images: 
         words = job_service_pb2.Feedback.Name(answer).removeprefix("FEEDBACK_").lower().replace("_", " ")
         print(f"   round {len(rounds) + 1} at intensity {r.intensity:.4f}: released gender differs for {changed} of "
               f"{len(shown.pairs)}, mean pixel change {np.mean(pixels):.1f}/255, a face recognizer re-identifies "
-              f"{r.risk['reid_rank1']:.0%} (rank 1 among {r.risk['reid_gallery']:.0f}), epsilon "
+              f"{r.risk['reid_rank1']:.0%} (rank 1 among {r.risk['reid_gallery']:.0f}), a gender classifier "
+              f"still finds the true gender of {r.risk.get('gender_classifier_agreement', 0):.0%}, epsilon "
               f"{r.privacy_cost.epsilon:.4g} (budget left {r.budget_left.epsilon:.4g}) -> the reviewer answers: "
               f"{words}", flush=True)
         rounds.append({"intensity": r.intensity, "answer": words, "gender_changed": changed,
                        "reid_rank1": r.risk["reid_rank1"], "epsilon": r.privacy_cost.epsilon,
+                       "gender_classifier_agreement": r.risk.get("gender_classifier_agreement"),
                        "mean_pixel_change": float(np.mean(pixels))})
         stub.SubmitFeedback(job_service_pb2.SubmitFeedbackRequest(round=r.name, feedback=answer,
                                                                   request_id=str(uuid.uuid4())), timeout=60)
