@@ -1,4 +1,4 @@
-"""Fixtures shared by the test levels (helpers live in support.py)."""
+"""Fixtures shared by the test levels (helpers live in support.py; the S3 server in storage_server.py)."""
 
 from __future__ import annotations
 
@@ -26,3 +26,13 @@ def all_services(tmp_path_factory) -> Iterator[dict[str, Served]]:
     yield served
     for s in served.values():
         s.running.stop(grace=0)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator:
+    """A real S3 server once per session (storage_server.running_s3_server), for tests/integration and tests/e2e;
+    started only by a test that asks for it."""
+    from storage_server import running_s3_server
+
+    with running_s3_server() as server:
+        yield server

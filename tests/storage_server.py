@@ -1,9 +1,13 @@
 """A real S3 server for tests: testcontainers' MinIO where a Docker engine runs, otherwise the project's own
-Ceph RADOS Gateway (deploy/s3/rgw.sh). Fixtures are in integration/conftest.py."""
+Ceph RADOS Gateway (deploy/s3/rgw.sh). The session fixture `s3_server` (tests/conftest.py) runs one through
+`running_s3_server`, for tests/integration and tests/e2e alike."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,3 +52,26 @@ def rgw_env() -> dict[str, str]:
         name, _, value = line.partition("=")
         env[name.strip()] = value.strip()
     return env
+
+
+@contextmanager
+def running_s3_server() -> Iterator[S3Server]:
+    """A real S3 server while the block runs: MinIO in a container where a Docker engine runs, otherwise the Ceph
+    RADOS Gateway, started here and stopped afterwards unless it was already running or UMBRA_KEEP_S3 is set."""
+    if docker_available():
+        from testcontainers.minio import MinioContainer
+
+        with MinioContainer() as minio:
+            config = minio.get_config()
+            yield S3Server(config["endpoint"], config["access_key"], config["secret_key"], "minio (testcontainers)")
+        return
+    already_running = rgw("status").returncode == 0
+    if not already_running:
+        started = rgw("start")
+        assert started.returncode == 0, f"could not start the S3 server:\n{started.stdout}\n{started.stderr}"
+    env = rgw_env()
+    try:
+        yield S3Server(env["UMBRA_S3_ENDPOINT"], env["UMBRA_S3_ACCESS_KEY"], env["UMBRA_S3_SECRET_KEY"], "ceph-rgw")
+    finally:
+        if not already_running and not os.environ.get("UMBRA_KEEP_S3"):
+            rgw("stop")

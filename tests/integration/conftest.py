@@ -1,36 +1,12 @@
-"""Fixtures for the storage tests: a real S3 server once per session, and each backend in turn."""
+"""Fixtures for the storage tests: each backend in turn (the real S3 server is tests/conftest.py's `s3_server`)."""
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
-from storage_server import S3Server, docker_available, rgw_env, rgw
 from umbra.storage.local import LocalObjectStore
-
-
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
-    if docker_available():
-        from testcontainers.minio import MinioContainer
-
-        with MinioContainer() as minio:
-            config = minio.get_config()
-            yield S3Server(config["endpoint"], config["access_key"], config["secret_key"], "minio (testcontainers)")
-        return
-    already_running = rgw("status").returncode == 0
-    if not already_running:
-        started = rgw("start")
-        assert started.returncode == 0, f"could not start the S3 server:\n{started.stdout}\n{started.stderr}"
-    env = rgw_env()
-    try:
-        yield S3Server(env["UMBRA_S3_ENDPOINT"], env["UMBRA_S3_ACCESS_KEY"], env["UMBRA_S3_SECRET_KEY"], "ceph-rgw")
-    finally:
-        if not already_running and not os.environ.get("UMBRA_KEEP_S3"):
-            rgw("stop")
 
 
 @pytest.fixture(params=["local", "s3"])

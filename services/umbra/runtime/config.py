@@ -98,6 +98,9 @@ class ServiceConfig:
     unlearning_url: str = ""
     # The distortion service (gRPC host:port), which the coordinator's protection jobs ask for MDP/AugMDP.
     distortion_url: str = ""
+    # How long a worker whose work is done retries committing its privacy charge while the coordinator cannot be
+    # reached, before it ends the work interrupted (the same request_id then commits it).
+    ledger_commit_seconds: float = 120.0
     # Bounds on what one call and one tenant may hold (the interceptor enforces them; docs/configuration.md).
     # A client stream (UploadDatasetChunk, reflection) that sends no message for this long is ended.
     stream_idle_seconds: float = 30.0
@@ -163,6 +166,7 @@ class ServiceConfig:
             or (layout.endpoint("anonymizer", env).target,),
             unlearning_url=env.get("UMBRA_UNLEARNING_URL") or layout.endpoint("unlearning", env).target,
             distortion_url=env.get("UMBRA_DISTORTION_URL") or layout.endpoint("distortion", env).target,
+            ledger_commit_seconds=_number(env, "UMBRA_LEDGER_COMMIT_SECONDS", 120.0, minimum=0, integer=False),
             stream_idle_seconds=_number(env, "UMBRA_STREAM_IDLE_SECONDS", 30.0, minimum=1, integer=False),
             stream_max_seconds=_number(env, "UMBRA_STREAM_MAX_SECONDS", 900.0, minimum=1, integer=False),
             tenant_max_calls=int(_number(env, "UMBRA_TENANT_MAX_CALLS", max(1, workers // 4), minimum=1,

@@ -35,7 +35,7 @@ from umbra.services.convert import budget_to_proto, privacy_cost_to_proto
 
 log = logging.getLogger(__name__)
 TIMEOUT = 60.0  # a reservation composes the tenant's whole ledger (DP-SGD entries through the PRV accountant)
-COMMIT_PATIENCE = 120.0  # how long finished work waits for an unreachable coordinator to take its commit
+COMMIT_PATIENCE = 120.0  # how long finished work waits for an unreachable coordinator (UMBRA_LEDGER_COMMIT_SECONDS)
 
 
 class LedgerClient:

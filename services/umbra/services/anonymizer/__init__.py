@@ -14,7 +14,7 @@ from umbra.storage import open_store
 
 def build(runtime: Runtime) -> Built:
     config = runtime.config
-    ledger = LedgerClient(config.coordinator_url, config.service_token)
+    ledger = LedgerClient(config.coordinator_url, config.service_token, commit_patience=config.ledger_commit_seconds)
     servicer = AnonymizerServicer(open_store(config.store), runtime.operations, ledger)
     return Built(
         registrations=[registration(an, anonymizer_service_pb2_grpc, "AnonymizerService", servicer)],

@@ -23,7 +23,7 @@ from umbra.storage.base import ObjectStore
 # A generator the job trains itself (no generator named, none trained on the dataset): DP-SGD at this target,
 # with the anonymizer's defaults otherwise. The tenant's budget (and the job's) must pay for it.
 GENERATOR_EPSILON, GENERATOR_DELTA = 8.0, 1e-5
-GENERATOR_EPOCHS = 4
+GENERATOR_EPOCHS, GENERATOR_BATCH = 4, 64  # the batch is at most the training split
 
 
 def _json(store: ObjectStore, bucket: str, key: str) -> dict | None:
@@ -55,13 +55,15 @@ def generator_model(job: str) -> str:
     return f"models/{job[:52]}-generator"
 
 
-def generator_request(job: str, spec: js.ProtectionJobSpec, request_id: str) -> an.TrainGeneratorRequest:
-    """TrainGenerator for a job without a generator: DP-SGD on the dataset's training split, conditioned on the
-    protected and kept attributes, within the job's budget."""
+def generator_request(job: str, spec: js.ProtectionJobSpec, request_id: str,
+                      train_samples: int) -> an.TrainGeneratorRequest:
+    """TrainGenerator for a job without a generator: DP-SGD on the dataset's `train_samples` training images,
+    conditioned on the protected and kept attributes, within the job's budget."""
     request = an.TrainGeneratorRequest(
         dataset=refs_pb2.DatasetRef(dataset=spec.dataset.dataset, version=spec.dataset.version, split="train"),
         condition_attributes=[*spec.protected_attributes, *spec.kept_attributes], model=generator_model(job),
-        epochs=GENERATOR_EPOCHS, seed=spec.seed, request_id=request_id,
+        epochs=GENERATOR_EPOCHS, batch_size=max(1, min(GENERATOR_BATCH, train_samples)), seed=spec.seed,
+        request_id=request_id,
         privacy=an.GeneratorPrivacy(target_epsilon=GENERATOR_EPSILON, target_delta=GENERATOR_DELTA,
                                     max_grad_norm=1.0, noise_multiplicity=1))
     if spec.HasField("budget"):

@@ -24,6 +24,7 @@ from umbra.distortion.v1 import distortion_service_pb2_grpc
 from umbra.client.errors import OperationFailed, UmbraRpcError
 from umbra.client.operations import OperationsClient, progress_of
 from umbra.runtime.errors import BudgetExhausted, Cancelled, FailedPrecondition, UmbraError, Unavailable
+from umbra.services.coordinator import sharding
 from umbra.unlearning.v1 import unlearning_service_pb2_grpc
 
 TIMEOUT = 60.0  # one RPC to a worker
@@ -80,7 +81,7 @@ class JobWorkers:
         while not op.done:
             if ctx.cancelled:
                 if ctx.metadata.progress.cancel_requested:  # the tenant's cancel, not a shutdown of the coordinator
-                    operations.cancel(op.name)
+                    sharding.cancel_and_wait(operations, op.name)
                 raise Cancelled("cancelled by request")
             op = operations.wait(op.name, timeout=POLL_SECONDS, poll_seconds=POLL_SECONDS)
             progress = progress_of(op)

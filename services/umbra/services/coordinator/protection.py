@@ -277,8 +277,10 @@ class ProtectionJobs:
         if found is not None:
             ctx.report(stage=f"reusing the generator {found.model}/versions/{found.version}")
             return found
+        reader = DatasetReader(self.store, keys.bucket(tenant), plan.dataset, plan.version)
+        train = sum(1 for s in reader.samples() if s.split == "train" and all(a in s.labels for a in attributes))
         request = job_models.generator_request(plan.job, spec, sharding.derived_request_id(
-            "job", tenant, plan.job, "generator"))
+            "job", tenant, plan.job, "generator"), train)
         ctx.report(stage=f"training a DP generator ({request.model}, target epsilon "
                          f"{request.privacy.target_epsilon:g})")
         stub = self.workers.anonymizer(tenant)

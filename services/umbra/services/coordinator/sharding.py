@@ -42,6 +42,7 @@ from umbra.storage.base import ObjectStore
 TIMEOUT = 60.0  # one RPC (starting an operation plans the request and reserves its privacy charge)
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 INTERRUPTED_RETRIES = 3  # an operation that ends interrupted is started again this many times at most
+CANCEL_WAIT_SECONDS = 60.0  # how long a cancelled worker operation is waited for (it stops at its next check)
 
 
 def derived_request_id(base: str, *parts: object) -> str:
@@ -108,7 +109,7 @@ class _Replicas:
             while not op.done:
                 if self.cancelled():  # the caller's job was cancelled: its workers' operations are cancelled too
                     if self.cancel_workers():  # (not when the caller is only stopping: it will carry on later)
-                        operations.cancel(op.name)
+                        cancel_and_wait(operations, op.name)
                     return _Outcome(error=Cancelled("cancelled by request"), refused=True), False
                 if self.stop.is_set():
                     return _Outcome(error=RuntimeError("stopped")), False
@@ -123,6 +124,16 @@ class _Replicas:
         result = an.AnonymizationResult()
         op.response.Unpack(result)
         return _Outcome(result=result), False
+
+
+def cancel_and_wait(operations: OperationsClient, name: str, timeout: float = CANCEL_WAIT_SECONDS) -> None:
+    """Cancels a worker's operation and waits (up to `timeout`) until it has ended, so that nothing it writes comes
+    after what the caller does next (deleting the version it was writing)."""
+    try:
+        operations.cancel(name)
+        operations.wait(name, timeout=timeout, poll_seconds=0.5)
+    except UmbraRpcError:  # gone or unreachable: the sweep removes what it may still write
+        pass
 
 
 def _unusable(exc: UmbraRpcError) -> bool:
