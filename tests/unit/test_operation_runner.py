@@ -116,3 +116,24 @@ def test_long_running_plans_before_any_work_and_resumes_from_the_stored_request(
     block.set()
     first.shutdown(1)
     second.shutdown(0)
+
+
+def test_recover_leaves_alone_what_this_process_started_before_it(tmp_path):
+    """A service may start operations while it builds (the coordinator carries on jobs a graceful stop
+    interrupted), before recover() runs: recover must not run them a second time."""
+    runner = OperationRunner(OperationStore(tmp_path / "ops.sqlite3"), service="test")
+    runs, release = [], threading.Event()
+
+    def work(ctx):
+        runs.append(ctx.name)
+        release.wait(5)
+        return duration_pb2.Duration(seconds=1)
+
+    runner.register_resumer("K", lambda ctx, request: work(ctx))
+    op = runner.start(kind="K", tenant="acme", metadata=training_service_pb2.EvaluateMetadata(), work=work,
+                      request_id="r-1", resume_request=training_service_pb2.EvaluateRequest())
+    runner.recover()
+    release.set()
+    assert runner.wait(op.name, "acme", 5).HasField("response")
+    assert runs == [op.name]  # once
+    runner.shutdown(1)

@@ -123,6 +123,9 @@ class OperationRunner:
     def recover(self) -> None:
         """Resumes or interrupts what a previous process left unfinished (see the module docstring)."""
         for record in self.store.unfinished():
+            with self._lock:
+                if record.operation.name in self._running:  # started by this process already (before it served)
+                    continue
             resume = self._resumers.get(record.kind)
             if not (record.resumable and resume and not record.cancel_requested):
                 continue
