@@ -39,7 +39,7 @@ from umbra.coordinator.v1 import dataset_service_pb2 as cds
 from umbra.coordinator.v1 import dataset_service_pb2_grpc
 from umbra.dataset import synthetic
 from umbra.diffusion.attributes import schema_for
-from umbra.diffusion.generator import ConditionalUNet, GeneratorConfig
+from umbra.diffusion.generator import GeneratorConfig, build
 from umbra.services.coordinator.sharding import anonymize_sharded
 from umbra.storage import keys
 from umbra.storage.datasets import DatasetReader
@@ -132,7 +132,7 @@ def _write_generator(store, bucket: str) -> None:
             columns.setdefault(name, []).append(value)
     config = GeneratorConfig(image_size=SIZE, attributes=schema_for(columns, ["gender", "skin_tone"]))
     torch.manual_seed(0)
-    ModelRegistry(store).write(bucket, "gen", config, ConditionalUNet(config).state_dict(),
+    ModelRegistry(store).write(bucket, "gen", config, build(config).state_dict(),
                                {"kind": "generator", "privacy": {"dp": False},
                                 "dataset": {"dataset": "datasets/public", "version": 1}})
 

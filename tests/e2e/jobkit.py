@@ -33,7 +33,7 @@ from umbra.coordinator.v1 import ledger_service_pb2_grpc
 from umbra.dataset import synthetic
 from umbra.dataset.images import SizePolicy
 from umbra.diffusion.attributes import schema_for
-from umbra.diffusion.generator import ConditionalUNet, GeneratorConfig
+from umbra.diffusion.generator import GeneratorConfig, build
 from umbra.services.coordinator.sharding import derived_request_id
 from umbra.storage.datasets import DatasetReader
 from umbra.training.v1 import training_service_pb2 as ts
@@ -169,7 +169,7 @@ def write_generator(store, bucket: str, dataset: str = "faces") -> None:
     config = GeneratorConfig(image_size=SIZE, attributes=schema_for(columns, ["gender", "age"]),
                              channels=(8, 16, 16), attention=False)
     torch.manual_seed(0)
-    ModelRegistry(store).write(bucket, "gen", config, ConditionalUNet(config).state_dict(),
+    ModelRegistry(store).write(bucket, "gen", config, build(config).state_dict(),
                                {"kind": "generator", "privacy": {"dp": False},
                                 "dataset": {"dataset": "datasets/public", "version": 1}})
 

@@ -33,7 +33,7 @@ from umbra.coordinator.v1 import ledger_service_pb2_grpc
 from umbra.dataset import synthetic
 from umbra.dataset.images import SizePolicy
 from umbra.diffusion.attributes import schema_for
-from umbra.diffusion.generator import ConditionalUNet, GeneratorConfig
+from umbra.diffusion.generator import GeneratorConfig, build
 from umbra.services.coordinator.sharding import anonymize_sharded
 from umbra.storage import keys
 from umbra.storage.datasets import DatasetReader
@@ -77,7 +77,7 @@ def write_generator(store: LocalObjectStore) -> None:
     config = GeneratorConfig(image_size=16, attributes=schema_for(columns, ["gender", "age"]), channels=(8, 16, 16),
                              attention=False)
     torch.manual_seed(0)
-    ModelRegistry(store).write(BUCKET, "gen", config, ConditionalUNet(config).state_dict(),
+    ModelRegistry(store).write(BUCKET, "gen", config, build(config).state_dict(),
                                {"kind": "generator", "privacy": {"dp": False},
                                 "dataset": {"dataset": "datasets/public", "version": 1}})
 

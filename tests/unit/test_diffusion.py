@@ -22,7 +22,7 @@ GENDER = Attribute("gender", ("0", "1"))
 def tiny(attributes=(GENDER,), prediction: str = "sample") -> ConditionalUNet:
     torch.manual_seed(0)
     return ConditionalUNet(GeneratorConfig(image_size=16, attributes=tuple(attributes), channels=(8, 16),
-                                           attention=False, norm_groups=4, prediction=prediction))
+                                           attention=False, norm_groups=4, prediction=prediction, design="pixel"))
 
 
 def test_schema_tells_numeric_from_categorical_and_buckets_ages():

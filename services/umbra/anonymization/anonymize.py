@@ -20,11 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from umbra.anonymization import privatize
 from umbra.anonymization.intensity import Plan, plan_for
 from umbra.diffusion.attributes import Attribute
-from umbra.diffusion.generator import ConditionalUNet, GeneratorConfig
+from umbra.diffusion.generator import GeneratorConfig
 from umbra.diffusion.sampling import Schedule, regenerate, schedule_for
 from umbra.privacy.mechanisms import Cost
 from umbra.runtime import bounds
@@ -117,14 +118,17 @@ def check(generator: Generator, *, dataset_id: str, label_columns: list[str], im
                                       f"{config.image_size} px")
     schedule = schedule_for(config, timestep=plan.timestep, steps=plan.steps)
     protected_attributes = tuple(chosen[n] for n in protected)
-    image = privatize.image_cost(schedule.alpha_bar, schedule.start, 3 * config.image_size ** 2)
+    if config.design == "latent":
+        image = privatize.latent_cost(schedule.alpha_bar, schedule.start, config.latent_clip)
+    else:
+        image = privatize.image_cost(schedule.alpha_bar, schedule.start, 3 * config.image_size ** 2)
     attributes = tuple(privatize.attribute_cost(a, plan.attribute_epsilon) for a in protected_attributes)
     generator_cost = generator.cost() if generator.trained_on == dataset_id else None
     costs = Costs(image, attributes, generator_cost, privatize.per_image(image, list(attributes), generator_cost))
     return Request(generator, protected_attributes, tuple(chosen[n] for n in kept), plan, schedule, seed, costs)
 
 
-def anonymize(net: ConditionalUNet, request: Request, images: torch.Tensor, labels: list[dict[str, str]],
+def anonymize(net: nn.Module, request: Request, images: torch.Tensor, labels: list[dict[str, str]],
               rngs: list[np.random.Generator], generator: torch.Generator) -> tuple[torch.Tensor, list[dict]]:
     """uint8 images (B, 3, S, S) at any S ≥ the generator's size, with each image's true labels and its own
     random generator (for its released values) -> uint8 images at the generator's size and the released

@@ -25,7 +25,7 @@ import torch
 from umbra.classifiers.data import decode
 from umbra.classifiers.registry import ModelRegistry, StoredModel
 from umbra.diffusion.attributes import Attribute, schema_for
-from umbra.diffusion.generator import ConditionalUNet, GeneratorConfig, load_matching
+from umbra.diffusion.generator import GeneratorConfig, build, load_matching
 from umbra.diffusion.training import GeneratorHyper, train
 from umbra.privacy.dp_sgd import Checkpoint, DPSettings, EpochReport, poisson_rate
 from umbra.privacy.mechanisms import Cost, dp_sgd_cost
@@ -35,7 +35,10 @@ from umbra.storage.datasets import DatasetReader
 
 log = logging.getLogger(__name__)
 SIZES = (16, 32, 64)
-_SHAPE = ("channels", "layers_per_block", "attention", "norm_groups", "prediction", "train_timesteps")
+DESIGNS = ("latent", "pixel")  # umbra.diffusion.latent, umbra.diffusion.generator.ConditionalUNet
+LATENT_DIMS = (8, 512)
+_SHAPE = ("design", "channels", "layers_per_block", "attention", "norm_groups", "prediction", "train_timesteps",
+          "latent_dim", "latent_clip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,10 +57,19 @@ class Job:
     start: StoredModel | None  # public pretraining: the generator version to start from
     samples: int  # fully labelled training images
     seed: int
+    design: str = "latent"
+    latent_dim: int = 64
 
     @property
     def config(self) -> GeneratorConfig:
-        return GeneratorConfig(image_size=self.image_size, attributes=self.attributes)
+        return GeneratorConfig(image_size=self.image_size, attributes=self.attributes, design=self.design,
+                               latent_dim=self.latent_dim)
+
+    @property
+    def frozen(self) -> list[str]:
+        """The parts not trained in this run: a latent generator started from a public one keeps its public
+        autoencoder and trains its denoiser and attribute embeddings on the tenant's faces (as DP-LDM does)."""
+        return ["encoder", "decoder"] if self.start is not None and self.design == "latent" else []
 
     def privacy(self, epsilon: float, accountant: str, noise_multiplier: float, steps: int) -> dict:
         """What the run spent, with what re-derives it (the record's "privacy")."""
@@ -80,6 +92,7 @@ class Job:
             "dataset": {"dataset": f"datasets/{self.reader.dataset}", "version": self.reader.version,
                         "split": self.split},
             "condition_attributes": [a.name for a in self.attributes], "seed": self.seed, "steps": result.steps,
+            "design": self.design, "frozen": self.frozen,
             "train_loss": result.final_loss, "train_seconds": seconds, "images": images,
             "hyperparameters": dataclasses.asdict(self.hyper),
             "privacy": self.privacy(result.epsilon, result.accountant, result.noise_multiplier, result.steps),
@@ -101,10 +114,14 @@ class Result:
 
 def plan(registry: ModelRegistry, bucket: str, *, model: str, reader: DatasetReader, split: str,
          attributes: list[str], image_size: int, hyper: GeneratorHyper, dp: DPSettings | None,
-         start: tuple[str, int] | None, seed: int) -> Job:
-    """Every check before any compute; InvalidInput names the request field. `image_size` 0 is min(32, the
-    dataset's)."""
+         start: tuple[str, int] | None, seed: int, design: str = "latent", latent_dim: int = 64) -> Job:
+    """Every check before any compute; InvalidInput names the request field. `image_size` 0 is the dataset's,
+    at most 64 (latent) or 32 (pixel)."""
     bounds.seed(seed)
+    if design not in DESIGNS:
+        raise InvalidInput("design", f"is {design!r}: must be one of {', '.join(DESIGNS)}")
+    if not LATENT_DIMS[0] <= latent_dim <= LATENT_DIMS[1]:
+        raise InvalidInput("latent_dim", f"is {latent_dim}: must be {LATENT_DIMS[0]} to {LATENT_DIMS[1]}")
     selected = [s for s in reader.samples() if s.split == split]
     if not selected:
         raise InvalidInput("dataset.split", f"split {split!r} has no samples")
@@ -114,7 +131,7 @@ def plan(registry: ModelRegistry, bucket: str, *, model: str, reader: DatasetRea
     if samples == 0:
         raise InvalidInput("condition_attributes", f"no sample of split {split!r} has a value for every one of "
                                                    f"{', '.join(attributes)}")
-    size = image_size or min(32, reader.header.image_size)
+    size = image_size or min(64 if design == "latent" else 32, reader.header.image_size)
     if size not in SIZES:
         raise InvalidInput("image_size", f"is {size}: must be one of {', '.join(map(str, SIZES))}")
     if size > reader.header.image_size:
@@ -125,20 +142,28 @@ def plan(registry: ModelRegistry, bucket: str, *, model: str, reader: DatasetRea
             raise InvalidInput("privacy.target_delta", f"must be in (0, 1/n) = (0, {1 / samples:.3g}) for the "
                                                        f"{samples} training images")
         dp.validate(samples, field="privacy")  # the ranges of the rest, as classifier training has them
-    stored = None if start is None else _starting_point(registry, bucket, start, reader, size, schema)
-    return Job(registry, bucket, model, reader, split, schema, size, hyper, dp, stored, samples, seed)
+    fresh = GeneratorConfig(image_size=size, attributes=schema, design=design, latent_dim=latent_dim)
+    stored = None if start is None else _starting_point(registry, bucket, start, reader, fresh)
+    return Job(registry, bucket, model, reader, split, schema, size, hyper, dp, stored, samples, seed, design,
+               latent_dim)
 
 
-def _starting_point(registry: ModelRegistry, bucket: str, start: tuple[str, int], reader: DatasetReader, size: int,
-                    attributes: tuple[Attribute, ...]) -> StoredModel:
-    """The generator to start from (public pretraining): the same network and schedule at the same size, never
-    trained on the dataset being trained on now."""
+def _starting_point(registry: ModelRegistry, bucket: str, start: tuple[str, int], reader: DatasetReader,
+                    fresh: GeneratorConfig) -> StoredModel:
+    """The generator to start from (public pretraining): the same design, network, latent and schedule at the same
+    size, never trained on the dataset being trained on now. Another tenant's models are not in this tenant's
+    registry: naming one is NOT_FOUND."""
     name = f"models/{start[0]}/versions/{start[1]}"
     stored = registry.get(bucket, *start, kind="generator", field="initialize_from")
-    if stored.config.image_size != size:
+    if stored.config.image_size != fresh.image_size:
         raise InvalidInput("initialize_from", f"{name} is for {stored.config.image_size} px images, this run for "
-                                              f"{size} px")
-    fresh = GeneratorConfig(image_size=size, attributes=attributes)
+                                              f"{fresh.image_size} px")
+    if stored.config.design != fresh.design:
+        raise InvalidInput("initialize_from", f"{name} is a {stored.config.design} generator, this run trains a "
+                                              f"{fresh.design} one")
+    if fresh.design == "latent" and stored.config.latent_dim != fresh.latent_dim:
+        raise InvalidInput("initialize_from", f"{name} has a {stored.config.latent_dim}-number latent, this run "
+                                              f"{fresh.latent_dim}")
     if any(getattr(stored.config, k) != getattr(fresh, k) for k in _SHAPE):
         raise InvalidInput("initialize_from", f"{name} has another network or schedule than this version's "
                                               f"generators")
@@ -166,11 +191,13 @@ def run(job: Job, *, run_id: str, progress: Callable[[EpochReport, Cost | None],
     images, labels = load_images(job)
     _check(cancelled)
     torch.manual_seed(job.seed)
-    net = ConditionalUNet(job.config)
+    net = build(job.config)
     fresh = None
     if job.start is not None:
         fresh = load_matching(net, job.registry.weights(job.bucket, job.start.model, job.start.version),
                               job.start.config)
+    for part in job.frozen:
+        getattr(net, part).requires_grad_(False)
     saved = job.registry.latest_checkpoint(job.bucket, job.model, run_id)
     resume = Checkpoint(**saved) if saved else None
 

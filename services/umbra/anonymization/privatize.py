@@ -4,7 +4,8 @@
 - A numeric one (age) is clipped to the public range, gets Laplace noise of scale range/ε_a, and the result is
   clipped and rounded again (post-processing); ε_a = 0: uniform over the range.
 - The image is noised to the plan's timestep: a Gaussian mechanism, μ-GDP with μ from ᾱ (mechanisms.py), whose
-  ε is taken at IMAGE_DELTA.
+  ε is taken at IMAGE_DELTA. A latent generator noises the image's latent, of norm C (sensitivity 2C); the
+  pixel generator noises the pixels (sensitivity 2·sqrt(3·S²)).
 
 Per image, the costs compose by basic composition: image + each protected attribute (+ the generator's ε_g,
 since a face may also be in the generator's training set). Different images are different people (assumed:
@@ -53,10 +54,19 @@ def attribute_cost(attribute: Attribute, epsilon: float) -> Cost:
 
 
 def image_cost(alpha_bar: float, timestep: int, dimension: int) -> Cost:
+    """The pixel generator's image mechanism: `dimension` pixels in [-1, 1] noised to ᾱ."""
     mu = mechanisms.image_noise_mu(alpha_bar, dimension, PIXEL_RANGE)
     return Cost(mechanisms.gaussian_epsilon(mu, IMAGE_DELTA), IMAGE_DELTA, "gaussian", "image noised to the "
                 "timestep", {"timestep": timestep, "alpha_bar": alpha_bar, "mu": mu, "dimension": dimension,
                               "pixel_range": PIXEL_RANGE}, accountant="gdp")
+
+
+def latent_cost(alpha_bar: float, timestep: int, clip: float) -> Cost:
+    """The latent generator's image mechanism: the image's latent, of norm C = `clip`, noised to ᾱ."""
+    mu = mechanisms.latent_noise_mu(alpha_bar, clip)
+    return Cost(mechanisms.gaussian_epsilon(mu, IMAGE_DELTA), IMAGE_DELTA, "gaussian", "image latent noised to "
+                "the timestep", {"timestep": timestep, "alpha_bar": alpha_bar, "mu": mu, "latent_clip": clip},
+                accountant="gdp")
 
 
 def per_image(image: Cost, attributes: list[Cost], generator: Cost | None) -> Cost:

@@ -42,6 +42,12 @@ class GeneratorConfig:
     # predicting the image gave smooth faces; the DDIM schedulers take either.
     prediction: str = "sample"
     kind: str = field(default=KIND)
+    # "latent" (umbra.diffusion.latent): an autoencoder whose latent, projected to norm `latent_clip`, is what is
+    # noised and denoised; "pixel": the UNet above, on the pixels (the first design; stored configs without the
+    # field are pixel ones).
+    design: str = "latent"
+    latent_dim: int = 64
+    latent_clip: float = 1.0
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -55,6 +61,7 @@ class GeneratorConfig:
             raise ValueError("not a generator configuration")
         data["attributes"] = tuple(Attribute.from_dict(a) for a in data["attributes"])
         data["channels"] = tuple(data["channels"])
+        data.setdefault("design", "pixel")
         return cls(**data)
 
     @property
@@ -71,9 +78,20 @@ def noise_schedule(config: GeneratorConfig) -> DDPMScheduler:
                          beta_end=config.beta_end, beta_schedule="linear", prediction_type=config.prediction)
 
 
+def build(config: GeneratorConfig) -> nn.Module:
+    """The network a configuration describes (untrained): ConditionalUNet or latent.LatentGenerator."""
+    if config.design == "latent":
+        from umbra.diffusion.latent import LatentGenerator
+
+        return LatentGenerator(config)
+    return ConditionalUNet(config)
+
+
 class ConditionalUNet(nn.Module):
     def __init__(self, config: GeneratorConfig):
         super().__init__()
+        if config.design != "pixel":
+            raise ValueError(f"a {config.design} generator is not a ConditionalUNet: use build()")
         self.config = config
         levels = len(config.channels)
         down = tuple("AttnDownBlock2D" if config.attention and i == levels - 1 else "DownBlock2D"
@@ -93,10 +111,14 @@ class ConditionalUNet(nn.Module):
         return self.unet(noisy, timesteps, class_labels=condition).sample
 
 
-def load_matching(net: ConditionalUNet, weights: dict[str, torch.Tensor], pretrained: GeneratorConfig) -> list[str]:
-    """Loads public pretrained weights into `net`: the UNet whole (same size and widths) and the embedding of
-    each attribute both generators have with the same values. Returns the attributes that start fresh."""
-    net.unet.load_state_dict({k.removeprefix("unet."): v for k, v in weights.items() if k.startswith("unet.")})
+def load_matching(net: nn.Module, weights: dict[str, torch.Tensor], pretrained: GeneratorConfig) -> list[str]:
+    """Loads public pretrained weights into `net`: everything but the attribute embeddings whole (same design,
+    size and widths), and the embedding of each attribute both generators have with the same values. Returns the
+    attributes that start fresh."""
+    body = {k: v for k, v in weights.items() if not k.startswith("embeddings.")}
+    missing, unexpected = net.load_state_dict(body, strict=False)
+    if unexpected or any(not k.startswith("embeddings.") for k in missing):
+        raise ValueError(f"the pretrained weights do not fit this network ({(missing + unexpected)[:3]})")
     fresh = []
     for i, attribute in enumerate(net.config.attributes):
         old = next((j for j, a in enumerate(pretrained.attributes) if a == attribute), None)

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import DDIMScheduler
+from torch import nn
 
-from umbra.diffusion.generator import ConditionalUNet, GeneratorConfig, noise_schedule
+from umbra.diffusion.generator import GeneratorConfig, noise_schedule
 from umbra.runtime.errors import InvalidInput
 
 
@@ -62,12 +63,15 @@ def _ddim(config: GeneratorConfig, total: int) -> DDIMScheduler:
 
 
 @torch.inference_mode()
-def regenerate(net: ConditionalUNet, schedule: Schedule, images: torch.Tensor, conditional: torch.Tensor,
+def regenerate(net: nn.Module, schedule: Schedule, images: torch.Tensor, conditional: torch.Tensor,
                unconditional: torch.Tensor, *, guidance: float, generator: torch.Generator) -> torch.Tensor:
-    """uint8 images (B, 3, H, W) -> uint8 images, noised to schedule.start and denoised under the labels."""
+    """uint8 images (B, 3, H, W) -> uint8 images, noised to schedule.start and denoised under the labels. A latent
+    generator noises and denoises the images' latents (norm C), and decodes the result projected back to norm C
+    (post-processing: the decoder was trained on latents of that norm)."""
     net.eval()
     scheduler = _ddim(net.config, schedule.total)
-    x0 = images.float().div(127.5).sub(1.0)
+    latent = net.config.design == "latent"
+    x0 = net.encode(images) if latent else images.float().div(127.5).sub(1.0)
     noise = torch.randn(x0.shape, generator=generator)
     sample = scheduler.add_noise(x0, noise, torch.full((len(x0),), schedule.start))
     both = torch.cat([conditional, unconditional])
@@ -76,4 +80,6 @@ def regenerate(net: ConditionalUNet, schedule: Schedule, images: torch.Tensor, c
         predicted_c, predicted_u = net(torch.cat([sample, sample]), timesteps, both).chunk(2)
         predicted = predicted_u + guidance * (predicted_c - predicted_u)
         sample = scheduler.step(predicted, t, sample, generator=generator).prev_sample
+    if latent:
+        return net.decode(net.project(sample))
     return sample.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)

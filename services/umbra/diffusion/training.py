@@ -23,9 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from umbra.diffusion.generator import ConditionalUNet, noise_schedule
+from umbra.diffusion.generator import noise_schedule
 from umbra.privacy.dp_sgd import Checkpoint, DPSettings, EpochReport, TrainResult, make_private
 from umbra.runtime.errors import InvalidInput
 
@@ -68,7 +69,7 @@ class GeneratorHyper:
         return self
 
 
-def train(net: ConditionalUNet, images: torch.Tensor, labels: torch.Tensor, hyper: GeneratorHyper,
+def train(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, hyper: GeneratorHyper,
           dp: DPSettings | None, seed: int, *, on_epoch: Callable[[EpochReport, Checkpoint], None] | None = None,
           resume: Checkpoint | None = None, should_stop: Callable[[], bool] = lambda: False) -> TrainResult:
     """Trains `net` in place on uint8 `images` (N, 3, H, W) with conditioning `labels` (N, attributes)."""
@@ -82,7 +83,8 @@ def train(net: ConditionalUNet, images: torch.Tensor, labels: torch.Tensor, hype
     schedule = noise_schedule(net.config)
     loader = DataLoader(TensorDataset(images, labels), batch_size=hyper.batch_size, shuffle=True,
                         generator=generator)
-    optimizer = torch.optim.Adam(net.parameters(), lr=hyper.learning_rate)
+    # a latent generator started from a public one trains its denoiser only (generator_training freezes the rest)
+    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=hyper.learning_rate)
     private = make_private(module=net, optimizer=optimizer, data_loader=loader, dp=dp, epochs=hyper.epochs,
                            resume=resume, grad_sample_mode="hooks")
     model, optimizer = private.module, private.optimizer
@@ -126,8 +128,10 @@ def train(net: ConditionalUNet, images: torch.Tensor, labels: torch.Tensor, hype
 
 
 def _denoising_loss(model, schedule, x: torch.Tensor, y: torch.Tensor, k: int, hyper: GeneratorHyper,
-                    generator: torch.Generator, net: ConditionalUNet) -> torch.Tensor:
-    """Mean over the K·B rows (example-major) of each row's MSE against the noise (or the clean image)."""
+                    generator: torch.Generator, net: nn.Module) -> torch.Tensor:
+    """Mean over the K·B rows (example-major) of each row's loss: its MSE against the noise (or the clean image);
+    for a latent generator, the denoiser's squared error on the latent (over C², so about 1 for a useless guess)
+    plus, while the autoencoder trains, its reconstruction's MSE."""
     x0 = x.float().div(127.5).sub(1.0)  # diffusers' [-1, 1]
     if hyper.flip:
         flip = torch.rand(len(x0), generator=generator) < 0.5
@@ -137,19 +141,32 @@ def _denoising_loss(model, schedule, x: torch.Tensor, y: torch.Tensor, k: int, h
     nulls = torch.tensor([a.null for a in net.config.attributes])
     drop = torch.rand(labels.shape, generator=generator) < hyper.condition_dropout
     labels = torch.where(drop, nulls.expand_as(labels), labels)
+    reconstruction = torch.zeros(())
+    if net.config.design == "latent":
+        if net.encoder.project.weight.requires_grad:
+            z = net.encode_scaled(x0)
+            reconstruction = (net.decode_scaled(z) - x0).pow(2).flatten(1).mean(1).mean()
+        else:
+            with torch.no_grad():
+                z = net.encode_scaled(x0)
+        x0 = z.detach()  # the denoiser learns the latents; its loss does not move the encoder
     noise = torch.randn(x0.shape, generator=generator)
     timesteps = torch.randint(0, net.config.train_timesteps, (len(x0),), generator=generator)
     noisy = schedule.add_noise(x0, noise, timesteps)
     predicted = model(noisy, timesteps, labels)
     target = x0 if net.config.prediction == "sample" else noise
+    if net.config.design == "latent":
+        return reconstruction + (predicted - target).pow(2).sum(1).mean() / net.config.latent_clip ** 2
     return (predicted - target).pow(2).mean()
 
 
-def _average_multiplicity(net: ConditionalUNet, examples: int, k: int) -> None:
+def _average_multiplicity(net: nn.Module, examples: int, k: int) -> None:
     """Opacus's per-row gradients (K·B rows) -> per-example gradients (B), the mean of each example's K rows.
     With the "mean" loss reduction each row's gradient is that row's own loss gradient, so the mean is the
     gradient of the example's K-draw loss; clipping then bounds each example's contribution, not each row's."""
     for p in net.parameters():
+        if not p.requires_grad:
+            continue
         sample = getattr(p, "grad_sample", None)
         if examples == 0:  # an empty Poisson batch: no contribution, the step still adds noise
             p.grad_sample = torch.zeros((0, *p.shape))

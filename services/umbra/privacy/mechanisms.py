@@ -106,6 +106,17 @@ def image_noise_mu(alpha_bar: float, dimension: int, pixel_range: float = 2.0) -
     return math.sqrt(alpha_bar) * pixel_range * math.sqrt(dimension) / math.sqrt(1.0 - alpha_bar)
 
 
+def latent_noise_mu(alpha_bar: float, clip: float) -> float:
+    """μ of noising a latent of norm at most `clip` (C) to cumulative signal ᾱ: z_t = sqrt(ᾱ) z + sqrt(1-ᾱ) n.
+    Two people's latents differ by at most 2C, so μ = 2C·sqrt(ᾱ)/sqrt(1-ᾱ); the latent's dimension does not
+    enter."""
+    if not 0 < alpha_bar < 1:
+        raise InvalidInput("alpha_bar", "must be between 0 and 1")
+    if not (math.isfinite(clip) and clip > 0):
+        raise InvalidInput("latent_clip", "must be a positive number")
+    return 2.0 * clip * math.sqrt(alpha_bar) / math.sqrt(1.0 - alpha_bar)
+
+
 def dp_sgd_cost(privacy: dict, description: str) -> Cost:
     """The cost a DP-SGD training record's "privacy" describes (ε, δ, and the noise multiplier, sample rate and
     steps that let a ledger recompose it); ε is infinite for a run without DP."""

@@ -29,7 +29,7 @@ from umbra.common.v1 import privacy_pb2 as umbra_dot_common_dot_v1_dot_privacy__
 from umbra.common.v1 import refs_pb2 as umbra_dot_common_dot_v1_dot_refs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,umbra/anonymizer/v1/anonymizer_service.proto\x12\x13umbra.anonymizer.v1\x1a#google/longrunning/operations.proto\x1a\x1bumbra/common/v1/image.proto\x1a\x1fumbra/common/v1/operation.proto\x1a\x1dumbra/common/v1/privacy.proto\x1a\x1aumbra/common/v1/refs.proto\"s\n\x10GeneratorPrivacy\x12\x16\n\x0etarget_epsilon\x18\x01 \x01(\x01\x12\x14\n\x0ctarget_delta\x18\x02 \x01(\x01\x12\x15\n\rmax_grad_norm\x18\x03 \x01(\x01\x12\x1a\n\x12noise_multiplicity\x18\x04 \x01(\x05\"\xff\x02\n\x15TrainGeneratorRequest\x12,\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1b.umbra.common.v1.DatasetRef\x12\x1c\n\x14\x63ondition_attributes\x18\x02 \x03(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x36\n\x07privacy\x18\x04 \x01(\x0b\x32%.umbra.anonymizer.v1.GeneratorPrivacy\x12\x12\n\nimage_size\x18\x05 \x01(\x05\x12\x0e\n\x06\x65pochs\x18\x06 \x01(\x05\x12\x12\n\nbatch_size\x18\x07 \x01(\x05\x12\x15\n\rlearning_rate\x18\x08 \x01(\x01\x12\x32\n\x0finitialize_from\x18\t \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12\x0c\n\x04seed\x18\n \x01(\x03\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12.\n\x06\x62udget\x18\x0c \x01(\x0b\x32\x1e.umbra.common.v1.PrivacyBudget\"J\n\x16TrainGeneratorResponse\x12\x30\n\toperation\x18\x01 \x01(\x0b\x32\x1d.google.longrunning.Operation\"k\n\x16TrainGeneratorMetadata\x12\x34\n\x08progress\x18\x01 \x01(\x0b\x32\".umbra.common.v1.OperationProgress\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\x12\x0c\n\x04loss\x18\x03 \x01(\x01\"s\n\x0fGeneratorResult\x12,\n\tgenerator\x18\x01 \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12\x32\n\x0cprivacy_cost\x18\x02 \x01(\x0b\x32\x1c.umbra.common.v1.PrivacyCost\"\xdc\x01\n\x15\x41nonymizationSettings\x12,\n\tgenerator\x18\x01 \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12\x1c\n\x14protected_attributes\x18\x02 \x03(\t\x12\x17\n\x0fkept_attributes\x18\x03 \x03(\t\x12\x11\n\tintensity\x18\x04 \x01(\x01\x12\r\n\x05steps\x18\x05 \x01(\x05\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12.\n\x06\x62udget\x18\x07 \x01(\x0b\x32\x1e.umbra.common.v1.PrivacyBudget\"\xaa\x01\n\x0f\x41nonymizedImage\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x16.umbra.common.v1.Image\x12<\n\x13released_attributes\x18\x02 \x03(\x0b\x32\x1f.umbra.common.v1.AttributeValue\x12\x32\n\x0cprivacy_cost\x18\x03 \x01(\x0b\x32\x1c.umbra.common.v1.PrivacyCost\"\xa7\x01\n\x10\x41nonymizeRequest\x12<\n\x08settings\x18\x01 \x01(\x0b\x32*.umbra.anonymizer.v1.AnonymizationSettings\x12,\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x1b.umbra.common.v1.DatasetRef\x12\x13\n\x0bsample_keys\x18\x03 \x03(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"}\n\x11\x41nonymizeResponse\x12\x34\n\x06images\x18\x01 \x03(\x0b\x32$.umbra.anonymizer.v1.AnonymizedImage\x12\x32\n\x0cprivacy_cost\x18\x02 \x01(\x0b\x32\x1c.umbra.common.v1.PrivacyCost\"\xd9\x01\n\x17\x41nonymizeDatasetRequest\x12<\n\x08settings\x18\x01 \x01(\x0b\x32*.umbra.anonymizer.v1.AnonymizationSettings\x12,\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x1b.umbra.common.v1.DatasetRef\x12\x16\n\x0eoutput_dataset\x18\x03 \x01(\t\x12\x0e\n\x06shards\x18\x04 \x03(\x05\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x16\n\x0eoutput_version\x18\x06 \x01(\x05\"L\n\x18\x41nonymizeDatasetResponse\x12\x30\n\toperation\x18\x01 \x01(\x0b\x32\x1d.google.longrunning.Operation\"e\n\x18\x41nonymizeDatasetMetadata\x12\x34\n\x08progress\x18\x01 \x01(\x0b\x32\".umbra.common.v1.OperationProgress\x12\x13\n\x0bshards_done\x18\x02 \x01(\x05\"\xcd\x01\n\x13\x41nonymizationResult\x12/\n\nanonymized\x18\x01 \x01(\x0b\x32\x1b.umbra.common.v1.DatasetRef\x12\x32\n\x0cprivacy_cost\x18\x02 \x01(\x0b\x32\x1c.umbra.common.v1.PrivacyCost\x12\x13\n\x0bimage_count\x18\x03 \x01(\x03\x12\x10\n\x08left_out\x18\x04 \x01(\x03\x12*\n\x06record\x18\x05 \x01(\x0b\x32\x1a.umbra.common.v1.ObjectRef\"o\n\x1a\x45stimatePrivacyCostRequest\x12<\n\x08settings\x18\x01 \x01(\x0b\x32*.umbra.anonymizer.v1.AnonymizationSettings\x12\x13\n\x0bimage_count\x18\x02 \x01(\x03\"Q\n\x1b\x45stimatePrivacyCostResponse\x12\x32\n\x0cprivacy_cost\x18\x01 \x01(\x0b\x32\x1c.umbra.common.v1.PrivacyCost2\xa9\x04\n\x11\x41nonymizerService\x12\x97\x01\n\x0eTrainGenerator\x12*.umbra.anonymizer.v1.TrainGeneratorRequest\x1a+.umbra.anonymizer.v1.TrainGeneratorResponse\",\xca\x41)\n\x0fGeneratorResult\x12\x16TrainGeneratorMetadata\x12Z\n\tAnonymize\x12%.umbra.anonymizer.v1.AnonymizeRequest\x1a&.umbra.anonymizer.v1.AnonymizeResponse\x12\xa3\x01\n\x10\x41nonymizeDataset\x12,.umbra.anonymizer.v1.AnonymizeDatasetRequest\x1a-.umbra.anonymizer.v1.AnonymizeDatasetResponse\"2\xca\x41/\n\x13\x41nonymizationResult\x12\x18\x41nonymizeDatasetMetadata\x12x\n\x13\x45stimatePrivacyCost\x12/.umbra.anonymizer.v1.EstimatePrivacyCostRequest\x1a\x30.umbra.anonymizer.v1.EstimatePrivacyCostResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,umbra/anonymizer/v1/anonymizer_service.proto\x12\x13umbra.anonymizer.v1\x1a#google/longrunning/operations.proto\x1a\x1bumbra/common/v1/image.proto\x1a\x1fumbra/common/v1/operation.proto\x1a\x1dumbra/common/v1/privacy.proto\x1a\x1aumbra/common/v1/refs.proto\"s\n\x10GeneratorPrivacy\x12\x16\n\x0etarget_epsilon\x18\x01 \x01(\x01\x12\x14\n\x0ctarget_delta\x18\x02 \x01(\x01\x12\x15\n\rmax_grad_norm\x18\x03 \x01(\x01\x12\x1a\n\x12noise_multiplicity\x18\x04 \x01(\x05\"\xa3\x03\n\x15TrainGeneratorRequest\x12,\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1b.umbra.common.v1.DatasetRef\x12\x1c\n\x14\x63ondition_attributes\x18\x02 \x03(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x36\n\x07privacy\x18\x04 \x01(\x0b\x32%.umbra.anonymizer.v1.GeneratorPrivacy\x12\x12\n\nimage_size\x18\x05 \x01(\x05\x12\x0e\n\x06\x65pochs\x18\x06 \x01(\x05\x12\x12\n\nbatch_size\x18\x07 \x01(\x05\x12\x15\n\rlearning_rate\x18\x08 \x01(\x01\x12\x32\n\x0finitialize_from\x18\t \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12\x0c\n\x04seed\x18\n \x01(\x03\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12.\n\x06\x62udget\x18\x0c \x01(\x0b\x32\x1e.umbra.common.v1.PrivacyBudget\x12\x0e\n\x06\x64\x65sign\x18\r \x01(\t\x12\x12\n\nlatent_dim\x18\x0e \x01(\x05\"J\n\x16TrainGeneratorResponse\x12\x30\n\toperation\x18\x01 \x01(\x0b\x32\x1d.google.longrunning.Operation\"k\n\x16TrainGeneratorMetadata\x12\x34\n\x08progress\x18\x01 \x01(\x0b\x32\".umbra.common.v1.OperationProgress\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\x12\x0c\n\x04loss\x18\x03 \x01(\x01\"s\n\x0fGeneratorResult\x12,\n\tgenerator\x18\x01 \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12\x32\n\x0cprivacy_cost\x18\x02 \x01(\x0b\x32\x1c.umbra.common.v1.PrivacyCost\"\xdc\x01\n\x15\x41nonymizationSettings\x12,\n\tgenerator\x18\x01 \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12\x1c\n\x14protected_attributes\x18\x02 \x03(\t\x12\x17\n\x0fkept_attributes\x18\x03 \x03(\t\x12\x11\n\tintensity\x18\x04 \x01(\x01\x12\r\n\x05steps\x18\x05 \x01(\x05\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12.\n\x06\x62udget\x18\x07 \x01(\x0b\x32\x1e.umbra.common.v1.PrivacyBudget\"\xaa\x01\n\x0f\x41nonymizedImage\x12%\n\x05image\x18\x01 \x01(\x0b\x32\x16.umbra.common.v1.Image\x12<\n\x13released_attributes\x18\x02 \x03(\x0b\x32\x1f.umbra.common.v1.AttributeValue\x12\x32\n\x0cprivacy_cost\x18\x03 \x01(\x0b\x32\x1c.umbra.common.v1.PrivacyCost\"\xa7\x01\n\x10\x41nonymizeRequest\x12<\n\x08settings\x18\x01 \x01(\x0b\x32*.umbra.anonymizer.v1.AnonymizationSettings\x12,\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x1b.umbra.common.v1.DatasetRef\x12\x13\n\x0bsample_keys\x18\x03 \x03(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"}\n\x11\x41nonymizeResponse\x12\x34\n\x06images\x18\x01 \x03(\x0b\x32$.umbra.anonymizer.v1.AnonymizedImage\x12\x32\n\x0cprivacy_cost\x18\x02 \x01(\x0b\x32\x1c.umbra.common.v1.PrivacyCost\"\xd9\x01\n\x17\x41nonymizeDatasetRequest\x12<\n\x08settings\x18\x01 \x01(\x0b\x32*.umbra.anonymizer.v1.AnonymizationSettings\x12,\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x1b.umbra.common.v1.DatasetRef\x12\x16\n\x0eoutput_dataset\x18\x03 \x01(\t\x12\x0e\n\x06shards\x18\x04 \x03(\x05\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x16\n\x0eoutput_version\x18\x06 \x01(\x05\"L\n\x18\x41nonymizeDatasetResponse\x12\x30\n\toperation\x18\x01 \x01(\x0b\x32\x1d.google.longrunning.Operation\"e\n\x18\x41nonymizeDatasetMetadata\x12\x34\n\x08progress\x18\x01 \x01(\x0b\x32\".umbra.common.v1.OperationProgress\x12\x13\n\x0bshards_done\x18\x02 \x01(\x05\"\xcd\x01\n\x13\x41nonymizationResult\x12/\n\nanonymized\x18\x01 \x01(\x0b\x32\x1b.umbra.common.v1.DatasetRef\x12\x32\n\x0cprivacy_cost\x18\x02 \x01(\x0b\x32\x1c.umbra.common.v1.PrivacyCost\x12\x13\n\x0bimage_count\x18\x03 \x01(\x03\x12\x10\n\x08left_out\x18\x04 \x01(\x03\x12*\n\x06record\x18\x05 \x01(\x0b\x32\x1a.umbra.common.v1.ObjectRef\"o\n\x1a\x45stimatePrivacyCostRequest\x12<\n\x08settings\x18\x01 \x01(\x0b\x32*.umbra.anonymizer.v1.AnonymizationSettings\x12\x13\n\x0bimage_count\x18\x02 \x01(\x03\"Q\n\x1b\x45stimatePrivacyCostResponse\x12\x32\n\x0cprivacy_cost\x18\x01 \x01(\x0b\x32\x1c.umbra.common.v1.PrivacyCost2\xa9\x04\n\x11\x41nonymizerService\x12\x97\x01\n\x0eTrainGenerator\x12*.umbra.anonymizer.v1.TrainGeneratorRequest\x1a+.umbra.anonymizer.v1.TrainGeneratorResponse\",\xca\x41)\n\x0fGeneratorResult\x12\x16TrainGeneratorMetadata\x12Z\n\tAnonymize\x12%.umbra.anonymizer.v1.AnonymizeRequest\x1a&.umbra.anonymizer.v1.AnonymizeResponse\x12\xa3\x01\n\x10\x41nonymizeDataset\x12,.umbra.anonymizer.v1.AnonymizeDatasetRequest\x1a-.umbra.anonymizer.v1.AnonymizeDatasetResponse\"2\xca\x41/\n\x13\x41nonymizationResult\x12\x18\x41nonymizeDatasetMetadata\x12x\n\x13\x45stimatePrivacyCost\x12/.umbra.anonymizer.v1.EstimatePrivacyCostRequest\x1a\x30.umbra.anonymizer.v1.EstimatePrivacyCostResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,33 +43,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATORPRIVACY']._serialized_start=227
   _globals['_GENERATORPRIVACY']._serialized_end=342
   _globals['_TRAINGENERATORREQUEST']._serialized_start=345
-  _globals['_TRAINGENERATORREQUEST']._serialized_end=728
-  _globals['_TRAINGENERATORRESPONSE']._serialized_start=730
-  _globals['_TRAINGENERATORRESPONSE']._serialized_end=804
-  _globals['_TRAINGENERATORMETADATA']._serialized_start=806
-  _globals['_TRAINGENERATORMETADATA']._serialized_end=913
-  _globals['_GENERATORRESULT']._serialized_start=915
-  _globals['_GENERATORRESULT']._serialized_end=1030
-  _globals['_ANONYMIZATIONSETTINGS']._serialized_start=1033
-  _globals['_ANONYMIZATIONSETTINGS']._serialized_end=1253
-  _globals['_ANONYMIZEDIMAGE']._serialized_start=1256
-  _globals['_ANONYMIZEDIMAGE']._serialized_end=1426
-  _globals['_ANONYMIZEREQUEST']._serialized_start=1429
-  _globals['_ANONYMIZEREQUEST']._serialized_end=1596
-  _globals['_ANONYMIZERESPONSE']._serialized_start=1598
-  _globals['_ANONYMIZERESPONSE']._serialized_end=1723
-  _globals['_ANONYMIZEDATASETREQUEST']._serialized_start=1726
-  _globals['_ANONYMIZEDATASETREQUEST']._serialized_end=1943
-  _globals['_ANONYMIZEDATASETRESPONSE']._serialized_start=1945
-  _globals['_ANONYMIZEDATASETRESPONSE']._serialized_end=2021
-  _globals['_ANONYMIZEDATASETMETADATA']._serialized_start=2023
-  _globals['_ANONYMIZEDATASETMETADATA']._serialized_end=2124
-  _globals['_ANONYMIZATIONRESULT']._serialized_start=2127
-  _globals['_ANONYMIZATIONRESULT']._serialized_end=2332
-  _globals['_ESTIMATEPRIVACYCOSTREQUEST']._serialized_start=2334
-  _globals['_ESTIMATEPRIVACYCOSTREQUEST']._serialized_end=2445
-  _globals['_ESTIMATEPRIVACYCOSTRESPONSE']._serialized_start=2447
-  _globals['_ESTIMATEPRIVACYCOSTRESPONSE']._serialized_end=2528
-  _globals['_ANONYMIZERSERVICE']._serialized_start=2531
-  _globals['_ANONYMIZERSERVICE']._serialized_end=3084
+  _globals['_TRAINGENERATORREQUEST']._serialized_end=764
+  _globals['_TRAINGENERATORRESPONSE']._serialized_start=766
+  _globals['_TRAINGENERATORRESPONSE']._serialized_end=840
+  _globals['_TRAINGENERATORMETADATA']._serialized_start=842
+  _globals['_TRAINGENERATORMETADATA']._serialized_end=949
+  _globals['_GENERATORRESULT']._serialized_start=951
+  _globals['_GENERATORRESULT']._serialized_end=1066
+  _globals['_ANONYMIZATIONSETTINGS']._serialized_start=1069
+  _globals['_ANONYMIZATIONSETTINGS']._serialized_end=1289
+  _globals['_ANONYMIZEDIMAGE']._serialized_start=1292
+  _globals['_ANONYMIZEDIMAGE']._serialized_end=1462
+  _globals['_ANONYMIZEREQUEST']._serialized_start=1465
+  _globals['_ANONYMIZEREQUEST']._serialized_end=1632
+  _globals['_ANONYMIZERESPONSE']._serialized_start=1634
+  _globals['_ANONYMIZERESPONSE']._serialized_end=1759
+  _globals['_ANONYMIZEDATASETREQUEST']._serialized_start=1762
+  _globals['_ANONYMIZEDATASETREQUEST']._serialized_end=1979
+  _globals['_ANONYMIZEDATASETRESPONSE']._serialized_start=1981
+  _globals['_ANONYMIZEDATASETRESPONSE']._serialized_end=2057
+  _globals['_ANONYMIZEDATASETMETADATA']._serialized_start=2059
+  _globals['_ANONYMIZEDATASETMETADATA']._serialized_end=2160
+  _globals['_ANONYMIZATIONRESULT']._serialized_start=2163
+  _globals['_ANONYMIZATIONRESULT']._serialized_end=2368
+  _globals['_ESTIMATEPRIVACYCOSTREQUEST']._serialized_start=2370
+  _globals['_ESTIMATEPRIVACYCOSTREQUEST']._serialized_end=2481
+  _globals['_ESTIMATEPRIVACYCOSTRESPONSE']._serialized_start=2483
+  _globals['_ESTIMATEPRIVACYCOSTRESPONSE']._serialized_end=2564
+  _globals['_ANONYMIZERSERVICE']._serialized_start=2567
+  _globals['_ANONYMIZERSERVICE']._serialized_end=3120
 # @@protoc_insertion_point(module_scope)

@@ -24,7 +24,7 @@ class GeneratorPrivacy(_message.Message):
     def __init__(self, target_epsilon: _Optional[float] = ..., target_delta: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., noise_multiplicity: _Optional[int] = ...) -> None: ...
 
 class TrainGeneratorRequest(_message.Message):
-    __slots__ = ("dataset", "condition_attributes", "model", "privacy", "image_size", "epochs", "batch_size", "learning_rate", "initialize_from", "seed", "request_id", "budget")
+    __slots__ = ("dataset", "condition_attributes", "model", "privacy", "image_size", "epochs", "batch_size", "learning_rate", "initialize_from", "seed", "request_id", "budget", "design", "latent_dim")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     CONDITION_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,8 @@ class TrainGeneratorRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
+    DESIGN_FIELD_NUMBER: _ClassVar[int]
+    LATENT_DIM_FIELD_NUMBER: _ClassVar[int]
     dataset: _refs_pb2.DatasetRef
     condition_attributes: _containers.RepeatedScalarFieldContainer[str]
     model: str
@@ -49,7 +51,9 @@ class TrainGeneratorRequest(_message.Message):
     seed: int
     request_id: str
     budget: _privacy_pb2.PrivacyBudget
-    def __init__(self, dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., condition_attributes: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., privacy: _Optional[_Union[GeneratorPrivacy, _Mapping]] = ..., image_size: _Optional[int] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., initialize_from: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., seed: _Optional[int] = ..., request_id: _Optional[str] = ..., budget: _Optional[_Union[_privacy_pb2.PrivacyBudget, _Mapping]] = ...) -> None: ...
+    design: str
+    latent_dim: int
+    def __init__(self, dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., condition_attributes: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., privacy: _Optional[_Union[GeneratorPrivacy, _Mapping]] = ..., image_size: _Optional[int] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., initialize_from: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., seed: _Optional[int] = ..., request_id: _Optional[str] = ..., budget: _Optional[_Union[_privacy_pb2.PrivacyBudget, _Mapping]] = ..., design: _Optional[str] = ..., latent_dim: _Optional[int] = ...) -> None: ...
 
 class TrainGeneratorResponse(_message.Message):
     __slots__ = ("operation",)

@@ -25,7 +25,9 @@ from umbra.anonymizer.v1 import anonymizer_service_pb2 as an
 from umbra.anonymizer.v1 import anonymizer_service_pb2_grpc
 from umbra.classifiers.registry import ModelRegistry
 from umbra.anonymization import generator_training as generator_job
-from umbra.diffusion.generator import ConditionalUNet
+from torch import nn
+
+from umbra.diffusion.generator import build
 from umbra.privacy.mechanisms import Cost
 from umbra.runtime import auth, bounds, names
 from umbra.runtime.errors import FailedPrecondition, InvalidInput
@@ -89,7 +91,8 @@ class AnonymizerServicer(anonymizer_service_pb2_grpc.AnonymizerServiceServicer):
         job = generator_job.plan(self.registry, bucket, model=model, reader=reader, split=request.dataset.split or
                                  "train", attributes=list(request.condition_attributes), image_size=request.image_size,
                                  hyper=convert.hyper_from_proto(request), dp=convert.dp_from_proto(request.privacy),
-                                 start=start, seed=request.seed)
+                                 start=start, seed=request.seed, design=request.design or "latent",
+                                 latent_dim=request.latent_dim or 64)
         return _Charged(job, convert.charge_id("TrainGenerator", request) if job.dp else "")
 
     def _run_training(self, ctx: OperationContext, charged: _Charged) -> an.GeneratorResult:
@@ -113,8 +116,8 @@ class AnonymizerServicer(anonymizer_service_pb2_grpc.AnonymizerServiceServicer):
         stored = self.registry.get(bucket, model, version, kind="generator", field=field)  # NOT_FOUND for others'
         return anon.Generator(model, version, stored.config, stored.record)
 
-    def _net(self, generator: anon.Generator, bucket: str) -> ConditionalUNet:
-        net = ConditionalUNet(generator.config)
+    def _net(self, generator: anon.Generator, bucket: str) -> nn.Module:
+        net = build(generator.config)
         net.load_state_dict(self.registry.weights(bucket, generator.model, generator.version))
         return net.eval()
 
@@ -184,7 +187,7 @@ class AnonymizerServicer(anonymizer_service_pb2_grpc.AnonymizerServiceServicer):
             ctx.metadata.shards_done = shards
             ctx.report(stage="anonymizing", done=done, total=total, unit="images", message=f"{shards} shards written")
 
-        def load() -> ConditionalUNet:
+        def load() -> nn.Module:
             ctx.report(stage="loading the generator")
             return self._net(job.request.generator, job.out.bucket)
 
