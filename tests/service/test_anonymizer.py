@@ -147,7 +147,7 @@ def test_budget_already_spent_is_refused_before_work(services, generator):
     coordinator, anonymizer, _, _ = services
     stub, _ = stubs(anonymizer)
     spent = balance(coordinator, "").spent  # a request's own limit applies to the tenant's composed spending
-    tight = privacy_pb2.PrivacyBudget(epsilon=spent.epsilon + 1.0, delta=0.5)
+    tight = privacy_pb2.PrivacyBudget(epsilon=spent.epsilon + 0.01, delta=0.5)  # below any one preview's cost
     with pytest.raises(grpc.RpcError) as error:
         stub.Anonymize(an.AnonymizeRequest(settings=settings(budget=tight), sample_keys=["x"],
                                            dataset=refs_pb2.DatasetRef(dataset="datasets/faces", version=1)),
@@ -160,7 +160,7 @@ def test_budget_already_spent_is_refused_before_work(services, generator):
                        timeout=30)
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert status_details(error.value)["reason"] == "PRIVACY_BUDGET_EXHAUSTED"
-    assert float(status_details(error.value)["metadata"]["remaining_epsilon"]) == pytest.approx(1.0)
+    assert float(status_details(error.value)["metadata"]["remaining_epsilon"]) == pytest.approx(0.01)
 
 
 def test_dataset_is_anonymized_into_a_committed_version(services, generator):
@@ -242,3 +242,41 @@ def test_wrong_image_size_other_tenant_and_undp_training_are_refused(services, g
     with pytest.raises(grpc.RpcError) as error:
         stub.TrainGenerator(train_request(condition_attributes=["race"]), timeout=30)
     assert status_details(error.value)["fields"] == ["condition_attributes"]
+
+
+def test_design_latent_size_and_public_starting_points_are_refused(services, generator):
+    _, anonymizer, _, _ = services
+    stub, operations = stubs(anonymizer)
+    for overrides, field, reason in (
+            ({"design": "vae"}, "design", "must be one of latent, pixel"),
+            ({"latent_dim": 4}, "latent_dim", "must be 8 to 512"),
+            ({"latent_dim": 4096}, "latent_dim", "must be 8 to 512"),
+            ({"initialize_from": GENERATOR}, "initialize_from", "trained on datasets/faces itself")):
+        with pytest.raises(grpc.RpcError) as error:
+            stub.TrainGenerator(train_request(**overrides), timeout=30)
+        assert status_details(error.value)["fields"] == [field] and reason in error.value.details()
+    # a public generator of another tenant is not in this tenant's registry
+    other = anonymizer_service_pb2_grpc.AnonymizerServiceStub(open_channel(anonymizer.target, SERVICE_TOKEN,
+                                                                           tenant="other"))
+    public = an.TrainGeneratorRequest(dataset=refs_pb2.DatasetRef(dataset="datasets/faces", version=1),
+                                      condition_attributes=["gender"], model="models/public-gen", image_size=16,
+                                      epochs=1, batch_size=4, seed=1, latent_dim=16)
+    op = other.TrainGenerator(public, timeout=30).operation
+    OperationsClient(open_channel(anonymizer.target, SERVICE_TOKEN, tenant="other")).result(
+        op.name, an.GeneratorResult, poll_seconds=0.5, timeout=300)
+    with pytest.raises(grpc.RpcError) as error:
+        stub.TrainGenerator(train_request(initialize_from=refs_pb2.ModelRef(model="models/public-gen", version=1)),
+                            timeout=30)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    # the tenant's own public generator (16 px, a 16-number latent): another latent size or design is refused
+    public.dataset.dataset = "datasets/tiny"
+    op = stub.TrainGenerator(public, timeout=30).operation
+    start = operations.result(op.name, an.GeneratorResult, poll_seconds=0.5, timeout=300).generator
+    for overrides, reason in (({"latent_dim": 8}, "has a 16-number latent, this run 8"),
+                              ({"design": "pixel"}, "is a latent generator, this run trains a pixel one"),
+                              ({"image_size": 32}, "is for 16 px images, this run for 32 px")):
+        with pytest.raises(grpc.RpcError) as error:
+            stub.TrainGenerator(train_request(dataset=refs_pb2.DatasetRef(dataset="datasets/faces", version=1),
+                                              initialize_from=start, **{"image_size": 16, **overrides}), timeout=30)
+        assert status_details(error.value)["fields"] == ["initialize_from"], error.value.details()
+        assert reason in error.value.details()

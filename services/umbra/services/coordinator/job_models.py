@@ -22,7 +22,7 @@ from umbra.storage.base import ObjectStore
 
 # A generator the job trains itself (no generator named, none trained on the dataset): DP-SGD at this target,
 # with the anonymizer's defaults otherwise. The tenant's budget (and the job's) must pay for it.
-GENERATOR_EPSILON, GENERATOR_DELTA = 8.0, 1e-5
+GENERATOR_EPSILON, GENERATOR_DELTA = 6.0, 1e-6
 GENERATOR_EPOCHS, GENERATOR_BATCH = 4, 64  # the batch is at most the training split
 
 
