@@ -1,34 +1,67 @@
-"""Benchmark: attribute-level anonymization with the DP diffusion generator, against blurring and pixelation.
+"""Benchmark: attribute-level anonymization with the DP latent generator, against the previous (pixel) generator,
+blurring and pixelation.
 
-    python -m benchmarks.anonymizer [--quick] [--data DIR]
+    python -m benchmarks.anonymizer [--quick] [--data DIR] [--public DIR]
 
-Starts an S3 server, the coordinator and the anonymizer, uploads the faces and public synthetic faces, and
-trains through the anonymizer: a generator on the synthetic faces without DP (public pretraining, gender only),
-then the DP generator on the faces' training split (gender and race; DP-SGD with noise multiplicity), started
-from it. It protects gender and keeps race (skin_tone on synthetic faces, which have no race). At each
-intensity of CURVE it anonymizes the training and test images and measures, on the test split:
+Starts an S3 server, the coordinator and the anonymizer. The faces (--data, default the face sample) are split
+into the tenant's dataset and public faces: --public names a folder of public faces (images/ and labels.csv),
+else the last PUBLIC_FACES faces of --data are the public ones and the tenant's dataset is the rest (disjoint).
+Both are uploaded (80/10/10 train/val/test at upload), and four generators are trained through the anonymizer:
 
-- `fixed_classifier_protected_bacc`: a gender classifier trained on the originals, tested on anonymized images
-  against their TRUE gender; `adversary_protected_bacc`: one retrained on anonymized training images with
-  their true gender (an attacker who knows some people's gender), tested the same way;
-- `kept_utility_ratio`: a race classifier trained on anonymized training images, tested on ORIGINAL test images,
+1. a public latent generator without DP on the public faces' training split, 64 px: the face autoencoder (latent
+   64 numbers, projected to norm C = 1) and the denoiser (gender, and the kept attribute when the public labels
+   have it);
+2. ours: the DP latent generator on the tenant's training split, started from it: the public autoencoder is
+   frozen and the denoiser trained with DP-SGD (ε_g target TARGET_EPSILON at δ = DELTA);
+3. and 4. the previous generator (design "pixel": a UNet on 32 px pixels): public pretraining without DP on the
+   same public faces, then DP-SGD at the same target (on the tenant's training split; `--quick` uses its
+   validation split, 10 times smaller, to keep it cheap).
+
+It protects gender and keeps race (skin_tone on synthetic faces, which have no race). At the default intensity
+the whole tenant dataset goes through the service's AnonymizeDataset (reserved, written and committed):
+`images_per_s` is that end-to-end rate at 64 px, `service_vs_inprocess_ratio` compares it with the same
+anonymization in-process on 256 images. The rest runs in-process. Each point of each curve (`curve`: ours at
+intensities; `previous_generator_curve`; `blur_curve`, Gaussian σ in px at 64 px; `pixelate_curve`, the side the
+64 px face is reduced to) releases the training, test and held-out faces and measures:
+
+- `fixed_classifier_protected_bacc`: a gender classifier trained on the original training faces, tested on the
+  released test faces against their TRUE gender; `adversary_protected_bacc`: one retrained on the released
+  training faces with their true gender (an attacker who knows some people's gender), tested the same way;
+- `kept_utility_ratio`: a race classifier trained on released training faces, tested on ORIGINAL test faces,
   over one trained on originals;
-- `quality`: realism as the ratio FD(original test, original train) / FD(anonymized test, original train),
-  FD the Fréchet distance of the images' scattering features (kymatio, J=2, averaged over space: 243 numbers
-  per image). 1 means as close to real faces as held-out real faces; blur and pixelation score low. (FID
-  needs an Inception network, a download; the scattering transform is fixed and needs none.)
-- `epsilon_total`: one image's guarantee (image + attribute mechanisms + the generator's ε_g, composed).
+- `quality`: realism, FD(original test, original train) / FD(released test, original train), FD the Fréchet
+  distance of scattering features (kymatio, J=2, averaged over space: 243 numbers per image) at 32 px for every
+  method. 1 is as close to real faces as held-out real faces are; blur and pixelation score low;
+- `reid_rank1`, `reid_verify_rate`: dlib's face recognizer (umbra.anonymization.reidentification) on released
+  held-out faces (faces no generator trained on: the tenant's val and test splits, or test only when a generator
+  trained on val), each searched among their originals: the rank-1 identification rate (chance 1/gallery) and
+  how often the released face "verifies" as its original (distance < 0.6);
+- `epsilon_total` (δ `delta_total`): one training face's guarantee, composed: `epsilon_x` (the image, noised to
+  the timestep), `epsilon_a_gender` (randomized response) and `epsilon_g` (the generator saw the face);
+  `epsilon_total_held_out` leaves ε_g out, for faces the generator did not train on (the reid faces).
 
-Every classifier is the training service's best recipe (umbra.classifiers.recipes.NONPRIVATE), balanced
-accuracy throughout; `classifiers_on_originals` gives each one's balanced accuracy on original test images.
-The same curve is measured for Gaussian blur (`blur_curve`, σ in BLURS) and pixelation (`pixelate_curve`, to
-the sides in PIXELATIONS). At the default intensity the whole dataset goes through the service's
-AnonymizeDataset (reserved, written and committed): `images_per_s` is that end-to-end rate and
-`service_vs_inprocess_ratio` compares it with the same anonymization in-process on 256 images.
+Every classifier is the training service's best recipe (umbra.classifiers.recipes.NONPRIVATE), trained on all of
+the tenant's training faces, balanced accuracy throughout; the recipe's ScatterNet takes 32 px, so every image is
+reduced to 32 px (area) before classification. `classifiers_on_originals` gives each one's balanced accuracy on
+original test faces. Calibration (`reid_calibration`): the re-identification of mirrored originals and of blur
+σ = 2 and 5 px (the recognizer's own calibration: about 1.0, 0.8 and 0). Memorisation (`memorisation`), for the
+released faces at the default intensity: each face's distance to the generator's training faces (pixel RMS at
+32 px in [0, 1], mirror images included), for released training faces, released held-out faces and held-out
+originals (how close a new real face is): the nearest one, and relative to the mean of the 50 nearest (Carlini et
+al. 2023: a copy scores near 0; a blurred average face, close to every face, near 1). `memorisation_ok` says that
+released training faces are no closer to the training set, relatively, than held-out originals are (median and
+5th percentile; `no_closer_in_absolute_distance` is the same with the nearest distance), and
+`training_faces_no_closer_to_own` that released training faces are not closer to their own originals than
+released held-out faces are to theirs (one-sided Mann–Whitney, p ≥ 0.01).
 
-Writes out/bench/anonymizer.json, anonymizer-grid.png (originals beside three intensities) and
-anonymizer.png (the privacy–utility curves). `--quick` uses the first 450 faces and short training (about 8
-minutes on 2 cores); its figures are a smoke test, not results.
+Writes out/bench/anonymizer.json (`targets_at_default`: each target's value and whether it is met),
+anonymizer-grid.png (test originals, ours at three intensities at 64 px, the previous generator at the default),
+anonymizer.png (adversary and re-identification against utility, all four methods) and the released test faces
+at the default intensity, as PNGs named by their original file names, in out/bench/anonymizer-released/
+(replaced whole). `--quick` trains each generator for one or two epochs and the classifiers for half the
+recipe's epochs (still on every training face), measures fewer points, re-identifies REID_QUICK faces and evaluates
+the previous generator (the slow one) on 192 training faces with 2 denoising steps: its figures are a smoke test,
+not results.
 """
 
 from __future__ import annotations
@@ -36,19 +69,27 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import multiprocessing
+import os
+import shutil
 import tempfile
 import time
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageFilter
+from scipy.stats import mannwhitneyu
+from torch import nn
 
-from benchmarks.common import (create_tenant, default_data, running_services, s3_server, service_env, subset_folder,
+from benchmarks.common import (OUT, create_tenant, default_data, running_services, s3_server, service_env,
                                write_result)
 from benchmarks.distortion import accuracies
 from benchmarks.training import fit
 from umbra.anonymization import anonymize as anon
+from umbra.anonymization import reidentification
 from umbra.anonymization.dataset import sample_rng
 from umbra.anonymization.intensity import DEFAULT_INTENSITY
 from umbra.anonymizer.v1 import anonymizer_service_pb2 as an
@@ -62,169 +103,328 @@ from umbra.client.operations import OperationsClient
 from umbra.common.v1 import refs_pb2
 from umbra.coordinator.v1 import dataset_service_pb2 as cds
 from umbra.coordinator.v1 import dataset_service_pb2_grpc
-from umbra.dataset import synthetic
-from umbra.diffusion.generator import ConditionalUNet
+from umbra.dataset.ingest import sanitize_key
+from umbra.diffusion.generator import build
 from umbra.storage.datasets import DatasetReader
 from umbra.storage.s3 import S3ObjectStore
 
 SERVICES = ["coordinator", "anonymizer"]
-CURVE = (0.0, 0.25, 0.5, 0.75, 1.0)
-BLURS = (0.5, 1.0, 1.5, 2.5, 5.0)  # Gaussian σ in pixels at 32 px
-PIXELATIONS = (16, 10, 8, 6, 4)  # sides the 32 px image is reduced to
-SIZE = 32
-SETTINGS = {  # (public synthetic faces, pretraining epochs, DP epochs, batch, noise multiplicity)
-    "full": {"public": 3000, "pretrain_epochs": 12, "dp_epochs": 4, "batch": 256, "multiplicity": 2},
-    "quick": {"public": 800, "pretrain_epochs": 1, "dp_epochs": 1, "batch": 64, "multiplicity": 1},
+SIZE = 64  # the faces, ours and the baselines
+PIXEL_SIZE = 32  # the previous generator's
+EVAL_SIZE = 32  # classifiers (the recipe's ScatterNet) and quality, for every method
+PUBLIC_FACES = 600  # the last faces of --data, when no --public is given
+REID_QUICK = 120
+TARGET_EPSILON, DELTA = 4.0, 1e-6  # each DP generator's ε_g target
+SETTINGS = {
+    "full": {"public_epochs": 30, "dp_epochs": 40, "batch": 256, "multiplicity": 2,  # ours
+             "pixel_public_epochs": 12, "pixel_dp_epochs": 4, "pixel_batch": 256, "pixel_split": "train",
+             "pixel_train_faces": 0, "pixel_steps": 0,  # the previous generator: 0 = all, the table's steps
+             "curve": (0.0, 0.25, 0.5, 0.75, 1.0), "pixel_curve": (0.5, 0.75, 1.0),
+             "blurs": (1.0, 2.0, 3.0, 5.0, 8.0), "pixelations": (32, 16, 12, 8, 6),
+             "reid_faces": 0, "classifier_epochs": 1.0},  # 0: every held-out face; the recipe's epochs times this
+    "quick": {"public_epochs": 2, "dp_epochs": 1, "batch": 256, "multiplicity": 1,
+              "pixel_public_epochs": 1, "pixel_dp_epochs": 1, "pixel_batch": 64, "pixel_split": "val",
+              "pixel_train_faces": 192, "pixel_steps": 2,
+              "curve": (0.25, 0.5, 0.75, 1.0), "pixel_curve": (0.75, 1.0), "blurs": (2.0, 5.0), "pixelations": (16, 8),
+              "reid_faces": REID_QUICK, "classifier_epochs": 0.5},
 }
-TARGET_EPSILON, DELTA = 10.0, 1e-5
+GRID_INTENSITIES = (0.25, DEFAULT_INTENSITY, 1.0)
+TARGETS = {  # name: (figure at the default intensity, "at_most" or "at_least", bound)
+    "reid_rank1": ("reid_rank1", "at_most", 0.05),
+    "adversary_protected_bacc": ("adversary_protected_bacc", "at_most", 0.60),
+    "kept_utility_ratio": ("kept_utility_ratio", "at_least", 0.80),
+    "epsilon_total": ("epsilon_total", "at_most", 10.0),
+    "quality": ("quality", "at_least", 0.5),
+    "images_per_s": ("images_per_s", "at_least", 10.0),
+}
+TARGET_DELTA = 1e-6  # epsilon_total's target holds at δ ≤ this
+NEIGHBOURS, COPY_RATIO = 50, 1 / 3  # memorisation: Carlini et al. 2023's relative distance and its threshold
+REID_WORKERS = 2  # dlib's network runs on one core: one process per core
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="450 faces, short training (under 10 minutes)")
+    parser.add_argument("--quick", action="store_true", help="short training, fewer points (about 10 minutes)")
     parser.add_argument("--data", type=Path, help="a folder with images/ and labels.csv (default: the face sample)")
+    parser.add_argument("--public", type=Path, help="a folder of public faces, same layout (default: the last "
+                                                    f"{PUBLIC_FACES} faces of --data, kept out of the tenant's)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     began = time.perf_counter()
     plan = SETTINGS["quick" if args.quick else "full"]
-    recipe = recipes.NONPRIVATE
+    recipe = recipes.NONPRIVATE.scaled(plan["classifier_epochs"])
     torch.manual_seed(args.seed)
+    stages: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="ua-", dir="/tmp") as scratch, s3_server() as s3:
         scratch = Path(scratch)
         folder, what = default_data(args.data, scratch)
         header = (folder / "labels.csv").read_text().split("\n", 1)[0].split(",")
         kept = "race" if "race" in header else "skin_tone"
-        if args.quick:
-            folder, what = subset_folder(folder, 450, scratch), f"{what}, first 450"
-        public = synthetic.write_folder(scratch / "public", plan["public"], size=SIZE, seed=101)
-        print(f"data: {what}; protecting gender, keeping {kept}", flush=True)
+        tenant_folder, public_folder, public_what = partition(folder, args.public, scratch)
+        public_header = (public_folder / "labels.csv").read_text().split("\n", 1)[0].split(",")
+        public_attributes = ["gender"] + ([kept] if kept in public_header else [])
+        names = {sanitize_key(line.split(",", 1)[0]): line.split(",", 1)[0]
+                 for line in (tenant_folder / "labels.csv").read_text().splitlines()[1:]}
+        print(f"data: {what}; public: {public_what}; protecting gender, keeping {kept}", flush=True)
         env = service_env(scratch / "home", s3, SERVICES)
         with running_services(env, SERVICES) as t:
-            # a measurement, not a release: lightly noised images cost thousands of ε each, so no budget binds here
+            # a measurement, not a release: lightly noised pixels cost thousands of ε each, so no budget binds here
             tenant, key = create_tenant(t["coordinator"], env["UMBRA_ADMIN_KEY"], budget=(1e9, 0.5))
             bucket = f"umbra-{tenant}"
             coordinator = open_channel(t["coordinator"], key)
             uploads = DatasetsClient(coordinator)
-            uploads.upload(folder, "faces", progress=False, drop_invalid=True)
-            uploads.upload(public, "public", progress=False)
+            uploads.upload(tenant_folder, "faces", progress=False, drop_invalid=True)
+            uploads.upload(public_folder, "public", progress=False, drop_invalid=True)
             store = S3ObjectStore(env["UMBRA_S3_ENDPOINT"], env["UMBRA_S3_ACCESS_KEY"], env["UMBRA_S3_SECRET_KEY"])
             reader = DatasetReader(store, bucket, "faces", 1)
+            public_train = sum(1 for s in DatasetReader(store, bucket, "public", 1).samples() if s.split == "train")
             channel = open_channel(t["anonymizer"], env["UMBRA_SERVICE_TOKEN"], tenant=tenant)
             stub, operations = anonymizer_service_pb2_grpc.AnonymizerServiceStub(channel), OperationsClient(channel)
+            stages["setup"] = time.perf_counter() - began
 
-            # The generator: public pretraining without DP, then DP-SGD on the tenant's faces.
-            train_began = time.perf_counter()
-            pretrained = run_training(stub, operations, an.TrainGeneratorRequest(
-                dataset=refs_pb2.DatasetRef(dataset="datasets/public", version=1, split="train"),
-                condition_attributes=["gender"], model="models/public-gen", image_size=SIZE,
-                epochs=plan["pretrain_epochs"], batch_size=64, learning_rate=1e-3, seed=args.seed))
-            generator = run_training(stub, operations, an.TrainGeneratorRequest(
-                dataset=refs_pb2.DatasetRef(dataset="datasets/faces", version=1, split="train"),
-                condition_attributes=["gender", kept], model="models/faces-gen", image_size=SIZE,
-                epochs=plan["dp_epochs"], batch_size=plan["batch"], learning_rate=2e-3, seed=args.seed,
-                initialize_from=pretrained.generator,
-                privacy=an.GeneratorPrivacy(target_epsilon=TARGET_EPSILON, target_delta=DELTA, max_grad_norm=1.0,
-                                            noise_multiplicity=plan["multiplicity"])))
-            train_seconds = time.perf_counter() - train_began
-            print(f"generator: ε_g = {generator.privacy_cost.epsilon:.3f} in {train_seconds:.0f} s", flush=True)
+            trained = train_generators(stub, operations, plan, public_attributes, kept, args.seed, stages)
             registry = ModelRegistry(store)
-            stored = registry.get(bucket, "faces-gen", generator.generator.version, kind="generator")
-            gen = anon.Generator("faces-gen", stored.version, stored.config, stored.record)
-            net = ConditionalUNet(gen.config)
-            net.load_state_dict(registry.weights(bucket, "faces-gen", stored.version))
-            net.eval()
-
-            gender = {s: load_split(reader, task="gender", split=s, image_size=SIZE) for s in ("train", "test")}
-            kept_sets = {s: load_split(reader, task=kept, split=s, image_size=SIZE) for s in ("train", "test")}
-            labels = {s.key: s.labels for s in reader.samples()}
+            gen, net = load_generator(registry, bucket, "faces-gen", trained["ours"])
+            pixel_gen, pixel_net = load_generator(registry, bucket, "faces-pixel", trained["previous"])
 
             # The default intensity through the service, end to end.
             service_began = time.perf_counter()
-            default_version = anonymize_through_service(coordinator, stub, operations, generator.generator, kept,
-                                                        args.seed)
-            service_seconds = time.perf_counter() - service_began
+            default_version = anonymize_through_service(coordinator, stub, operations, trained["ours"].generator,
+                                                        kept, args.seed)
+            service_seconds = stages["anonymize_dataset"] = time.perf_counter() - service_began
             anonymized_default = DatasetReader(store, bucket, "faces", default_version)
             service_images = anonymized_default.header.samples
+            served = {s.key: torch.from_numpy(_decode(data)) for s, data in anonymized_default.iter_images()}
 
-        # In-process: the rest of the curve, and the same work as the service's on 256 images for the ratio.
-        def anonymize_split(data: LabelledImages, intensity: float) -> torch.Tensor:
-            request = check(gen, kept, intensity, args.seed)
-            out = []
-            for start in range(0, len(data), 64):
-                keys = data.keys[start:start + 64]
-                images, _ = anon.anonymize(net, request, data.images[start:start + 64], [labels[k] for k in keys],
-                                           [sample_rng(args.seed, k) for k in keys],
-                                           torch.Generator().manual_seed(args.seed * 1_000_003 + start))
-                out.append(images)
-            return torch.cat(out)
+            gender = {s: load_split(reader, task="gender", split=s, image_size=SIZE) for s in ("train", "test")}
+            kept_sets = {s: load_split(reader, task=kept, split=s, image_size=SIZE) for s in ("train", "test")}
+            samples = list(reader.samples())
+            labels = {s.key: s.labels for s in samples}
+            originals = {s.key: torch.from_numpy(_decode(data)) for s, data in reader.iter_images()}
 
-        timed = LabelledImages(gender["train"].images[:256], gender["train"].labels[:256], gender["train"].classes,
-                               gender["train"].keys[:256])
-        t0 = time.perf_counter()
-        anonymize_split(timed, DEFAULT_INTENSITY)
-        inprocess_rate = len(timed) / (time.perf_counter() - t0)
+    # In-process from here: the curves, re-identification and memorisation.
+    measure_began = time.perf_counter()
+    trained_splits = {"train", plan["pixel_split"]}
+    held_out = [s.key for s in sorted(samples, key=lambda s: (s.split, s.key)) if s.split not in trained_splits]
+    reid_keys = held_out[:plan["reid_faces"] or len(held_out)]
+    train_keys, test_keys = gender["train"].keys, gender["test"].keys
+    pixel_train_keys = train_keys[:plan["pixel_train_faces"] or len(train_keys)]
 
+    def anonymize_keys(generator: anon.Generator, network: nn.Module, intensity: float, keys: list[str],
+                       steps: int = 0) -> dict[str, torch.Tensor]:
+        request = check(generator, kept, intensity, args.seed, steps)
+        out = {}
+        for start in range(0, len(keys), 64):
+            batch = keys[start:start + 64]
+            images, _ = anon.anonymize(network, request, stack(originals, batch), [labels[k] for k in batch],
+                                       [sample_rng(args.seed, k) for k in batch],
+                                       torch.Generator().manual_seed(args.seed * 1_000_003 + start))
+            out |= dict(zip(batch, images, strict=True))
+        return out
+
+    t0 = time.perf_counter()
+    anonymize_keys(gen, net, DEFAULT_INTENSITY, train_keys[:256])
+    inprocess_rate = min(256, len(train_keys)) / (time.perf_counter() - t0)
+
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(REID_WORKERS, mp_context=spawn) as pool:
+        reid = Reidentification(pool, stack(originals, reid_keys))
+        reid.submit("mirrored", stack(originals, reid_keys).flip(-1))
         reference = Classifiers(recipe, gender, kept_sets, args.seed)
-        curves: dict[str, list[dict]] = {"curve": [], "blur_curve": [], "pixelate_curve": []}
-        grid_rows: dict[float, torch.Tensor] = {}
-        for intensity in CURVE:
+        curves: dict[str, list[dict]] = {"curve": [], "previous_generator_curve": [], "blur_curve": [],
+                                         "pixelate_curve": []}
+        grid_rows: dict[str, torch.Tensor] = {}
+        everyone = sorted(set(train_keys) | set(test_keys) | set(reid_keys))
+
+        def measure(curve: str, released: dict[str, torch.Tensor], keys: list[str], extra: dict) -> None:
+            point = extra | reference.measure(released, keys)
+            reid.submit((curve, len(curves[curve])), stack(released, reid_keys))
+            curves[curve].append(point)
+            print(f"{curve}: {json.dumps(point)}", flush=True)
+
+        for intensity in plan["curve"]:
+            released = served if intensity == DEFAULT_INTENSITY else anonymize_keys(gen, net, intensity, everyone)
+            if intensity in GRID_INTENSITIES:
+                grid_rows[f"ours, intensity {intensity:g}"] = stack(released, test_keys[:8])
+            measure("curve", released, train_keys, {"intensity": intensity} | epsilons(check(gen, kept, intensity,
+                                                                                            args.seed)))
+        for intensity in plan["pixel_curve"]:
+            keys = sorted(set(pixel_train_keys) | set(test_keys) | set(reid_keys))
+            released = anonymize_keys(pixel_gen, pixel_net, intensity, keys, plan["pixel_steps"])
             if intensity == DEFAULT_INTENSITY:
-                by_key = {s.key: torch.from_numpy(_decode(data)) for s, data in anonymized_default.iter_images()}
-                images = {s: torch.stack([by_key[k] for k in gender[s].keys]) for s in ("train", "test")}
-            else:
-                images = {s: anonymize_split(gender[s], intensity) for s in ("train", "test")}
-            grid_rows[intensity] = images["test"][:8]
-            point = reference.measure(images, kept_sets)
-            point |= {"intensity": intensity,
-                      "epsilon_total": check(gen, kept, intensity, args.seed).cost.per_image.epsilon}
-            curves["curve"].append(point)
-            print(f"intensity {intensity}: {json.dumps(point)}", flush=True)
-        for sigma in BLURS:
-            images = {s: transform(gender[s].images, lambda im, r=sigma: im.filter(ImageFilter.GaussianBlur(r)))
-                      for s in ("train", "test")}
-            curves["blur_curve"].append(reference.measure(images, kept_sets) | {"sigma": sigma})
-            print(f"blur σ={sigma}: {json.dumps(curves['blur_curve'][-1])}", flush=True)
-        for side in PIXELATIONS:
-            images = {s: transform(gender[s].images, lambda im, n=side: im.resize((n, n), Image.BOX).resize(
-                (SIZE, SIZE), Image.NEAREST)) for s in ("train", "test")}
-            curves["pixelate_curve"].append(reference.measure(images, kept_sets) | {"side": side})
-            print(f"pixelate {side}: {json.dumps(curves['pixelate_curve'][-1])}", flush=True)
+                grid_rows[f"previous, {intensity:g}"] = F.interpolate(stack(released, test_keys[:8]).float(),
+                                                                          size=SIZE).to(torch.uint8)
+            request = check(pixel_gen, kept, intensity, args.seed, plan["pixel_steps"])
+            measure("previous_generator_curve", released, pixel_train_keys,
+                    {"intensity": intensity, "steps": request.plan.steps} | epsilons(request))
+        for sigma in plan["blurs"]:
+            released = transform(originals, everyone, lambda im, r=sigma: im.filter(ImageFilter.GaussianBlur(r)))
+            measure("blur_curve", released, train_keys, {"sigma": sigma})
+        for side in plan["pixelations"]:
+            released = transform(originals, everyone, lambda im, n=side: im.resize((n, n), Image.BOX).resize(
+                (SIZE, SIZE), Image.NEAREST))
+            measure("pixelate_curve", released, train_keys, {"side": side})
+        reid_results = reid.results()
+    for (curve, i), figures in ((k, v) for k, v in reid_results.items() if isinstance(k, tuple)):
+        curves[curve][i] |= figures
+    stages["measure"] = time.perf_counter() - measure_began
 
     default = next(p for p in curves["curve"] if p["intensity"] == DEFAULT_INTENSITY)
     service_rate = service_images / service_seconds
+    default["images_per_s"] = round(service_rate, 3)
+    blur = {p["sigma"]: p for p in curves["blur_curve"]}
     out = {
-        "benchmark": "anonymizer", "quick": args.quick, "data": what, "protected": "gender", "kept": kept,
-        "train_images": len(gender["train"]), "test_images": len(gender["test"]),
-        "generator_epsilon": generator.privacy_cost.epsilon, "generator_delta": generator.privacy_cost.delta,
-        "generator": {"target_epsilon": TARGET_EPSILON, "delta": DELTA, "train_seconds": round(train_seconds, 1),
-                      "public_pretraining_images": plan["public"], **{k: v for k, v in plan.items() if k != "public"},
-                      "config": json.loads(gen.config.to_json()),
-                      "noise_multiplier": generator.privacy_cost.parameters["noise_multiplier"]},
+        "benchmark": "anonymizer", "quick": args.quick, "data": what, "public": public_what, "protected": "gender",
+        "kept": kept, "image_size": SIZE,
+        "faces": {"train": len(train_keys), "test": len(test_keys), "held_out": len(held_out),
+                  "reid": len(reid_keys), "reid_splits": sorted({"train", "val", "test"} - trained_splits),
+                  "public_train": public_train},
+        "evaluation": {"classifier_image_size": EVAL_SIZE, "quality_image_size": EVAL_SIZE,
+                       "note": "the recipe's ScatterNet takes 32 px: every image (64 px faces, ours, blur, "
+                               "pixelation; the previous generator's are 32 px) is reduced to 32 px with area "
+                               "averaging before classification and the quality score",
+                       "reid": "dlib's recognizer on the released held-out faces, among their originals; "
+                               "held-out faces were not in any generator's training set, so ε_g does not "
+                               "apply to them (epsilon_total_held_out)"},
+        "generators": generator_summaries(trained, gen, pixel_gen, plan, public_attributes, kept),
         "recipe": {"architecture": recipe.architecture, "width": recipe.width, "epochs": recipe.hyper.epochs},
         "classifiers_on_originals": reference.on_originals,
         **curves,
         "default_intensity": DEFAULT_INTENSITY,
         "at_default": default,
-        "targets_at_default": {"adversary_protected_bacc_at_most_0.60": default["adversary_protected_bacc"] <= 0.60,
-                               "kept_utility_ratio_at_least_0.80": default["kept_utility_ratio"] >= 0.80},
+        "targets_at_default": targets(default),
+        "reid_calibration": {"mirrored": reid_results["mirrored"], "blur_2": _reid_of(blur.get(2.0)),
+                             "blur_5": _reid_of(blur.get(5.0)),
+                             "expected_rank1": {"mirrored": 1.0, "blur_2": 0.75, "blur_5": 0.0}},
+        "memorisation": memorisation(originals, served, train_keys, held_out),
         "better_than_baselines": {name: better_at_every_utility(curves["curve"], curves[name])
-                                  for name in ("blur_curve", "pixelate_curve")},
+                                  for name in ("previous_generator_curve", "blur_curve", "pixelate_curve")},
         "images_per_s": round(service_rate, 3), "inprocess_images_per_s": round(inprocess_rate, 3),
         "service_vs_inprocess_ratio": round(service_rate / inprocess_rate, 3),
+        "settings": plan, "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
         "seconds": round(time.perf_counter() - began, 1),
     }
     path = write_result("anonymizer", out)
-    grid(gender["test"].images[:8], {i: grid_rows[i] for i in (0.25, DEFAULT_INTENSITY, 1.0)},
-         path.with_name("anonymizer-grid.png"))
+    grid(stack(originals, test_keys[:8]), grid_rows, path.with_name("anonymizer-grid.png"))
     plot(out, path.with_suffix(".png"))
+    released_dir = write_released(served, test_keys, names, OUT / "anonymizer-released")
     print(json.dumps({k: v for k, v in out.items() if not isinstance(v, dict | list)}, indent=1))
-    print(f"wrote {path}, {path.with_suffix('.png')} and {path.with_name('anonymizer-grid.png')}")
+    print(json.dumps(out["targets_at_default"], indent=1))
+    print(f"wrote {path}, {path.with_suffix('.png')}, {path.with_name('anonymizer-grid.png')} and {released_dir}")
     return 0
 
 
-def check(gen: anon.Generator, kept: str, intensity: float, seed: int) -> anon.Request:
+def partition(folder: Path, public: Path | None, scratch: Path) -> tuple[Path, Path, str]:
+    """(the tenant's folder, the public folder, what the public faces are): --public as given with --data whole,
+    else the last PUBLIC_FACES faces of --data copied out as the public ones and the rest as the tenant's."""
+    if public is not None:
+        if not (public / "images").is_dir() or not (public / "labels.csv").is_file():
+            raise SystemExit(f"--public {public}: expected images/ and labels.csv inside")
+        return folder, public, str(public)
+    header, *rows = (folder / "labels.csv").read_text().splitlines()
+    if len(rows) < 3 * PUBLIC_FACES:
+        raise SystemExit(f"{folder} has {len(rows)} faces: {PUBLIC_FACES} public ones would leave too few; give "
+                         f"--public")
+    copy_rows(folder, header, rows[:-PUBLIC_FACES], scratch / "tenant")
+    copy_rows(folder, header, rows[-PUBLIC_FACES:], scratch / "public")
+    return scratch / "tenant", scratch / "public", f"the last {PUBLIC_FACES} faces of the data (not the tenant's)"
+
+
+def copy_rows(folder: Path, header: str, rows: list[str], out: Path) -> None:
+    """The images of some rows of labels.csv, copied (uploads refuse links that point out of the folder)."""
+    (out / "images").mkdir(parents=True)
+    (out / "labels.csv").write_text("\n".join([header, *rows]) + "\n")
+    for row in rows:
+        name = row.split(",", 1)[0]
+        shutil.copyfile(folder / "images" / name, out / "images" / name)
+
+
+def train_generators(stub, operations, plan: dict, public_attributes: list[str], kept: str, seed: int,
+                     stages: dict[str, float]) -> dict[str, an.GeneratorResult]:
+    """The four generators, trained through the service: public then DP, latent (ours) then pixel (previous)."""
+    def dataset(name: str, split: str = "train") -> refs_pb2.DatasetRef:
+        return refs_pb2.DatasetRef(dataset=f"datasets/{name}", version=1, split=split)
+
+    def private(multiplicity: int) -> an.GeneratorPrivacy:
+        return an.GeneratorPrivacy(target_epsilon=TARGET_EPSILON, target_delta=DELTA, max_grad_norm=1.0,
+                                   noise_multiplicity=multiplicity)
+
+    out = {}
+    requests = {
+        "public": an.TrainGeneratorRequest(
+            dataset=dataset("public"), condition_attributes=public_attributes, model="models/public-gen",
+            design="latent", image_size=SIZE, epochs=plan["public_epochs"], batch_size=64, learning_rate=2e-3,
+            seed=seed),
+        "ours": an.TrainGeneratorRequest(
+            dataset=dataset("faces"), condition_attributes=["gender", kept], model="models/faces-gen",
+            design="latent", image_size=SIZE, epochs=plan["dp_epochs"], batch_size=plan["batch"],
+            learning_rate=2e-3, seed=seed, privacy=private(plan["multiplicity"])),
+        "public_previous": an.TrainGeneratorRequest(
+            dataset=dataset("public"), condition_attributes=public_attributes, model="models/public-pixel",
+            design="pixel", image_size=PIXEL_SIZE, epochs=plan["pixel_public_epochs"], batch_size=64,
+            learning_rate=1e-3, seed=seed),
+        "previous": an.TrainGeneratorRequest(
+            dataset=dataset("faces", plan["pixel_split"]), condition_attributes=["gender", kept],
+            model="models/faces-pixel", design="pixel", image_size=PIXEL_SIZE, epochs=plan["pixel_dp_epochs"],
+            batch_size=plan["pixel_batch"], learning_rate=2e-3, seed=seed, privacy=private(plan["multiplicity"])),
+    }
+    starts = {"ours": "public", "previous": "public_previous"}
+    for name, request in requests.items():
+        if name in starts:
+            request.initialize_from.CopyFrom(out[starts[name]].generator)
+        began = time.perf_counter()
+        out[name] = run_training(stub, operations, request)
+        stages[f"train_{name}"] = time.perf_counter() - began
+        cost = out[name].privacy_cost.epsilon if request.HasField("privacy") else None
+        print(f"generator {name}: {request.model} ({request.design}), ε_g = {cost} in {stages[f'train_{name}']:.0f} s",
+              flush=True)
+    return out
+
+
+def load_generator(registry: ModelRegistry, bucket: str, model: str,
+                   result: an.GeneratorResult) -> tuple[anon.Generator, nn.Module]:
+    stored = registry.get(bucket, model, result.generator.version, kind="generator")
+    generator = anon.Generator(model, stored.version, stored.config, stored.record)
+    net = build(generator.config)
+    net.load_state_dict(registry.weights(bucket, model, stored.version))
+    return generator, net.eval()
+
+
+def generator_summaries(trained: dict, gen: anon.Generator, pixel_gen: anon.Generator, plan: dict,
+                        public_attributes: list[str], kept: str) -> dict:
+    def summary(generator: anon.Generator, result: an.GeneratorResult) -> dict:
+        privacy = generator.record.get("privacy") or {}
+        return {"model": generator.name, "design": generator.config.design,
+                "image_size": generator.config.image_size, "epsilon_g": result.privacy_cost.epsilon,
+                "delta_g": result.privacy_cost.delta, "target_epsilon": TARGET_EPSILON, "target_delta": DELTA,
+                "noise_multiplier": privacy.get("noise_multiplier"), "trained_on": generator.record.get("dataset"),
+                "frozen": generator.record.get("frozen"), "train_seconds": generator.record.get("train_seconds"),
+                "hyperparameters": generator.record.get("hyperparameters"),
+                "initialized_from": generator.record.get("initialized_from"),
+                "config": json.loads(generator.config.to_json())}
+
+    return {"ours": summary(gen, trained["ours"]) | {"public_epochs": plan["public_epochs"],
+                                                     "public_condition_attributes": public_attributes},
+            "previous": summary(pixel_gen, trained["previous"]) | {
+                "public_epochs": plan["pixel_public_epochs"], "public_condition_attributes": public_attributes,
+                "evaluated_on_train_faces": plan["pixel_train_faces"] or "all",
+                "denoising_steps": plan["pixel_steps"] or "the intensity table's"},
+            "condition_attributes": ["gender", kept]}
+
+
+def check(gen: anon.Generator, kept: str, intensity: float, seed: int, steps: int = 0) -> anon.Request:
     return anon.check(gen, dataset_id="faces", label_columns=["gender", kept], image_size=SIZE,
-                      protected=["gender"], kept=[kept], intensity=intensity, steps=0, seed=seed)
+                      protected=["gender"], kept=[kept], intensity=intensity, steps=steps, seed=seed)
+
+
+def epsilons(request: anon.Request) -> dict:
+    """One image's guarantee and its parts; ε_g only applies to faces the generator trained on."""
+    cost = request.cost
+    parts = {"epsilon_total": cost.per_image.epsilon, "delta_total": cost.per_image.delta,
+             "epsilon_x": cost.image.epsilon}
+    parts |= {f"epsilon_a_{a.name}": c.epsilon for a, c in zip(request.protected, cost.attributes, strict=True)}
+    return parts | {"epsilon_g": None if cost.generator is None else cost.generator.epsilon,
+                    "epsilon_total_held_out": cost.charged.epsilon, "delta_total_held_out": cost.charged.delta}
 
 
 def run_training(stub, operations, request: an.TrainGeneratorRequest) -> an.GeneratorResult:
@@ -251,44 +451,160 @@ def anonymize_through_service(coordinator, stub, operations, generator: refs_pb2
     return number
 
 
+def at(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 images at `size` px (area averaging when reduced)."""
+    if images.shape[-1] == size:
+        return images
+    return F.interpolate(images.float(), size=(size, size), mode="area").round().clamp(0, 255).to(torch.uint8)
+
+
+def stack(images: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:
+    return torch.stack([images[k] for k in keys])
+
+
 class Classifiers:
-    """The fixed gender classifier and the race classifier trained on originals, and the measurements of one
-    anonymized (or blurred, or pixelated) version of the train and test images."""
+    """The fixed gender classifier and the race classifier trained on originals (at EVAL_SIZE), and the
+    measurements of one released (anonymized, blurred or pixelated) version of the training and test faces."""
 
     def __init__(self, recipe, gender: dict, kept: dict, seed: int):
-        self.recipe, self.gender, self.seed = recipe, gender, seed
-        self.fixed, _, _ = fit(recipe, gender["train"], epsilon=None, seed=seed)
-        self.kept_model, _, _ = fit(recipe, kept["train"], epsilon=None, seed=seed)
-        self.kept_bacc = accuracies(self.kept_model, kept["test"])[0]
-        self.reference_features = scattering_features(gender["train"].images)
-        self.floor = frechet(scattering_features(gender["test"].images), self.reference_features)
-        # each adversary's own accuracy on originals is in its curve point (adversary_bacc_on_originals)
-        self.on_originals = {"fixed_gender": accuracies(self.fixed, gender["test"])[0], "kept": self.kept_bacc}
+        def small(d: LabelledImages) -> LabelledImages:
+            return LabelledImages(at(d.images, EVAL_SIZE), d.labels, d.classes, d.keys)
 
-    def measure(self, images: dict[str, torch.Tensor], kept: dict) -> dict:
-        g, k = self.gender, kept
-        anonymized = {s: LabelledImages(images[s], g[s].labels, g[s].classes, g[s].keys) for s in images}
-        adversary, _, _ = fit(self.recipe, anonymized["train"], epsilon=None, seed=self.seed)
-        # the kept attribute's split: its own labels, the anonymized images of the same keys
-        index = {key: i for i, key in enumerate(g["train"].keys)}
-        both = [i for i, key in enumerate(k["train"].keys) if key in index]
-        utility_set = LabelledImages(images["train"][[index[k["train"].keys[i]] for i in both]],
-                                     k["train"].labels[both], k["train"].classes, [k["train"].keys[i] for i in both])
-        utility, _, _ = fit(self.recipe, utility_set, epsilon=None, seed=self.seed)
+        self.recipe, self.seed = recipe, seed
+        self.gender, self.kept = {s: small(d) for s, d in gender.items()}, {s: small(d) for s, d in kept.items()}
+        self.fixed, _, _ = fit(recipe, self.gender["train"], epsilon=None, seed=seed)
+        self.kept_model, _, _ = fit(recipe, self.kept["train"], epsilon=None, seed=seed)
+        self.kept_bacc = accuracies(self.kept_model, self.kept["test"])[0]
+        self.reference_features = scattering_features(self.gender["train"].images)
+        self.floor = frechet(scattering_features(self.gender["test"].images), self.reference_features)
+        # each adversary's own accuracy on originals is in its curve point (adversary_bacc_on_originals)
+        self.on_originals = {"fixed_gender": accuracies(self.fixed, self.gender["test"])[0], "kept": self.kept_bacc}
+
+    def measure(self, released: dict[str, torch.Tensor], train_keys: list[str]) -> dict:
+        """Classifiers retrained on the released faces of `train_keys` (all the training faces, or a subset)."""
+        g, k = self.gender, self.kept
+
+        def labelled(split: dict, keys: list[str]) -> LabelledImages:
+            index = {key: i for i, key in enumerate(split.keys)}
+            keys = [key for key in keys if key in index]
+            rows = torch.tensor([index[key] for key in keys], dtype=torch.int64)
+            return LabelledImages(at(stack(released, keys), EVAL_SIZE), split.labels[rows], split.classes, keys)
+
+        test = labelled(g["test"], g["test"].keys)
+        adversary, _, _ = fit(self.recipe, labelled(g["train"], train_keys), epsilon=None, seed=self.seed)
+        utility, _, _ = fit(self.recipe, labelled(k["train"], train_keys), epsilon=None, seed=self.seed)
         utility_bacc = accuracies(utility, k["test"])[0]
         return {
-            "fixed_classifier_protected_bacc": accuracies(self.fixed, anonymized["test"])[0],
-            "adversary_protected_bacc": accuracies(adversary, anonymized["test"])[0],
+            "fixed_classifier_protected_bacc": accuracies(self.fixed, test)[0],
+            "adversary_protected_bacc": accuracies(adversary, test)[0],
             "adversary_bacc_on_originals": accuracies(adversary, g["test"])[0],
-            "kept_bacc_trained_on_anonymized": utility_bacc,
+            "kept_bacc_trained_on_released": utility_bacc,
             "kept_utility_ratio": round(utility_bacc / self.kept_bacc, 4),
-            "quality": round(self.floor / frechet(scattering_features(images["test"]), self.reference_features), 4),
+            "quality": round(self.floor / frechet(scattering_features(test.images), self.reference_features), 4),
+            "classifier_train_faces": len(train_keys),
         }
 
 
-def transform(images: torch.Tensor, fn) -> torch.Tensor:
-    out = [np.asarray(fn(Image.fromarray(x.permute(1, 2, 0).numpy()))).transpose(2, 0, 1) for x in images]
-    return torch.from_numpy(np.stack(out).copy())
+def _embed(images: np.ndarray) -> np.ndarray:
+    return reidentification.recognizer().embed(images)
+
+
+def _nhwc(images: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(images.permute(0, 2, 3, 1).numpy())
+
+
+class Reidentification:
+    """dlib re-identification of released held-out faces among their originals, embedded in worker processes while
+    the classifiers train (dlib's network runs on one core and holds the GIL)."""
+
+    def __init__(self, pool: ProcessPoolExecutor, originals: torch.Tensor):
+        self.pool, self.pending = pool, {}
+        self.gallery = self._submit(originals)
+
+    def _submit(self, images: torch.Tensor) -> list[Future]:
+        chunks = np.array_split(_nhwc(images), max(1, len(images) // 50))
+        return [self.pool.submit(_embed, chunk) for chunk in chunks]
+
+    def submit(self, name, images: torch.Tensor) -> None:
+        self.pending[name] = self._submit(images)
+
+    def results(self) -> dict:
+        gallery = np.concatenate([f.result() for f in self.gallery])
+        out = {}
+        for name, futures in self.pending.items():
+            result = reidentification.reidentify(np.concatenate([f.result() for f in futures]), gallery)
+            out[name] = {"reid_rank1": round(result.rank1, 4), "reid_verify_rate": round(result.verify_rate, 4),
+                         "reid_median_distance": round(float(np.median(result.distances)), 4),
+                         "reid_faces": len(result.distances), "reid_gallery": result.gallery}
+        return out
+
+
+def _reid_of(point: dict | None) -> dict | None:
+    return None if point is None else {k: v for k, v in point.items() if k.startswith("reid_")}
+
+
+def memorisation(originals: dict, released: dict, train_keys: list[str], held_out: list[str]) -> dict:
+    """Each face's distances to the generator's training faces (and their mirror images: training flips), pixel
+    RMS at 32 px in [0, 1], for released training faces, released held-out faces and held-out originals: the
+    nearest one, and the nearest over the mean of the NEIGHBOURS nearest (Carlini et al. 2023's relative
+    distance: a copy of a training face scores near 0, a blurred average face near 1, as it is equally close to
+    many). The absolute distance alone flags blurred average faces, which are close to every face."""
+    def flat(images: dict, keys: list[str]) -> torch.Tensor:
+        return at(stack(images, keys), EVAL_SIZE).float().div(255.0).flatten(1)
+
+    train = at(stack(originals, train_keys), EVAL_SIZE)
+    reference = torch.cat([train, train.flip(-1)]).float().div(255.0).flatten(1)
+
+    def neighbours(images: dict, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        near = torch.cat([torch.cdist(q, reference).topk(NEIGHBOURS, largest=False).values
+                          for q in flat(images, keys).split(256)]) / reference.shape[1] ** 0.5
+        return near[:, 0].numpy(), (near[:, 0] / near.mean(1)).numpy()
+
+    def summary(d: np.ndarray) -> dict:
+        return {"median": round(float(np.median(d)), 4), "p5": round(float(np.percentile(d, 5)), 4)}
+
+    def own(keys: list[str]) -> np.ndarray:
+        return (flat(released, keys) - flat(originals, keys)).pow(2).mean(1).sqrt().numpy()
+
+    groups = {"released_training_faces": neighbours(released, train_keys),
+              "released_held_out_faces": neighbours(released, held_out),
+              "held_out_originals": neighbours(originals, held_out)}
+    out = {name: {"nearest": summary(d), "relative": summary(r), "copies": round(float(np.mean(r < COPY_RATIO)), 4),
+                  "count": len(d)} for name, (d, r) in groups.items()}
+
+    def no_closer(measure: str) -> bool:
+        ours, new = out["released_training_faces"][measure], out["held_out_originals"][measure]
+        return ours["median"] >= new["median"] and ours["p5"] >= new["p5"]
+
+    # membership: a generator that memorised its training faces re-draws them closer to their own originals than
+    # it re-draws faces it never saw
+    trained, unseen = own(train_keys), own(held_out)
+    closer = mannwhitneyu(trained, unseen, alternative="less").pvalue  # one-sided: are training faces closer?
+    return out | {"space": "pixels at 32 px, RMS over [0, 1]; training faces and their mirror images",
+                  "neighbours": NEIGHBOURS, "copy_ratio": round(COPY_RATIO, 4),
+                  "memorisation_ok": no_closer("relative"), "no_closer_in_absolute_distance": no_closer("nearest"),
+                  "distance_to_own_original": {"released_training_faces": summary(trained),
+                                               "released_held_out_faces": summary(unseen)},
+                  "training_faces_closer_to_own_p": round(float(closer), 4),
+                  "training_faces_no_closer_to_own": bool(closer >= 0.01)}
+
+
+def targets(default: dict) -> dict:
+    out = {}
+    for name, (figure, kind, bound) in TARGETS.items():
+        value = default[figure]
+        met = value <= bound if kind == "at_most" else value >= bound
+        entry = {"value": value, kind: bound, "met": bool(met)}
+        if name == "epsilon_total":
+            entry |= {"delta": default["delta_total"], "delta_at_most": TARGET_DELTA,
+                      "met": bool(met and default["delta_total"] <= TARGET_DELTA * (1 + 1e-9))}
+        out[name] = entry
+    return out
+
+
+def transform(images: dict[str, torch.Tensor], keys: list[str], fn) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.asarray(fn(Image.fromarray(images[k].permute(1, 2, 0).numpy()))).transpose(
+        2, 0, 1).copy()) for k in keys}
 
 
 def _decode(data: bytes) -> np.ndarray:
@@ -296,20 +612,36 @@ def _decode(data: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
+def write_released(released: dict[str, torch.Tensor], keys: list[str], names: dict[str, str], path: Path) -> Path:
+    """The released faces of `keys` as PNGs named by their original files, replacing `path` whole (written to a
+    temporary folder beside it, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    for key in keys:
+        name = Path(names.get(key, f"{key}.png")).with_suffix(".png").name
+        Image.fromarray(released[key].permute(1, 2, 0).numpy()).save(tmp / name)
+    old = path.with_name(f".{path.name}.old")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
 _SCATTERING = None
 
 
 def scattering_features(images: torch.Tensor) -> np.ndarray:
-    """(N, 243): each colour channel's 81 scattering coefficients (J=2, L=8), averaged over space."""
+    """(N, 243): each colour channel's 81 scattering coefficients (J=2, L=8) at EVAL_SIZE, averaged over space."""
     global _SCATTERING
     from kymatio.torch import Scattering2D
 
     if _SCATTERING is None:
-        _SCATTERING = Scattering2D(J=2, shape=(SIZE, SIZE), L=8)
+        _SCATTERING = Scattering2D(J=2, shape=(EVAL_SIZE, EVAL_SIZE), L=8)
     out = []
     with torch.no_grad():
         for start in range(0, len(images), 256):
-            x = images[start:start + 256].float().div(255.0).contiguous()
+            x = at(images[start:start + 256], EVAL_SIZE).float().div(255.0).contiguous()
             out.append(_SCATTERING(x).mean(dim=(-1, -2)).flatten(1).numpy())
     return np.concatenate(out).astype(np.float64)
 
@@ -339,21 +671,21 @@ def better_at_every_utility(ours: list[dict], baseline: list[dict]) -> dict:
             if compared else None}
 
 
-def grid(originals: torch.Tensor, rows: dict[float, torch.Tensor], path: Path) -> None:
-    """Originals on top, then one row per intensity, each image scaled up 3x."""
+def grid(originals: torch.Tensor, rows: dict[str, torch.Tensor], path: Path) -> None:
+    """Originals on top, then one row per named release (64 px), each image scaled up 2x."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    named = [("original", originals)] + [(f"intensity {i:g}", r) for i, r in rows.items()]
-    fig, axes = plt.subplots(len(named), 1, figsize=(8, 1.25 * len(named)))
+    named = [("original", originals), *rows.items()]
+    fig, axes = plt.subplots(len(named), 1, figsize=(9, 1.3 * len(named)))
     for ax, (name, images) in zip(axes, named, strict=True):
         ax.imshow(torch.cat(list(images), dim=2).permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("anonymized test faces: gender protected, race kept", fontsize=9)
+    fig.suptitle("released test faces, 64 px: gender protected, race kept", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -365,22 +697,28 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for name, label, style in (("curve", "Diffusion-DP (ours)", "o-"), ("blur_curve", "Gaussian blur", "s--"),
-                               ("pixelate_curve", "pixelation", "^--")):
-        points = sorted(result[name], key=lambda p: p["kept_utility_ratio"])
-        ax.plot([p["kept_utility_ratio"] for p in points], [p["adversary_protected_bacc"] for p in points], style,
-                label=label)
-    for p in result["curve"]:
-        ax.annotate(f"{p['intensity']:g}", (p["kept_utility_ratio"], p["adversary_protected_bacc"]), fontsize=7,
-                    textcoords="offset points", xytext=(4, 4))
-    ax.axhline(0.60, color="grey", lw=0.8, ls=":")
-    ax.axvline(0.80, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel(f"kept-attribute utility ratio ({result['kept']}, trained on released, tested on originals)")
-    ax.set_ylabel("adversary's gender balanced accuracy (retrained)")
-    ax.set_title(f"privacy–utility ({'quick' if result['quick'] else 'full'}; ε_g = {result['generator_epsilon']:.2f})",
-                 fontsize=9)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    methods = (("curve", "latent DP generator (ours)", "o-", "intensity"),
+               ("previous_generator_curve", "previous generator (pixel)", "D-", "intensity"),
+               ("blur_curve", "Gaussian blur", "s--", "sigma"), ("pixelate_curve", "pixelation", "^--", "side"))
+    for ax, figure, label, bound in ((axes[0], "adversary_protected_bacc", "adversary's gender balanced accuracy "
+                                      "(retrained)", 0.60),
+                                     (axes[1], "reid_rank1", "re-identification rank-1 (dlib, held-out faces)", 0.05)):
+        for name, legend, style, key in methods:
+            points = sorted(result[name], key=lambda p: p["kept_utility_ratio"])
+            ax.plot([p["kept_utility_ratio"] for p in points], [p[figure] for p in points], style, label=legend)
+            for p in points:
+                ax.annotate(f"{p[key]:g}", (p["kept_utility_ratio"], p[figure]), fontsize=6,
+                            textcoords="offset points", xytext=(4, 4))
+        ax.axhline(bound, color="grey", lw=0.8, ls=":")
+        ax.axvline(0.80, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel(f"kept-attribute utility ratio ({result['kept']}, trained on released, tested on originals)",
+                      fontsize=8)
+        ax.set_ylabel(label, fontsize=8)
+        ax.legend(fontsize=7)
+    eps = result["generators"]["ours"]["epsilon_g"]
+    fig.suptitle(f"privacy–utility ({'quick' if result['quick'] else 'full'}; ours ε_g = {eps:.2f}; labels: "
+                 f"intensity, σ px, side px)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

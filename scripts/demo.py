@@ -499,7 +499,7 @@ def main() -> int:
                                 home, report["dataset"]["tenant"], report["dataset"]["version"],
                                 report["classifier"]["model_version"], Path(report["dataset"]["export_folder"])),
                   needs=("dataset", "classifier"))
-        steps.run("anonymized", "6. faces anonymized by the DP diffusion generator (anonymizer service), committed by "
+        steps.run("anonymized", "6. faces anonymized by the DP latent generator (anonymizer service), committed by "
                                 "the coordinator", lambda: anonymize_faces(
                                     home, report["dataset"]["tenant"], report["dataset"]["version"]),
                   needs=("dataset", "classifier"))  # the generator pretrains on step 4's public faces
@@ -607,10 +607,8 @@ def protection_job(classifier: str, classes: str, dataset_version: str, images: 
     accepts; the coordinator then anonymizes the whole dataset at that intensity, commits it, updates the
     classifier of step 4 to the released images by feature unlearning (verified against retraining) and writes
     the report. The tenant then publishes the updated classifier to Triton and queries it."""
-    import io
 
     import numpy as np
-    from PIL import Image
 
     key = (OUT / "tenant-api-key").read_text().strip()
     channel = open_channel(layout.endpoint("coordinator").target, key)
@@ -636,10 +634,7 @@ def protection_job(classifier: str, classes: str, dataset_version: str, images: 
         r = shown.round
         changed = sum(1 for pair in shown.pairs for a in pair.released_attributes if a.attribute == "gender"
                       and a.category != _gender_of(pair.original.sample_key))
-        pixels = [np.abs(np.asarray(Image.open(io.BytesIO(p.original.data)).convert("RGB").resize((32, 32)),
-                                    dtype=float) - np.asarray(Image.open(io.BytesIO(p.anonymized.data))
-                                                              .convert("RGB"), dtype=float)).mean()
-                  for p in shown.pairs]
+        pixels = [_pixel_change(p.original.data, p.anonymized.data) for p in shown.pairs]
         answer = (job_service_pb2.FEEDBACK_MORE_PRIVACY if r.intensity < low else
                   job_service_pb2.FEEDBACK_LESS_PRIVACY if r.intensity > high else job_service_pb2.FEEDBACK_ACCEPT)
         words = job_service_pb2.Feedback.Name(answer).removeprefix("FEEDBACK_").lower().replace("_", " ")
@@ -701,6 +696,18 @@ def protection_job(classifier: str, classes: str, dataset_version: str, images: 
             "metrics": metrics, "report": str(folder / "report.html"), "updated_model": updated,
             "unlearning": unlearning, "served_model_name": published.served_model_name,
             "predicted_images": len(rows), "predictions": str(OUT / "predictions-updated.json")}
+
+
+def _pixel_change(original: bytes, released: bytes) -> float:
+    """The mean absolute change per pixel channel (of 255), the original taken to the released image's size."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    after = Image.open(io.BytesIO(released)).convert("RGB")
+    before = Image.open(io.BytesIO(original)).convert("RGB").resize(after.size, Image.BOX)
+    return float(np.abs(np.asarray(before, dtype=float) - np.asarray(after, dtype=float)).mean())
 
 
 def _wait_for_feedback(stub, name: str, timeout: float = 900) -> None:
