@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from umbra.anonymization import privatize
-from umbra.anonymization.intensity import TABLE, plan_for
+from umbra.anonymization.intensity import TABLE, Plan, plan_for
 from umbra.diffusion.attributes import Attribute
 from umbra.privacy import mechanisms
 from umbra.runtime.errors import InvalidInput
@@ -20,21 +20,24 @@ AGE = Attribute("age", ("0-10",), numeric=True)
 
 
 def test_table_rows_and_interpolation():
-    for intensity, timestep, guidance, epsilon, steps in TABLE:
+    for intensity, latent, pixel, guidance, epsilon, steps in TABLE:
         plan = plan_for(intensity)
-        assert (plan.timestep, plan.guidance, plan.attribute_epsilon, plan.steps) == (timestep, guidance, epsilon,
+        assert (plan.timestep, plan.guidance, plan.attribute_epsilon, plan.steps) == (latent, guidance, epsilon,
                                                                                        steps)
+        assert plan_for(intensity, design="pixel") == Plan(intensity, pixel, guidance, epsilon, steps)
     middle = plan_for(0.625)  # halfway between the 0.5 and 0.75 rows
-    assert middle.timestep == 600 and middle.guidance == 3.5 and middle.attribute_epsilon == pytest.approx(0.65)
+    assert middle.timestep == 750 and middle.guidance == 3.5 and middle.attribute_epsilon == pytest.approx(0.65)
+    assert plan_for(0.625, design="pixel").timestep == 600
     assert plan_for(0.5, steps=3).steps == 3
     for bad in (-0.01, 1.01, math.nan):
         with pytest.raises(InvalidInput) as error:
             plan_for(bad)
         assert error.value.field == "settings.intensity"
     # more intensity never means more ε for an attribute, nor less noise
-    plans = [plan_for(i / 20) for i in range(21)]
-    assert all(a.attribute_epsilon >= b.attribute_epsilon and a.timestep <= b.timestep
-               for a, b in zip(plans, plans[1:], strict=False))
+    for design in ("latent", "pixel"):
+        plans = [plan_for(i / 20, design=design) for i in range(21)]
+        assert all(a.attribute_epsilon >= b.attribute_epsilon and a.timestep <= b.timestep
+                   for a, b in zip(plans, plans[1:], strict=False))
 
 
 def test_randomized_response_keeps_the_value_at_the_rate_its_epsilon_allows():

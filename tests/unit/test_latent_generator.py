@@ -11,7 +11,7 @@ import torch
 from umbra.anonymization import anonymize as anon
 from umbra.anonymization import privatize
 from umbra.diffusion.attributes import Attribute
-from umbra.diffusion.generator import GeneratorConfig, build, load_matching
+from umbra.diffusion.generator import GeneratorConfig, build, latent_clip_for, load_matching
 from umbra.diffusion.latent import LatentGenerator
 from umbra.diffusion.sampling import regenerate, schedule_for
 from umbra.diffusion.training import GeneratorHyper, train
@@ -61,7 +61,13 @@ def test_latent_epsilon_by_hand():
 
 
 def test_latent_dimension_does_not_enter_but_pixels_do():
-    assert privatize.latent_cost(0.01, 650, 1.0).epsilon == pytest.approx(privatize.latent_cost(0.01, 650, 1.0).epsilon)
+    def image_epsilon(latent_dim: int) -> float:
+        config = GeneratorConfig(image_size=64, attributes=(GENDER,), latent_dim=latent_dim, latent_clip=8.0)
+        return anon.check(anon.Generator("gen", 1, config, {}), dataset_id="faces", label_columns=["gender"],
+                          image_size=64, protected=["gender"], kept=[], intensity=0.75, steps=0,
+                          seed=1).cost.image.epsilon
+
+    assert image_epsilon(16) == image_epsilon(256)
     latent = privatize.latent_cost(0.00779, 691, 1.0).epsilon
     pixel = privatize.image_cost(0.00779, 691, 3 * 64 * 64).epsilon
     assert latent < 1.0 < 100 < pixel
@@ -82,10 +88,11 @@ def test_a_latent_generator_prices_its_images_by_the_latent_mechanism():
     request = anon.check(anon.Generator("gen", 1, config, {}), dataset_id="faces", label_columns=["gender"],
                          image_size=64, protected=["gender"], kept=[], intensity=0.75, steps=0, seed=1)
     image = request.cost.image
-    assert image.mechanism == "gaussian" and image.parameters["latent_clip"] == 1.0
+    assert image.mechanism == "gaussian" and image.parameters["latent_clip"] == 8.0 == latent_clip_for(64)
     alpha = request.schedule.alpha_bar
-    assert image.parameters["mu"] == pytest.approx(2 * math.sqrt(alpha / (1 - alpha)))
-    assert image.epsilon < 1.0  # the default intensity: ~0.73, against 94 for the pixel generator at 32 px
+    assert request.schedule.start == 799 == image.parameters["timestep"]  # the DDIM grid of 10 ending at 99
+    assert image.parameters["mu"] == pytest.approx(2 * 8.0 * math.sqrt(alpha / (1 - alpha)))
+    assert 2.5 < image.epsilon < 3.0  # the default intensity, against 94 for the pixel generator at 32 px
 
 
 def test_plain_training_lowers_both_losses():

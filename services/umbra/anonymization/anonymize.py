@@ -92,7 +92,7 @@ def check(generator: Generator, *, dataset_id: str, label_columns: list[str], im
           protected: list[str], kept: list[str], intensity: float, steps: int, seed: int) -> Request:
     """Every check before any work; InvalidInput names the field."""
     config = generator.config
-    plan = plan_for(intensity, steps)
+    plan = plan_for(intensity, steps, design=config.design)
     bounds.seed(seed, "settings.seed")
     if not protected:
         raise InvalidInput("settings.protected_attributes", "name at least one attribute to protect")

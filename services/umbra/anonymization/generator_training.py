@@ -25,7 +25,7 @@ import torch
 from umbra.classifiers.data import decode
 from umbra.classifiers.registry import ModelRegistry, StoredModel
 from umbra.diffusion.attributes import Attribute, schema_for
-from umbra.diffusion.generator import GeneratorConfig, build, load_matching
+from umbra.diffusion.generator import DESIGNS, GeneratorConfig, build, latent_clip_for, load_matching
 from umbra.diffusion.training import GeneratorHyper, train
 from umbra.privacy.dp_sgd import Checkpoint, DPSettings, EpochReport, poisson_rate
 from umbra.privacy.mechanisms import Cost, dp_sgd_cost
@@ -35,7 +35,6 @@ from umbra.storage.datasets import DatasetReader
 
 log = logging.getLogger(__name__)
 SIZES = (16, 32, 64)
-DESIGNS = ("latent", "pixel")  # umbra.diffusion.latent, umbra.diffusion.generator.ConditionalUNet
 LATENT_DIMS = (8, 512)
 _SHAPE = ("design", "channels", "layers_per_block", "attention", "norm_groups", "prediction", "train_timesteps",
           "latent_dim", "latent_clip")
@@ -63,7 +62,7 @@ class Job:
     @property
     def config(self) -> GeneratorConfig:
         return GeneratorConfig(image_size=self.image_size, attributes=self.attributes, design=self.design,
-                               latent_dim=self.latent_dim)
+                               latent_dim=self.latent_dim, latent_clip=latent_clip_for(self.latent_dim))
 
     @property
     def frozen(self) -> list[str]:
@@ -142,7 +141,8 @@ def plan(registry: ModelRegistry, bucket: str, *, model: str, reader: DatasetRea
             raise InvalidInput("privacy.target_delta", f"must be in (0, 1/n) = (0, {1 / samples:.3g}) for the "
                                                        f"{samples} training images")
         dp.validate(samples, field="privacy")  # the ranges of the rest, as classifier training has them
-    fresh = GeneratorConfig(image_size=size, attributes=schema, design=design, latent_dim=latent_dim)
+    fresh = GeneratorConfig(image_size=size, attributes=schema, design=design, latent_dim=latent_dim,
+                            latent_clip=latent_clip_for(latent_dim))
     stored = None if start is None else _starting_point(registry, bucket, start, reader, fresh)
     return Job(registry, bucket, model, reader, split, schema, size, hyper, dp, stored, samples, seed, design,
                latent_dim)

@@ -14,6 +14,7 @@ drop only the protected attributes while the kept ones stay conditioned.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -24,6 +25,7 @@ from umbra.diffusion.attributes import Attribute
 
 KIND = "generator"
 IMAGE_SIZES = (16, 32, 64)
+DESIGNS = ("latent", "pixel")  # umbra.diffusion.latent.LatentGenerator, ConditionalUNet below
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class GeneratorConfig:
     # field are pixel ones).
     design: str = "latent"
     latent_dim: int = 64
-    latent_clip: float = 1.0
+    latent_clip: float = 8.0  # C: latent_clip_for(latent_dim)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -76,6 +78,15 @@ class GeneratorConfig:
 def noise_schedule(config: GeneratorConfig) -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=config.train_timesteps, beta_start=config.beta_start,
                          beta_end=config.beta_end, beta_schedule="linear", prediction_type=config.prediction)
+
+
+def latent_clip_for(latent_dim: int) -> float:
+    """C = sqrt(latent_dim): a latent of that norm has about unit variance per number, the scale the noise schedule
+    was made for (as Stable Diffusion scales its latents). At C = 1 in 64 numbers every timestep past about 100
+    drowned the latent, and the denoiser (measured: 600 faces, 10 epochs) learned the average face alone: its
+    outputs' latents were 0.2·C apart against 1.2·C for faces, at C = 8 0.85·C against 1.0·C. The mechanism's
+    ε scales with C at a given timestep; the intensity table's latent column is chosen for this C."""
+    return math.sqrt(latent_dim)
 
 
 def build(config: GeneratorConfig) -> nn.Module:

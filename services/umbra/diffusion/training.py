@@ -81,7 +81,10 @@ def train(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, hyper: Gen
         if resume.rng is not None:
             generator.set_state(resume.rng)
     schedule = noise_schedule(net.config)
-    loader = DataLoader(TensorDataset(images, labels), batch_size=hyper.batch_size, shuffle=True,
+    # A frozen (public) autoencoder is a fixed function: each face is encoded once, both ways round, rather than at
+    # every step. The DP unit is still the face: its row holds its two latents.
+    data = _frozen_latents(net, images, hyper.flip) if _autoencoder_frozen(net) else images
+    loader = DataLoader(TensorDataset(data, labels), batch_size=hyper.batch_size, shuffle=True,
                         generator=generator)
     # a latent generator started from a public one trains its denoiser only (generator_training freezes the rest)
     optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=hyper.learning_rate)
@@ -127,29 +130,44 @@ def train(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, hyper: Gen
     return private.result(steps, loss_value)
 
 
+def _autoencoder_frozen(net: nn.Module) -> bool:
+    return net.config.design == "latent" and not net.encoder.project.weight.requires_grad
+
+
+@torch.no_grad()
+def _frozen_latents(net: nn.Module, images: torch.Tensor, flip: bool, chunk: int = 256) -> torch.Tensor:
+    """(N, 2, latent_dim): each face's latent as it is and mirrored ((N, 1, latent_dim) without flips)."""
+    was_training = net.training
+    net.eval()
+    ways = [False, True] if flip else [False]
+    out = torch.stack([torch.cat([net.encode(part.flip(-1) if mirrored else part) for part in images.split(chunk)])
+                       for mirrored in ways], dim=1)
+    net.train(was_training)
+    return out
+
+
 def _denoising_loss(model, schedule, x: torch.Tensor, y: torch.Tensor, k: int, hyper: GeneratorHyper,
                     generator: torch.Generator, net: nn.Module) -> torch.Tensor:
     """Mean over the K·B rows (example-major) of each row's loss: its MSE against the noise (or the clean image);
     for a latent generator, the denoiser's squared error on the latent (over C², so about 1 for a useless guess)
-    plus, while the autoencoder trains, its reconstruction's MSE."""
-    x0 = x.float().div(127.5).sub(1.0)  # diffusers' [-1, 1]
-    if hyper.flip:
-        flip = torch.rand(len(x0), generator=generator) < 0.5
-        x0[flip] = x0[flip].flip(-1)
-    x0 = x0.repeat_interleave(k, dim=0)
+    plus, while the autoencoder trains, its reconstruction's MSE. `x`: uint8 images, or a frozen autoencoder's
+    latents (_frozen_latents)."""
+    flip = torch.rand(len(x), generator=generator) < 0.5 if hyper.flip else torch.zeros(len(x), dtype=torch.bool)
     labels = y.repeat_interleave(k, dim=0).clone()
     nulls = torch.tensor([a.null for a in net.config.attributes])
     drop = torch.rand(labels.shape, generator=generator) < hyper.condition_dropout
     labels = torch.where(drop, nulls.expand_as(labels), labels)
     reconstruction = torch.zeros(())
-    if net.config.design == "latent":
-        if net.encoder.project.weight.requires_grad:
+    if x.dtype != torch.uint8:  # cached latents: each row's, mirrored or not
+        x0 = x[torch.arange(len(x)), flip.long() if x.shape[1] > 1 else 0].repeat_interleave(k, dim=0)
+    else:
+        x0 = x.float().div(127.5).sub(1.0)  # diffusers' [-1, 1]
+        x0[flip] = x0[flip].flip(-1)
+        x0 = x0.repeat_interleave(k, dim=0)
+        if net.config.design == "latent":
             z = net.encode_scaled(x0)
             reconstruction = (net.decode_scaled(z) - x0).pow(2).flatten(1).mean(1).mean()
-        else:
-            with torch.no_grad():
-                z = net.encode_scaled(x0)
-        x0 = z.detach()  # the denoiser learns the latents; its loss does not move the encoder
+            x0 = z.detach()  # the denoiser learns the latents; its loss does not move the encoder
     noise = torch.randn(x0.shape, generator=generator)
     timesteps = torch.randint(0, net.config.train_timesteps, (len(x0),), generator=generator)
     noisy = schedule.add_noise(x0, noise, timesteps)
