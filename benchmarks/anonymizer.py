@@ -38,7 +38,10 @@ intensities; `previous_generator_curve`; `blur_curve`, Gaussian σ in px at 64 p
   how often the released face "verifies" as its original (distance < 0.6);
 - `epsilon_total` (δ `delta_total`): one training face's guarantee, composed: `epsilon_x` (the image, noised to
   the timestep), `epsilon_a_gender` (randomized response) and `epsilon_g` (the generator saw the face);
-  `epsilon_total_held_out` leaves ε_g out, for faces the generator did not train on (the reid faces).
+  `epsilon_total_held_out` leaves ε_g out, for faces the generator did not train on (the reid faces). These
+  are as the service charges them (the image at δ 1e-6). `epsilon_total_at_target_delta`, the target's figure,
+  is the same face's guarantee at δ = TARGET_DELTA in all: the generator is trained at δ_g = DELTA (half of it)
+  and the image mechanism, μ-GDP and so valid at every δ, is read at the rest (`epsilon_x_at_target_delta`).
 
 Every classifier is the training service's best recipe (umbra.classifiers.recipes.NONPRIVATE), trained on all of
 the tenant's training faces, balanced accuracy throughout; the recipe's ScatterNet takes 32 px, so every image is
@@ -58,9 +61,9 @@ Writes out/bench/anonymizer.json (`targets_at_default`: each target's value and 
 anonymizer-grid.png (test originals, ours at three intensities at 64 px, the previous generator at the default),
 anonymizer.png (adversary and re-identification against utility, all four methods) and the released test faces
 at the default intensity, as PNGs named by their original file names, in out/bench/anonymizer-released/
-(replaced whole). `--quick` trains our generator for fewer epochs (25 public, 20 DP; the DP epochs are cheap: the
-frozen public encoder encodes each face once) and the previous one for one epoch each, the classifiers for 7 of the
-recipe's 20 epochs (still on every training face), measures fewer points, re-identifies REID_QUICK faces and
+(replaced whole). `--quick` trains our generator for fewer epochs (40 public: fewer left the autoencoder drawing
+near-average faces; 10 DP, cheap: the frozen public encoder encodes each face once) and the previous one for one
+epoch each, the classifiers for 5 of the recipe's 20 epochs (still on every training face), measures fewer points, re-identifies REID_QUICK faces and
 evaluates the previous generator (the slow one) on 192 training faces with 2 denoising steps; its figures are a
 smoke test, not results.
 """
@@ -70,6 +73,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -97,7 +101,6 @@ from umbra.anonymization.intensity import DEFAULT_INTENSITY
 from umbra.anonymizer.v1 import anonymizer_service_pb2 as an
 from umbra.anonymizer.v1 import anonymizer_service_pb2_grpc
 from umbra.classifiers import recipes
-from umbra.classifiers.architectures import ModelConfig, create
 from umbra.classifiers.data import LabelledImages, load_split
 from umbra.classifiers.registry import ModelRegistry
 from umbra.client.channel import open_channel
@@ -108,6 +111,7 @@ from umbra.coordinator.v1 import dataset_service_pb2 as cds
 from umbra.coordinator.v1 import dataset_service_pb2_grpc
 from umbra.dataset.ingest import sanitize_key
 from umbra.diffusion.generator import build
+from umbra.privacy import mechanisms
 from umbra.storage.datasets import DatasetReader
 from umbra.storage.s3 import S3ObjectStore
 
@@ -117,7 +121,7 @@ PIXEL_SIZE = 32  # the previous generator's
 EVAL_SIZE = 32  # classifiers (the recipe's ScatterNet) and quality, for every method
 PUBLIC_FACES = 600  # the last faces of --data, when no --public is given
 REID_QUICK = 120
-TARGET_EPSILON, DELTA = 4.0, 1e-6  # each DP generator's ε_g target
+TARGET_EPSILON, DELTA = 4.0, 5e-7  # each DP generator's ε_g target: half of TARGET_DELTA, the image the rest
 SETTINGS = {
     "full": {"public_epochs": 60, "dp_epochs": 100, "batch": 256, "multiplicity": 4,  # ours
              "pixel_public_epochs": 12, "pixel_dp_epochs": 4, "pixel_batch": 256, "pixel_split": "train",
@@ -125,18 +129,18 @@ SETTINGS = {
              "curve": (0.0, 0.25, 0.5, 0.75, 1.0), "pixel_curve": (0.5, 0.75, 1.0),
              "blurs": (1.0, 2.0, 3.0, 5.0, 8.0), "pixelations": (32, 16, 12, 8, 6),
              "reid_faces": 0, "classifier_epochs": 1.0},  # 0: every held-out face; the recipe's epochs times this
-    "quick": {"public_epochs": 25, "dp_epochs": 20, "batch": 256, "multiplicity": 2,
+    "quick": {"public_epochs": 40, "dp_epochs": 10, "batch": 256, "multiplicity": 2,
               "pixel_public_epochs": 1, "pixel_dp_epochs": 1, "pixel_batch": 64, "pixel_split": "val",
               "pixel_train_faces": 192, "pixel_steps": 2,
-              "curve": (0.25, 0.5, 0.75, 1.0), "pixel_curve": (0.75, 1.0), "blurs": (2.0, 5.0), "pixelations": (16, 8),
-              "reid_faces": REID_QUICK, "classifier_epochs": 0.35},
+              "curve": (0.25, 0.75, 1.0), "pixel_curve": (0.75,), "blurs": (2.0, 5.0), "pixelations": (16, 8),
+              "reid_faces": REID_QUICK, "classifier_epochs": 0.25},
 }
 GRID_INTENSITIES = (0.25, DEFAULT_INTENSITY, 1.0)
 TARGETS = {  # name: (figure at the default intensity, "at_most" or "at_least", bound)
     "reid_rank1": ("reid_rank1", "at_most", 0.05),
     "adversary_protected_bacc": ("adversary_protected_bacc", "at_most", 0.60),
     "kept_utility_ratio": ("kept_utility_ratio", "at_least", 0.80),
-    "epsilon_total": ("epsilon_total", "at_most", 10.0),
+    "epsilon_total": ("epsilon_total_at_target_delta", "at_most", 10.0),
     "quality": ("quality", "at_least", 0.5),
     "images_per_s": ("images_per_s", "at_least", 10.0),
 }
@@ -438,8 +442,17 @@ def epsilons(request: anon.Request) -> dict:
     parts = {"epsilon_total": cost.per_image.epsilon, "delta_total": cost.per_image.delta,
              "epsilon_x": cost.image.epsilon}
     parts |= {f"epsilon_a_{a.name}": c.epsilon for a, c in zip(request.protected, cost.attributes, strict=True)}
+    # The image mechanism is μ-GDP: it holds at every δ, with its ε at each. At the target δ the generator's δ_g
+    # is spent and the image gets the rest (the attributes' mechanisms are pure, δ = 0).
+    spent = 0.0 if cost.generator is None else cost.generator.delta
+    rest = TARGET_DELTA - spent
+    image_at = mechanisms.gaussian_epsilon(cost.image.parameters["mu"], rest) if rest > 0 else math.inf
+    at_target = image_at + sum(c.epsilon for c in cost.attributes) + (
+        0.0 if cost.generator is None else cost.generator.epsilon)
     return parts | {"epsilon_g": None if cost.generator is None else cost.generator.epsilon,
-                    "epsilon_total_held_out": cost.charged.epsilon, "delta_total_held_out": cost.charged.delta}
+                    "epsilon_total_held_out": cost.charged.epsilon, "delta_total_held_out": cost.charged.delta,
+                    "epsilon_total_at_target_delta": at_target, "epsilon_x_at_target_delta": image_at,
+                    "delta_x_at_target_delta": rest}
 
 
 def run_training(stub, operations, request: an.TrainGeneratorRequest) -> an.GeneratorResult:
@@ -544,10 +557,8 @@ def _fit_weights(recipe, data: LabelledImages, seed: int) -> dict[str, torch.Ten
 
 
 def _rebuild(recipe, data: LabelledImages, weights: dict[str, torch.Tensor]) -> nn.Module:
-    """The model `_fit_weights` trained, as recipes.fit builds it."""
-    recipe = recipe.fitted(len(data))
-    model = create(ModelConfig(recipe.architecture, len(data.classes), recipe.image_size, classes=data.classes,
-                               width=recipe.width, mirror_average=recipe.mirror_average))
+    """The model `_fit_weights` trained."""
+    model = recipes.untrained(recipe, data)
     model.load_state_dict(weights)
     return model.eval()
 
@@ -642,9 +653,9 @@ def targets(default: dict) -> dict:
         value = default[figure]
         met = value <= bound if kind == "at_most" else value >= bound
         entry = {"value": value, kind: bound, "met": bool(met)}
-        if name == "epsilon_total":  # a training face's; a held-out face has no ε_g
-            entry |= {"delta": default["delta_total"], "delta_at_most": TARGET_DELTA,
-                      "met": bool(met and default["delta_total"] <= TARGET_DELTA * (1 + 1e-9)),
+        if name == "epsilon_total":  # a training face's, at δ = TARGET_DELTA; a held-out face has no ε_g
+            entry |= {"delta": TARGET_DELTA, "delta_at_most": TARGET_DELTA,
+                      "as_charged": default["epsilon_total"], "as_charged_delta": default["delta_total"],
                       "held_out_value": default["epsilon_total_held_out"],
                       "held_out_delta": default["delta_total_held_out"]}
         out[name] = entry

@@ -10,7 +10,9 @@ epochs), where retraining costs more. Then, for each, for fractions 0.1 and 0.5 
 
 - **Revision.** A proxy, stated: the chosen images are blurred (Gaussian, σ = 3 px at 64 px, 1.5 px at the
   model's 32 px) and uploaded as a new dataset whose samples keep their keys and labels. The anonymizer is the
-  real revision (the demo uses it), but training its generator takes longer than this benchmark's budget. Blur
+  real revision (the demo and the protection job use it), but its latent generator's public autoencoder wants
+  tens of epochs (about 4 minutes for 600 faces on 2 free cores, benchmarks.anonymizer), more than `--quick`
+  leaves after this benchmark's eight model trainings. Blur
   removes fine cues of the protected attribute (gender) and keeps colour (race); it does not remove them all.
 - **Unlearning** through the service, first and second order with the automatic τ and LiSSA scale;
   `unlearn_seconds` is the service's own time for the update (model and images loaded from S3, the update,

@@ -74,9 +74,13 @@ def fit(recipe: Recipe, data: LabelledImages, *, seed: int,
     """(model, result) of one in-process run of `recipe` (fitted to the data's size) on `data`, as the training
     service would run it."""
     recipe = recipe.fitted(len(data))
-    config = ModelConfig(recipe.architecture, len(data.classes), recipe.image_size, classes=data.classes,
-                         width=recipe.width, mirror_average=recipe.mirror_average)
     torch.manual_seed(seed)
-    model = create(config)
+    model = untrained(recipe, data)
     result = loop.train(model=model, data=data, hyper=recipe.hyper, dp=dp, seed=seed)
     return (model._module if hasattr(model, "_module") else model), result
+
+
+def untrained(recipe: Recipe, data: LabelledImages) -> torch.nn.Module:
+    """The model `fit` trains for `recipe` on `data`, freshly initialised (load a fitted one's weights into it)."""
+    return create(ModelConfig(recipe.architecture, len(data.classes), recipe.image_size, classes=data.classes,
+                              width=recipe.width, mirror_average=recipe.mirror_average))
