@@ -63,9 +63,9 @@ anonymizer.png (adversary and re-identification against utility, all four method
 at the default intensity, as PNGs named by their original file names, in out/bench/anonymizer-released/
 (replaced whole). `--quick` trains our generator for fewer epochs (40 public: fewer left the autoencoder drawing
 near-average faces; 10 DP, cheap: the frozen public encoder encodes each face once) and the previous one for one
-epoch each, the classifiers for 5 of the recipe's 20 epochs (still on every training face), measures fewer points, re-identifies REID_QUICK faces and
-evaluates the previous generator (the slow one) on 192 training faces with 2 denoising steps; its figures are a
-smoke test, not results.
+epoch each, the classifiers for 5 of the recipe's 20 epochs (still on every training face), measures fewer
+points, re-identifies REID_QUICK faces and evaluates the previous generator (the slow one) on 192 training faces
+with 2 denoising steps; its figures are a smoke test, not results.
 """
 
 from __future__ import annotations
