@@ -77,7 +77,7 @@ RGW = ROOT / "deploy" / "s3" / "rgw.sh"
 INFERENCE_PORT = 8001  # Triton's usual gRPC port (--inference-port)
 PUBLIC_FACES = 1500  # public synthetic faces for pretraining
 DEMO_EPOCHS = 8
-GENERATOR_PRETRAIN_EPOCHS = 6  # the latent generator's public pretraining (no DP) on the same public faces, 64 px
+GENERATOR_PRETRAIN_EPOCHS = 10  # the latent generator's public pretraining (no DP) on the same public faces, 64 px
 GENERATOR_DP_EPOCHS = 30  # DP-SGD of its denoiser on the tenant's faces (the public autoencoder is kept)
 # The demo tenant's privacy budget (set at CreateTenant), also given as the budget of each anonymizer request.
 # Large, because a preview at a low intensity releases a barely noised image: its image ε is in the thousands
