@@ -150,3 +150,14 @@ def test_a_pixel_network_and_a_latent_one_do_not_mix():
     text = GeneratorConfig(image_size=16, attributes=(GENDER,), design="pixel").to_json().replace(
         ', "design": "pixel"', "")
     assert '"design"' not in text and GeneratorConfig.from_json(text).design == "pixel"
+
+
+def test_the_latent_norm_is_about_one_per_number():
+    assert latent_clip_for(64) == 8.0 and latent_clip_for(16) == 4.0
+    default = GeneratorConfig(image_size=64, attributes=(GENDER,))
+    assert default.latent_clip == latent_clip_for(default.latent_dim)
+    net = build(default)
+    images, _ = faces(8, size=64)
+    with torch.no_grad():
+        z = net.encode(images)
+    assert z.pow(2).mean().item() == pytest.approx(1.0)  # the unit-variance scale the DDPM schedule assumes
