@@ -1,7 +1,7 @@
 """The latent generator: a face autoencoder whose latent is projected to a fixed norm, and a small conditional
 denoiser that works in that latent (a latent diffusion model, as DP-LDM builds one; ALGORITHMS.md §5).
 
-    net = LatentGenerator(GeneratorConfig(image_size=64, attributes=schema, latent_dim=64, latent_clip=1.0))
+    net = LatentGenerator(GeneratorConfig(image_size=64, attributes=schema, latent_dim=64, latent_clip=8.0))
     z = net.encode(uint8_images)          # (B, latent_dim), every row of norm exactly latent_clip
     predicted = net(noisy_z, timesteps, labels)  # the denoiser's estimate of the clean latent
     images = net.decode(z)                # uint8 (B, 3, S, S)
@@ -10,7 +10,8 @@ Why a latent: noising x to ᾱ is a Gaussian mechanism whose sensitivity is the 
 inputs. In pixels that is 2·sqrt(3·S²) (110 at 32 px), so a useful image costs ε in the hundreds. Every latent
 here has norm C, so two faces' latents differ by at most 2C, whatever the dimension: μ = 2C·sqrt(ᾱ/(1-ᾱ))
 (umbra.privacy.mechanisms.latent_noise_mu). The latent is projected onto the sphere of radius C rather than
-clipped into the ball, so that every face uses the whole norm the mechanism pays for.
+clipped into the ball, so that every face uses the whole norm the mechanism pays for. C is sqrt(latent_dim)
+(generator.latent_clip_for): about one per number, the scale the noise schedule was made for.
 
 The encoder and decoder are convolutional (stride-2 convolutions down to 4×4, nearest upsampling and
 convolutions back), with GroupNorm (per sample, so DP-SGD's per-example gradients are exact). The denoiser is an
