@@ -71,6 +71,7 @@ with 2 denoising steps; its figures are a smoke test, not results.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import math
@@ -95,7 +96,7 @@ from benchmarks.common import (OUT, create_tenant, default_data, running_service
 from benchmarks.distortion import accuracies
 from benchmarks.training import fit
 from umbra.anonymization import anonymize as anon
-from umbra.anonymization import reidentification
+from umbra.anonymization import privatize, reidentification
 from umbra.anonymization.dataset import sample_rng
 from umbra.anonymization.intensity import DEFAULT_INTENSITY
 from umbra.anonymizer.v1 import anonymizer_service_pb2 as an
@@ -444,14 +445,13 @@ def epsilons(request: anon.Request) -> dict:
     parts |= {f"epsilon_a_{a.name}": c.epsilon for a, c in zip(request.protected, cost.attributes, strict=True)}
     # The image mechanism is μ-GDP: it holds at every δ, with its ε at each. At the target δ the generator's δ_g
     # is spent and the image gets the rest (the attributes' mechanisms are pure, δ = 0).
-    spent = 0.0 if cost.generator is None else cost.generator.delta
-    rest = TARGET_DELTA - spent
-    image_at = mechanisms.gaussian_epsilon(cost.image.parameters["mu"], rest) if rest > 0 else math.inf
-    at_target = image_at + sum(c.epsilon for c in cost.attributes) + (
-        0.0 if cost.generator is None else cost.generator.epsilon)
+    rest = TARGET_DELTA - (0.0 if cost.generator is None else cost.generator.delta)
+    image_at = dataclasses.replace(cost.image, delta=rest, epsilon=mechanisms.gaussian_epsilon(
+        cost.image.parameters["mu"], rest) if rest > 0 else math.inf)
+    at_target = privatize.per_image(image_at, list(cost.attributes), cost.generator)
     return parts | {"epsilon_g": None if cost.generator is None else cost.generator.epsilon,
                     "epsilon_total_held_out": cost.charged.epsilon, "delta_total_held_out": cost.charged.delta,
-                    "epsilon_total_at_target_delta": at_target, "epsilon_x_at_target_delta": image_at,
+                    "epsilon_total_at_target_delta": at_target.epsilon, "epsilon_x_at_target_delta": image_at.epsilon,
                     "delta_x_at_target_delta": rest}
 
 
