@@ -109,6 +109,25 @@ def test_regenerating_from_a_barely_noised_image_keeps_it():
     assert (far.float() - images.float()).abs().mean() > 20
 
 
+def test_kept_guidance_pushes_only_where_kept_attributes_are_given():
+    race = Attribute("race", ("0", "1", "2"))
+    net = tiny((GENDER, race), prediction="epsilon")
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    conditional = torch.tensor([[0, 1], [1, 2]])
+    unconditional = torch.tensor([[GENDER.null, 1], [GENDER.null, 2]])  # gender protected, race kept
+    bare = torch.tensor([[GENDER.null, race.null]] * 2)
+
+    def run(**kept):
+        return regenerate(net, schedule_for(net.config, timestep=600, steps=3), images, conditional, unconditional,
+                          guidance=2.0, generator=torch.Generator().manual_seed(0), **kept).float()
+
+    plain = run()
+    assert (run(bare=bare, kept_guidance=0.0) - plain).abs().max() <= 1
+    assert (run(bare=unconditional, kept_guidance=4.0) - plain).abs().max() <= 1  # nothing kept: no push
+    pushed = run(bare=bare, kept_guidance=4.0)
+    assert (pushed - plain).abs().mean() > 1
+
+
 def test_pretrained_weights_load_and_new_attributes_start_fresh():
     pretrained = tiny()
     race = Attribute("race", ("0", "1", "2"))

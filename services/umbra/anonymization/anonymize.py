@@ -9,7 +9,8 @@ price it, and re-generate images under privatized protected attributes.
 For each image: every protected attribute is released through its mechanism (privatize.release); the image is
 noised to the plan's timestep and denoised in DDIM steps, conditioned on the released values of the protected
 attributes and the TRUE values of the kept ones, with classifier-free guidance away from "protected
-attributes not given". The generator's attributes that are neither protected nor kept are not given (null).
+attributes not given" and, when attributes are kept, toward them (away from "no attribute given"). The
+generator's attributes that are neither protected nor kept are not given (null).
 """
 
 from __future__ import annotations
@@ -150,6 +151,7 @@ def anonymize(net: nn.Module, request: Request, images: torch.Tensor, labels: li
     for column, attribute in enumerate(config.attributes):
         if attribute in request.protected:
             unconditional[:, column] = attribute.null
+    bare = torch.tensor([[a.null for a in config.attributes]] * len(labels)) if request.kept else None
     out = regenerate(net, request.schedule, images, conditional, unconditional, guidance=request.plan.guidance,
-                     generator=generator)
+                     generator=generator, bare=bare, kept_guidance=request.plan.kept_guidance)
     return out, released

@@ -5,9 +5,14 @@ An image is noised to timestep t (x_t = sqrt(ᾱ_t) x + sqrt(1 - ᾱ_t) z: the G
 umbra.privacy.mechanisms computes) and denoised by the generator conditioned on the released attributes, in
 `steps` DDIM steps from t down to 0. Guidance w pushes each step away from the prediction without the protected
 attributes (`unconditional` labels: those set to null, the kept ones still given): ε̂ = ε_u + w (ε_c - ε_u).
+With `bare` labels (every attribute null) and a kept-attribute guidance w_k > 0, each step is also pushed toward
+the kept attributes: ε̂ = ε_u + w (ε_c - ε_u) + w_k (ε_u - ε_bare). Without it a noised latent keeps its kept
+attributes only as far as the noise left them; guidance is post-processing, so neither changes ε.
 
     plan = schedule_for(config, timestep=600, steps=10)          # plan.start: the t the image is noised to
     out = regenerate(net, plan, images, conditional, unconditional, guidance=3.0, generator=g)
+    out = regenerate(net, plan, images, conditional, unconditional, guidance=3.0, generator=g,
+                     bare=all_null, kept_guidance=3.0)
 """
 
 from __future__ import annotations
@@ -64,7 +69,8 @@ def _ddim(config: GeneratorConfig, total: int) -> DDIMScheduler:
 
 @torch.inference_mode()
 def regenerate(net: nn.Module, schedule: Schedule, images: torch.Tensor, conditional: torch.Tensor,
-               unconditional: torch.Tensor, *, guidance: float, generator: torch.Generator) -> torch.Tensor:
+               unconditional: torch.Tensor, *, guidance: float, generator: torch.Generator,
+               bare: torch.Tensor | None = None, kept_guidance: float = 0.0) -> torch.Tensor:
     """uint8 images (B, 3, H, W) -> uint8 images, noised to schedule.start and denoised under the labels. A latent
     generator noises and denoises the images' latents (norm C), and decodes the result projected back to norm C
     (post-processing: the decoder was trained on latents of that norm)."""
@@ -74,11 +80,15 @@ def regenerate(net: nn.Module, schedule: Schedule, images: torch.Tensor, conditi
     x0 = net.encode(images) if latent else images.float().div(127.5).sub(1.0)
     noise = torch.randn(x0.shape, generator=generator)
     sample = scheduler.add_noise(x0, noise, torch.full((len(x0),), schedule.start))
-    both = torch.cat([conditional, unconditional])
+    labels = [conditional, unconditional] + ([bare] if bare is not None and kept_guidance else [])
+    every = torch.cat(labels)
     for t in schedule.timesteps:
-        timesteps = torch.full((2 * len(x0),), t)
-        predicted_c, predicted_u = net(torch.cat([sample, sample]), timesteps, both).chunk(2)
+        timesteps = torch.full((len(every),), t)
+        predicted_c, predicted_u, *predicted_bare = net(torch.cat([sample] * len(labels)), timesteps,
+                                                        every).chunk(len(labels))
         predicted = predicted_u + guidance * (predicted_c - predicted_u)
+        if predicted_bare:
+            predicted = predicted + kept_guidance * (predicted_u - predicted_bare[0])
         sample = scheduler.step(predicted, t, sample, generator=generator).prev_sample
     if latent:
         return net.decode(net.project(sample))
