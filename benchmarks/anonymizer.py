@@ -22,7 +22,10 @@ the whole tenant dataset goes through the service's AnonymizeDataset (reserved, 
 `images_per_s` is that end-to-end rate at 64 px, `service_vs_inprocess_ratio` compares it with the same
 anonymization in-process on 256 images. The rest runs in-process. Each point of each curve (`curve`: ours at
 intensities; `previous_generator_curve`; `blur_curve`, Gaussian σ in px at 64 px; `pixelate_curve`, the side the
-64 px face is reduced to) releases the training, test and held-out faces and measures:
+64 px face is reduced to) releases the training, test and held-out faces and measures (so does
+`autoencoder_ceiling`, a reference and not a release: our autoencoder alone, each face encoded, projected to norm
+C and decoded with no noise at all, ε ∞; no release of ours keeps more of a face than it does, so its utility
+and quality bound ours from above):
 
 - `fixed_classifier_protected_bacc`: a gender classifier trained on the original training faces, tested on the
   released test faces against their TRUE gender; `adversary_protected_bacc`: one retrained on the released
@@ -58,8 +61,9 @@ released training faces are no closer to the training set, relatively, than held
 released held-out faces are to theirs (one-sided Mann–Whitney, p ≥ 0.01).
 
 Writes out/bench/anonymizer.json (`targets_at_default`: each target's value and whether it is met),
-anonymizer-grid.png (test originals, ours at three intensities at 64 px, the previous generator at the default),
-anonymizer.png (adversary and re-identification against utility, all four methods) and the released test faces
+anonymizer-grid.png (test originals, our autoencoder alone, ours at three intensities at 64 px, the previous
+generator at the default), anonymizer.png (adversary and re-identification against utility, all four methods and
+the autoencoder alone) and the released test faces
 at the default intensity, as PNGs named by their original file names, in out/bench/anonymizer-released/
 (replaced whole). `--quick` trains our generator for fewer epochs (40 public: fewer left the autoencoder drawing
 near-average faces; 10 DP, cheap: the frozen public encoder encodes each face once) and the previous one for one
@@ -245,7 +249,7 @@ def main() -> int:
         reid = Reidentification(pool, stack(originals, reid_keys))
         reid.submit("mirrored", stack(originals, reid_keys).flip(-1))
         curves: dict[str, list[dict]] = {"curve": [], "previous_generator_curve": [], "blur_curve": [],
-                                         "pixelate_curve": []}
+                                         "pixelate_curve": [], "autoencoder_ceiling": []}
         pending: list[tuple[dict, Callable[[], dict]]] = []
         grid_rows: dict[str, torch.Tensor] = {}
         everyone = sorted(set(train_keys) | set(test_keys) | set(reid_keys))
@@ -257,6 +261,9 @@ def main() -> int:
             print(f"{curve}: {json.dumps(extra)} released, measuring", flush=True)
 
         t0 = time.perf_counter()
+        released = reconstruct(net, originals, everyone)
+        grid_rows["our autoencoder alone (no noise)"] = stack(released, test_keys[:8])
+        measure("autoencoder_ceiling", released, train_keys, {"noise": 0})
         for intensity in plan["curve"]:
             released = served if intensity == DEFAULT_INTENSITY else anonymize_keys(gen, net, intensity, everyone)
             if intensity in GRID_INTENSITIES:
@@ -662,6 +669,17 @@ def targets(default: dict) -> dict:
     return out
 
 
+@torch.inference_mode()
+def reconstruct(network: nn.Module, images: dict[str, torch.Tensor], keys: list[str]) -> dict[str, torch.Tensor]:
+    """The latent generator's autoencoder alone: each face encoded, projected to norm C and decoded."""
+    network.eval()
+    out = {}
+    for start in range(0, len(keys), 256):
+        batch = keys[start:start + 256]
+        out |= dict(zip(batch, network.decode(network.encode(stack(images, batch))), strict=True))
+    return out
+
+
 def transform(images: dict[str, torch.Tensor], keys: list[str], fn) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.asarray(fn(Image.fromarray(images[k].permute(1, 2, 0).numpy()))).transpose(
         2, 0, 1).copy()) for k in keys}
@@ -760,14 +778,15 @@ def plot(result: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     methods = (("curve", "latent DP generator (ours)", "o-", "intensity"),
                ("previous_generator_curve", "previous generator (pixel)", "D-", "intensity"),
-               ("blur_curve", "Gaussian blur", "s--", "sigma"), ("pixelate_curve", "pixelation", "^--", "side"))
+               ("blur_curve", "Gaussian blur", "s--", "sigma"), ("pixelate_curve", "pixelation", "^--", "side"),
+               ("autoencoder_ceiling", "our autoencoder alone (no noise: a ceiling, not a release)", "x", None))
     for ax, figure, label, bound in ((axes[0], "adversary_protected_bacc", "adversary's gender balanced accuracy "
                                       "(retrained)", 0.60),
                                      (axes[1], "reid_rank1", "re-identification rank-1 (dlib, held-out faces)", 0.05)):
         for name, legend, style, key in methods:
             points = sorted(result[name], key=lambda p: p["kept_utility_ratio"])
             ax.plot([p["kept_utility_ratio"] for p in points], [p[figure] for p in points], style, label=legend)
-            for p in points:
+            for p in (points if key else []):
                 ax.annotate(f"{p[key]:g}", (p["kept_utility_ratio"], p[figure]), fontsize=6,
                             textcoords="offset points", xytext=(4, 4))
         ax.axhline(bound, color="grey", lw=0.8, ls=":")
