@@ -151,6 +151,9 @@ TARGETS = {  # name: (figure at the default intensity, "at_most" or "at_least", 
 }
 TARGET_DELTA = 1e-6  # epsilon_total's target holds at δ ≤ this
 NEIGHBOURS, COPY_RATIO = 50, 1 / 3  # memorisation: Carlini et al. 2023's relative distance and its threshold
+# The public autoencoder learns from optimizer steps, not from large batches: on 484 public faces over 40 epochs,
+# batches of 8 (lr 1e-3) reconstructed unseen faces at MSE 0.031, batches of 64 (lr 2e-3) at 0.043, in the same time.
+PUBLIC_BATCH = 8
 WORKERS = 2  # processes for the classifiers and dlib (single-threaded): one per core
 
 
@@ -380,8 +383,8 @@ def train_generators(stub, operations, plan: dict, public_attributes: list[str],
     requests = {
         "public": an.TrainGeneratorRequest(
             dataset=dataset("public"), condition_attributes=public_attributes, model="models/public-gen",
-            design="latent", image_size=SIZE, epochs=plan["public_epochs"], batch_size=64, learning_rate=2e-3,
-            seed=seed),
+            design="latent", image_size=SIZE, epochs=plan["public_epochs"], batch_size=PUBLIC_BATCH,
+            learning_rate=1e-3, seed=seed),
         "ours": an.TrainGeneratorRequest(
             dataset=dataset("faces"), condition_attributes=["gender", kept], model="models/faces-gen",
             design="latent", image_size=SIZE, epochs=plan["dp_epochs"], batch_size=plan["batch"],
@@ -730,7 +733,7 @@ def frechet(a: np.ndarray, b: np.ndarray) -> float:
 
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    root = linalg.sqrtm(cov_a @ cov_b)
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * np.real(root)))
 
 

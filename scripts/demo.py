@@ -77,7 +77,8 @@ RGW = ROOT / "deploy" / "s3" / "rgw.sh"
 INFERENCE_PORT = 8001  # Triton's usual gRPC port (--inference-port)
 PUBLIC_FACES = 1500  # public synthetic faces for pretraining
 DEMO_EPOCHS = 8
-GENERATOR_PRETRAIN_EPOCHS = 10  # the latent generator's public pretraining (no DP) on the same public faces, 64 px
+GENERATOR_PRETRAIN_EPOCHS = 10  # the latent generator's public pretraining (no DP) on the same public faces, 64 px,
+# in batches of 8: without DP, an autoencoder learns from its steps (docs/benchmarks.md, anonymizer)
 GENERATOR_DP_EPOCHS = 30  # DP-SGD of its denoiser on the tenant's faces (the public autoencoder is kept)
 # The demo tenant's privacy budget (set at CreateTenant), also given as the budget of each anonymizer request.
 # Large, because a preview at a low intensity releases a barely noised image: its image ε is in the thousands
@@ -309,7 +310,7 @@ def anonymize_faces(home: Path, tenant: str, dataset_version: str) -> dict:
 
     public = train(an.TrainGeneratorRequest(
         dataset=refs_pb2.DatasetRef(dataset="datasets/public-faces", version=1), condition_attributes=["gender"],
-        model="models/public-generator", epochs=GENERATOR_PRETRAIN_EPOCHS, batch_size=64, seed=0))
+        model="models/public-generator", epochs=GENERATOR_PRETRAIN_EPOCHS, batch_size=8, seed=0))
     generator = train(an.TrainGeneratorRequest(
         dataset=refs_pb2.DatasetRef(dataset=source.dataset, version=source.version, split="train"),
         condition_attributes=["gender", "skin_tone"], model="models/generator", epochs=GENERATOR_DP_EPOCHS,
