@@ -140,7 +140,8 @@ def anonymize(net: nn.Module, request: Request, images: torch.Tensor, labels: li
     config = net.config
     released = [{a.name: privatize.release(a, labels[i][a.name], request.plan.attribute_epsilon, rngs[i])
                  for a in request.protected} for i in range(len(labels))]
-    conditional = torch.tensor([[a.null for a in config.attributes] for _ in labels])
+    bare = torch.tensor([[a.null for a in config.attributes]] * len(labels))  # every attribute null
+    conditional = bare.clone()
     for row, (truth, out) in enumerate(zip(labels, released, strict=True)):
         for column, attribute in enumerate(config.attributes):
             if attribute in request.protected:
@@ -151,7 +152,7 @@ def anonymize(net: nn.Module, request: Request, images: torch.Tensor, labels: li
     for column, attribute in enumerate(config.attributes):
         if attribute in request.protected:
             unconditional[:, column] = attribute.null
-    bare = torch.tensor([[a.null for a in config.attributes]] * len(labels)) if request.kept else None
     out = regenerate(net, request.schedule, images, conditional, unconditional, guidance=request.plan.guidance,
-                     generator=generator, bare=bare, kept_guidance=request.plan.kept_guidance)
+                     generator=generator, bare=bare if request.kept else None,
+                     kept_guidance=request.plan.kept_guidance)
     return out, released

@@ -12,7 +12,7 @@ attributes only as far as the noise left them; guidance is post-processing, so n
     plan = schedule_for(config, timestep=600, steps=10)          # plan.start: the t the image is noised to
     out = regenerate(net, plan, images, conditional, unconditional, guidance=3.0, generator=g)
     out = regenerate(net, plan, images, conditional, unconditional, guidance=3.0, generator=g,
-                     bare=all_null, kept_guidance=3.0)
+                     bare=all_null, kept_guidance=1.0)
 """
 
 from __future__ import annotations
