@@ -159,7 +159,8 @@ WORKERS = 2  # processes for the classifiers and dlib (single-threaded): one per
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="short training, fewer points (about 10 minutes)")
+    parser.add_argument("--quick", action="store_true",
+                        help="short training, fewer points (17 min on 2 cores; the full run 2 h)")
     parser.add_argument("--data", type=Path, help="a folder with images/ and labels.csv (default: the face sample)")
     parser.add_argument("--public", type=Path, help="a folder of public faces, same layout (default: the last "
                                                     f"{PUBLIC_FACES} faces of --data, kept out of the tenant's)")
