@@ -36,3 +36,13 @@ def s3_server() -> Iterator:
 
     with running_s3_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator:
+    """A real PostgreSQL server once per session (postgres_server.running_postgres, deploy/postgres/pg.sh); each
+    test takes its own database with postgres_server.database(name). Started only by a test that asks for it."""
+    from postgres_server import running_postgres
+
+    with running_postgres() as server:
+        yield server

@@ -9,3 +9,38 @@ app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
 app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .name }}
 {{- end -}}
+
+{{- /* Whether the workers keep their operation records on a PersistentVolumeClaim (workers.operationsVolume). */ -}}
+{{- define "umbra.operationsOnClaim" -}}
+{{- $ops := .Values.workers.operationsVolume -}}
+{{- if or $ops.claimTemplate $ops.existingClaim }}true{{ end -}}
+{{- end -}}
+
+{{- /* Refuses values the services cannot run with; included once, by services.yaml. */ -}}
+{{- define "umbra.validate" -}}
+{{- $db := .Values.database -}}
+{{- $coordinator := .Values.services.coordinator -}}
+{{- if $db.enabled -}}
+{{- if not $db.urlSecretKey -}}
+{{- fail "database.enabled is true but database.urlSecretKey is empty: name the key of the Secret `secretName` that holds the coordinator's database URL (e.g. database-url)" -}}
+{{- end -}}
+{{- else -}}
+{{- if or (gt (int $coordinator.replicas) 1) $coordinator.autoscaling.enabled -}}
+{{- fail (printf "services.coordinator.replicas is %v and services.coordinator.autoscaling.enabled is %v, but database.enabled is false: the embedded SQLite database allows ONE coordinator replica. Either set database.enabled=true (with the PostgreSQL URL under database.urlSecretKey in the Secret named by secretName), or set services.coordinator.replicas=1 and services.coordinator.autoscaling.enabled=false" $coordinator.replicas (default false $coordinator.autoscaling.enabled)) -}}
+{{- end -}}
+{{- if not (or $db.embedded.claimTemplate $db.embedded.existingClaim) -}}
+{{- fail "database.enabled is false, so the coordinator keeps its state in SQLite under /state: set database.embedded.claimTemplate (a PersistentVolumeClaim spec) or database.embedded.existingClaim, or set database.enabled=true" -}}
+{{- end -}}
+{{- end -}}
+{{- $ops := .Values.workers.operationsVolume -}}
+{{- if and $ops.claimTemplate $ops.existingClaim -}}
+{{- fail "set workers.operationsVolume.claimTemplate or workers.operationsVolume.existingClaim, not both" -}}
+{{- end -}}
+{{- if or $ops.claimTemplate $ops.existingClaim -}}
+{{- range $name, $svc := .Values.services -}}
+{{- if and (ne $name "coordinator") (or (gt (int $svc.replicas) 1) $svc.autoscaling.enabled) -}}
+{{- fail (printf "workers.operationsVolume is set, so each worker's operation records are one SQLite file on one claim, which one pod may own: set services.%s.replicas=1 and services.%s.autoscaling.enabled=false (or leave workers.operationsVolume empty)" $name $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}

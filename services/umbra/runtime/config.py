@@ -86,6 +86,9 @@ class ServiceConfig:
     presign_seconds: int = 3600
     # Uploads not committed within this time are deleted (objects and record).
     upload_ttl_seconds: float = 24 * 3600.0
+    # The coordinator's database (a SQLAlchemy URL): "" for the SQLite file in data_dir, which one coordinator
+    # process may use; postgresql+psycopg://… for any number of replicas (docs/deployment.md).
+    database_url: str = field(default="", repr=False)
     # The inference server (Triton, gRPC host:port) that published models are served from; "" when none.
     inference_url: str = ""
     # The training service (gRPC host:port), which the unlearning service asks to retrain when verifying.
@@ -159,6 +162,7 @@ class ServiceConfig:
             store=store,
             presign_seconds=int(_number(env, "UMBRA_PRESIGN_SECONDS", 3600, minimum=60, integer=True)),
             upload_ttl_seconds=_number(env, "UMBRA_UPLOAD_TTL_SECONDS", 24 * 3600.0, minimum=0, integer=False),
+            database_url=env.get("UMBRA_DATABASE_URL", "").strip(),
             inference_url=env.get("UMBRA_INFERENCE_URL", ""),
             training_url=env.get("UMBRA_TRAINING_URL") or layout.endpoint("training", env).target,
             coordinator_url=env.get("UMBRA_COORDINATOR_URL") or layout.endpoint("coordinator", env).target,

@@ -6,6 +6,7 @@ import sys
 
 from umbra.runtime.config import ConfigError, ServiceConfig
 from umbra.runtime.server import serve
+from umbra.runtime.sql import StartupError
 from umbra.services.registry import spec
 
 
@@ -16,4 +17,8 @@ def serve_service(service: str) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"umbra serve {service}: {exc}", file=sys.stderr)
         return 2
-    return serve(config, service_spec)
+    try:
+        return serve(config, service_spec)
+    except StartupError as exc:  # the database cannot be used: one line that says why, no traceback
+        print(f"umbra serve {service}: {exc}", file=sys.stderr)
+        return 2

@@ -7,6 +7,7 @@ with the service credential) and the publication of models to the inference serv
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from umbra.coordinator.v1 import (
@@ -23,6 +24,7 @@ from umbra.coordinator.v1 import (
 )
 from umbra.runtime.auth import TenantAuthenticator
 from umbra.runtime.server import Built, Runtime, ServiceSpec, registration
+from umbra.runtime.sql import describe
 from umbra.services.coordinator import versions
 from umbra.services.coordinator.api_keys import ApiKeyStore
 from umbra.services.coordinator.datasets import DatasetServicer
@@ -38,6 +40,7 @@ from umbra.services.coordinator.protection import ProtectionJobs
 from umbra.services.coordinator.tenants import TenantServicer
 from umbra.storage import open_store
 
+log = logging.getLogger(__name__)
 
 # The only coordinator RPCs a worker calls (with the service credential): charging the privacy ledger.
 INTERNAL_METHODS = frozenset(f"/umbra.coordinator.v1.LedgerService/{rpc}" for rpc in (
@@ -46,16 +49,20 @@ INTERNAL_METHODS = frozenset(f"/umbra.coordinator.v1.LedgerService/{rpc}" for rp
 
 def build(runtime: Runtime) -> Built:
     config = runtime.config
-    db = CoordinatorDB(config.data_dir / "coordinator.sqlite3")
+    # One database for every replica (PostgreSQL), or the SQLite file of the one coordinator process.
+    db = CoordinatorDB(config.database_url or config.data_dir / "coordinator.sqlite3", single_process=True)
+    runtime.closers.append(db.close)
+    log.info("coordinator database: %s, schema revision %s", describe(str(db.sql.engine.url.render_as_string(
+        hide_password=False))), db.revision)
     api_keys = ApiKeyStore(db)
     api_keys.import_legacy(config.data_dir / "api_keys.sqlite3")  # a data folder from before keys lived in db
     store = open_store(config.store)
-    locks = DatasetLocks()
+    locks = DatasetLocks(db.sql)
     datasets = DatasetServicer(db, store, runtime.operations, locks, presign_seconds=config.presign_seconds)
     versions.recover(db, store, locks, config.upload_ttl_seconds)  # interrupted commits, abandoned uploads
     stop_sweeper = threading.Event()
     versions.start_sweeper(db, store, locks, config.upload_ttl_seconds, stop_sweeper)
-    runtime.closers += [db.close, stop_sweeper.set]
+    runtime.closers.append(stop_sweeper.set)
     ledger = PrivacyLedger(db.transaction)
     records = JobRecords(db)
     workers = JobWorkers(list(config.anonymizer_urls), config.unlearning_url, config.distortion_url,

@@ -42,7 +42,7 @@ class ApiKeyStore:
         finally:
             legacy.close()
         with self._db.transaction() as sql:
-            sql.executemany("INSERT OR IGNORE INTO api_keys VALUES (?, ?, ?, ?, ?, ?)", rows)
+            sql.executemany("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", rows)
         path.rename(path.with_name(path.name + ".imported"))
         return len(rows)
 

@@ -1,5 +1,9 @@
-"""The coordinator's metadata in SQL (SQLite by default): tenants and their API keys (api_keys.py), datasets and
-dataset versions, and the privacy ledger's entries (umbra.privacy.ledger).
+"""The coordinator's metadata in SQL: tenants and their API keys (api_keys.py), datasets and dataset versions, the
+privacy ledger's entries (umbra.privacy.ledger) and the protection jobs (job_records.py).
+
+One database for every replica: a SQLite file by default (one coordinator process), PostgreSQL when replicated
+(`UMBRA_DATABASE_URL`), both through umbra.runtime.sql. The schema is versioned (Alembic, migrations/versions/):
+opening the database brings it to the newest revision this code knows, and refuses a newer one.
 
 Metadata is written before any side effect in storage, and a version's state says how far it got, so a
 restart can finish or clean up what a crash interrupted (see versions.recover).
@@ -8,34 +12,15 @@ restart can finish or clean up what a crash interrupted (see versions.recover).
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from umbra.privacy import ledger
+from umbra.runtime.sql import Database, IntegrityError, Session
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS tenants (
-    id TEXT PRIMARY KEY, display_name TEXT NOT NULL, state TEXT NOT NULL,
-    budget_epsilon REAL NOT NULL, budget_delta REAL NOT NULL, create_time REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS datasets (
-    tenant TEXT NOT NULL, id TEXT NOT NULL, display_name TEXT NOT NULL, description TEXT NOT NULL,
-    create_time REAL NOT NULL, request_id TEXT, PRIMARY KEY (tenant, id));
-CREATE TABLE IF NOT EXISTS dataset_versions (
-    tenant TEXT NOT NULL, dataset TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL,
-    origin TEXT NOT NULL, shard_count INTEGER NOT NULL, request_id TEXT, stats TEXT NOT NULL DEFAULT '{}',
-    error TEXT NOT NULL DEFAULT '', create_time REAL NOT NULL, commit_time REAL,
-    PRIMARY KEY (tenant, dataset, version));
-CREATE UNIQUE INDEX IF NOT EXISTS dataset_versions_request
-    ON dataset_versions (tenant, dataset, request_id) WHERE request_id IS NOT NULL;
-CREATE TABLE IF NOT EXISTS api_keys (
-    key_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, secret_sha256 TEXT NOT NULL, display_name TEXT NOT NULL,
-    create_time REAL NOT NULL, revoke_time REAL);
-"""
+MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 @dataclass(frozen=True)
@@ -73,34 +58,29 @@ class VersionRow:
 
 
 class CoordinatorDB:
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.RLock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(SCHEMA + ledger.SCHEMA)
+    def __init__(self, target: Path | str, *, single_process: bool = False):
+        """`target`: a SQLAlchemy URL (`sqlite:///…`, `postgresql+psycopg://…`) or the path of a SQLite file.
+        Migrates the schema; StartupError (umbra.runtime.sql) when the database cannot be used. `single_process`:
+        the coordinator's own: a second process on the same SQLite file is refused."""
+        url = target if isinstance(target, str) else f"sqlite:///{target}"
+        self.sql = Database.open(url, single_process=single_process)
+        try:
+            self.revision = self.sql.migrate(MIGRATIONS)
+        except BaseException:
+            self.sql.close()
+            raise
+        self.postgres = self.sql.postgres
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+    def transaction(self) -> Iterator[Session]:
+        with self.sql.transaction() as session:
+            yield session
 
     def fetch_one(self, query: str, args: tuple):
-        with self._lock:
-            return self._db.execute(query, args).fetchone()
+        return self.sql.fetch_one(query, args)
 
     def fetch_all(self, query: str, args: tuple):
-        with self._lock:
-            return self._db.execute(query, args).fetchall()
+        return self.sql.fetch_all(query, args)
 
     # -- tenants ----------------------------------------------------------------------------------------------
 
@@ -112,7 +92,7 @@ class CoordinatorDB:
                            (row.id, row.display_name, row.state, row.budget_epsilon, row.budget_delta,
                             row.create_time))
             return True
-        except sqlite3.IntegrityError:
+        except IntegrityError:
             return False
 
     def tenant(self, tenant: str) -> TenantRow | None:
@@ -222,5 +202,4 @@ class CoordinatorDB:
                        (tenant, dataset, version))
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.sql.close()

@@ -20,19 +20,6 @@ from dataclasses import dataclass, field
 from umbra.runtime.errors import FailedPrecondition, NotFound
 from umbra.services.coordinator.db import CoordinatorDB
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    tenant TEXT NOT NULL, id TEXT NOT NULL, state TEXT NOT NULL, stage TEXT NOT NULL, spec BLOB NOT NULL,
-    operation TEXT NOT NULL DEFAULT '', request_id TEXT, outputs TEXT NOT NULL DEFAULT '{}',
-    error TEXT NOT NULL DEFAULT '', create_time REAL NOT NULL, update_time REAL NOT NULL,
-    PRIMARY KEY (tenant, id));
-CREATE TABLE IF NOT EXISTS job_rounds (
-    tenant TEXT NOT NULL, job TEXT NOT NULL, round INTEGER NOT NULL, intensity DOUBLE PRECISION NOT NULL,
-    state TEXT NOT NULL, feedback TEXT NOT NULL DEFAULT '', flagged TEXT NOT NULL DEFAULT '[]',
-    preview TEXT NOT NULL DEFAULT '{}', request_id TEXT, create_time REAL NOT NULL, answer_time REAL,
-    PRIMARY KEY (tenant, job, round));
-"""
-
 # Job states (ProtectionJob.State) and round states.
 PENDING, PREPARING, AWAITING_FEEDBACK, RUNNING = "PENDING", "PREPARING", "AWAITING_FEEDBACK", "RUNNING"
 SUCCEEDED, FAILED, CANCELLED = "SUCCEEDED", "FAILED", "CANCELLED"
@@ -71,11 +58,7 @@ class RoundRow:
 
 class JobRecords:
     def __init__(self, db: CoordinatorDB):
-        self.db = db
-        with db.transaction() as sql:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    sql.execute(statement)
+        self.db = db  # its schema (migrations/) holds the jobs and job_rounds tables
 
     # -- jobs -------------------------------------------------------------------------------------------------
 
@@ -150,8 +133,9 @@ class JobRecords:
     def open_round(self, tenant: str, job: str, number: int, intensity: float) -> RoundRow:
         """Round `number` at `intensity`, PREVIEWING; the existing one when it was opened before (a restart)."""
         with self.db.transaction() as sql:
-            sql.execute("INSERT OR IGNORE INTO job_rounds (tenant, job, round, intensity, state, create_time) "
-                        "VALUES (?, ?, ?, ?, ?, ?)", (tenant, job, number, intensity, PREVIEWING, time.time()))
+            sql.execute("INSERT INTO job_rounds (tenant, job, round, intensity, state, create_time) "
+                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        (tenant, job, number, intensity, PREVIEWING, time.time()))
         return self.round(tenant, job, number)
 
     def show(self, tenant: str, job: str, number: int, preview: dict) -> RoundRow:

@@ -10,15 +10,20 @@ refused. Writers wait behind a waiting exclusive holder, so a stream of uploads 
         if db.version(...).state == "UPLOADING":
             store.put(...)
 
-The locks are in-process: one coordinator replica serves a tenant's dataset writes (the database, SQLite by
-default, is single-writer too).
+On SQLite (one coordinator process) the locks are in-process. On PostgreSQL (any number of replicas) they are the
+database's advisory locks, shared and exclusive, held by a pooled connection for as long as the block runs: every
+replica sees them, a waiting exclusive request queues new shared ones behind it there too, and a replica that dies
+holds nothing (the server drops a dead session's locks).
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from umbra.runtime.sql import Database
 
 
 class _ReadersWriter:
@@ -30,10 +35,28 @@ class _ReadersWriter:
         self.users = 0  # holders and waiters: the entry is dropped when none is left
 
 
+def advisory_key(tenant: str, dataset: str) -> int:
+    """A stable signed 64-bit key for (tenant, dataset): PostgreSQL's advisory lock space."""
+    digest = hashlib.blake2b(f"dataset\0{tenant}\0{dataset}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 class DatasetLocks:
-    def __init__(self):
+    def __init__(self, database: Database | None = None):
+        """`database`: a PostgreSQL database makes the locks its advisory locks; otherwise they are in-process."""
         self._guard = threading.Lock()
         self._locks: dict[tuple[str, str], _ReadersWriter] = {}
+        self._database = database if database is not None and database.postgres else None
+
+    @contextmanager
+    def _advisory(self, tenant: str, dataset: str, mode: str) -> Iterator[None]:
+        key = advisory_key(tenant, dataset)
+        with self._database.session_connection() as connection:
+            connection.execute(f"SELECT pg_advisory_lock{mode}(?)", (key,))
+            try:
+                yield
+            finally:
+                connection.execute(f"SELECT pg_advisory_unlock{mode}(?)", (key,))
 
     @contextmanager
     def _entry(self, tenant: str, dataset: str) -> Iterator[_ReadersWriter]:
@@ -51,6 +74,10 @@ class DatasetLocks:
     @contextmanager
     def shared(self, tenant: str, dataset: str) -> Iterator[None]:
         """Held while a write lands in the dataset's objects."""
+        if self._database is not None:
+            with self._advisory(tenant, dataset, "_shared"):
+                yield
+            return
         with self._entry(tenant, dataset) as lock:
             with lock.changed:
                 lock.changed.wait_for(lambda: not lock.writer and not lock.writers_waiting)
@@ -65,6 +92,10 @@ class DatasetLocks:
     @contextmanager
     def exclusive(self, tenant: str, dataset: str) -> Iterator[None]:
         """Held while the state of the dataset or one of its versions changes."""
+        if self._database is not None:
+            with self._advisory(tenant, dataset, ""):
+                yield
+            return
         with self._entry(tenant, dataset) as lock:
             with lock.changed:
                 lock.writers_waiting += 1
