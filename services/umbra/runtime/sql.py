@@ -183,6 +183,9 @@ class Database:
         else:
             raise StartupError(f"UMBRA_DATABASE_URL: {backend!r} is not supported (sqlite or postgresql)")
         try:
+            if backend == "postgresql":
+                with engine.connect():  # reachable, and the credentials work: said now, not at the first call
+                    pass
             database = cls(engine)
             database._alone = alone
             return database
@@ -311,7 +314,7 @@ class Database:
             raise
         except sqlalchemy.exc.SQLAlchemyError as exc:
             reason = str(getattr(exc, "orig", exc)).strip().splitlines()
-            raise StartupError(f"the database {describe(self.engine.url.render_as_string(hide_password=False))} "
+            raise StartupError(f"the database {self.engine.url.render_as_string(hide_password=True)} "
                                f"cannot be migrated: {reason[0] if reason else type(exc).__name__}") from None
         return head
 
