@@ -5,7 +5,8 @@
     umbra jobs preview JOB --out round.png     # originals (top) over released images (bottom), risk, ε
     umbra jobs feedback JOB --more             # or --less, --accept, --flag KEY [KEY ...]
     umbra jobs report JOB --out DIR            # report.json and report.html
-    umbra jobs cancel JOB                      # in any stage; what the job reserved and did not spend is released
+    umbra jobs cancel JOB                      # in any stage, queued too; what it reserved and did not spend is
+                                               # released (a finished job: FAILED_PRECONDITION)
     umbra jobs list | show JOB | rounds JOB
 """
 
@@ -22,7 +23,7 @@ from google.protobuf import json_format
 
 from umbra.client.channel import open_channel
 from umbra.client.errors import OperationFailed, UmbraRpcError
-from umbra.client.operations import OperationsClient, call
+from umbra.client.operations import call
 from umbra.client.progress import Progress
 from umbra.client.settings import ClientSettings
 from umbra.common.v1 import privacy_pb2, refs_pb2
@@ -128,9 +129,14 @@ def jobs(args) -> int:
             for job in call(stub.ListProtectionJobs, js.ListProtectionJobsRequest(page_size=1000), timeout=30).jobs:
                 print(f"{job.name:32} {STATES[job.state]:18} accepted intensity {job.accepted_intensity:.4f}")
         elif args.action == "cancel":
-            job = call(stub.GetProtectionJob, js.GetProtectionJobRequest(name=name), timeout=30).job
-            OperationsClient(_channel()).cancel(job.operation)
-            print(f"{name}: cancel requested ({job.operation}); `umbra jobs show {args.job}` says when it ended")
+            job = call(stub.CancelProtectionJob, js.CancelProtectionJobRequest(name=name), timeout=30).job
+            if job.state == js.ProtectionJob.STATE_CANCELLED:
+                print(f"{name}: cancelled before it started (it was queued); it reserved nothing, so nothing "
+                      "was released")
+            else:
+                print(f"{name}: cancel requested while {STATES[job.state]} ({job.operation}); it stops at its next "
+                      f"check and releases what it reserved and did not spend; `umbra jobs show {args.job}` says "
+                      "when it has ended")
         elif args.action == "show":
             job = call(stub.GetProtectionJob, js.GetProtectionJobRequest(name=name), timeout=30).job
             print(json_format.MessageToJson(job, indent=2))
@@ -198,7 +204,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--watch", action="store_true", help="show the job's progress until it needs you")
     j_sub.add_parser("list", help="list jobs")
     for action, text in (("show", "show a job"), ("rounds", "list a job's feedback rounds"),
-                         ("cancel", "cancel a job in any stage (what it reserved and did not spend is released)"),
+                         ("cancel", "cancel a job that has not finished, queued or under way (what it reserved and did "
+                                    "not spend is released)"),
                          ("preview", "write the current round's images as a PNG grid and print its figures"),
                          ("report", "write the job's report (JSON and HTML)")):
         cmd = j_sub.add_parser(action, help=text)

@@ -187,6 +187,18 @@ class ListProtectionJobsResponse(_message.Message):
     next_page_token: str
     def __init__(self, jobs: _Optional[_Iterable[_Union[ProtectionJob, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class CancelProtectionJobRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class CancelProtectionJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: ProtectionJob
+    def __init__(self, job: _Optional[_Union[ProtectionJob, _Mapping]] = ...) -> None: ...
+
 class GetPreviewRequest(_message.Message):
     __slots__ = ("job",)
     JOB_FIELD_NUMBER: _ClassVar[int]

@@ -53,6 +53,11 @@ class JobServiceStub:
                 request_serializer=umbra_dot_coordinator_dot_v1_dot_job__service__pb2.ListProtectionJobsRequest.SerializeToString,
                 response_deserializer=umbra_dot_coordinator_dot_v1_dot_job__service__pb2.ListProtectionJobsResponse.FromString,
                 _registered_method=True)
+        self.CancelProtectionJob = channel.unary_unary(
+                '/umbra.coordinator.v1.JobService/CancelProtectionJob',
+                request_serializer=umbra_dot_coordinator_dot_v1_dot_job__service__pb2.CancelProtectionJobRequest.SerializeToString,
+                response_deserializer=umbra_dot_coordinator_dot_v1_dot_job__service__pb2.CancelProtectionJobResponse.FromString,
+                _registered_method=True)
         self.GetPreview = channel.unary_unary(
                 '/umbra.coordinator.v1.JobService/GetPreview',
                 request_serializer=umbra_dot_coordinator_dot_v1_dot_job__service__pb2.GetPreviewRequest.SerializeToString,
@@ -103,6 +108,17 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelProtectionJob(self, request, context):
+        """Cancels a job that has not finished, in any state. A job still queued
+        (PENDING) is CANCELLED at once and never starts: it reserved nothing. A
+        job under way has its operation cancelled (as CancelOperation does): it
+        stops at its next check, releases what it reserved and did not spend, and
+        ends CANCELLED. A finished job is FAILED_PRECONDITION (reason JOB_FINISHED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetPreview(self, request, context):
         """Gets the preview of the job's current feedback round.
         """
@@ -148,6 +164,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ListProtectionJobs,
                     request_deserializer=umbra_dot_coordinator_dot_v1_dot_job__service__pb2.ListProtectionJobsRequest.FromString,
                     response_serializer=umbra_dot_coordinator_dot_v1_dot_job__service__pb2.ListProtectionJobsResponse.SerializeToString,
+            ),
+            'CancelProtectionJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelProtectionJob,
+                    request_deserializer=umbra_dot_coordinator_dot_v1_dot_job__service__pb2.CancelProtectionJobRequest.FromString,
+                    response_serializer=umbra_dot_coordinator_dot_v1_dot_job__service__pb2.CancelProtectionJobResponse.SerializeToString,
             ),
             'GetPreview': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPreview,
@@ -255,6 +276,33 @@ class JobService:
             '/umbra.coordinator.v1.JobService/ListProtectionJobs',
             umbra_dot_coordinator_dot_v1_dot_job__service__pb2.ListProtectionJobsRequest.SerializeToString,
             umbra_dot_coordinator_dot_v1_dot_job__service__pb2.ListProtectionJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelProtectionJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/umbra.coordinator.v1.JobService/CancelProtectionJob',
+            umbra_dot_coordinator_dot_v1_dot_job__service__pb2.CancelProtectionJobRequest.SerializeToString,
+            umbra_dot_coordinator_dot_v1_dot_job__service__pb2.CancelProtectionJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -110,6 +110,15 @@ class JobRecords:
                         (json.dumps(merged), time.time(), *fields.values(), tenant, job))
         return self.job(tenant, job)
 
+    def transition(self, tenant: str, job: str, expect: str, **fields) -> bool:
+        """Sets fields of the job (state, stage, error) only while it is in state `expect`, in one statement: of a
+        cancel and the job's start, exactly one wins. False when the job was not in `expect`."""
+        assignments = "".join(f", {name} = ?" for name in fields)
+        with self.db.transaction() as sql:
+            cursor = sql.execute(f"UPDATE jobs SET update_time = ?{assignments} WHERE tenant = ? AND id = ? "
+                                 "AND state = ?", (time.time(), *fields.values(), tenant, job, expect))
+            return cursor.rowcount == 1
+
     # -- rounds -----------------------------------------------------------------------------------------------
 
     _ROUND = ("SELECT tenant, job, round, intensity, state, feedback, flagged, preview, create_time, answer_time "

@@ -1,5 +1,9 @@
 """JobService: the tenant's protection jobs, their feedback rounds and reports. The job itself runs in
-protection.py; this servicer validates, converts and answers."""
+protection.py; this servicer validates, converts and answers.
+
+A job is cancelled in any state that is not final: `CancelProtectionJob`, or CancelOperation on the job's
+operation (recorded on the job as soon as the operation exists, so a queued job has one too). A job still queued
+(PENDING) ends CANCELLED at once and never starts; a job under way stops at its operation's next check."""
 
 from __future__ import annotations
 
@@ -16,13 +20,14 @@ from umbra.runtime.errors import BudgetExhausted, FailedPrecondition, InvalidInp
 from umbra.runtime.operations import LongRunning, OperationRunner
 from umbra.runtime.operations.runner import interrupted
 from umbra.services import convert as shared_convert
-from umbra.services.coordinator.job_records import ANSWERED, AWAITING, FINISHED, JobRecords, RoundRow
-from umbra.services.coordinator.protection import ANSWERS, Plan, ProtectionJobs, plan
+from umbra.services.coordinator.job_records import ANSWERED, AWAITING, FINISHED, PENDING, JobRecords, JobRow, RoundRow
+from umbra.services.coordinator.protection import ANSWERS, Plan, ProtectionJobs, cancel_queued, plan
 from umbra.storage import keys
 from umbra.storage.base import ObjectStore
 from umbra.storage.datasets import DatasetReader
 
 log = logging.getLogger(__name__)
+_ENDED = {"SUCCEEDED": "succeeded", "FAILED": "failed", "CANCELLED": "was cancelled already"}
 _FEEDBACK = {"accept": js.FEEDBACK_ACCEPT, "more": js.FEEDBACK_MORE_PRIVACY, "less": js.FEEDBACK_LESS_PRIVACY}
 MAX_FLAGGED = 16
 
@@ -63,7 +68,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             if record is None or not interrupted(record.operation) or not request_id:
                 continue
             try:
-                self._create.start(row.tenant, js.CreateProtectionJobRequest(
+                self._start(row.tenant, js.CreateProtectionJobRequest(
                     job_id=row.id, spec=js.ProtectionJobSpec.FromString(row.spec), request_id=request_id))
                 resumed += 1
             except Exception:  # noqa: BLE001 - one job that cannot go on must not stop the coordinator
@@ -83,19 +88,41 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     def _run(self, ctx, planned: Plan) -> js.ProtectionJob:
         return self.jobs.run(ctx, planned)
 
+    def _start(self, tenant: str, request: js.CreateProtectionJobRequest):
+        """Starts (or finds) the job's operation and records it on the job at once: a job whose operation waits
+        in the queue for a thread can be cancelled by its name too."""
+        op = self._create.start(tenant, request)
+        if not op.done:
+            row = self.records.job(tenant, request.job_id)
+            if row is not None and row.operation != op.name:
+                self.records.update(tenant, request.job_id, operation=op.name)
+        return op
+
+    def _settled(self, row: JobRow) -> JobRow:
+        """A queued job whose operation was cancelled (CancelOperation, which the job does not see until its
+        operation gets a thread) is CANCELLED now; any other job as it is."""
+        if row.state != PENDING or not row.operation:
+            return row
+        record = self.operations.store.get(row.operation)
+        if record is None or not record.cancel_requested or not cancel_queued(self.records, row.tenant, row.id):
+            return row
+        log.info("job %s of tenant %s: cancelled while queued (its operation %s was cancelled)", row.id, row.tenant,
+                 row.operation)
+        return self.records.job(row.tenant, row.id)
+
     def _job(self, tenant: str, name: str, field: str):
         job = _job_name(name, field)
         row = self.records.job(tenant, job)
         if row is None:
             raise NotFound("job", name)
-        return row
+        return self._settled(row)
 
     def CreateProtectionJob(self, request, context):
         tenant = _tenant()
         if not request.request_id:  # stored with the operation, so that a resumed job recognises its own row
             request = js.CreateProtectionJobRequest(job_id=request.job_id, spec=request.spec,
                                                     request_id=str(uuid.uuid4()))
-        return js.CreateProtectionJobResponse(operation=self._create.start(tenant, request))
+        return js.CreateProtectionJobResponse(operation=self._start(tenant, request))
 
     def GetProtectionJob(self, request, context):
         return js.GetProtectionJobResponse(job=self.jobs.to_proto(self._job(_tenant(), request.name, "name")))
@@ -105,7 +132,24 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         rows, token = pagination.page(request, "jobs", lambda after, limit: self.records.jobs(tenant, after or "",
                                                                                              limit),
                                       lambda row: row.id)
-        return js.ListProtectionJobsResponse(jobs=[self.jobs.to_proto(r) for r in rows], next_page_token=token)
+        return js.ListProtectionJobsResponse(jobs=[self.jobs.to_proto(self._settled(r)) for r in rows],
+                                             next_page_token=token)
+
+    def CancelProtectionJob(self, request, context):
+        """Cancels a job that has not finished. A queued one is CANCELLED now and never starts (its operation,
+        when it gets a thread, ends CANCELLED without work); one under way has its operation cancelled and stops
+        at its next check, releasing what it reserved and did not spend. A finished one is refused."""
+        tenant = _tenant()
+        row = self._job(tenant, request.name, "name")
+        if row.state in FINISHED:
+            raise FailedPrecondition(f"job {row.id} {_ENDED[row.state]}: only a job that has not finished can be "
+                                     "cancelled", reason="JOB_FINISHED", metadata={"job": row.id, "state": row.state})
+        if row.state == PENDING and cancel_queued(self.records, tenant, row.id):
+            log.info("job %s of tenant %s: cancelled while queued", row.id, tenant)
+        row = self.records.job(tenant, row.id)  # the operation is known now, unless its start is still under way
+        if row.operation:
+            self.operations.cancel(row.operation, tenant)
+        return js.CancelProtectionJobResponse(job=self.jobs.to_proto(row))
 
     # -- rounds -----------------------------------------------------------------------------------------------
 

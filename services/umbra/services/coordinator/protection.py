@@ -15,7 +15,10 @@ in the ledger by the anonymizer and measured for re-identification by a pretrain
 anonymizes the whole dataset at the accepted intensity across the anonymizer replicas, commits it as a new
 version, updates `spec.model` to it by feature unlearning (verified against retraining when asked), and writes
 the report. Cancelling (or a failure) releases what the job reserved and was not spent, and deletes its
-uncommitted version. MDP inside the job is refused by field until it is built.
+uncommitted version. A job cancelled while still queued (PENDING: its operation waits for a thread) is CANCELLED
+at once (`cancel_queued`) and never starts: its operation, when it runs, finds it cancelled and ends CANCELLED
+without doing anything, and nothing is released, for it reserved nothing. MDP inside the job is refused by field
+until it is built.
 """
 
 from __future__ import annotations
@@ -159,6 +162,13 @@ def _cancelled_by_tenant(ctx) -> bool:
     return ctx.metadata.progress.cancel_requested
 
 
+def cancel_queued(records: JobRecords, tenant: str, job: str) -> bool:
+    """Cancels the job if it has not started (PENDING): it ends CANCELLED now, and its operation, when it gets a
+    thread, finds it so and does nothing. It reserved nothing, so nothing is released. False when it had started
+    (or ended) already: then only its operation can stop it."""
+    return records.transition(tenant, job, PENDING, state=CANCELLED, stage="cancelled")
+
+
 def _probe(reader: DatasetReader, task: str, attributes: list[str]) -> str:
     """The attribute the verification's leakage probe predicts from each model's features: the first protected
     (else kept) attribute, other than the model's task, that the unlearning service can score on the test split."""
@@ -222,11 +232,15 @@ class ProtectionJobs:
     def run(self, ctx, plan: Plan) -> js.ProtectionJob:
         records, tenant, job = self.records, plan.tenant, plan.job
         ctx.metadata.job = f"jobs/{job}"
+        # Out of the queue: start, unless the job was cancelled while it waited (cancel_queued). Then it ends
+        # here, before any work, and has nothing to release.
+        if records.job(tenant, job).state == PENDING:
+            records.transition(tenant, job, PENDING, state=PREPARING, stage="preparing the generator")
+        if records.job(tenant, job).state == CANCELLED:
+            raise Cancelled(f"job {job} was cancelled")
         records.update(tenant, job, operation=ctx.name)
         try:
             row = records.job(tenant, job)
-            if row.state == PENDING:
-                row = records.update(tenant, job, state=PREPARING, stage="preparing the generator")
             if row.state == PREPARING:
                 generator = self._prepare_generator(ctx, plan)
                 row = records.update(tenant, job, state=AWAITING_FEEDBACK, stage="feedback",
