@@ -15,6 +15,20 @@ Spending is composed over all of a tenant's entries, whatever their dataset (the
 datasets, so nothing is assumed to be disjoint), with umbra.privacy.composition.tight, and refused when the
 result would pass the tenant's budget or the lower limit the request carries. The SQL is plain (one table, no
 engine-specific types) so it runs on SQLite and PostgreSQL alike.
+
+A commit may lower a charge, never raise it, and that is checked on what the ledger counts: the composition of the
+tenant's entries with the committed cost in place of the reserved one may not pass (in ε or in δ) the composition
+with the reserved cost, and the committed cost composed alone may not pass the tenant's budget. The declared
+(ε, δ) alone is not enough: a cost's parts and parameters (a Gaussian's μ, a DP-SGD run's steps) are what is
+composed, so a commit that declared the reserved ε but carried a part of ε 50 used to be counted at 50. Every part
+of a cost is checked as the cost itself is (finite ε ≥ 0, δ in [0, 1)).
+
+Composition can take seconds (a long DP-SGD history under the PRV accountant), and a write transaction holds the
+coordinator's one writer lock. So nothing is composed inside one unless it is cached already
+(umbra.privacy.composition keeps each accountant's answer): a transaction that finds a composition it needs
+uncached is rolled back, the composition is computed outside it, and the transaction runs again, checking
+everything afresh; only the last of _ATTEMPTS composes inside whatever it finds. One tenant's long history
+therefore costs other tenants nothing, and the same tenant's later charges find it cached.
 """
 
 from __future__ import annotations
@@ -26,6 +40,8 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 from umbra.privacy import composition
 from umbra.privacy.mechanisms import Cost
@@ -41,6 +57,8 @@ CREATE INDEX IF NOT EXISTS ledger_entries_tenant ON ledger_entries (tenant, stat
 """
 RESERVED, COMMITTED, RELEASED = "RESERVED", "COMMITTED", "RELEASED"
 _COLUMNS = "id, tenant, dataset, request_id, spent_by, state, cost, create_time, update_time"
+_ATTEMPTS = 3  # write transactions that leave to compose outside; the last one composes inside
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -81,11 +99,30 @@ def _entry(row) -> Entry:
     return Entry(id_, tenant, dataset, request_id, spent_by, state, Cost.from_dict(json.loads(cost)), created, updated)
 
 
-def _check_cost(cost: Cost) -> None:
+def _check_cost(cost: Cost, field: str = "cost") -> None:
+    """The cost and each of its parts (what composition counts): a finite ε of at least 0, δ in [0, 1)."""
     if not (math.isfinite(cost.epsilon) and cost.epsilon >= 0):
-        raise InvalidInput("cost.epsilon", "must be a finite number of at least 0 (an unbounded ε cannot be charged)")
+        raise InvalidInput(f"{field}.epsilon",
+                           "must be a finite number of at least 0 (an unbounded ε cannot be charged)")
     if not (math.isfinite(cost.delta) and 0 <= cost.delta < 1):
-        raise InvalidInput("cost.delta", "must be in [0, 1)")
+        raise InvalidInput(f"{field}.delta", "must be in [0, 1)")
+    for i, part in enumerate(cost.components):
+        _check_cost(part, f"{field}.components[{i}]")
+
+
+class _Cold(Exception):
+    """Leaves a write transaction (rolled back) because these compositions are not cached yet."""
+
+    def __init__(self, compositions: list[list[Cost]]):
+        super().__init__(f"{len(compositions)} compositions to compute outside the transaction")
+        self.compositions = compositions
+
+
+def _ready(*compositions: list[Cost], last: bool) -> None:
+    """Inside a write transaction, before composing: raises _Cold unless each composition is cached (or `last`)."""
+    cold = [costs for costs in compositions if not composition.cached(costs)]
+    if cold and not last:
+        raise _Cold(cold)
 
 
 class PrivacyLedger:
@@ -96,9 +133,9 @@ class PrivacyLedger:
     # -- reading ----------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _budget(db, tenant: str) -> Budget:
-        row = db.execute("SELECT budget_epsilon, budget_delta FROM tenants WHERE id = ? AND state = 'ACTIVE'",
-                         (tenant,)).fetchone()
+    def _budget(db, tenant: str, *, active: bool = True) -> Budget:
+        query = "SELECT budget_epsilon, budget_delta FROM tenants WHERE id = ?"
+        row = db.execute(query + " AND state = 'ACTIVE'" if active else query, (tenant,)).fetchone()
         if row is None:
             raise NotFound("tenant", f"tenants/{tenant}")
         return Budget(*row)
@@ -137,6 +174,25 @@ class PrivacyLedger:
 
     # -- charging ---------------------------------------------------------------------------------------------
 
+    def _writing(self, work: Callable[..., T]) -> T:
+        """`work(db, ready)` in a write transaction. `work` calls `ready(costs, …)` before composing: when one of
+        those compositions is not cached, the transaction is rolled back, they are composed here, outside it (other
+        callers go on meanwhile), and `work` runs again from the start; the last attempt composes inside."""
+        for attempt in range(_ATTEMPTS):
+            try:
+                with self._transaction() as db:
+                    return work(db, partial(_ready, last=attempt == _ATTEMPTS - 1))
+            except _Cold as cold:
+                for costs in cold.compositions:
+                    composition.tight(costs)
+        raise AssertionError("the last attempt composes inside the transaction")  # pragma: no cover
+
+    @staticmethod
+    def _lock_tenant(db, tenant: str) -> None:
+        # PostgreSQL takes a row lock; SQLite's BEGIN IMMEDIATE already holds the database. So one tenant's charges
+        # are checked one after another.
+        db.execute("UPDATE tenants SET budget_epsilon = budget_epsilon WHERE id = ?", (tenant,))
+
     def reserve(self, tenant: str, dataset: str, cost: Cost, *, request_id: str, spent_by: str,
                 limit: Budget | None = None) -> tuple[Entry, Budget]:
         """Reserves `cost` against the tenant's budget (and `limit`, when given) and returns the entry and what is
@@ -144,77 +200,102 @@ class PrivacyLedger:
         _check_cost(cost)
         if not request_id:
             raise InvalidInput("request_id", "is required: it names the charge, so a retry is not charged twice")
-        with self._transaction() as db:
-            # Lock the tenant's row first (PostgreSQL takes a row lock; SQLite's BEGIN IMMEDIATE already holds the
-            # database), so reservations for one tenant are checked one after another.
-            db.execute("UPDATE tenants SET budget_epsilon = budget_epsilon WHERE id = ?", (tenant,))
-            budget = self._budget(db, tenant)
-            found = db.execute(f"SELECT {_COLUMNS} FROM ledger_entries WHERE tenant = ? AND request_id = ?",
-                               (tenant, request_id)).fetchone()
-            existing = _entry(found) if found else None
-            active = self._active(db, tenant)
-            if existing is not None and existing.state != RELEASED:
-                if existing.dataset != dataset:
-                    raise Conflict(f"request_id {request_id!r} already names another charge "
-                                   f"(ε={existing.cost.epsilon:.6g} on datasets/{existing.dataset})",
-                                   metadata={"request_id": request_id})
-                return existing, budget.less(composition.tight([e.cost for e in active]))
-            before = composition.tight([e.cost for e in active])
-            after = composition.tight([e.cost for e in active] + [cost])
-            for name, allowed in (("tenant budget", budget), ("request budget", limit)):
-                if allowed is not None and (after.epsilon > allowed.epsilon or after.delta > allowed.delta):
-                    left = allowed.less(before)
-                    raise BudgetExhausted(
-                        f"the {name} (ε={allowed.epsilon:g}, δ={allowed.delta:g}) has ε={left.epsilon:.6g}, "
-                        f"δ={left.delta:.3g} left; this charge ({cost.description or cost.mechanism}) would bring "
-                        f"the composed spending to ε={after.epsilon:.6g}, δ={after.delta:.3g}",
-                        metadata={"dataset": dataset, "budget_epsilon": repr(allowed.epsilon),
-                                  "budget_delta": repr(allowed.delta), "spent_epsilon": repr(before.epsilon),
-                                  "spent_delta": repr(before.delta), "remaining_epsilon": repr(left.epsilon),
-                                  "remaining_delta": repr(left.delta), "requested_epsilon": repr(cost.epsilon),
-                                  "requested_delta": repr(cost.delta)})
-            now = time.time()
-            row = (f"{int(now * 1000):012x}{secrets.token_hex(10)}", tenant, dataset, request_id, spent_by, RESERVED,
-                   json.dumps(cost.to_dict()), now, now)
-            if existing is not None:  # released before (the work failed), now retried: reserved again
-                row = (existing.id, *row[1:7], existing.create_time, now)
-                db.execute("UPDATE ledger_entries SET spent_by = ?, state = ?, epsilon = ?, delta = ?, cost = ?, "
-                           "update_time = ? WHERE id = ?",
-                           (spent_by, RESERVED, cost.epsilon, cost.delta, row[6], now, existing.id))
-            else:
-                db.execute("INSERT INTO ledger_entries (id, tenant, dataset, request_id, spent_by, state, epsilon, "
-                           "delta, cost, create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           (*row[:6], cost.epsilon, cost.delta, *row[6:]))
+        return self._writing(partial(self._reserve, tenant=tenant, dataset=dataset, cost=cost, request_id=request_id,
+                                     spent_by=spent_by, limit=limit))
+
+    def _reserve(self, db, ready, *, tenant: str, dataset: str, cost: Cost, request_id: str, spent_by: str,
+                 limit: Budget | None) -> tuple[Entry, Budget]:
+        self._lock_tenant(db, tenant)
+        budget = self._budget(db, tenant)
+        found = db.execute(f"SELECT {_COLUMNS} FROM ledger_entries WHERE tenant = ? AND request_id = ?",
+                           (tenant, request_id)).fetchone()
+        existing = _entry(found) if found else None
+        active = [e.cost for e in self._active(db, tenant)]
+        if existing is not None and existing.state != RELEASED:
+            if existing.dataset != dataset:
+                raise Conflict(f"request_id {request_id!r} already names another charge "
+                               f"(ε={existing.cost.epsilon:.6g} on datasets/{existing.dataset})",
+                               metadata={"request_id": request_id})
+            ready(active)
+            return existing, budget.less(composition.tight(active))
+        ready(active, active + [cost])
+        before = composition.tight(active)
+        after = composition.tight(active + [cost])
+        for name, allowed in (("tenant budget", budget), ("request budget", limit)):
+            if allowed is not None and (after.epsilon > allowed.epsilon or after.delta > allowed.delta):
+                left = allowed.less(before)
+                raise BudgetExhausted(
+                    f"the {name} (ε={allowed.epsilon:g}, δ={allowed.delta:g}) has ε={left.epsilon:.6g}, "
+                    f"δ={left.delta:.3g} left; this charge ({cost.description or cost.mechanism}) would bring "
+                    f"the composed spending to ε={after.epsilon:.6g}, δ={after.delta:.3g}",
+                    metadata={"dataset": dataset, "budget_epsilon": repr(allowed.epsilon),
+                              "budget_delta": repr(allowed.delta), "spent_epsilon": repr(before.epsilon),
+                              "spent_delta": repr(before.delta), "remaining_epsilon": repr(left.epsilon),
+                              "remaining_delta": repr(left.delta), "requested_epsilon": repr(cost.epsilon),
+                              "requested_delta": repr(cost.delta)})
+        now = time.time()
+        row = (f"{int(now * 1000):012x}{secrets.token_hex(10)}", tenant, dataset, request_id, spent_by, RESERVED,
+               json.dumps(cost.to_dict()), now, now)
+        if existing is not None:  # released before (the work failed), now retried: reserved again
+            row = (existing.id, *row[1:7], existing.create_time, now)
+            db.execute("UPDATE ledger_entries SET spent_by = ?, state = ?, epsilon = ?, delta = ?, cost = ?, "
+                       "update_time = ? WHERE id = ?",
+                       (spent_by, RESERVED, cost.epsilon, cost.delta, row[6], now, existing.id))
+        else:
+            db.execute("INSERT INTO ledger_entries (id, tenant, dataset, request_id, spent_by, state, epsilon, "
+                       "delta, cost, create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (*row[:6], cost.epsilon, cost.delta, *row[6:]))
         return _entry(row), budget.less(after)
 
-    def _move(self, tenant: str, request_id: str, state: str, cost: Cost | None = None) -> Entry:
-        """Moves a reserved entry to `state` (with `cost`, never above the reserved one), in one transaction."""
-        with self._transaction() as db:
-            found = db.execute(f"SELECT {_COLUMNS} FROM ledger_entries WHERE tenant = ? AND request_id = ?",
-                               (tenant, request_id)).fetchone()
-            if found is None:
-                raise NotFound("ledger entry", f"request_id {request_id}")
-            entry = _entry(found)
-            if cost is not None and (cost.epsilon > entry.cost.epsilon or cost.delta > entry.cost.delta):
-                raise InvalidInput("cost", f"ε={cost.epsilon:.6g}, δ={cost.delta:.3g} exceeds the reserved "
-                                           f"ε={entry.cost.epsilon:.6g}, δ={entry.cost.delta:.3g}")
-            if entry.state == state:
-                return entry  # a retry
-            if entry.state != RESERVED:
-                raise FailedPrecondition(f"the charge {request_id!r} is {entry.state.lower()}; it cannot be "
-                                         f"{state.lower()}", reason="LEDGER_ENTRY_" + entry.state)
-            cost = cost or entry.cost
-            now = time.time()
-            db.execute("UPDATE ledger_entries SET state = ?, epsilon = ?, delta = ?, cost = ?, update_time = ? "
-                       "WHERE id = ?", (state, cost.epsilon, cost.delta, json.dumps(cost.to_dict()), now, entry.id))
+    def _check_final(self, db, ready, entry: Entry, cost: Cost) -> None:
+        """Refuses (InvalidInput, field `cost`) a final cost that would count for more than `entry`'s: declared, or
+        composed with the tenant's other entries (ε or δ), or composed alone past the tenant's budget."""
+        held = entry.cost
+        if cost.epsilon > held.epsilon or cost.delta > held.delta:
+            raise InvalidInput("cost", f"ε={cost.epsilon:.6g}, δ={cost.delta:.3g} exceeds the reserved "
+                                       f"ε={held.epsilon:.6g}, δ={held.delta:.3g}")
+        self._lock_tenant(db, entry.tenant)
+        budget = self._budget(db, entry.tenant, active=False)  # a deleted tenant's work still settles its charge
+        others = [e.cost for e in self._active(db, entry.tenant) if e.id != entry.id]
+        ready([cost], others + [held], others + [cost])
+        reserved, final = composition.tight(others + [held]), composition.tight(others + [cost])
+        if final.epsilon > reserved.epsilon or final.delta > reserved.delta:
+            raise InvalidInput("cost", f"its parts (mechanisms and parameters) count for more than the reserved "
+                                       f"charge's: the tenant's composed spending would be ε={final.epsilon!r}, "
+                                       f"δ={final.delta!r} with it, ε={reserved.epsilon!r}, δ={reserved.delta!r} "
+                                       f"with the reservation")
+        alone = composition.tight([cost])
+        if alone.epsilon > budget.epsilon or alone.delta > budget.delta:
+            raise InvalidInput("cost", f"its parts compose to ε={alone.epsilon!r}, δ={alone.delta!r}, more than "
+                                       f"the tenant budget (ε={budget.epsilon:g}, δ={budget.delta:g})")
+
+    def _move(self, db, ready, *, tenant: str, request_id: str, state: str, cost: Cost | None = None) -> Entry:
+        """Moves a reserved entry to `state` (with `cost`, never counting for more than the reserved one)."""
+        found = db.execute(f"SELECT {_COLUMNS} FROM ledger_entries WHERE tenant = ? AND request_id = ?",
+                           (tenant, request_id)).fetchone()
+        if found is None:
+            raise NotFound("ledger entry", f"request_id {request_id}")
+        entry = _entry(found)
+        if cost is not None and (entry.state == RESERVED or (entry.state == COMMITTED and cost != entry.cost)):
+            self._check_final(db, ready, entry, cost)
+        if entry.state == state:
+            return entry  # a retry
+        if entry.state != RESERVED:
+            raise FailedPrecondition(f"the charge {request_id!r} is {entry.state.lower()}; it cannot be "
+                                     f"{state.lower()}", reason="LEDGER_ENTRY_" + entry.state)
+        cost = cost or entry.cost
+        now = time.time()
+        db.execute("UPDATE ledger_entries SET state = ?, epsilon = ?, delta = ?, cost = ?, update_time = ? "
+                   "WHERE id = ?", (state, cost.epsilon, cost.delta, json.dumps(cost.to_dict()), now, entry.id))
         return Entry(entry.id, tenant, entry.dataset, request_id, entry.spent_by, state, cost, entry.create_time, now)
 
     def commit(self, tenant: str, request_id: str, cost: Cost | None = None) -> Entry:
-        """The work is done. `cost`, when the final cost is known only now, may not exceed the reserved one."""
+        """The work is done. `cost`, when the final cost is known only now, may not count for more than the reserved
+        one (see the module's docstring); committing again with the same cost returns the committed entry."""
         if cost is not None:
             _check_cost(cost)
-        return self._move(tenant, request_id, COMMITTED, cost)
+        return self._writing(partial(self._move, tenant=tenant, request_id=request_id, state=COMMITTED, cost=cost))
 
     def release(self, tenant: str, request_id: str) -> Entry:
         """The work failed before it released anything: the reservation stops counting."""
-        return self._move(tenant, request_id, RELEASED)
+        return self._writing(partial(self._move, tenant=tenant, request_id=request_id, state=RELEASED))
