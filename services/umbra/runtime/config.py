@@ -89,6 +89,9 @@ class ServiceConfig:
     # The coordinator's database (a SQLAlchemy URL): "" for the SQLite file in data_dir, which one coordinator
     # process may use; postgresql+psycopg://… for any number of replicas (docs/deployment.md).
     database_url: str = field(default="", repr=False)
+    # How long a coordinator replica's lease on a protection job lasts unrenewed (renewed every third of it): a
+    # dead replica's jobs are taken over by another within this time.
+    job_lease_seconds: float = 15.0
     # The inference server (Triton, gRPC host:port) that published models are served from; "" when none.
     inference_url: str = ""
     # The training service (gRPC host:port), which the unlearning service asks to retrain when verifying.
@@ -163,6 +166,7 @@ class ServiceConfig:
             presign_seconds=int(_number(env, "UMBRA_PRESIGN_SECONDS", 3600, minimum=60, integer=True)),
             upload_ttl_seconds=_number(env, "UMBRA_UPLOAD_TTL_SECONDS", 24 * 3600.0, minimum=0, integer=False),
             database_url=env.get("UMBRA_DATABASE_URL", "").strip(),
+            job_lease_seconds=_number(env, "UMBRA_JOB_LEASE_SECONDS", 15.0, minimum=0.5, integer=False),
             inference_url=env.get("UMBRA_INFERENCE_URL", ""),
             training_url=env.get("UMBRA_TRAINING_URL") or layout.endpoint("training", env).target,
             coordinator_url=env.get("UMBRA_COORDINATOR_URL") or layout.endpoint("coordinator", env).target,

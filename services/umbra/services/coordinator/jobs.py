@@ -8,6 +8,7 @@ operation (recorded on the job as soon as the operation exists, so a queued job 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 from umbra.common.v1 import image_pb2, refs_pb2
@@ -20,6 +21,7 @@ from umbra.runtime.errors import BudgetExhausted, FailedPrecondition, InvalidInp
 from umbra.runtime.operations import LongRunning, OperationRunner
 from umbra.runtime.operations.runner import interrupted
 from umbra.services import convert as shared_convert
+from umbra.services.coordinator.job_leases import JobLeases
 from umbra.services.coordinator.job_records import ANSWERED, AWAITING, FINISHED, PENDING, JobRecords, JobRow, RoundRow
 from umbra.services.coordinator.protection import ANSWERS, Plan, ProtectionJobs, cancel_queued, plan
 from umbra.storage import keys
@@ -53,9 +55,9 @@ def _job_name(name: str, field: str) -> str:
 
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     def __init__(self, records: JobRecords, jobs: ProtectionJobs, store: ObjectStore, ledger: PrivacyLedger,
-                 operations: OperationRunner):
+                 operations: OperationRunner, leases: JobLeases):
         self.records, self.jobs, self.store, self.ledger = records, jobs, store, ledger
-        self.operations = operations
+        self.operations, self.leases = operations, leases
         self._create = LongRunning(operations, "CreateProtectionJob", js.CreateProtectionJobRequest,
                                    js.ProtectionJobMetadata, plan=self._plan, run=self._run)
 
@@ -67,13 +69,32 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             record = self.operations.store.get(row.operation) if row.operation else None
             if record is None or not interrupted(record.operation) or not request_id:
                 continue
-            try:
-                self._start(row.tenant, js.CreateProtectionJobRequest(
-                    job_id=row.id, spec=js.ProtectionJobSpec.FromString(row.spec), request_id=request_id))
-                resumed += 1
-            except Exception:  # noqa: BLE001 - one job that cannot go on must not stop the coordinator
-                log.exception("job %s of tenant %s could not carry on after the restart", row.id, row.tenant)
+            resumed += self._carry_on(row, request_id)
         return resumed
+
+    def take_over(self, tenant: str, job: str) -> bool:
+        """Carries on a job whose lease expired (its replica stopped renewing it): the lease heartbeat's call."""
+        found = self.records.db.fetch_one("SELECT request_id FROM jobs WHERE tenant = ? AND id = ?", (tenant, job))
+        row = self.records.job(tenant, job)
+        if row is None or row.state in FINISHED or not found or not found[0]:
+            return False
+        if not self._carry_on(row, found[0]):
+            return False
+        log.info("took over job %s of tenant %s (its lease had expired)", job, tenant)
+        return True
+
+    def _carry_on(self, row: JobRow, request_id: str) -> bool:
+        """Starts the job's operation again here (the same request_id) once this replica holds its lease."""
+        if not self.leases.acquire(row.tenant, row.id):
+            return False  # another replica drives it
+        try:
+            self._start(row.tenant, js.CreateProtectionJobRequest(
+                job_id=row.id, spec=js.ProtectionJobSpec.FromString(row.spec), request_id=request_id))
+            return True
+        except Exception:  # noqa: BLE001 - one job that cannot go on must not stop the coordinator
+            log.exception("job %s of tenant %s could not carry on", row.id, row.tenant)
+            self.leases.release(row.tenant, row.id)
+            return False
 
     def _plan(self, tenant: str, request: js.CreateProtectionJobRequest) -> Plan:
         if self.records.job(tenant, request.job_id) is None:  # a new job (not one carried on after a restart)
@@ -86,13 +107,32 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         return plan(self.records, self.jobs.db, self.store, tenant, request)
 
     def _run(self, ctx, planned: Plan) -> js.ProtectionJob:
-        return self.jobs.run(ctx, planned)
+        """Drives the job while this replica holds its lease; waits for the lease while another replica's is
+        live (a restarted replica whose old lease has not expired yet, or a job taken over meanwhile)."""
+        tenant, job = planned.tenant, planned.job
+        while not self.leases.acquire(tenant, job):
+            row = self.records.job(tenant, job)
+            if row is not None and row.state in FINISHED:  # the replica that drove it finished it
+                return self.jobs.to_proto(row)
+            ctx.report(stage="waiting for another coordinator replica's lease on the job to expire")
+            ctx.check_cancelled()
+            time.sleep(min(1.0, self.leases.seconds / 3))
+        try:
+            return self.jobs.run(ctx, planned)
+        finally:
+            row = self.records.job(tenant, job)
+            if row is None or row.state in FINISHED:
+                self.leases.release(tenant, job)
+            # else this replica is stopping: the lease expires once its heartbeat stops, and another replica (or
+            # this one, restarted) carries the job on
 
     def _start(self, tenant: str, request: js.CreateProtectionJobRequest):
         """Starts (or finds) the job's operation and records it on the job at once: a job whose operation waits
         in the queue for a thread can be cancelled by its name too."""
         op = self._create.start(tenant, request)
         if not op.done:
+            self.leases.acquire(tenant, request.job_id)  # held from the queue on: a dead replica's queued job is
+            # taken over too
             row = self.records.job(tenant, request.job_id)
             if row is not None and row.operation != op.name:
                 self.records.update(tenant, request.job_id, operation=op.name)
