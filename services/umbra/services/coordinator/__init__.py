@@ -33,6 +33,7 @@ from umbra.services.coordinator.locks import DatasetLocks
 from umbra.privacy.ledger import PrivacyLedger
 from umbra.services.coordinator.ledger import LedgerServicer
 from umbra.services.coordinator.models import ModelServicer
+from umbra.services.coordinator.job_leases import JobLeases, start_heartbeat
 from umbra.services.coordinator.job_records import JobRecords
 from umbra.services.coordinator.jobs import JobServicer
 from umbra.services.coordinator.job_workers import JobWorkers
@@ -68,8 +69,15 @@ def build(runtime: Runtime) -> Built:
     workers = JobWorkers(list(config.anonymizer_urls), config.unlearning_url, config.distortion_url,
                          config.service_token)
     protection = ProtectionJobs(records, db, store, locks, workers, ledger)
-    job_servicer = JobServicer(records, protection, store, ledger, runtime.operations)
+    leases = JobLeases(db, seconds=config.job_lease_seconds)
+    if not db.postgres:
+        leases.forget_all()  # the SQLite file is this process's alone: every lease in it is a dead process's
+    job_servicer = JobServicer(records, protection, store, ledger, runtime.operations, leases)
     job_servicer.resume_interrupted()  # jobs a graceful stop interrupted (a killed one resumes with its operation)
+    stop_leases = threading.Event()
+    # Renews this replica's leases, and takes over the jobs of a replica that stopped renewing its own.
+    start_heartbeat(leases, stop_leases, on_lost=lambda tenant, job: None, on_expired=job_servicer.take_over)
+    runtime.closers.append(stop_leases.set)
     return Built(
         registrations=[
             registration(tenant_service_pb2, tenant_service_pb2_grpc, "TenantService",
