@@ -46,17 +46,33 @@ class _Malformed:
         self.type_name = type_name
 
 
+# The status travels in a trailer, and gRPC refuses trailers past a few KiB (the caller then sees only
+# "RESOURCE_EXHAUSTED: Stream removed"): what an error echoes of a request is cut to these lengths.
+MAX_MESSAGE_CHARS = 1000
+MAX_DETAIL_CHARS = 200
+
+
+def clip(text: str, limit: int) -> str:
+    """`text`, or its start and how long it was when it is longer than `limit` characters."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"
+
+
 def to_status(exc: UmbraError) -> grpc.Status:
-    info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN, metadata=exc.metadata)
+    info = error_details_pb2.ErrorInfo(reason=clip(exc.reason, MAX_DETAIL_CHARS), domain=DOMAIN,
+                                       metadata={clip(k, MAX_DETAIL_CHARS): clip(str(v), MAX_DETAIL_CHARS)
+                                                 for k, v in list(exc.metadata.items())[:32]})
     details = [_pack(info)]
     if isinstance(exc, InvalidInput):
-        violation = error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.problem)
+        violation = error_details_pb2.BadRequest.FieldViolation(field=clip(exc.field, MAX_DETAIL_CHARS),
+                                                                description=clip(exc.problem, MAX_MESSAGE_CHARS))
         details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
     if isinstance(exc, ResourceExhausted):
         delay = duration_pb2.Duration()
         delay.FromTimedelta(timedelta(seconds=exc.retry_after))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-    status = status_pb2.Status(code=exc.code.value[0], message=exc.message, details=details)
+    status = status_pb2.Status(code=exc.code.value[0], message=clip(exc.message, MAX_MESSAGE_CHARS), details=details)
     return rpc_status.to_status(status)
 
 
