@@ -92,6 +92,8 @@ class ServiceConfig:
     # How long a coordinator replica's lease on a protection job lasts unrenewed (renewed every third of it): a
     # dead replica's jobs are taken over by another within this time.
     job_lease_seconds: float = 15.0
+    # How long the coordinator waits for a worker that cannot be reached (restarting) before the job fails.
+    worker_wait_seconds: float = 120.0
     # The inference server (Triton, gRPC host:port) that published models are served from; "" when none.
     inference_url: str = ""
     # The training service (gRPC host:port), which the unlearning service asks to retrain when verifying.
@@ -167,6 +169,7 @@ class ServiceConfig:
             upload_ttl_seconds=_number(env, "UMBRA_UPLOAD_TTL_SECONDS", 24 * 3600.0, minimum=0, integer=False),
             database_url=env.get("UMBRA_DATABASE_URL", "").strip(),
             job_lease_seconds=_number(env, "UMBRA_JOB_LEASE_SECONDS", 15.0, minimum=0.5, integer=False),
+            worker_wait_seconds=_number(env, "UMBRA_WORKER_WAIT_SECONDS", 120.0, minimum=0, integer=False),
             inference_url=env.get("UMBRA_INFERENCE_URL", ""),
             training_url=env.get("UMBRA_TRAINING_URL") or layout.endpoint("training", env).target,
             coordinator_url=env.get("UMBRA_COORDINATOR_URL") or layout.endpoint("coordinator", env).target,

@@ -16,6 +16,11 @@ what a previous process left unfinished: a resumable operation whose kind has a 
 its stored request (the work finds its own checkpoints); any other is completed with an OPERATION_INTERRUPTED
 error, so a client asking about it gets an answer, never NOT_FOUND. A retry of the interrupted request (the same
 request_id) starts it again: an interruption is not the request's answer, so a retry after a crash finishes.
+
+The work runs on a `FairPool` (umbra.runtime.operations.fair_pool) of `max_workers` slots shared fairly among
+tenants: per-tenant queues, and each slot that frees goes to the waiting tenant that holds the fewest (issue 26).
+A queued operation that is cancelled leaves its queue at once and ends CANCELLED; work waiting for something
+outside the service (a tenant's answer) gives its slot back meanwhile with `ctx.waiting()`.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from google.longrunning import operations_proto_pb2 as lro
 from google.protobuf import any_pb2, message
@@ -35,6 +40,7 @@ from umbra.client import protos
 from umbra.runtime import auth, logs, names
 from umbra.runtime.errors import (DOMAIN, Cancelled, FailedPrecondition, Interrupted, NotFound,
                                   UmbraError)
+from umbra.runtime.operations.fair_pool import FairPool
 from umbra.runtime.operations.store import OperationStore, Record
 
 log = logging.getLogger(__name__)
@@ -71,6 +77,7 @@ class OperationContext:
         self.metadata = metadata  # the typed metadata; edit its own fields, then call save()
         self.tenant = tenant
         self.cancel_event = threading.Event()
+        self._waiting = False
 
     @property
     def name(self) -> str:
@@ -84,6 +91,28 @@ class OperationContext:
         """Raises Cancelled once a client has asked to cancel; call it between units of work."""
         if self.cancel_event.is_set():
             raise Cancelled("cancelled by request")
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Wrap what waits for an event outside the service (the tenant's feedback, say) in `with ctx.waiting():`.
+        Inside it, the operation's running slot is given back to the service's pool, so queued work (another
+        tenant's) starts meanwhile; on leaving, the work takes a slot again, fairly, as queued work does, and may
+        wait there for one. It costs a thread, not a slot: this thread stays blocked in whatever the block waits
+        on. Keep inside it only waiting (no heavy work), and check for cancellation after it. Leaving it once the
+        operation is cancelled, or the service is stopping, takes a slot at once (for a moment past the pool's
+        size), so the work ends without queueing. Call it from the work's own thread; nested uses count as one."""
+        if self._waiting:
+            yield
+            return
+        self._waiting = True
+        try:
+            with self._runner._pool.lent(self.tenant, cut_in=self._ending):
+                yield
+        finally:
+            self._waiting = False
+
+    def _ending(self) -> bool:
+        return self.cancel_event.is_set() or self._runner._stopping.is_set()
 
     def report(self, *, stage: str | None = None, done: int | None = None, total: int | None = None,
                unit: str | None = None, message: str | None = None) -> None:
@@ -107,9 +136,10 @@ class OperationContext:
 
 class OperationRunner:
     def __init__(self, store: OperationStore, *, service: str, max_workers: int = 4):
+        """`max_workers`: how many operations run at once (the pool's slots, shared fairly among tenants)."""
         self.store = store
         self.service = service
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="operation")
+        self._pool = FairPool(max_workers, name="operation")
         self._running: dict[str, OperationContext] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition()
@@ -137,8 +167,8 @@ class OperationRunner:
                 self._running[record.operation.name] = ctx
             metadata.progress.message = "resumed after a restart"
             request = record.request
-            self._pool.submit(self._run, ctx, lambda c, resume=resume, request=request: resume(c, request),
-                              auth.Principal("service", record.tenant))
+            self._submit(ctx, lambda c, resume=resume, request=request: resume(c, request),
+                         auth.Principal("service", record.tenant))
             log.info("operation %s (%s) resumed after a restart", record.operation.name, record.kind)
         self._interrupt_unfinished("the service restarted before it finished")
 
@@ -181,9 +211,21 @@ class OperationRunner:
         ctx = OperationContext(self, op, metadata, tenant)
         with self._lock:
             self._running[op.name] = ctx
-        self._pool.submit(self._run, ctx, work, auth.current())
+        self._submit(ctx, work, auth.current())
         log.info("operation %s (%s) started", op.name, kind)
         return op
+
+    def _submit(self, ctx: OperationContext, work: Callable, principal: auth.Principal) -> None:
+        if not self._pool.submit(ctx.tenant, ctx.name, lambda: self._run(ctx, work, principal)):
+            # shutdown() closed the pool between start()'s check and here: the operation ends as it would queued
+            self._end_unstarted(ctx, Interrupted("interrupted: the service stopped before it started; retry the "
+                                                 "request (the same request_id starts it again)"))
+
+    def _end_unstarted(self, ctx: OperationContext, exc: UmbraError) -> None:
+        """Ends an operation that never left the queue."""
+        with logs.bound(operation=ctx.name, tenant=ctx.tenant):
+            self._failed(ctx, exc)
+            self._finish(ctx)
 
     def _run(self, ctx: OperationContext, work: Callable, principal: auth.Principal) -> None:
         with logs.bound(operation=ctx.name, tenant=ctx.tenant), auth.bound(principal):
@@ -195,25 +237,31 @@ class OperationRunner:
                 ctx.metadata.progress.stage = "done"
                 log.info("operation %s done", ctx.name)
             except UmbraError as exc:
-                stopped = self._stopping.is_set() and not ctx.metadata.progress.cancel_requested
-                if isinstance(exc, Cancelled) and stopped:
-                    exc = Interrupted("interrupted: the service stopped before it finished; retry the request "
-                                      "(the same request_id starts it again)")  # stopping is not the caller's cancel
-                ctx._op.error.CopyFrom(_error_status(exc))
-                ctx.metadata.progress.stage = ("cancelled" if isinstance(exc, Cancelled) else
-                                               "interrupted" if isinstance(exc, Interrupted) else "failed")
-                log.info("operation %s ended: %s", ctx.name, exc.message, extra={"code": exc.code.name})
+                self._failed(ctx, exc)
             except Exception:  # noqa: BLE001 - the operation must end, with a generic error
                 log.exception("operation %s failed with an unexpected error", ctx.name)
                 ctx._op.error.CopyFrom(status_pb2.Status(code=code_pb2.INTERNAL,
                                                          message=f"internal error (operation {ctx.name})"))
                 ctx.metadata.progress.stage = "failed"
             finally:
-                ctx._op.done = True
-                ctx.metadata.progress.end_time.GetCurrentTime()
-                self._save(ctx._op, ctx.metadata)
-                with self._lock:
-                    self._running.pop(ctx.name, None)
+                self._finish(ctx)
+
+    def _failed(self, ctx: OperationContext, exc: UmbraError) -> None:
+        stopped = self._stopping.is_set() and not ctx.metadata.progress.cancel_requested
+        if isinstance(exc, Cancelled) and stopped:
+            exc = Interrupted("interrupted: the service stopped before it finished; retry the request "
+                              "(the same request_id starts it again)")  # stopping is not the caller's cancel
+        ctx._op.error.CopyFrom(_error_status(exc))
+        ctx.metadata.progress.stage = ("cancelled" if isinstance(exc, Cancelled) else
+                                       "interrupted" if isinstance(exc, Interrupted) else "failed")
+        log.info("operation %s ended: %s", ctx.name, exc.message, extra={"code": exc.code.name})
+
+    def _finish(self, ctx: OperationContext) -> None:
+        ctx._op.done = True
+        ctx.metadata.progress.end_time.GetCurrentTime()
+        self._save(ctx._op, ctx.metadata)
+        with self._lock:
+            self._running.pop(ctx.name, None)
 
     def _save(self, op: lro.Operation, metadata: message.Message) -> None:
         metadata.progress.update_time.GetCurrentTime()
@@ -232,7 +280,8 @@ class OperationRunner:
         return record
 
     def cancel(self, name: str, tenant: str) -> None:
-        """Asks the work to stop; it ends with CANCELLED at its next check. Done operations stay as they are."""
+        """Asks the work to stop; it ends with CANCELLED at its next check. A queued operation leaves its queue and
+        ends CANCELLED at once, never started. Done operations stay as they are."""
         record = self.get(name, tenant)
         if record.operation.done:
             return
@@ -241,8 +290,12 @@ class OperationRunner:
             ctx = self._running.get(name)
         if ctx is not None:
             ctx.metadata.progress.cancel_requested = True
-            ctx.cancel_event.set()
-            ctx.save()
+            ctx.cancel_event.set()  # first: if it starts meanwhile, its first check finds it cancelled
+            if self._pool.discard(name):
+                self._end_unstarted(ctx, Cancelled("cancelled by request before it started"))
+            else:
+                ctx.save()
+                self._pool.wake()  # work waiting to take a slot back (ctx.waiting()) ends without one
         log.info("operation %s: cancel requested", name)
 
     def delete(self, name: str, tenant: str) -> None:
@@ -271,10 +324,14 @@ class OperationRunner:
         self._stopping.set()
         with self._changed:
             self._changed.notify_all()
+        dropped = self._pool.close()  # queued work never starts: marked interrupted below, with whatever is left
         with self._lock:
+            for name in dropped:
+                self._running.pop(name, None)
             running = list(self._running.values())
         for ctx in running:
             ctx.cancel_event.set()
+        self._pool.wake()
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             with self._lock:
@@ -282,7 +339,6 @@ class OperationRunner:
                     break
             time.sleep(0.05)
         self._interrupt_unfinished("the service stopped before it finished")
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _interrupt_unfinished(self, why: str) -> None:
         with self._lock:

@@ -67,7 +67,7 @@ def build(runtime: Runtime) -> Built:
     ledger = PrivacyLedger(db.transaction)
     records = JobRecords(db)
     workers = JobWorkers(list(config.anonymizer_urls), config.unlearning_url, config.distortion_url,
-                         config.service_token)
+                         config.service_token, wait_seconds=config.worker_wait_seconds)
     protection = ProtectionJobs(records, db, store, locks, workers, ledger)
     leases = JobLeases(db, seconds=config.job_lease_seconds)
     if not db.postgres:

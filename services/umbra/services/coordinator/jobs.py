@@ -110,13 +110,15 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         """Drives the job while this replica holds its lease; waits for the lease while another replica's is
         live (a restarted replica whose old lease has not expired yet, or a job taken over meanwhile)."""
         tenant, job = planned.tenant, planned.job
-        while not self.leases.acquire(tenant, job):
-            row = self.records.job(tenant, job)
-            if row is not None and row.state in FINISHED:  # the replica that drove it finished it
-                return self.jobs.to_proto(row)
+        if not self.leases.acquire(tenant, job):
             ctx.report(stage="waiting for another coordinator replica's lease on the job to expire")
-            ctx.check_cancelled()
-            time.sleep(min(1.0, self.leases.seconds / 3))
+            with ctx.waiting():  # costs no slot of the pool meanwhile
+                while not self.leases.acquire(tenant, job):
+                    row = self.records.job(tenant, job)
+                    if row is not None and row.state in FINISHED:  # the replica that drove it finished it
+                        return self.jobs.to_proto(row)
+                    ctx.check_cancelled()
+                    time.sleep(min(1.0, self.leases.seconds / 3))
         try:
             return self.jobs.run(ctx, planned)
         finally:

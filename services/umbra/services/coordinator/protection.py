@@ -32,7 +32,6 @@ import numpy as np
 
 from umbra.anonymizer.v1 import anonymizer_service_pb2 as an
 from umbra.client.errors import OperationFailed, UmbraRpcError
-from umbra.client.operations import call
 from umbra.common.v1 import refs_pb2
 from umbra.coordinator.v1 import dataset_service_pb2 as ds
 from umbra.coordinator.v1 import job_service_pb2 as js
@@ -299,9 +298,13 @@ class ProtectionJobs:
                          f"{request.privacy.target_epsilon:g})")
         stub = self.workers.anonymizer(tenant)
         try:
-            started = call(stub.TrainGenerator, request, timeout=TIMEOUT).operation
+            def start():
+                return self.workers.call(ctx, stub.TrainGenerator, request, timeout=TIMEOUT,
+                                         worker="anonymizer").operation
+
             result = self.workers.finish(ctx, self.workers.channel(tenant, self.workers.anonymizer_targets[0]),
-                                         started, an.GeneratorResult, stage="training the generator")
+                                         start(), an.GeneratorResult, stage="training the generator", restart=start,
+                                         worker="anonymizer")
         except (UmbraRpcError, OperationFailed) as exc:
             raise worker_error(exc, "anonymizer") from None
         cost = shared_convert.privacy_cost_from_proto(result.privacy_cost, "privacy_cost")
@@ -319,7 +322,7 @@ class ProtectionJobs:
             ctx.metadata.round = current.round
             if current.state == PREVIEWING:
                 ctx.report(stage=f"round {current.round}: previewing at intensity {current.intensity:.3f}")
-                self._preview(plan, current.round, current.intensity)
+                self._preview(ctx, plan, current.round, current.intensity)
                 spent = [Cost.from_dict(r.preview["cost"]) for r in self.records.rounds(tenant, job)
                          if r.preview.get("cost")]
                 ctx.metadata.progress.privacy_spent.CopyFrom(shared_convert.privacy_cost_to_proto(
@@ -329,8 +332,10 @@ class ProtectionJobs:
                 waiting = f"round {current.round}: awaiting feedback"
                 if ctx.metadata.progress.stage != waiting:
                     ctx.report(stage=waiting)
-                with self._changed:
-                    self._changed.wait(1.0)  # woken by SubmitFeedback; polls for answers given elsewhere
+                with ctx.waiting():  # the answer may take hours: it holds a thread, not one of the pool's slots
+                    while not ctx.cancelled and self.records.round(tenant, job, current.round).state == AWAITING:
+                        with self._changed:
+                            self._changed.wait(1.0)  # woken by SubmitFeedback; polls for answers given elsewhere
                 continue
             if current.feedback == "accept":
                 return current.intensity
@@ -341,7 +346,7 @@ class ProtectionJobs:
                                          reason="NO_INTENSITY_LEFT")
             self.records.open_round(tenant, job, current.round + 1, nxt)
 
-    def _preview(self, plan: Plan, number: int, intensity: float) -> None:
+    def _preview(self, ctx, plan: Plan, number: int, intensity: float) -> None:
         tenant = plan.tenant
         request = an.AnonymizeRequest(settings=self.settings(plan, intensity),
                                       dataset=refs_pb2.DatasetRef(dataset=f"datasets/{plan.dataset}",
@@ -349,7 +354,8 @@ class ProtectionJobs:
                                       sample_keys=plan.preview_keys,
                                       request_id=sharding.derived_request_id("job", tenant, plan.job, "round", number))
         try:
-            response = call(self.workers.anonymizer(tenant).Anonymize, request, timeout=TIMEOUT * 5)
+            response = self.workers.call(ctx, self.workers.anonymizer(tenant).Anonymize, request,
+                                         timeout=TIMEOUT * 5, worker="anonymizer")
         except UmbraRpcError as exc:
             raise worker_error(exc, "anonymizer") from None
         bucket = keys.bucket(tenant)
@@ -462,7 +468,8 @@ class ProtectionJobs:
                 result = sharding.anonymize_sharded(
                     self.workers.anonymizer_targets, self.workers.token, tenant, request, store=self.store,
                     progress=lambda done, total: ctx.report(done=done, total=total, unit="shards"),
-                    cancelled=lambda: ctx.cancelled, cancel_workers=lambda: _cancelled_by_tenant(ctx))
+                    cancelled=lambda: ctx.cancelled, cancel_workers=lambda: _cancelled_by_tenant(ctx),
+                    wait_seconds=self.workers.wait_seconds)
             except UmbraRpcError as exc:
                 raise worker_error(exc, "anonymizer") from None
             except OperationFailed as exc:
@@ -526,9 +533,13 @@ class ProtectionJobs:
                 probe_attribute=plan.probe,
                 request_id=sharding.derived_request_id("job", tenant, job, "unlearn", us.Method.Name(method)))
             ctx.report(stage=f"updating {spec.model.model}/versions/{spec.model.version} by unlearning")
-            started = call(self.workers.unlearning(tenant).Unlearn, request, timeout=TIMEOUT).operation
-            return self.workers.finish(ctx, self.workers.channel(tenant, self.workers.unlearning_target), started,
-                                       us.UnlearningResult, stage="unlearning")
+            def start():
+                return self.workers.call(ctx, self.workers.unlearning(tenant).Unlearn, request, timeout=TIMEOUT,
+                                         worker="unlearning service").operation
+
+            return self.workers.finish(ctx, self.workers.channel(tenant, self.workers.unlearning_target), start(),
+                                       us.UnlearningResult, stage="unlearning", restart=start,
+                                       worker="unlearning service")
 
         refused = ""
         try:
@@ -581,9 +592,13 @@ class ProtectionJobs:
                 request_id=sharding.derived_request_id("job", tenant, job, "distort"))
             ctx.report(stage=f"{'AugMDP' if spec.distortion_copies > 1 else 'MDP'} of the anonymized training split")
             try:
-                started = call(self.workers.distortion(tenant).DistortDataset, request, timeout=TIMEOUT).operation
+                def start():
+                    return self.workers.call(ctx, self.workers.distortion(tenant).DistortDataset, request,
+                                             timeout=TIMEOUT, worker="distortion service").operation
+
                 result = self.workers.finish(ctx, self.workers.channel(tenant, self.workers.distortion_target),
-                                             started, dds.DistortionResult, stage="distorting")
+                                             start(), dds.DistortionResult, stage="distorting", restart=start,
+                                             worker="distortion service")
             except (UmbraRpcError, OperationFailed) as exc:
                 raise worker_error(exc, "distortion service") from None
             figures |= {"feature_loss": result.feature_loss, "images": result.image_count}

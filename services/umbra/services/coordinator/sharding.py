@@ -18,7 +18,9 @@ and attempt, so running the same job again (a coordinator restarted mid-way) fin
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -38,6 +40,8 @@ from umbra.runtime.operations.runner import interrupted
 from umbra.services.references import dataset_reader
 from umbra.storage import keys
 from umbra.storage.base import ObjectStore
+
+log = logging.getLogger(__name__)
 
 TIMEOUT = 60.0  # one RPC (starting an operation plans the request and reserves its privacy charge)
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -74,8 +78,9 @@ class _Outcome:
 
 class _Replicas:
     def __init__(self, targets: list[str], service_token: str, tenant: str, poll_seconds: float,
-                 cancelled: Callable[[], bool] = lambda: False, cancel_workers: Callable[[], bool] = lambda: True):
-        self.targets, self.poll_seconds, self.cancelled = targets, poll_seconds, cancelled
+                 cancelled: Callable[[], bool] = lambda: False, cancel_workers: Callable[[], bool] = lambda: True,
+                 patience: Callable[[], float] = lambda: 0.0):
+        self.targets, self.poll_seconds, self.cancelled, self.patience = targets, poll_seconds, cancelled, patience
         self.cancel_workers = cancel_workers
         self._channels = [open_channel(t, service_token, tenant=tenant) for t in targets]
         self.shards_done: dict[str, int] = {}  # the latest shards_done of each operation running
@@ -88,13 +93,24 @@ class _Replicas:
     def run(self, replica: int, request: an.AnonymizeDatasetRequest) -> _Outcome:
         """Starts the request on the replica and waits for its operation. An operation that ends interrupted
         (its replica stopped, or the ledger could not take its commit) is started again, a few times: the same
-        request_id starts it anew, and it finds what it wrote."""
-        outcome = _Outcome()
-        for _ in range(INTERRUPTED_RETRIES + 1):
+        request_id starts it anew, and it finds what it wrote. A replica that cannot be reached is waited for,
+        up to `patience()` seconds (0 while other replicas can take its shards; the wait when it is the last)."""
+        outcome, interruptions, unreachable_since = _Outcome(), 0, None
+        while True:
             outcome, again = self._run_once(replica, request)
-            if not again:
-                break
-        return outcome
+            if again and interruptions < INTERRUPTED_RETRIES:
+                interruptions += 1
+                continue
+            unreachable = isinstance(outcome.error, UmbraRpcError) and outcome.error.code in UNREACHABLE
+            if not unreachable or self.stop.is_set() or self.cancelled():
+                return outcome
+            unreachable_since = unreachable_since or time.monotonic()
+            if time.monotonic() - unreachable_since >= self.patience():
+                if self.patience() > 0:
+                    outcome.error.message += f" (waited {self.patience():g} s for it: UMBRA_WORKER_WAIT_SECONDS)"
+                return outcome
+            log.warning("anonymizer replica %s cannot be reached: waiting for it", self.targets[replica])
+            time.sleep(self.poll_seconds)
 
     def _run_once(self, replica: int, request: an.AnonymizeDatasetRequest) -> tuple[_Outcome, bool]:
         """(the outcome, whether it was interrupted and may be started again)."""
@@ -144,7 +160,8 @@ def _unusable(exc: UmbraRpcError) -> bool:
 def anonymize_sharded(targets: list[str], service_token: str, tenant: str, request: an.AnonymizeDatasetRequest, *,
                       store: ObjectStore, progress: Callable[[int, int], None] | None = None,
                       poll_seconds: float = 1.0, cancelled: Callable[[], bool] = lambda: False,
-                      cancel_workers: Callable[[], bool] = lambda: True) -> an.AnonymizationResult:
+                      cancel_workers: Callable[[], bool] = lambda: True,
+                      wait_seconds: float = 0.0) -> an.AnonymizationResult:
     """Runs `request` (whose `shards` must be empty) across the anonymizer replicas at `targets` and returns the
     finishing call's result: the whole version, as one replica's would be. `store` is the tenant's object store,
     to count the shards from the source manifest. progress(shards_done, shards_total) while it runs.
@@ -152,7 +169,9 @@ def anonymize_sharded(targets: list[str], service_token: str, tenant: str, reque
     Raises UmbraRpcError when the request is refused (by field, budget, version in use: every replica would
     refuse it) or no replica can be reached, OperationFailed when the work failed on every replica left, and
     Cancelled once `cancelled()` says so, after cancelling the replicas' operations when `cancel_workers()` says
-    so too (a caller that is only stopping leaves them to finish, and finds them again when it carries on)."""
+    so too (a caller that is only stopping leaves them to finish, and finds them again when it carries on).
+    A replica that cannot be reached while it is the last one left is waited for, up to `wait_seconds` (it may be
+    restarting); while others are left, its shards go to them at once."""
     if not targets:
         raise ValueError("no anonymizer address")
     if request.shards:
@@ -161,11 +180,12 @@ def anonymize_sharded(targets: list[str], service_token: str, tenant: str, reque
     settings = request.settings
     reader = dataset_reader(store, keys.bucket(tenant), request.dataset, "dataset")
     total = shard_count(reader.samples(), [*settings.protected_attributes, *settings.kept_attributes])
-    replicas = _Replicas(list(targets), service_token, tenant, poll_seconds, cancelled, cancel_workers)
+    healthy = list(range(len(targets)))
+    replicas = _Replicas(list(targets), service_token, tenant, poll_seconds, cancelled, cancel_workers,
+                         patience=lambda: wait_seconds if len(healthy) <= 1 else 0.0)
     try:
-        healthy = list(range(len(targets)))
         if total > 1 and len(targets) > 1:
-            healthy = _write_shards(replicas, request, base, total, progress)
+            healthy[:] = _write_shards(replicas, request, base, total, progress, healthy)
         return _finish(replicas, request, base, healthy)
     finally:
         replicas.stop.set()
@@ -173,9 +193,9 @@ def anonymize_sharded(targets: list[str], service_token: str, tenant: str, reque
 
 
 def _write_shards(replicas: _Replicas, request: an.AnonymizeDatasetRequest, base: str, total: int,
-                  progress: Callable[[int, int], None] | None) -> list[int]:
-    """Every shard written by some replica; returns the replicas still usable."""
-    healthy = list(range(len(replicas.targets)))
+                  progress: Callable[[int, int], None] | None, healthy: list[int]) -> list[int]:
+    """Every shard written by some replica; returns the replicas still usable (`healthy`, updated in place, so
+    that a replica's patience knows whether it is the last)."""
     attempts = {replica: 0 for replica in healthy}
     written: set[int] = set()
     with ThreadPoolExecutor(max_workers=2 * len(healthy), thread_name_prefix="anonymize-shards") as pool:
