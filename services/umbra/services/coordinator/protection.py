@@ -630,8 +630,8 @@ class ProtectionJobs:
         tenant = plan.tenant
         with self.locks.exclusive(tenant, plan.dataset):
             row = self.db.version(tenant, plan.dataset, version)
-            if row is None or row.state not in versions.OPEN_FOR_UPLOAD:
-                return  # committed (its charge is spent) or gone
+            if row is None or row.state not in (*versions.OPEN_FOR_UPLOAD, "COMMITTING"):
+                return  # committed (its charge is spent) or gone; a commit this job's cancel stopped is deleted
             for entry in self.ledger.entries(tenant, dataset=plan.dataset, limit=1000) if charges else ():
                 if entry.state == RESERVED and entry.request_id.startswith(charges):
                     self.ledger.release(tenant, entry.request_id)
