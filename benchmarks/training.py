@@ -11,7 +11,10 @@ out/bench/training.png (test accuracy against epsilon) with:
   accountant, accuracy, balanced_accuracy, seconds}), dp8_vs_nonprivate_ratio,
   service_vs_inprocess_ratio (training samples/s through the service, end to end: loading from S3, training,
   a checkpoint per epoch, writing the model; over the same loop in-process, training only),
-  triton_vs_inprocess_ratio (batch-64 inference: images/s through Triton over gRPC / in-process torch).
+  triton_vs_inprocess_ratio (batch-64 inference: images/s through Triton over gRPC / in-process torch),
+  gateway_vs_direct_ratio (batch-64 inference: images/s through the coordinator's ModelService.Predict, which
+  checks the tenant's key and forwards to Triton, over tritonclient straight to Triton with the coordinator's access
+  token; the same model and processes, alternating rounds, the median of the rounds' ratios).
 In-process, each recipe is trained with 3 seeds (1 with --quick) and the accuracies are their means (the
 per-seed figures are in the JSON): a test split of ~300 faces has a standard error of about 2.5 points.
 """
@@ -32,12 +35,15 @@ from benchmarks.common import (OUT, create_tenant, default_data, free_port, infe
 from umbra.classifiers import loop, recipes
 from umbra.classifiers.architectures import ModelConfig, create
 from umbra.classifiers.data import LabelledImages, load_split
-from umbra.client import inference
 from umbra.client.channel import open_channel
 from umbra.privacy import dp_sgd
 from umbra.client.datasets import DatasetsClient
 from umbra.client.operations import OperationsClient
 from umbra.common.v1 import refs_pb2
+from umbra.coordinator.v1 import model_service_pb2 as ms
+from umbra.coordinator.v1 import model_service_pb2_grpc
+from umbra.inference import access
+from umbra.inference.gateway import Gateway
 from umbra.services.training import convert
 from umbra.storage.datasets import DatasetReader
 from umbra.storage.s3 import S3ObjectStore
@@ -105,6 +111,16 @@ def images_per_s(call, images: np.ndarray, batch: int, seconds: float) -> float:
             call(images[start:start + batch])
             done += batch
     return done / (time.perf_counter() - began)
+
+
+def through_gateway(stub, publication: str):
+    """Predict through the coordinator (what a tenant's client does: the images as a Tensor, the logits back)."""
+    def call(batch: np.ndarray) -> np.ndarray:
+        outputs = stub.Predict(ms.PredictRequest(name=publication, inputs=ms.Tensor(
+            shape=batch.shape, float32_data=np.ascontiguousarray(batch, dtype="<f4").tobytes())), timeout=60).outputs
+        return np.frombuffer(outputs.float32_data, dtype="<f4").reshape(tuple(outputs.shape))
+
+    return call
 
 
 def main() -> int:
@@ -216,22 +232,42 @@ def main() -> int:
                 with torch.inference_mode():
                     return served(torch.from_numpy(batch)).numpy()
 
-            triton_logits = inference.predict(triton_url, exported.served_model_name, images)
+            # Triton answers only the coordinator's access token (umbra.inference.access): the direct path holds it,
+            # over one connection, as the coordinator's gateway does.
+            direct = Gateway(triton_url, access.access_token(env["UMBRA_SERVICE_TOKEN"]))
+            name = exported.served_model_name
+
+            def remote(batch: np.ndarray) -> np.ndarray:
+                return direct.predict(name, batch, what=name)
+
+            publication = f"publications/{name.split('.', 1)[1]}"
+            gateway = through_gateway(model_service_pb2_grpc.ModelServiceStub(open_channel(t["coordinator"], key)),
+                                      publication)
+            triton_logits = remote(images)
             max_difference = float(np.abs(triton_logits - local(images)).max())
-            # Alternating rounds, so that both paths see the same background load (the S3 server settling after
-            # the writes of training, for one); the ratio is the median of the rounds' ratios.
-            torch_rates, triton_rates = [], []
-            with inference.Classifier(triton_url, exported.served_model_name) as remote:  # one connection
-                for _ in range(rounds):
-                    torch_rates.append(images_per_s(local, images, 64, seconds))
-                    triton_rates.append(images_per_s(remote.predict, images, 64, seconds))
+            gateway_difference = float(np.abs(np.concatenate([gateway(images[i:i + 64]) for i in
+                                                              range(0, len(images), 64)]) - triton_logits).max())
+            # Alternating rounds, so that every path sees the same background load (the S3 server settling after
+            # the writes of training, for one); each ratio is the median of the rounds' ratios.
+            torch_rates, triton_rates, gateway_rates = [], [], []
+            for _ in range(rounds):
+                torch_rates.append(images_per_s(local, images, 64, seconds))
+                triton_rates.append(images_per_s(remote, images, 64, seconds))
+                gateway_rates.append(images_per_s(gateway, images, 64, seconds))
+            direct.close()
             ratios = sorted(t / c for t, c in zip(triton_rates, torch_rates, strict=True))
             triton_ratio = ratios[len(ratios) // 2]
+            gateway_ratios = sorted(g / d for g, d in zip(gateway_rates, triton_rates, strict=True))
+            gateway_ratio = gateway_ratios[len(gateway_ratios) // 2]
             torch_rate, triton_rate = float(np.median(torch_rates)), float(np.median(triton_rates))
+            gateway_rate = float(np.median(gateway_rates))
             triton_accuracy = float((triton_logits.argmax(1) == split_data(recipe.image_size)["test"].labels.numpy())
                                     .mean())
             print(f"   {exported.served_model_name} at {exported.endpoint}: {triton_rate:.0f} images/s against "
                   f"{torch_rate:.0f} in-process; largest logit difference {max_difference:.2e}", flush=True)
+            print(f"   {publication} through the coordinator's Predict: {gateway_rate:.0f} images/s against "
+                  f"{triton_rate:.0f} straight to Triton (ratio {gateway_ratio:.3f}); largest logit difference "
+                  f"{gateway_difference:.2e}", flush=True)
 
     dp8 = next(r for r in dp_rows if r["target_epsilon"] == 8.0)
     sizes = split_data(nonprivate.image_size)
@@ -252,6 +288,11 @@ def main() -> int:
                    "round_ratios": [round(r, 4) for r in ratios],
                    "max_logit_difference": max_difference, "test_accuracy": round(triton_accuracy, 4)},
         "triton_vs_inprocess_ratio": round(triton_ratio, 4),
+        "gateway": {"publication": publication, "images_per_s": round(gateway_rate, 1),
+                    "direct_images_per_s": round(triton_rate, 1), "batch": 64,
+                    "round_ratios": [round(r, 4) for r in gateway_ratios],
+                    "max_logit_difference": gateway_difference},
+        "gateway_vs_direct_ratio": round(gateway_ratio, 4),
         "anchor": {str(k): v for k, v in ANCHOR.items()},
         "seconds": round(time.perf_counter() - began, 1),
     }

@@ -1,8 +1,9 @@
 """What the inference server serves: one small JSON entry per published model version, in a serving bucket of
-the object store. The coordinator's ModelService (PublishModel, DeletePublication) and the training service's
-ExportModelVersion write and remove entries, both through this module; the inference server reads them, loads
-each model version from its tenant's registry (checksums verified) and serves it under its Triton name, and
-unloads what is withdrawn.
+the object store. The coordinator's ModelService (PublishModel, DeletePublication), its TenantService (DeleteTenant
+withdraws all of a tenant's) and the training service's ExportModelVersion write and remove entries, all through
+this module; the inference server reads them, loads each model version from its tenant's registry (checksums
+verified) and serves it under its Triton name, and unloads what is withdrawn. Only the coordinator's
+ModelService.Predict may call it (umbra.inference.access).
 
     umbra--serving/entries/<tenant>.<served_model_name>.json    {"tenant", "model", "version", ...}
     umbra--serving/failures/<tenant>.<served_model_name>.json   why the inference server could not load it
@@ -128,6 +129,20 @@ def withdraw(store: ObjectStore, tenant: str, served_model_name: str, *, request
         store.put(SERVING_BUCKET, done_key, json.dumps({"request_id": request_id, "time": time.time()}).encode(),
                   content_type="application/json")
     return current
+
+
+def withdraw_tenant(store: ObjectStore, tenant: str) -> int:
+    """Withdraws every publication of `tenant` (its deletion); how many there were."""
+    count, after = 0, None
+    while found := list_tenant(store, tenant, after, 100):
+        after = found[-1].served_model_name
+        for publication in found:
+            try:
+                withdraw(store, tenant, publication.served_model_name)
+                count += 1
+            except NotFound:
+                pass  # withdrawn meanwhile (DeletePublication, another coordinator replica)
+    return count
 
 
 def list_tenant(store: ObjectStore, tenant: str, after: str | None, limit: int) -> list[Publication]:

@@ -15,6 +15,12 @@ model versions published in object storage (umbra.inference.publications), loads
 published and unloads withdrawn ones, without a restart (Triton's explicit model control, through PyTriton's
 bind after start).
 
+Access: with UMBRA_SERVICE_TOKEN in its environment, the server restricts every Triton protocol but health
+(inference, metadata, model config, the model repository, ...) to the access token derived from it
+(umbra.inference.access): only the coordinator, whose ModelService.Predict checks the tenant's key first, gets an
+answer; anyone else's call is refused by Triton itself. Without it the server is open to whoever reaches its ports,
+and says so in its log (a single-user machine, the demo).
+
 The python-backend stub links against libpython from the loader's default path. When this interpreter is
 not the system one (pyenv), the stub would load the system libpython with this interpreter's stdlib and the
 models fail to load; `InferenceServer.start()` therefore puts this interpreter's LIBDIR first on
@@ -47,12 +53,13 @@ from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, Tensor
 from pytriton.model_config import ModelConfig as TritonModelConfig
 from pytriton.proxy.data import TensorStore
-from pytriton.triton import Triton, TritonConfig
+from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 from safetensors.torch import load_file
 from torch import nn
 
 from umbra.client.inference import INPUT_NAME, MAX_BATCH_SIZE, OUTPUT_NAME
 from umbra.classifiers.architectures import ModelConfig, create
+from umbra.inference import access
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +188,9 @@ class InferenceServer:
 
     Ports left at 0 are picked free when the server is created. PyTriton's working copy (server binaries, model
     store, sockets) goes to a fresh folder under `workspace_root`, removed on stop; the Triton log goes beside
-    it (`log_path`). Torch runs with `torch_threads` threads (default: the CPUs this process may use).
+    it (`log_path`). Torch runs with `torch_threads` threads (default: the CPUs this process may use). With
+    `access_token`, every protocol but health answers only calls carrying it (access.RESTRICTED); without, only
+    PyTriton's defaults are restricted (to a token of its own).
     """
 
     def __init__(
@@ -195,6 +204,7 @@ class InferenceServer:
         metrics_port: int = 0,
         max_queue_delay_us: int = MAX_QUEUE_DELAY_US,
         torch_threads: int | None = None,
+        access_token: str | None = None,
     ):
         names = [m.name for m in models]
         for name in names:
@@ -209,6 +219,8 @@ class InferenceServer:
         self.metrics_port = metrics_port or free_port(host)
         self.max_queue_delay_us = max_queue_delay_us
         self.torch_threads = torch_threads or len(os.sched_getaffinity(0))
+        self._security = (TritonSecurityConfig(access_token=access_token, restricted_endpoints=list(access.RESTRICTED))
+                          if access_token else None)
         root = Path(workspace_root).resolve()
         self.workspace = root / f"triton-{os.getpid()}-{secrets.token_hex(3)}"
         self.log_path = root / f"{self.workspace.name}.log"
@@ -249,7 +261,7 @@ class InferenceServer:
             http_address=self.host, http_port=self.http_port,
             metrics_address=self.host, metrics_port=self.metrics_port,
             log_file=self.log_path, exit_timeout_secs=5)
-        triton = Triton(config=config, workspace=self.workspace)
+        triton = Triton(config=config, workspace=self.workspace, security_config=self._security)
         for name, model in self.models.items():
             self._bind(triton, name, model, self.configs[name])
         self._triton = triton
@@ -387,6 +399,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="PyTriton's working copy goes to a new folder in here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    service_token = os.environ.get("UMBRA_SERVICE_TOKEN", "")
+    if service_token:
+        logger.info("Triton's protocols but health answer only the coordinator (the access token derived from "
+                    "UMBRA_SERVICE_TOKEN)")
+    else:
+        logger.warning("UMBRA_SERVICE_TOKEN is not set: Triton answers anyone who reaches its ports, with any "
+                       "tenant's model; set it (the coordinator's) so that only the coordinator's Predict does")
     store = None
     try:
         if args.store:
@@ -397,7 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             store = open_store(StoreConfig.from_env(os.environ, layout.home()))
         models = load_model_dir(args.model_dir) if args.model_dir else []
         server = InferenceServer(models, args.workspace, host=args.host,
-                                 grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port)
+                                 grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port,
+                                 access_token=access.access_token(service_token) if service_token else None)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -100,3 +100,25 @@ class DeletePublicationRequest(_message.Message):
 class DeletePublicationResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class Tensor(_message.Message):
+    __slots__ = ("shape", "float32_data")
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    FLOAT32_DATA_FIELD_NUMBER: _ClassVar[int]
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    float32_data: bytes
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., float32_data: _Optional[bytes] = ...) -> None: ...
+
+class PredictRequest(_message.Message):
+    __slots__ = ("name", "inputs")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    inputs: Tensor
+    def __init__(self, name: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class PredictResponse(_message.Message):
+    __slots__ = ("outputs",)
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    outputs: Tensor
+    def __init__(self, outputs: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...

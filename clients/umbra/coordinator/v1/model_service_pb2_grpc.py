@@ -56,6 +56,11 @@ class ModelServiceStub:
                 request_serializer=umbra_dot_coordinator_dot_v1_dot_model__service__pb2.DeletePublicationRequest.SerializeToString,
                 response_deserializer=umbra_dot_coordinator_dot_v1_dot_model__service__pb2.DeletePublicationResponse.FromString,
                 _registered_method=True)
+        self.Predict = channel.unary_unary(
+                '/umbra.coordinator.v1.ModelService/Predict',
+                request_serializer=umbra_dot_coordinator_dot_v1_dot_model__service__pb2.PredictRequest.SerializeToString,
+                response_deserializer=umbra_dot_coordinator_dot_v1_dot_model__service__pb2.PredictResponse.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
@@ -91,6 +96,16 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Predict(self, request, context):
+        """Runs a publication's model on a batch of images and returns its logits.
+        Only the calling tenant's publications answer (another tenant's is
+        NOT_FOUND); the coordinator forwards the call to the inference server,
+        which callers cannot reach directly.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +128,11 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.DeletePublication,
                     request_deserializer=umbra_dot_coordinator_dot_v1_dot_model__service__pb2.DeletePublicationRequest.FromString,
                     response_serializer=umbra_dot_coordinator_dot_v1_dot_model__service__pb2.DeletePublicationResponse.SerializeToString,
+            ),
+            'Predict': grpc.unary_unary_rpc_method_handler(
+                    servicer.Predict,
+                    request_deserializer=umbra_dot_coordinator_dot_v1_dot_model__service__pb2.PredictRequest.FromString,
+                    response_serializer=umbra_dot_coordinator_dot_v1_dot_model__service__pb2.PredictResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +245,33 @@ class ModelService:
             '/umbra.coordinator.v1.ModelService/DeletePublication',
             umbra_dot_coordinator_dot_v1_dot_model__service__pb2.DeletePublicationRequest.SerializeToString,
             umbra_dot_coordinator_dot_v1_dot_model__service__pb2.DeletePublicationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Predict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/umbra.coordinator.v1.ModelService/Predict',
+            umbra_dot_coordinator_dot_v1_dot_model__service__pb2.PredictRequest.SerializeToString,
+            umbra_dot_coordinator_dot_v1_dot_model__service__pb2.PredictResponse.FromString,
             options,
             channel_credentials,
             insecure,

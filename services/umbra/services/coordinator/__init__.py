@@ -86,7 +86,8 @@ def build(runtime: Runtime) -> Built:
             registration(job_service_pb2, job_service_pb2_grpc, "JobService", job_servicer),
             registration(ledger_service_pb2, ledger_service_pb2_grpc, "LedgerService", LedgerServicer(ledger)),
             registration(model_service_pb2, model_service_pb2_grpc, "ModelService",
-                         ModelServicer(store, runtime.operations, inference_url=config.inference_url)),
+                         ModelServicer(store, runtime.operations, inference_url=config.inference_url,
+                                       service_token=config.service_token)),
         ],
         authenticator=TenantAuthenticator(api_keys, config.admin_key, config.service_token, INTERNAL_METHODS),
     )

@@ -6,15 +6,26 @@ A publication `publications/{id}` is the inference server's entry for the served
 ExportModelVersion). Triton serves it as `<tenant>.<id>` at `inference_url` (UMBRA_INFERENCE_URL); the model
 version is read from the tenant's registry in the coordinator's object store. Its state is what the inference
 server says now: SERVING, FAILED (it could not load it) or LOADING.
+
+Predict is the only way to a publication's model: the inference server answers no one but the coordinator
+(umbra.inference.access: Triton's restricted protocols, with a token derived from the service credential), and the
+coordinator answers only the publication's tenant. The interceptor has checked the caller's API key; the
+publication is looked up under that tenant only (another tenant's is NOT_FOUND, as for GetPublication), then the
+images go to Triton's `<tenant>.<id>` through one connection per process (umbra.inference.gateway).
 """
 
 from __future__ import annotations
 
+import math
 import secrets
+import time
+
+import numpy as np
 
 from umbra.coordinator.v1 import model_service_pb2 as ms
 from umbra.coordinator.v1 import model_service_pb2_grpc
-from umbra.inference import publications
+from umbra.inference import access, publications
+from umbra.inference.gateway import Gateway
 from umbra.runtime import auth, names, pagination
 from umbra.runtime.errors import FailedPrecondition, InvalidInput, Unavailable
 from umbra.runtime.operations import LongRunning, OperationContext, OperationRunner
@@ -25,6 +36,10 @@ KIND = "PublishModel"
 MAX_REQUEST_ID = 200
 READY_TIMEOUT = 120.0  # how long PublishModel waits for the inference server to load the model
 WITHDRAW_TIMEOUT = 30.0  # how long DeletePublication waits for it to unload it
+# How long Predict trusts a publication it has looked up (saves reading its entry from the object store on every
+# call). A withdrawal by another coordinator replica shows within this, and Triton unloads the model anyway.
+PUBLICATION_CACHE_SECONDS = 2.0
+_PUBLICATION_CACHE_MAX = 4096
 
 
 def _tenant() -> str:
@@ -37,11 +52,30 @@ def _request_id(value: str) -> str:
     return value
 
 
+def _images_from_proto(tensor: ms.Tensor, field: str = "inputs") -> np.ndarray:
+    """The float32 (N, 3, H, W) array a Tensor holds, sharing its bytes (no copy)."""
+    shape = tuple(tensor.shape)
+    if len(shape) != 4 or shape[1] != 3 or min(shape) <= 0:
+        raise InvalidInput(f"{field}.shape", f"must be (N, 3, H, W) with every dimension positive, got {list(shape)}")
+    size = 4 * math.prod(shape)
+    if len(tensor.float32_data) != size:
+        raise InvalidInput(f"{field}.float32_data", f"must hold {size} bytes (4 per float32 value of shape "
+                                                    f"{list(shape)}), got {len(tensor.float32_data)}")
+    return np.frombuffer(tensor.float32_data, dtype="<f4").reshape(shape)
+
+
+def _tensor_to_proto(array: np.ndarray) -> ms.Tensor:
+    return ms.Tensor(shape=array.shape, float32_data=np.ascontiguousarray(array, dtype="<f4").tobytes())
+
+
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, store: ObjectStore, operations: OperationRunner, *, inference_url: str,
+    def __init__(self, store: ObjectStore, operations: OperationRunner, *, inference_url: str, service_token: str,
                  ready_timeout: float = READY_TIMEOUT, withdraw_timeout: float = WITHDRAW_TIMEOUT):
         self.store, self.operations, self.inference_url = store, operations, inference_url
         self.ready_timeout, self.withdraw_timeout = ready_timeout, withdraw_timeout
+        # One connection to the inference server for every RPC thread of this process.
+        self._gateway = Gateway(inference_url, access.access_token(service_token)) if inference_url else None
+        self._recent: dict[tuple[str, str], tuple[publications.Publication, float]] = {}
         self._publish = LongRunning(operations, KIND, ms.PublishModelRequest, ms.PublishModelMetadata,
                                     plan=self._plan_publish, run=self._run_publish)
 
@@ -104,9 +138,35 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         publication_id = names.publication(request.name)
         withdrawn = publications.withdraw(self.store, tenant, publication_id,
                                           request_id=_request_id(request.request_id))
+        self._recent.pop((tenant, publication_id), None)  # this replica's Predict stops at once
         if withdrawn is not None and self.inference_url and not publications.wait_until_withdrawn(
                 self.inference_url, withdrawn.triton_name, self.withdraw_timeout):
             raise Unavailable(f"{request.name} is withdrawn, but the inference server at {self.inference_url} "
                               f"still served {withdrawn.triton_name} after {self.withdraw_timeout:.0f} s; it stops "
                               f"at its next look at the publications (see its log)")
         return ms.DeletePublicationResponse()
+
+    # -- Predict ----------------------------------------------------------------------------------------------
+
+    def _publication(self, tenant: str, publication_id: str) -> publications.Publication:
+        """The tenant's publication (NotFound also for another tenant's), from a short-lived cache."""
+        key, now = (tenant, publication_id), time.monotonic()
+        hit = self._recent.get(key)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        publication = publications.get(self.store, tenant, publication_id)
+        if len(self._recent) >= _PUBLICATION_CACHE_MAX:
+            self._recent.clear()
+        self._recent[key] = (publication, now + PUBLICATION_CACHE_SECONDS)
+        return publication
+
+    def Predict(self, request, context):
+        tenant = _tenant()
+        publication = self._publication(tenant, names.publication(request.name))
+        images = _images_from_proto(request.inputs)
+        if self._gateway is None:
+            raise self._no_server()
+        remaining = context.time_remaining()
+        logits = self._gateway.predict(publication.triton_name, images, what=request.name,
+                                       timeout=remaining if remaining is not None and remaining > 0 else None)
+        return ms.PredictResponse(outputs=_tensor_to_proto(logits))

@@ -8,6 +8,7 @@ import time
 
 from umbra.coordinator.v1 import tenant_service_pb2 as ts
 from umbra.coordinator.v1 import tenant_service_pb2_grpc
+from umbra.inference import publications
 from umbra.runtime import auth, names, pagination
 from umbra.runtime.auth import validate_tenant_id
 from umbra.runtime.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
@@ -101,10 +102,18 @@ class TenantServicer(tenant_service_pb2_grpc.TenantServiceServicer):
         return ts.UpdateTenantResponse(tenant=convert.tenant_to_proto(self.db.tenant(row.id)))
 
     def DeleteTenant(self, request, context):
+        """Revokes the tenant's keys and withdraws its publications (the inference server unloads them at its next
+        look). The publications go first, so that a failure (the object store down) leaves the tenant in place for
+        a retry; after the keys, a second look catches one published by a call that was already under way."""
         _admin()
         row = self._visible_tenant(request.name)
+        withdrawn = publications.withdraw_tenant(self.store, row.id)
         self.keys.delete_tenant(row.id)  # one transaction: no key issued meanwhile survives it
-        log.info("tenant %s deleted; its keys are revoked", row.id)
+        try:
+            withdrawn += publications.withdraw_tenant(self.store, row.id)
+        except Exception:  # noqa: BLE001 - the tenant is deleted; its keys no longer reach Predict either way
+            log.exception("tenant %s deleted, but its publications could not be listed again", row.id)
+        log.info("tenant %s deleted; its keys are revoked and its %d publication(s) withdrawn", row.id, withdrawn)
         return ts.DeleteTenantResponse(tenant=convert.tenant_to_proto(self.db.tenant(row.id)))
 
     def CreateApiKey(self, request, context):
