@@ -7,17 +7,19 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 BUF    := node_modules/.bin/buf
 
-.PHONY: help install tools protos check-protos lint-protos breaking lint test demo up down status clean
+.PHONY: help install tools protos check-protos lint-protos breaking lint test test-heavy demo up down status image clean
 
 help:
 	@echo "make demo          install, start the services, run the main job, print where results are"
 	@echo "make test          install and run the whole test suite (what CI runs)"
+	@echo "make test-heavy    the tests make test leaves out for time (the container image build)"
 	@echo "make protos        regenerate Python code from proto/ into clients/umbra/"
 	@echo "make check-protos  fail when the committed generated code differs from proto/"
 	@echo "make lint-protos   buf lint (STANDARD)"
 	@echo "make breaking      buf breaking against the last released contracts (proto/releases/)"
 	@echo "make lint          ruff over the Python code, and the layers (import-linter, docs/LAYERS.md)"
 	@echo "make up|down|status  start, stop or show the local services"
+	@echo "make image         build deploy/Dockerfile with buildah (root; deploy/image/build.sh)"
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml clients/pyproject.toml constraints.txt
@@ -49,6 +51,11 @@ lint: install
 test: install tools check-protos lint-protos breaking lint
 	$(VENV)/bin/pytest
 
+# What make test leaves out for time: building deploy/Dockerfile with buildah and starting the coordinator from it
+# (about 10 minutes the first time on 2 cores; needs root for buildah, as deploy/image/build.sh says).
+test-heavy: install
+	$(VENV)/bin/pytest -m heavy
+
 demo: install
 	$(PY) scripts/demo.py
 
@@ -58,6 +65,9 @@ down: install
 	$(VENV)/bin/umbra down
 status: install
 	$(VENV)/bin/umbra status
+
+image:
+	deploy/image/build.sh
 
 clean:
 	rm -rf $(VENV) node_modules .build .pytest_cache .hypothesis out
