@@ -17,13 +17,13 @@ import pytest
 from PIL import Image
 
 from support import create_tenant, start_coordinator
+from uploads import HeldStream, face, shard_of
 from umbra.client.channel import open_channel
 from umbra.client.datasets import DatasetsClient
 from umbra.client.errors import OperationFailed, UmbraRpcError
 from umbra.coordinator.v1 import dataset_service_pb2 as ds
 from umbra.dataset import manifest as mf
 from umbra.dataset import synthetic
-from umbra.dataset.shards import ShardWriter
 from umbra.storage import datasets as stored, keys
 from umbra.storage.local import LocalObjectStore
 
@@ -37,20 +37,6 @@ def coordinator(tmp_path):
     client = DatasetsClient(open_channel(target, create_tenant(target, "acme")))
     yield running, client, LocalObjectStore(tmp_path / "home" / "objects")
     running.stop(grace=0)
-
-
-def face(seed: int) -> bytes:
-    return next(synthetic.generate(1, size=32, seed=seed)).png
-
-
-def shard_of(images: dict[str, bytes], labels: dict[str, dict] | None = None) -> tuple[bytes, list[mf.Sample]]:
-    """One shard holding `images`, and its manifest samples."""
-    out: list[bytes] = []
-    writer = ShardWriter(lambda name, data: out.append(data), max_bytes=1 << 30)
-    samples = [writer.add(mf.Sample(key=k, shard="", split="train", sha256=hashlib.sha256(v).hexdigest(),
-                                    size=len(v), labels=(labels or {}).get(k, {})), v) for k, v in images.items()]
-    writer.close()
-    return out[0], samples
 
 
 def manifest_of(shard: bytes, samples: list[mf.Sample], **header) -> bytes:
@@ -77,40 +63,6 @@ def commit(client: DatasetsClient, version: str, *, drop_invalid: bool = False, 
     op = client.stub.CommitDatasetVersion(ds.CommitDatasetVersionRequest(
         name=version, drop_invalid=drop_invalid, request_id=request_id), timeout=10).operation
     return client.operations.result(op.name, ds.DatasetVersion, timeout=60)
-
-
-class HeldStream:
-    """An UploadDatasetChunk stream that sends its first chunk, then waits for `release` before the rest."""
-
-    def __init__(self, client: DatasetsClient, version: str, data: bytes, *, sha256: str | None = None):
-        self.release = threading.Event()
-        self.sent_first = threading.Event()
-        self.error: grpc.RpcError | None = None
-        half = len(data) // 2
-        digest = sha256 or hashlib.sha256(data).hexdigest()
-
-        def messages():
-            yield ds.UploadDatasetChunkRequest(dataset_version=version, shard="shard-000000.tar", offset=0,
-                                               data=data[:half])
-            self.sent_first.set()
-            self.release.wait(30)
-            yield ds.UploadDatasetChunkRequest(dataset_version=version, shard="shard-000000.tar", offset=half,
-                                               data=data[half:], sha256=digest)
-
-        def run():
-            try:
-                client.stub.UploadDatasetChunk(messages(), timeout=60)
-            except grpc.RpcError as exc:
-                self.error = exc
-
-        self.thread = threading.Thread(target=run)
-        self.thread.start()
-        assert self.sent_first.wait(10)
-
-    def finish(self) -> grpc.RpcError | None:
-        self.release.set()
-        self.thread.join(30)
-        return self.error
 
 
 def exported_bytes(client: DatasetsClient, version: str) -> dict[str, bytes]:

@@ -1,5 +1,6 @@
 """Two coordinator processes on one PostgreSQL database (issue 26): what one replica writes the other sees, one
-budget for both, and the ways a database can refuse to be used, each said in one line at start.
+budget for both, an upload on one that the other's deletion stops, and the ways a database can refuse to be used,
+each said in one line at start.
 
 Every coordinator is `umbra serve coordinator` in its own process (tests/support.py serve_process) against the
 real PostgreSQL server that deploy/postgres/pg.sh starts (the `postgres_server` fixture), each test on a fresh
@@ -17,7 +18,9 @@ import pytest
 import sqlalchemy
 
 from support import ADMIN_KEY, SERVICE_TOKEN, create_tenant, free_port, serve_process, status_details
+from uploads import HeldStream, face, shard_of
 from umbra.client.channel import open_channel
+from umbra.client.datasets import DatasetsClient
 from umbra.common.v1 import privacy_pb2
 from umbra.coordinator.v1 import dataset_service_pb2 as cds
 from umbra.coordinator.v1 import dataset_service_pb2_grpc, tenant_service_pb2, tenant_service_pb2_grpc
@@ -103,6 +106,25 @@ def test_eight_reservations_racing_across_two_replicas_for_a_budget_that_pays_fo
         balance = ledger_service_pb2_grpc.LedgerServiceStub(open_channel(target, key)).GetPrivacyBalance(
             ls.GetPrivacyBalanceRequest(), timeout=30)
         assert (balance.spent.epsilon, balance.remaining.epsilon, balance.reserved_entries) == (1.0, 0.5, 1)
+
+
+def test_an_upload_streaming_to_one_replica_while_the_other_deletes_the_dataset_writes_nothing_after(two, tmp_path):
+    """The dataset's write lock is a PostgreSQL advisory lock: B's deletion waits for writes landing on A, and A's
+    stream, finished after the deletion, lands nothing."""
+    a, b = two
+    key = create_tenant(a, "acme")
+    on_a = DatasetsClient(open_channel(a, key))
+    on_a.ensure("doomed")
+    created = on_a.stub.CreateDatasetVersion(cds.CreateDatasetVersionRequest(parent="datasets/doomed", shard_count=1),
+                                             timeout=30)
+    shard, _ = shard_of({"a": face(1), "b": face(2)})
+    stream = HeldStream(on_a, created.dataset_version.name, shard)  # half of the shard has reached A
+    dataset_service_pb2_grpc.DatasetServiceStub(open_channel(b, key)).DeleteDataset(
+        cds.DeleteDatasetRequest(name="datasets/doomed"), timeout=30)
+    error = stream.finish()
+    assert error is not None and error.code() == grpc.StatusCode.NOT_FOUND, error
+    assert datasets(a, key) == datasets(b, key) == []
+    assert not [p for p in (tmp_path / "objects").rglob("*") if p.is_file() and "doomed" in str(p)]
 
 
 def test_calls_answer_unavailable_while_the_database_restarts_and_work_again_after(two, postgres_server):
