@@ -2,7 +2,8 @@
 replica driving it is SIGKILLed while round 1 is previewing, and the other takes the job over once the dead one's
 lease expires; the killed one comes back as a fresh replica (a new pod: its own empty data folder), and the
 replica driving the job is SIGKILLed again while the dataset is anonymized. The job succeeds, with every round
-charged once, the rounds as the reviewer answered them, and exactly one anonymized version.
+charged once, the rounds as the reviewer answered them, and exactly one anonymized version. A job driven by one
+replica is cancelled through the other.
 
 Every service is `umbra serve` in its own process. Who drives the job is read from its lease in the database
 (holder `host:pid:…`); the tenant talks to whichever replica is alive, as it would through a Kubernetes Service.
@@ -16,7 +17,8 @@ import time
 import pytest
 import sqlalchemy
 
-from e2e.jobkit import SCRIPT, Stack, Tenant, check_charges, check_versions, kill, review, write_generator
+from e2e.jobkit import (RESERVED, SCRIPT, Stack, Tenant, check_charges, check_versions, kill, review,
+                        write_generator)
 from support import free_port, serve_process
 from umbra.coordinator.v1 import job_service_pb2 as js
 from umbra.storage.local import LocalObjectStore
@@ -147,6 +149,38 @@ def test_a_job_survives_its_driving_replica_killed_while_previewing_and_again_wh
         for seconds in (first, second):
             assert seconds <= LEASE_SECONDS + 5, (first, second)
         print(f"takeover_seconds: {first:.1f}, {second:.1f} (lease {LEASE_SECONDS} s)")
+    finally:
+        replicas.close()
+        engine.dispose()
+
+
+def test_a_job_driven_by_one_replica_is_cancelled_through_the_other(postgres_server, tmp_path):
+    """CancelProtectionJob on the replica that does not drive the job: the cancel is written to the job's row, and
+    the driver stops the job at its next lease heartbeat (every lease / 3), releasing what it reserved."""
+    database = postgres_server.database("cancel_across")
+    engine = sqlalchemy.create_engine(database)
+    replicas = Replicas(tmp_path / "home", database)
+    replicas.home.mkdir()
+    try:
+        replicas.start_replica(0)
+        replicas.start_replica(1)
+        replicas.start_anonymizers()
+        tenant = Tenant.create(replicas.target_of(0), "acme")
+        tenant.upload(tmp_path / "faces", FACES)
+        write_generator(LocalObjectStore(replicas.objects), "umbra-acme")
+        tenant.create_job("protect")
+        tenant.preview("protect", 1)  # round 1 awaits feedback
+        assert driver(replicas, engine, "acme", "protect") == 0
+        other = Tenant(replicas.target_of(1), "acme", tenant.key)
+        asked = time.monotonic()
+        answer = other.jobs.CancelProtectionJob(js.CancelProtectionJobRequest(name="jobs/protect"), timeout=30)
+        assert answer.job.state == js.ProtectionJob.STATE_AWAITING_FEEDBACK  # stops at the driver's next beat
+        while (job := other.job("protect")).state != js.ProtectionJob.STATE_CANCELLED:
+            assert time.monotonic() - asked < LEASE_SECONDS + 30, job
+            time.sleep(0.2)
+        print(f"cancelled {time.monotonic() - asked:.1f} s after the call on the other replica")
+        assert not [e.request_id for e in other.ledger() if e.state == RESERVED], "a reservation was left behind"
+        assert replicas.processes[0].poll() is None  # the driver is alive: it stopped the job itself
     finally:
         replicas.close()
         engine.dispose()

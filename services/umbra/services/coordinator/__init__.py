@@ -76,7 +76,8 @@ def build(runtime: Runtime) -> Built:
     job_servicer.resume_interrupted()  # jobs a graceful stop interrupted (a killed one resumes with its operation)
     stop_leases = threading.Event()
     # Renews this replica's leases, and takes over the jobs of a replica that stopped renewing its own.
-    start_heartbeat(leases, stop_leases, on_lost=lambda tenant, job: None, on_expired=job_servicer.take_over)
+    start_heartbeat(leases, stop_leases, on_lost=lambda tenant, job: None, on_expired=job_servicer.take_over,
+                    on_cancel=job_servicer.cancel_here)
     runtime.closers.append(stop_leases.set)
     return Built(
         registrations=[

@@ -5,6 +5,7 @@
         ...drive the job...
     leases.renew()                        # the heartbeat (every seconds / 3): the jobs we lost, if any
     leases.expired()                      # unfinished jobs whose holder stopped renewing: another replica's to take
+    leases.cancel_requested()             # jobs we drive that a tenant cancelled, on whichever replica
 
 Acquiring is one conditional UPDATE (`WHERE holder is us OR the lease is free or expired`), so two replicas can
 never both hold one lease: the database applies one UPDATE after the other, and the second finds the first's lease
@@ -92,6 +93,13 @@ class JobLeases:
                                  f"AND state NOT IN ({marks}) ORDER BY update_time", (time.time(), *FINISHED))
         return [(tenant, job) for tenant, job in rows]
 
+    def cancel_requested(self) -> list[tuple[str, str]]:
+        """(tenant, job) of the unfinished jobs this replica drives whose cancel was asked for (on any replica)."""
+        marks = ", ".join("?" for _ in FINISHED)
+        rows = self.db.fetch_all(f"SELECT tenant, id FROM jobs WHERE lease_holder = ? AND cancel_requested = 1 "
+                                 f"AND state NOT IN ({marks})", (self.holder, *FINISHED))
+        return [(tenant, job) for tenant, job in rows]
+
     def forget_all(self) -> int:
         """Frees every lease (SQLite at start: the file is this process's alone, so any lease is a dead one's)."""
         with self.db.transaction() as sql:
@@ -99,9 +107,11 @@ class JobLeases:
                                ).rowcount
 
 
-def start_heartbeat(leases: JobLeases, stop: threading.Event, *, on_lost, on_expired) -> threading.Thread:
-    """Renews this replica's leases every seconds / 3, calls `on_lost(tenant, job)` for each one lost, and
-    `on_expired(tenant, job)` for each job whose holder stopped (to take it over)."""
+def start_heartbeat(leases: JobLeases, stop: threading.Event, *, on_lost, on_expired,
+                    on_cancel=None) -> threading.Thread:
+    """Renews this replica's leases every seconds / 3, calls `on_lost(tenant, job)` for each one lost,
+    `on_expired(tenant, job)` for each job whose holder stopped (to take it over), and `on_cancel(tenant, job)` for
+    each job it drives whose cancel was asked for on another replica."""
     def loop() -> None:
         while not stop.wait(leases.seconds / 3):
             try:
@@ -109,6 +119,8 @@ def start_heartbeat(leases: JobLeases, stop: threading.Event, *, on_lost, on_exp
                     on_lost(tenant, job)
                 for tenant, job in leases.expired():
                     on_expired(tenant, job)
+                for tenant, job in (leases.cancel_requested() if on_cancel else []):
+                    on_cancel(tenant, job)
             except Exception:  # noqa: BLE001 - the database may be restarting: the next beat tries again
                 log.warning("the job lease heartbeat failed; retrying", exc_info=True)
 

@@ -119,6 +119,17 @@ class JobRecords:
                                  "AND state = ?", (time.time(), *fields.values(), tenant, job, expect))
             return cursor.rowcount == 1
 
+    def request_cancel(self, tenant: str, job: str) -> None:
+        """Marks the job as cancelled by its tenant, for the replica that drives it (which may be another one: it
+        cancels the job's operation at its next lease heartbeat, JobLeases.cancel_requested)."""
+        with self.db.transaction() as sql:
+            sql.execute("UPDATE jobs SET cancel_requested = 1, update_time = ? WHERE tenant = ? AND id = ?",
+                        (time.time(), tenant, job))
+
+    def cancel_requested(self, tenant: str, job: str) -> bool:
+        row = self.db.fetch_one("SELECT cancel_requested FROM jobs WHERE tenant = ? AND id = ?", (tenant, job))
+        return bool(row and row[0])
+
     # -- rounds -----------------------------------------------------------------------------------------------
 
     _ROUND = ("SELECT tenant, job, round, intensity, state, feedback, flagged, preview, create_time, answer_time "

@@ -90,6 +90,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         try:
             self._start(row.tenant, js.CreateProtectionJobRequest(
                 job_id=row.id, spec=js.ProtectionJobSpec.FromString(row.spec), request_id=request_id))
+            if self.records.cancel_requested(row.tenant, row.id):  # cancelled while no replica drove it
+                self.cancel_here(row.tenant, row.id)
             return True
         except Exception:  # noqa: BLE001 - one job that cannot go on must not stop the coordinator
             log.exception("job %s of tenant %s could not carry on", row.id, row.tenant)
@@ -188,10 +190,22 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                                      "cancelled", reason="JOB_FINISHED", metadata={"job": row.id, "state": row.state})
         if row.state == PENDING and cancel_queued(self.records, tenant, row.id):
             log.info("job %s of tenant %s: cancelled while queued", row.id, tenant)
+        self.records.request_cancel(tenant, row.id)  # for the replica driving it, when that is another one
         row = self.records.job(tenant, row.id)  # the operation is known now, unless its start is still under way
-        if row.operation:
-            self.operations.cancel(row.operation, tenant)
+        if row.operation and self.operations.store.get(row.operation) is not None:
+            self.operations.cancel(row.operation, tenant)  # ours: it stops at its next check
         return js.CancelProtectionJobResponse(job=self.jobs.to_proto(row))
+
+    def cancel_here(self, tenant: str, job: str) -> None:
+        """Cancels the operation of a job this replica drives whose cancel was asked for on another replica (the
+        lease heartbeat's call), or carried on after such a cancel."""
+        row = self.records.job(tenant, job)
+        if row is None or row.state in FINISHED or not row.operation:
+            return
+        record = self.operations.store.get(row.operation)
+        if record is not None and not record.operation.done and not record.cancel_requested:
+            log.info("job %s of tenant %s: cancelled on another replica; stopping it here", job, tenant)
+            self.operations.cancel(row.operation, tenant)
 
     # -- rounds -----------------------------------------------------------------------------------------------
 
