@@ -3,7 +3,7 @@ replica driving it is SIGKILLed while round 1 is previewing, and the other takes
 lease expires; the killed one comes back as a fresh replica (a new pod: its own empty data folder), and the
 replica driving the job is SIGKILLed again while the dataset is anonymized. The job succeeds, with every round
 charged once, the rounds as the reviewer answered them, and exactly one anonymized version. A job driven by one
-replica is cancelled through the other.
+replica is cancelled through the other, and a job goes on after PostgreSQL restarts in its middle.
 
 Every service is `umbra serve` in its own process. Who drives the job is read from its lease in the database
 (holder `host:pid:…`); the tenant talks to whichever replica is alive, as it would through a Kubernetes Service.
@@ -181,6 +181,59 @@ def test_a_job_driven_by_one_replica_is_cancelled_through_the_other(postgres_ser
         print(f"cancelled {time.monotonic() - asked:.1f} s after the call on the other replica")
         assert not [e.request_id for e in other.ledger() if e.state == RESERVED], "a reservation was left behind"
         assert replicas.processes[0].poll() is None  # the driver is alive: it stopped the job itself
+    finally:
+        replicas.close()
+        engine.dispose()
+
+
+def test_a_job_goes_on_after_postgresql_restarts_in_its_middle(postgres_server, tmp_path):
+    """PostgreSQL stops while round 1 awaits feedback, for longer than the lease: calls answer UNAVAILABLE
+    meanwhile; once it is back the reviewer answers, and the job succeeds, every round charged once and one
+    anonymized version."""
+    import grpc
+
+    database = postgres_server.database("pg_restart")
+    engine = sqlalchemy.create_engine(database)
+    replicas = Replicas(tmp_path / "home", database)
+    replicas.home.mkdir()
+    try:
+        replicas.start_replica(0)
+        replicas.start_replica(1)
+        replicas.start_anonymizers()
+        tenant = Tenant.create(replicas.target_of(0), "acme")
+        tenant.upload(tmp_path / "faces", FACES)
+        write_generator(LocalObjectStore(replicas.objects), "umbra-acme")
+        tenant.create_job("protect")
+        tenant.preview("protect", 1)
+        engine.dispose()
+        postgres_server.stop()
+        try:
+            for index in (0, 1):
+                with pytest.raises(grpc.RpcError) as down:
+                    Tenant(replicas.target_of(index), "acme", tenant.key).job("protect")
+                assert down.value.code() == grpc.StatusCode.UNAVAILABLE
+            time.sleep(LEASE_SECONDS + 2)  # every lease expires meanwhile
+        finally:
+            postgres_server.start()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                tenant.job("protect")
+                break
+            except grpc.RpcError:
+                assert time.monotonic() < deadline, "the coordinator did not come back after the database"
+                time.sleep(0.5)
+        review(tenant, "protect", SCRIPT)
+        deadline = time.monotonic() + 600
+        while (job := tenant.job("protect")).state not in (js.ProtectionJob.STATE_SUCCEEDED,
+                                                             js.ProtectionJob.STATE_FAILED):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.5)
+        assert job.state == js.ProtectionJob.STATE_SUCCEEDED, job.error
+        assert [r.intensity for r in tenant.rounds("protect")] == INTENSITIES
+        check_charges(tenant, "protect", len(SCRIPT), version=2)
+        check_versions(tenant, job, FACES)
+        assert all(p.poll() is None for p in replicas.processes)
     finally:
         replicas.close()
         engine.dispose()
