@@ -39,7 +39,8 @@ from umbra.coordinator.v1 import dataset_service_pb2 as cds
 from umbra.coordinator.v1 import dataset_service_pb2_grpc
 from umbra.dataset import synthetic
 from umbra.diffusion.attributes import schema_for
-from umbra.diffusion.generator import GeneratorConfig, build
+from umbra.diffusion.generator import build
+from umbra.diffusion.generator_config import GeneratorConfig
 from umbra.services.coordinator.sharding import anonymize_sharded
 from umbra.storage import keys
 from umbra.storage.datasets import DatasetReader

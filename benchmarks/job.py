@@ -1,6 +1,6 @@
 """Benchmark: the protection job (issue 16), whole jobs with simulated reviewers.
 
-    python -m benchmarks.job [--quick] [--data DIR] [--faces N] [--local-store]
+    python -m benchmarks.job [--quick] [--replicas-only] [--data DIR] [--faces N] [--local-store]
 
 A simulated reviewer accepts the intensities of an interval [low, low + 0.1] that it keeps to itself, and answers
 "more privacy" below it and "less privacy" above it. Two parts:
@@ -27,9 +27,20 @@ training (once, as the ledger charges it), both composed as the ledger composes 
 benchmark composes them again from the report's rounds to check it. The headline is the largest share of the
 jobs.
 
-Writes out/bench/job.json and out/bench/job.png (rounds to acceptance by interval; each job's stages).
-`--quick` uses the first 512 faces (two output shards of 256, the fewest that give each replica a full shard) and
-one DP epoch; how long it takes is in docs/benchmarks.md (the job's own evaluation stages dominate it).
+`coordinator_peak_rss_mb` is the largest VmHWM (/proc/<pid>/status, read before the process is stopped) of the two
+coordinator processes that ran these whole jobs (the goal is at most 300 MB).
+
+Then the replicas part (benchmarks.job_replicas, issue 26): two coordinator replicas on PostgreSQL against one on
+SQLite, `previews_per_minute_two_pg_vs_one_sqlite` (phases alternating between the two, goal at least 0.9) and
+`takeover_seconds` (from a SIGKILL of the replica driving a job to the other holding its lease, at a 6 s lease; goal
+at most the lease + 5 s). `--replicas-only` runs that part alone, with its own generator, and carries the takeover's
+job to its report, so its `coordinator_peak_rss_mb` is the survivor's peak over that job and the previews before it.
+
+Writes out/bench/job.json (out/bench/job-replicas.json with --replicas-only), out/bench/job.png (rounds to
+acceptance by interval; each job's stages; not with --replicas-only) and out/bench/job-replicas.png (previews per
+minute by phase, the takeover, peak RSS). `--quick` uses the first 512 faces (two output shards of 256, the fewest
+that give each replica a full shard), one DP epoch and a smaller replicas part (job_replicas.SETTINGS); how long it
+takes is in docs/benchmarks.md (the job's own evaluation stages dominate it).
 """
 
 from __future__ import annotations
@@ -50,10 +61,12 @@ from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
+from benchmarks import job_replicas
 from benchmarks.anonymizer import run_training
 from benchmarks.anonymizer_sharding import _operations, _store
 from benchmarks.common import (OUT, create_tenant, default_data, free_port, running_services, s3_server, subset_folder,
                                write_result)
+from benchmarks.job_replicas import served
 from umbra.anonymization.feedback import LESS, MORE, IntensitySearch
 from umbra.anonymizer.v1 import anonymizer_service_pb2 as an
 from umbra.anonymizer.v1 import anonymizer_service_pb2_grpc
@@ -104,11 +117,19 @@ def main() -> int:
     parser.add_argument("--local-store", action="store_true", help="a local folder instead of the S3 server")
     parser.add_argument("--faces", type=int, help="use the first N faces (default: 512 with --quick, else all)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--replicas-only", action="store_true",
+                        help="only the replicas part: previews per minute on 2 PostgreSQL replicas against 1 SQLite "
+                             "coordinator, the takeover, peak RSS")
+    parser.add_argument("--coordinator-threads", type=int, default=0,
+                        help="OMP_NUM_THREADS of the replicas part's coordinators (default: unset, torch's one per "
+                             "core; two coordinators on one machine then oversubscribe it)")
     args = parser.parse_args()
-    began = time.perf_counter()
     plan = dict(SETTINGS["quick" if args.quick else "full"])
     if args.faces:
         plan["faces"] = args.faces
+    if args.replicas_only:
+        return replicas_only(args, plan)
+    began = time.perf_counter()
 
     searched = search_rounds()
     print(f"intensity search: median {searched['median']} rounds, max {searched['max']} over "
@@ -144,9 +165,10 @@ def main() -> int:
 
         jobs: list[dict] = []
         versions: dict[str, dict] = {}
+        whole_job_rss: list[dict] = []
         for count in (1, 2):  # the coordinator restarted on the same home, with one replica then both
             env = dict(coordinator_env, UMBRA_ANONYMIZER_URLS=",".join(replicas[:count]))
-            with running_services(env, ["coordinator"]):
+            with served("coordinator", env, coordinator_port) as coordinator:
                 if count == 1:
                     # a measurement, not a release: lightly noised previews cost thousands of ε, so no budget binds
                     tenant, key = create_tenant(coordinator_target, base["UMBRA_ADMIN_KEY"], budget=(1e9, 0.5))
@@ -175,6 +197,13 @@ def main() -> int:
                     versions[job["job"]] = anonymized_images(store, bucket, job["anonymized_version"])
                     print(json.dumps({k: v for k, v in job.items() if k not in ("timeline", "report_privacy")}),
                           flush=True)
+            whole_job_rss.append({"pid": coordinator.pid, "peak_rss_mb": coordinator.peak_rss_mb,
+                                  "ran": ("the upload and " if count == 1 else "") + f"{len(runs)} whole job(s)"})
+            print(f"coordinator pid {coordinator.pid}: peak RSS {coordinator.peak_rss_mb} MB", flush=True)
+
+        print("replicas part", flush=True)
+        replicas_part = job_replicas.run(base, scratch, folder, store, quick=args.quick, carry_on=not args.quick,
+                                         generator=(bucket, generator.generator), threads=args.coordinator_threads)
 
     one, two = jobs[0], jobs[1]
     identical = versions[one["job"]] == versions[two["job"]]
@@ -200,6 +229,11 @@ def main() -> int:
                           "whole_job_ratio": round(one["seconds"] / two["seconds"], 3),
                           "identical_images": identical, "output_shards": -(-uploaded.sample_count // 256)},
         "report": reference["report"] | {"privacy_total": reference["report_privacy"]["total"]},
+        "coordinator_peak_rss_mb": max(r["peak_rss_mb"] for r in whole_job_rss),
+        "coordinator_rss_whole_jobs": whole_job_rss,
+        "takeover_seconds": replicas_part["takeover_seconds"],
+        "previews_per_minute_two_pg_vs_one_sqlite": replicas_part["previews_per_minute_two_pg_vs_one_sqlite"],
+        "replicas": replicas_part,
         "jobs": jobs,
     }
     result["targets"] = {
@@ -208,15 +242,65 @@ def main() -> int:
         "preview_epsilon_share_at_most_0.5": _target(result["preview_epsilon_share"],
                                                      TARGETS["preview_epsilon_share"]),
         "shard_outputs_identical": {"value": identical, "met": identical},
+        "coordinator_peak_rss_mb_at_most_300": _target(result["coordinator_peak_rss_mb"],
+                                                       job_replicas.TARGETS["coordinator_peak_rss_mb"]),
+        **replicas_part["targets"],
     }
     result["seconds"] = round(time.perf_counter() - began, 1)
     path = write_result("job", result)
     plot(result, OUT / "job.png")
+    job_replicas.plot(replicas_part, OUT / "job-replicas.png", whole_job_rss)
     print(f"rounds to acceptance: median {rounds['median']}, max {rounds['max']}; preview ε share "
           f"{result['preview_epsilon_share']:.3f}; stages {reference['stage_seconds']}; two replicas "
-          f"{result['shard_speedup_two_replicas']}x (identical: {identical}); {result['seconds']:.0f} s; "
-          f"written to {path}")
+          f"{result['shard_speedup_two_replicas']}x (identical: {identical}); {_replicas_line(result)}; "
+          f"{result['seconds']:.0f} s; written to {path}")
     return 0 if identical and rounds["whole_jobs_match_search"] else 1
+
+
+def replicas_only(args, plan: dict) -> int:
+    """--replicas-only: the replicas part alone (benchmarks.job_replicas), with a generator it trains."""
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ujob-", dir="/tmp") as scratch, ExitStack() as stack:
+        scratch = Path(scratch)
+        folder, what = default_data(args.data, scratch)
+        if plan["faces"]:
+            folder, what = subset_folder(folder, plan["faces"], scratch), f"{what}, first {plan['faces']}"
+        header = (folder / "labels.csv").read_text().split("\n", 1)[0].split(",")
+        kept = "race" if "race" in header else "skin_tone"
+        print(f"data: {what}", flush=True)
+        base = dict(os.environ, UMBRA_SERVICE_TOKEN=secrets.token_urlsafe(24),
+                    UMBRA_ADMIN_KEY=secrets.token_urlsafe(24))
+        if args.local_store:
+            base.update(UMBRA_STORE="local", UMBRA_STORE_DIR=str(scratch / "objects"))
+        else:
+            base.update(stack.enter_context(s3_server()), UMBRA_STORE="s3")
+        token = base["UMBRA_SERVICE_TOKEN"]
+        part = job_replicas.run(base, scratch, folder, _store(base), quick=args.quick, carry_on=True, generator=None,
+                                train=lambda target, tenant: train_generator(target, token, tenant, kept, plan,
+                                                                             args.seed),
+                                threads=args.coordinator_threads)
+    result = {"benchmark": "job-replicas", "quick": args.quick, "data": what,
+              "store": "local" if args.local_store else "s3", "cpus": os.cpu_count(),
+              "coordinator_peak_rss_mb": part["coordinator_peak_rss_mb"],
+              "takeover_seconds": part["takeover_seconds"],
+              "previews_per_minute_two_pg_vs_one_sqlite": part["previews_per_minute_two_pg_vs_one_sqlite"],
+              "targets": {"coordinator_peak_rss_mb_at_most_300": _target(
+                  part["coordinator_peak_rss_mb"], job_replicas.TARGETS["coordinator_peak_rss_mb"]),
+                  **part["targets"]},
+              "replicas": part, "seconds": round(time.perf_counter() - began, 1)}
+    path = write_result("job-replicas", result)
+    job_replicas.plot(part, OUT / "job-replicas.png")
+    print(f"{_replicas_line(result)}; {result['seconds']:.0f} s; written to {path}")
+    return 0
+
+
+def _replicas_line(result: dict) -> str:
+    part = result["replicas"]
+    return (f"coordinator peak RSS {result['coordinator_peak_rss_mb']:.0f} MB; takeover "
+            f"{result['takeover_seconds']:.1f} s at a {part['lease_seconds']:g} s lease; previews per minute "
+            f"{part['previews_per_minute']['two_pg']:.2f} on 2 PostgreSQL replicas / "
+            f"{part['previews_per_minute']['one_sqlite']:.2f} on 1 SQLite = "
+            f"{result['previews_per_minute_two_pg_vs_one_sqlite']:.2f}x")
 
 
 # -- the intensity search alone --------------------------------------------------------------------------------

@@ -33,8 +33,9 @@ import torch
 from benchmarks.common import (OUT, create_tenant, default_data, free_port, inference_server, running_services,
                                s3_server, service_env, write_result)
 from umbra.classifiers import loop, recipes
-from umbra.classifiers.architectures import ModelConfig, create
+from umbra.classifiers.architectures import create
 from umbra.classifiers.data import LabelledImages, load_split
+from umbra.classifiers.model_config import ModelConfig
 from umbra.client.channel import open_channel
 from umbra.privacy import dp_sgd
 from umbra.client.datasets import DatasetsClient

@@ -8,7 +8,8 @@
 4. train a DP-SGD gender classifier on it through the training service (epsilon in the operation's progress),
    starting from weights pretrained on other, public synthetic faces; evaluate it on the test split, publish
    it to Triton through the coordinator's ModelService (the tenant's API key) and classify exported images
-   with `umbra models predict` (tritonclient over gRPC);
+   with `umbra models predict` (through the coordinator's ModelService.Predict, with the tenant's key: Triton
+   answers no one else);
 5. release an AugMDP version (two copies) of the training split through the distortion service, with the
    classifier of step 4 as the feature extractor: the coordinator reserves the version, the distortion service
    writes it, the coordinator commits it; export it and draw original / start image / released image;
@@ -27,10 +28,17 @@
    to out/demo/demo.json and stop everything it started (unless --keep), also when a step fails or the demo is
    interrupted.
 
+With `--replicas 2` the coordinator runs as two replicas on PostgreSQL (deploy/postgres/pg.sh, started here unless
+it is running, stopped afterwards unless --keep; a fresh database `umbra_demo`; each replica its own data folder;
+job leases of LEASE_SECONDS), and the other services reach the ledger at either replica. In step 7 the replica
+driving the job (the one whose pid is in the job's lease, read from the database) is SIGKILLed while the dataset is
+anonymized; the demo shows the other replica taking the job over and the job finishing there. Without the flag (as
+`make demo` runs it): one coordinator on SQLite.
+
 A refusal by a service (a gRPC error or a failed operation) is reported in plain words, never as a traceback;
 the steps that need the refused step's result are skipped, and the demo exits 1.
 
-    python scripts/demo.py [--keep] [--faces N] [--epsilon E] [--inference-port P]
+    python scripts/demo.py [--keep] [--faces N] [--epsilon E] [--inference-port P] [--replicas 2]
 """
 
 from __future__ import annotations
@@ -85,6 +93,9 @@ GENERATOR_DP_EPOCHS = 30  # DP-SGD of its denoiser on the tenant's faces (the pu
 # (see the README's intensity table); every charge is in the ledger.
 DEMO_BUDGET = 20_000.0
 DEMO_DELTA = 1e-3
+PG = ROOT / "deploy" / "postgres" / "pg.sh"
+DEMO_DATABASE = "umbra_demo"  # on pg.sh's server, made afresh by `--replicas 2`
+LEASE_SECONDS = 6.0  # UMBRA_JOB_LEASE_SECONDS of the replicas (the default is 15): the takeover comes sooner
 
 
 def step(text: str) -> None:
@@ -160,17 +171,125 @@ def stop_process_group(proc: subprocess.Popen, timeout: float = 60.0) -> None:
         pass
 
 
+class Replicas:
+    """`--replicas 2`: the coordinator's second replica (the first is `umbra up`'s), the PostgreSQL database they
+    share, and who holds a job's lease."""
+
+    def __init__(self, home: Path, database: str, port: int):
+        self.home, self.database, self.port = home, database, port
+        self.second: subprocess.Popen | None = None
+        self._engine = None
+
+    @property
+    def targets(self) -> list[str]:
+        return [layout.endpoint("coordinator").target, f"127.0.0.1:{self.port}"]
+
+    @property
+    def target(self) -> str:
+        """Both replicas as one gRPC target (as a Kubernetes Service spreads them): pick_first, so calls go to the
+        first while it lives and to the other once it is gone."""
+        return "ipv4:" + ",".join(self.targets)
+
+    def pids(self) -> list[int | None]:
+        """The replicas' pids: the first's from `umbra up`'s pid file, the second's from here; None once dead."""
+        try:
+            first = json.loads((self.home / "run" / "coordinator.pid").read_text())["pid"]
+        except (OSError, ValueError, KeyError, TypeError):
+            first = None
+        if first is not None and not Path(f"/proc/{first}").exists():
+            first = None
+        second = self.second.pid if self.second is not None and self.second.poll() is None else None
+        return [first, second]
+
+    def start_second(self) -> None:
+        env = dict(local.service_env(self.home), UMBRA_COORDINATOR_PORT=str(self.port),
+                   UMBRA_COORDINATOR_DATA_DIR=str(self.home / "coordinator-replica-1"))
+        with open(self.home / "logs" / "coordinator-replica-1.log", "ab") as log:
+            self.second = subprocess.Popen([sys.executable, "-m", "umbra.cli.main", "serve", "coordinator"], env=env,
+                                           stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           start_new_session=True)
+        deadline = time.monotonic() + 120
+        while (state := health_of(self.targets[1], timeout=1.0)) != "SERVING":
+            if self.second.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the second coordinator replica did not start ({state}); see "
+                                   f"{self.home / 'logs' / 'coordinator-replica-1.log'}")
+            time.sleep(0.2)
+        print(f"   coordinator  {self.targets[1]:21} SERVING (the second replica, pid {self.second.pid}; both on "
+              f"PostgreSQL, database {DEMO_DATABASE}, job leases of {LEASE_SECONDS:g} s)")
+
+    def stop_second(self) -> None:
+        if self.second is not None:
+            stop_process_group(self.second, timeout=45)
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def lease(self, tenant: str, job: str) -> tuple[str, str]:
+        """(lease holder `host:pid:…`, the job's operation) as the database says."""
+        import sqlalchemy
+
+        if self._engine is None:
+            self._engine = sqlalchemy.create_engine(self.database)
+        with self._engine.connect() as connection:
+            row = connection.execute(sqlalchemy.text("SELECT lease_holder, operation FROM jobs WHERE tenant = :t "
+                                                     "AND id = :j"), {"t": tenant, "j": job}).one()
+        return row[0], row[1]
+
+    def driver(self, tenant: str, job: str) -> int | None:
+        """Which replica (0 or 1) holds the job's lease; None when neither live one does."""
+        holder = self.lease(tenant, job)[0]
+        found = [i for i, pid in enumerate(self.pids()) if pid is not None and f":{pid}:" in holder]
+        return found[0] if found else None
+
+
+def start_postgres(stops: list) -> str:
+    """pg.sh's server (started unless it runs; stopped at the end if started here) and a fresh database on it."""
+    if subprocess.run(["bash", str(PG), "status"], capture_output=True).returncode == 0:
+        print("   PostgreSQL (deploy/postgres/pg.sh) is already running: using it, and leaving it running")
+    else:
+        stops.append(("PostgreSQL", lambda: subprocess.run(["bash", str(PG), "stop"], check=False)))
+        subprocess.run(["bash", str(PG), "start"], check=True)
+    lines = subprocess.run(["bash", str(PG), "env"], capture_output=True, text=True, check=True).stdout
+    url = dict(line.split("=", 1) for line in lines.splitlines() if "=" in line)["UMBRA_DATABASE_URL"]
+    import psycopg
+    from psycopg import sql
+
+    server = url.rsplit("/", 1)[0]
+    with psycopg.connect(server.replace("postgresql+psycopg://", "postgresql://", 1) + "/postgres",
+                         autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DEMO_DATABASE)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DATABASE)))
+    print(f"   PostgreSQL at {server.rsplit('@', 1)[1]}: database {DEMO_DATABASE}, made afresh")
+    return f"{server}/{DEMO_DATABASE}"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _interrupted(signum, frame) -> None:
     raise SystemExit(128 + signum)  # SIGTERM (CI cancelling) unwinds like Ctrl-C: everything started is stopped
 
 
 def start_inference_server(home: Path, port: int) -> subprocess.Popen:
-    """`python -m umbra.inference.triton --store`: Triton serving what is published in the object store."""
+    """`python -m umbra.inference.triton --store`: Triton serving what is published in the object store, locked
+    with the services' token (UMBRA_SERVICE_TOKEN): it answers only the coordinator, whose ModelService.Predict
+    checks the tenant's key first."""
     (home / "logs").mkdir(parents=True, exist_ok=True)
     with open(home / "logs" / "inference.log", "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "umbra.inference.triton", "--store", "--grpc-port", str(port),
                                  "--workspace", str(home / "triton")], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=local.service_env(home))
+
+
+def predict_command(images: list[Path], publication: str, classes: str, target: str, key: str
+                    ) -> tuple[list[str], dict[str, str]]:
+    """`umbra models predict` through the coordinator with the tenant's key (the command and its environment)."""
+    return ([sys.executable, "-m", "umbra.cli.main", "models", "predict", *map(str, images), "--model", publication,
+             "--classes", classes, "--json"], dict(os.environ, UMBRA_ENDPOINT=target, UMBRA_API_KEY=key))
 
 
 def train_and_serve(home: Path, tenant: str, dataset_version: str, images: Path, epsilon: float,
@@ -229,9 +348,9 @@ def train_and_serve(home: Path, tenant: str, dataset_version: str, images: Path,
           f"inference server at {exported.endpoint}")
     sample = sorted((images / "images").iterdir())[:8]
     classes = ",".join(trained.training_record.classes)
-    command = [sys.executable, "-m", "umbra.cli.main", "models", "predict", *map(str, sample), "--model",
-               exported.served_model_name, "--endpoint", inference_url, "--classes", classes, "--json"]
-    predicted = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    command, env = predict_command(sample, exported.name, classes, layout.endpoint("coordinator").target,
+                                   coordinator_key)
+    predicted = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
     (OUT / "predictions.json").write_text(predicted)
     rows = json.loads(predicted)
     for row in rows[:4]:
@@ -452,6 +571,9 @@ def main() -> int:
     parser.add_argument("--epsilon", type=float, default=8.0, help="privacy budget of the DP classifier (default 8)")
     parser.add_argument("--inference-port", type=int, default=INFERENCE_PORT,
                         help=f"gRPC port of the inference server the demo starts (default {INFERENCE_PORT})")
+    parser.add_argument("--replicas", type=int, choices=(1, 2), default=1,
+                        help="coordinator replicas: 1 on SQLite (default), or 2 on PostgreSQL, the one driving the "
+                             "main job SIGKILLed while it anonymizes the dataset")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _interrupted)
     home = layout.home()
@@ -466,8 +588,10 @@ def main() -> int:
     steps = Steps(report)
     stops: list[tuple[str, Callable[[], object]]] = []  # what the demo started, stopped in reverse order
     triton: subprocess.Popen | None = None
+    replicas: Replicas | None = None
     try:
-        step("1. starting a real S3 server, the five services and the inference server")
+        step("1. starting a real S3 server, the five services and the inference server"
+             + (" (the coordinator as two replicas on PostgreSQL)" if args.replicas == 2 else ""))
         if s3_running():
             print("   an S3 server (deploy/s3/rgw.sh) is already running: using it, and leaving it running")
         else:
@@ -480,6 +604,20 @@ def main() -> int:
             return 1
         inference_url = f"127.0.0.1:{args.inference_port}"
         os.environ.update(s3, UMBRA_STORE="s3", UMBRA_INFERENCE_URL=inference_url)  # the services inherit these
+        if args.replicas == 2:
+            try:
+                database = start_postgres(stops)
+            except subprocess.CalledProcessError as exc:
+                print(f"   PostgreSQL did not start: `deploy/postgres/pg.sh {exc.cmd[-1]}` exited {exc.returncode} "
+                      f"(its log is under .build/postgres-data unless UMBRA_PG_DATA says otherwise)", file=sys.stderr)
+                return 1
+            replicas = Replicas(home, database, free_port())
+            for index in (0, 1):  # each replica a fresh data folder, as a new pod
+                shutil.rmtree(home / f"coordinator-replica-{index}", ignore_errors=True)
+            # `umbra up` starts replica 0; every service reaches the ledger at either replica
+            os.environ.update(UMBRA_DATABASE_URL=database, UMBRA_JOB_LEASE_SECONDS=f"{LEASE_SECONDS:g}",
+                              UMBRA_COORDINATOR_DATA_DIR=str(home / "coordinator-replica-0"),
+                              UMBRA_COORDINATOR_URL=replicas.target)
         started = time.monotonic()
         triton = start_inference_server(home, args.inference_port)
         stops.append(("the inference server", lambda: stop_process_group(triton)))
@@ -487,8 +625,11 @@ def main() -> int:
         if local.up(list(layout.SERVICES)) != 0:
             print("   the services did not all start (their logs are named above)", file=sys.stderr)
             return 1
+        if replicas is not None:
+            stops.append(("the second coordinator replica", replicas.stop_second))
+            replicas.start_second()
         report["start_seconds"] = round(time.monotonic() - started, 2)
-        steps.run("services", "2. calling each service with its credential", lambda: call_services(home))
+        steps.run("services", "2. calling each service with its credential", lambda: call_services(home, replicas))
         steps.run("dataset", "3. a tenant uploads a face dataset", lambda: upload_dataset(home, args.faces))
         steps.run("classifier", f"4. a DP classifier (epsilon {args.epsilon:g}) trained, evaluated and served on "
                                 f"Triton", lambda: train_and_serve(
@@ -509,7 +650,8 @@ def main() -> int:
                                     "updated by unlearning, the report; the updated classifier published and queried",
                   lambda: protection_job(report["classifier"]["model_version"], report["classifier"]["classes"],
                                          report["dataset"]["version"],
-                                         Path(report["dataset"]["export_folder"]), inference_url),
+                                         Path(report["dataset"]["export_folder"]), inference_url,
+                                         tenant=report["dataset"]["tenant"], replicas=replicas),
                   needs=("dataset", "classifier", "anonymized"))  # step 6 trained the generator the job reuses
     finally:
         if stops and not args.keep:
@@ -543,19 +685,24 @@ def main() -> int:
     if args.keep and triton is not None:
         print(f"Still running: `.venv/bin/umbra status`, Triton at {inference_url} (pid {triton.pid}); stop with "
               f"`.venv/bin/umbra down`, `kill -- -{triton.pid}` and `deploy/s3/rgw.sh stop`.")
+    if args.keep and replicas is not None and replicas.second is not None:
+        print(f"Also the second coordinator replica at {replicas.targets[1]} (pid {replicas.second.pid}; "
+              f"`kill {replicas.second.pid}`) and PostgreSQL (`deploy/postgres/pg.sh stop`).")
     print(f"\nThe demo took {report['seconds']:.0f} s. " + ("Every step worked." if not problems else
           "It did not fully work: " + "; ".join(problems) + "."))
     return 1 if problems else 0
 
 
-def call_services(home: Path) -> dict:
+def call_services(home: Path, replicas: Replicas | None = None) -> dict:
     """Step 2: each service's health, and a call with its credential (the admin key for the coordinator)."""
     admin_key = (home / "secrets" / "admin-key").read_text().strip()
     service_token = (home / "secrets" / "service-token").read_text().strip()
     services = {}
-    for service in layout.SERVICES:
-        target = layout.endpoint(service).target
-        credential = admin_key if service == "coordinator" else service_token
+    found = [(s, layout.endpoint(s).target) for s in layout.SERVICES]
+    if replicas is not None:
+        found.insert(1, ("coordinator-1", replicas.targets[1]))
+    for service, target in found:
+        credential = admin_key if service.startswith("coordinator") else service_token
         listed = list(OperationsClient(open_channel(target, credential)).list())
         services[service] = {"address": target, "health": health_of(target), "operations": len(listed)}
         print(f"   {service:12} {target:21} health {services[service]['health']}")
@@ -601,18 +748,20 @@ def upload_dataset(home: Path, faces_count: int) -> dict:
 REVIEWER_TASTE = (0.78, 0.85)  # the intensities the scripted reviewer accepts; the coordinator never sees it
 
 
-def protection_job(classifier: str, classes: str, dataset_version: str, images: Path, inference_url: str) -> dict:
+def protection_job(classifier: str, classes: str, dataset_version: str, images: Path, inference_url: str, *,
+                   tenant: str = "", replicas: Replicas | None = None) -> dict:
     """Step 7: the main job through the coordinator's public API. The job reuses the tenant's generator trained
     on the dataset (step 6). A scripted reviewer looks at each round's preview (what changed, what a face
     recognizer still finds, what it cost), answers more or less privacy until the intensity suits it, and
     accepts; the coordinator then anonymizes the whole dataset at that intensity, commits it, updates the
     classifier of step 4 to the released images by feature unlearning (verified against retraining) and writes
-    the report. The tenant then publishes the updated classifier to Triton and queries it."""
+    the report. The tenant then publishes the updated classifier to Triton and queries it. With `replicas`, the
+    replica driving the job is SIGKILLed while the dataset is anonymized, and the other carries the job on."""
 
     import numpy as np
 
     key = (OUT / "tenant-api-key").read_text().strip()
-    channel = open_channel(layout.endpoint("coordinator").target, key)
+    channel = open_channel(replicas.target if replicas else layout.endpoint("coordinator").target, key)
     stub = job_service_pb2_grpc.JobServiceStub(channel)
     model, number = classifier.removeprefix("models/").split("/versions/")
     dataset, version = dataset_version.removeprefix("datasets/").split("/versions/")
@@ -653,7 +802,11 @@ def protection_job(classifier: str, classes: str, dataset_version: str, images: 
                                                                   request_id=str(uuid.uuid4())), timeout=60)
         if answer == job_service_pb2.FEEDBACK_ACCEPT:
             break
-    job = OperationsClient(channel).result(op.name, job_service_pb2.ProtectionJob, progress=True, poll_seconds=1)
+    operation, takeover = op.name, None
+    if replicas is not None:
+        takeover = _kill_the_driver(replicas, tenant, job_id, key)
+        operation = _carried_on(stub, name, op.name)
+    job = OperationsClient(channel).result(operation, job_service_pb2.ProtectionJob, progress=True, poll_seconds=1)
     report = stub.GetReport(job_service_pb2.GetReportRequest(job=name), timeout=60)
     folder = OUT / "report"
     folder.mkdir(parents=True, exist_ok=True)
@@ -686,17 +839,82 @@ def protection_job(classifier: str, classes: str, dataset_version: str, images: 
     print(f"   {published.name}: the updated classifier served as {published.served_model_name} at "
           f"{published.endpoint}")
     sample = sorted((images / "images").iterdir())[:8]
-    command = [sys.executable, "-m", "umbra.cli.main", "models", "predict", *map(str, sample), "--model",
-               published.served_model_name, "--endpoint", inference_url, "--classes", classes, "--json"]
-    predicted = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    command, env = predict_command(sample, published.name, classes,
+                                   replicas.target if replicas else layout.endpoint("coordinator").target, key)
+    predicted = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
     (OUT / "predictions-updated.json").write_text(predicted)
     rows = json.loads(predicted)
     for row in rows[:4]:
         print(f"   umbra models predict {Path(row['image']).name}: gender {row['class']} ({row['probability']:.2f})")
-    return {"job": name, "rounds": rounds, "accepted_intensity": job.accepted_intensity, "anonymized": anonymized,
+    done = {"job": name, "rounds": rounds, "accepted_intensity": job.accepted_intensity, "anonymized": anonymized,
             "metrics": metrics, "report": str(folder / "report.html"), "updated_model": updated,
             "unlearning": unlearning, "served_model_name": published.served_model_name,
             "predicted_images": len(rows), "predictions": str(OUT / "predictions-updated.json")}
+    if takeover is not None:
+        done["takeover"] = takeover | {"finished_on": f"replica {1 - takeover['killed_replica']}",
+                                       "state": job_service_pb2.ProtectionJob.State.Name(job.state)}
+    return done
+
+
+def _kill_the_driver(replicas: Replicas, tenant: str, job: str, key: str, timeout: float = 600) -> dict:
+    """SIGKILLs the replica that holds the job's lease a few seconds into anonymizing the dataset, then waits until
+    the other replica holds the lease: what was seen, and how long the takeover took."""
+    def stage_on(driving: int, operation: str) -> tuple[bool, str]:
+        op = OperationsClient(open_channel(replicas.targets[driving], key)).get(operation)
+        metadata = job_service_pb2.ProtectionJobMetadata()
+        op.metadata.Unpack(metadata)
+        return op.done, metadata.progress.stage
+
+    deadline, stage = time.monotonic() + timeout, ""
+    while True:
+        driving = replicas.driver(tenant, job)
+        operation = replicas.lease(tenant, job)[1]
+        if driving is not None and operation:
+            done, stage = stage_on(driving, operation)
+            if stage.startswith("anonymizing"):
+                break
+            if done or stage.startswith(("commit", "measuring", "training", "retraining", "updating", "writing")):
+                raise RuntimeError(f"jobs/{job} went past anonymizing ({stage!r}) before the demo could kill its "
+                                   f"driver")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"jobs/{job} did not start anonymizing within {timeout:.0f} s")
+        time.sleep(0.2)
+    time.sleep(1)  # into it
+    stage = stage_on(driving, operation)[1] or stage
+    pid = replicas.pids()[driving]
+    survivor = replicas.pids()[1 - driving]
+    os.kill(pid, signal.SIGKILL)  # nothing is flushed, no handler runs
+    killed = time.monotonic()
+    try:
+        os.waitpid(pid, 0)  # both replicas are this process's children
+    except ChildProcessError:
+        pass
+    print(f"   SIGKILL to coordinator replica {driving} (pid {pid}), which drove the job, while {stage}", flush=True)
+    while f":{survivor}:" not in replicas.lease(tenant, job)[0]:
+        if time.monotonic() - killed > LEASE_SECONDS + 60:
+            raise TimeoutError(f"no replica took jobs/{job} over within {LEASE_SECONDS + 60:.0f} s")
+        time.sleep(0.05)
+    seconds = time.monotonic() - killed
+    print(f"   coordinator replica {1 - driving} (pid {survivor}) holds the job's lease {seconds:.1f} s later (lease "
+          f"{LEASE_SECONDS:g} s) and carries the job on from its rows in PostgreSQL", flush=True)
+    return {"killed_replica": driving, "killed_pid": pid, "killed_while": stage, "survivor_pid": survivor,
+            "takeover_seconds": round(seconds, 2), "lease_seconds": LEASE_SECONDS}
+
+
+def _carried_on(stub, name: str, before: str, timeout: float = 120) -> str:
+    """The job's operation on the replica that took it over (the job names it once that replica runs it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            job = stub.GetProtectionJob(job_service_pb2.GetProtectionJobRequest(name=name), timeout=30).job
+            if job.operation and job.operation != before:
+                print(f"   {name} goes on as {job.operation}", flush=True)
+                return job.operation
+        except grpc.RpcError as exc:
+            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+        time.sleep(0.5)
+    raise TimeoutError(f"{name} named no new operation within {timeout:.0f} s of the takeover")
 
 
 def _pixel_change(original: bytes, released: bytes) -> float:

@@ -184,7 +184,8 @@ def write_extractor(store, bucket: str, name: str, *, task: str = "gender", clas
     """A small real (untrained) GroupNorm CNN in the model registry, as the training service leaves one."""
     import torch
 
-    from umbra.classifiers.architectures import ModelConfig, create
+    from umbra.classifiers.architectures import create
+    from umbra.classifiers.model_config import ModelConfig
     from umbra.classifiers.registry import ModelRegistry
 
     torch.manual_seed(0)

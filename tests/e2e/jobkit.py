@@ -33,7 +33,8 @@ from umbra.coordinator.v1 import ledger_service_pb2_grpc
 from umbra.dataset import synthetic
 from umbra.dataset.images import SizePolicy
 from umbra.diffusion.attributes import schema_for
-from umbra.diffusion.generator import GeneratorConfig, build
+from umbra.diffusion.generator import build
+from umbra.diffusion.generator_config import GeneratorConfig
 from umbra.services.coordinator.sharding import derived_request_id
 from umbra.storage.datasets import DatasetReader
 from umbra.training.v1 import training_service_pb2 as ts

@@ -12,9 +12,10 @@ import torch
 from safetensors.torch import save_file
 from tritonclient.utils import InferenceServerException
 
+from umbra.classifiers.model_config import ModelConfig
 from umbra.client.inference import predict
 from umbra.inference.triton import InferenceServer, load_model_dir, load_served_model
-from umbra.classifiers.architectures import ModelConfig, create
+from umbra.classifiers.architectures import create
 
 pytestmark = pytest.mark.slow
 

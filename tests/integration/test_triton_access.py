@@ -15,7 +15,8 @@ from tritonclient.utils import InferenceServerException
 
 from safetensors.torch import save_file
 
-from umbra.classifiers.architectures import ModelConfig, create
+from umbra.classifiers.architectures import create
+from umbra.classifiers.model_config import ModelConfig
 from umbra.inference import access
 from umbra.inference.gateway import Gateway
 from umbra.inference.triton import InferenceServer, load_model_dir

@@ -20,6 +20,7 @@ import torch
 
 from support import SERVICE_TOKEN, free_port, start_service, status_details
 from umbra.anonymization import dataset as anonymized_dataset
+from umbra.anonymization import shards as shard_rule
 from umbra.anonymizer.v1 import anonymizer_service_pb2 as an
 from umbra.anonymizer.v1 import anonymizer_service_pb2_grpc
 from umbra.classifiers.registry import ModelRegistry
@@ -33,7 +34,8 @@ from umbra.coordinator.v1 import ledger_service_pb2_grpc
 from umbra.dataset import synthetic
 from umbra.dataset.images import SizePolicy
 from umbra.diffusion.attributes import schema_for
-from umbra.diffusion.generator import GeneratorConfig, build
+from umbra.diffusion.generator import build
+from umbra.diffusion.generator_config import GeneratorConfig
 from umbra.services.coordinator.sharding import anonymize_sharded
 from umbra.storage import keys
 from umbra.storage.datasets import DatasetReader
@@ -50,8 +52,8 @@ def system(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     objects = str(home / "objects")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(anonymized_dataset, "BATCH", 8)
-        patch.setattr(anonymized_dataset, "SHARD_SAMPLES", SHARD)
+        patch.setattr(shard_rule, "BATCH", 8)
+        patch.setattr(shard_rule, "SHARD_SAMPLES", SHARD)
         coordinator = start_service("coordinator", home, budget=(1e5, 0.1))
         # two replicas: their own operations (as two pods), one object store
         replicas = [start_service("anonymizer", home / f"replica-{i}", coordinator=coordinator,

@@ -17,7 +17,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from support import ADMIN_KEY, SERVICE_TOKEN, create_tenant, free_port, start_service, status_details
-from umbra.classifiers.architectures import ModelConfig, create
+from umbra.classifiers.architectures import create
+from umbra.classifiers.model_config import ModelConfig
 from umbra.classifiers.registry import ModelRegistry
 from umbra.client import inference
 from umbra.client.channel import open_channel
@@ -56,6 +57,7 @@ class Caller:
     """ModelService as one credential ("" for none) sees it."""
 
     def __init__(self, target: str, key: str):
+        self.key = key
         channel = open_channel(target, key)
         self.stub = model_service_pb2_grpc.ModelServiceStub(channel)
         self.operations = OperationsClient(channel)
@@ -148,6 +150,29 @@ def test_the_tenants_key_gets_the_models_logits_through_the_coordinator(stack):
                                in_process(models["globex"], images[:5]), rtol=0, atol=1e-4)
     np.testing.assert_allclose(acme.predict("publications/smile-api", images[:5]),
                                in_process(models["acme"], images[:5]), rtol=0, atol=1e-4)
+
+
+def test_the_cli_and_the_sdk_predict_through_the_coordinator_with_the_tenants_key(stack, tmp_path):
+    acme, globex, _, _, target, _ = stack
+    from umbra.dataset import synthetic
+
+    faces = synthetic.write_folder(tmp_path / "faces", 3, size=48, seed=2)  # resized to the model's 32 px
+    published = inference.Published(open_channel(target, acme.key), "smile-api")
+    assert published.image_size == 32
+    env = dict(os.environ, UMBRA_ENDPOINT=target, UMBRA_API_KEY=acme.key)
+    out = subprocess.run([sys.executable, "-m", "umbra.cli.main", "models", "predict", str(faces / "images"),
+                          "--model", "acme.smile-api", "--classes", "no,yes", "--json"],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    rows = json.loads(out.stdout)
+    assert len(rows) == 3 and {r["class"] for r in rows} <= {"no", "yes"}
+    for model, says in (("nothing-here", "NOT_FOUND"), ("acme.smile-api", "not one of your publications")):
+        refused = subprocess.run([sys.executable, "-m", "umbra.cli.main", "models", "predict",
+                                  str(faces / "images"), "--model", model], capture_output=True, text=True,
+                                 timeout=60, env=dict(env, UMBRA_API_KEY=globex.key))  # globex's key
+        assert refused.returncode != 0 and says in refused.stderr and model in refused.stderr, refused.stderr
 
 
 def test_bad_inputs_are_refused_by_field(stack):

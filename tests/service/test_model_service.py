@@ -16,7 +16,8 @@ import torch
 from tritonclient.utils import InferenceServerException
 
 from support import create_tenant, free_port, start_service, status_details
-from umbra.classifiers.architectures import ModelConfig, create
+from umbra.classifiers.architectures import create
+from umbra.classifiers.model_config import ModelConfig
 from umbra.classifiers.registry import ModelRegistry
 from umbra.client import inference
 from umbra.client.channel import open_channel

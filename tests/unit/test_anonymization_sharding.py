@@ -6,8 +6,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from umbra.anonymization.shards import SHARD_SAMPLES, shard_count
 
-from umbra.anonymization.dataset import SHARD_SAMPLES, shard_count
 from umbra.dataset import manifest as mf
 from umbra.services.coordinator.sharding import deal, derived_request_id
 

@@ -3,8 +3,9 @@ import torch
 from opacus.validators import ModuleValidator
 
 from umbra.classifiers import loop
-from umbra.classifiers.architectures import REGISTRY, ModelConfig, create
+from umbra.classifiers.architectures import REGISTRY, create
 from umbra.classifiers.data import LabelledImages
+from umbra.classifiers.model_config import ModelConfig
 from umbra.privacy import dp_sgd
 
 SIZES = {name: [32] if name.startswith("scatternet") else [32, 64] for name in REGISTRY}

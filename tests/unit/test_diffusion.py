@@ -9,9 +9,10 @@ import pytest
 import torch
 from opacus import GradSampleModule
 
+from umbra.diffusion.generator_config import GeneratorConfig
 from umbra.privacy.dp_sgd import Checkpoint
 from umbra.diffusion.attributes import Attribute, schema_for
-from umbra.diffusion.generator import ConditionalUNet, GeneratorConfig, load_matching, noise_schedule
+from umbra.diffusion.generator import ConditionalUNet, load_matching, noise_schedule
 from umbra.diffusion.sampling import regenerate, schedule_for
 from umbra.diffusion.training import GeneratorHyper, _average_multiplicity, train
 from umbra.runtime.errors import InvalidInput

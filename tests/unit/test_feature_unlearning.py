@@ -173,8 +173,9 @@ def test_probe_balanced_accuracy_reads_a_signal_and_not_noise():
 
 
 def test_a_scatternets_inputs_are_its_stem_outputs_for_each_view():
-    from umbra.classifiers.architectures import ModelConfig, create
+    from umbra.classifiers.architectures import create
     from umbra.classifiers.data import LabelledImages
+    from umbra.classifiers.model_config import ModelConfig
     from umbra.feature_unlearning.classifier import trainable
 
     model = create(ModelConfig("scatternet_cnn", 2, 32, classes=["0", "1"], width=8))

@@ -11,7 +11,8 @@ import torch
 from umbra.anonymization import anonymize as anon
 from umbra.anonymization import privatize
 from umbra.diffusion.attributes import Attribute
-from umbra.diffusion.generator import GeneratorConfig, build, latent_clip_for, load_matching
+from umbra.diffusion.generator import build, latent_clip_for, load_matching
+from umbra.diffusion.generator_config import GeneratorConfig
 from umbra.diffusion.latent import LatentGenerator
 from umbra.diffusion.sampling import regenerate, schedule_for
 from umbra.diffusion.training import GeneratorHyper, train

@@ -4,7 +4,8 @@ driven down, the same result as the reference loop, and the extractor left as it
 import pytest
 import torch
 
-from umbra.classifiers.architectures import ModelConfig, create
+from umbra.classifiers.architectures import create
+from umbra.classifiers.model_config import ModelConfig
 from umbra.mdp.feature_matching import choose_starts, match_features, reference_match
 from umbra.runtime.errors import Cancelled, InvalidInput
 

@@ -4,7 +4,8 @@ total-variation prior, pixels kept in range."""
 import pytest
 import torch
 
-from umbra.classifiers.architectures import ModelConfig, create
+from umbra.classifiers.architectures import create
+from umbra.classifiers.model_config import ModelConfig
 from umbra.mdp.feature_matching import feature_loss, single_view
 from umbra.mdp.inversion import invert_features, total_variation
 

@@ -22,7 +22,7 @@ from umbra.common.v1 import refs_pb2
 from umbra.coordinator.v1 import dataset_service_pb2 as ds
 from umbra.coordinator.v1 import dataset_service_pb2_grpc
 from umbra.diffusion.attributes import Attribute
-from umbra.diffusion.generator import GeneratorConfig
+from umbra.diffusion.generator_config import GeneratorConfig
 from umbra.distortion.v1 import distortion_service_pb2 as dd
 from umbra.runtime import auth, pagination
 from umbra.runtime.errors import InvalidInput

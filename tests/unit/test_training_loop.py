@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from umbra.classifiers.model_config import ModelConfig
 from umbra.dataset import synthetic
 from umbra.runtime.errors import InvalidInput
-from umbra.classifiers.architectures import ModelConfig, create
+from umbra.classifiers.architectures import create
 from umbra.classifiers.data import LabelledImages
 from umbra.classifiers.loop import Hyperparameters, predict, train
 from umbra.privacy.dp_sgd import DPSettings

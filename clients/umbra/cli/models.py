@@ -1,10 +1,12 @@
 """`umbra models …`: publish model versions to the inference server through the coordinator's ModelService (tenant
-API key), list and withdraw the publications, and classify images with a published model (Triton, over gRPC with
-tritonclient: the images are read, resized to the size the served model takes, and sent in batches).
+API key), list and withdraw the publications, and classify images with a published model (the images are read,
+resized to the size the published model takes, and sent in batches): through the coordinator's
+ModelService.Predict with the tenant's key, or with `--endpoint`, straight to an inference server that is not
+locked (tritonclient over gRPC).
 
     umbra models publish models/gender/versions/3 --id gender     # waits until Triton serves acme.gender
     umbra models publications
-    umbra models predict --model acme.gender face1.png faces/ --classes male,female
+    umbra models predict --model gender face1.png faces/ --classes male,female
     umbra models withdraw gender
 """
 
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -22,7 +23,6 @@ from tritonclient.utils import InferenceServerException
 
 from umbra.client import inference
 
-DEFAULT_ENDPOINT = "127.0.0.1:8001"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
@@ -62,16 +62,38 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
+def _logits(args, files: list[Path]) -> np.ndarray:
+    """The published model's logits for the images: through the coordinator, or with --endpoint straight from
+    Triton (where --model is the served name <tenant>.<id>)."""
+    if args.endpoint:
+        size = inference.input_size(args.endpoint, args.model)
+        return inference.predict(args.endpoint, args.model, load_images(files, size))
+    from umbra.client import Client
+
+    with Client() as client:
+        name = args.model.split(".", 1)[-1]  # "acme.gender" (the served name) or "gender" or "publications/gender"
+        model = inference.Published(client.channel, name, timeout=client.timeout + 30)
+        if "." in args.model and model.publication.served_model_name != args.model:
+            raise SystemExit(f"umbra models predict: {args.model} is not one of your publications (yours with id "
+                             f"{name} is served as {model.publication.served_model_name})")
+        if not model.image_size:
+            raise SystemExit(f"umbra models predict: {model.name}'s model version cannot be read (its image size)")
+        return model.predict(load_images(files, model.image_size))
+
+
 def predict(args) -> int:
+    from umbra.client.errors import UmbraRpcError
+
     files = image_files(args.images)
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     try:
-        size = inference.input_size(args.endpoint, args.model)
-        images = load_images(files, size)
-        probabilities = softmax(inference.predict(args.endpoint, args.model, images))
+        probabilities = softmax(_logits(args, files))
     except InferenceServerException as e:
         print(f"umbra models predict: the inference server at {args.endpoint} answered: {e.message()}",
               file=sys.stderr)
+        return 1
+    except UmbraRpcError as exc:
+        print(f"umbra models predict: {exc}", file=sys.stderr)
         return 1
     if classes is not None and len(classes) != probabilities.shape[1]:
         print(f"umbra models predict: --classes names {len(classes)} classes; {args.model} has "
@@ -159,12 +181,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     w = m_sub.add_parser("withdraw", help="withdraw a publication: the inference server stops serving it")
     w.add_argument("id", help="the publication's id (or publications/<id>)")
     w.set_defaults(func=publications)
-    p = m_sub.add_parser("predict", help="classify images with a published model (Triton, gRPC)")
+    p = m_sub.add_parser("predict", help="classify images with a published model (through the coordinator, with "
+                                         "your API key)")
     p.add_argument("images", nargs="+", help="image files or folders of images")
-    p.add_argument("--model", required=True, help="the served model name, as `umbra models publish` printed it "
-                                                  "(<tenant>.<id>)")
-    p.add_argument("--endpoint", default=os.environ.get("UMBRA_INFERENCE_URL") or DEFAULT_ENDPOINT,
-                   help=f"the inference server's gRPC address (default: $UMBRA_INFERENCE_URL or {DEFAULT_ENDPOINT})")
+    p.add_argument("--model", required=True, help="the publication: its id, publications/<id>, or the served name "
+                                                  "<tenant>.<id> that `umbra models publish` printed")
+    p.add_argument("--endpoint", default=None,
+                   help="call this inference server (host:port) directly instead of the coordinator, with --model "
+                        "the served name <tenant>.<id>; only an inference server started without "
+                        "UMBRA_SERVICE_TOKEN answers")
     p.add_argument("--classes", help="class names in output order, comma-separated (as in the model's record)")
     p.add_argument("--json", action="store_true", help="print JSON with every class probability")
     p.set_defaults(func=predict)

@@ -1,8 +1,14 @@
-"""The SDK's Triton gRPC client for published classifiers: `predict(url, model, images)` returns the logits.
+"""The SDK's clients for published classifiers.
 
-Imports only numpy and tritonclient (no torch). Batches larger than the server's
-`max_batch_size` are split into several calls; errors from the server (an unknown model, a wrong image size)
-come back as `tritonclient.utils.InferenceServerException`, whose message says what went wrong.
+- `Published(channel, "publications/gender")`: through the coordinator's ModelService.Predict with the tenant's
+  API key (the channel's credential): the way for tenants, and the only one where the inference server is locked
+  (UMBRA_SERVICE_TOKEN set: it answers only the coordinator). Errors are UmbraRpcError, naming the field.
+- `Classifier(url, "acme.gender")` / `predict(url, model, images)`: straight to Triton over gRPC with tritonclient,
+  for an inference server that is not locked (a single-user machine) or for Umbra's own services. Errors from the
+  server (an unknown model, a wrong image size) come back as `tritonclient.utils.InferenceServerException`.
+
+Imports only numpy, grpc and tritonclient (no torch). Batches larger than the server's `max_batch_size` are split
+into several calls.
 """
 
 from __future__ import annotations
@@ -33,12 +39,7 @@ class Classifier:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """The logits (N, num_classes) float32 for `images`, float images in [0, 1] of shape (N, 3, H, W)."""
-        images = np.asarray(images)
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must have shape (N, 3, H, W), got {images.shape}")
-        if images.shape[0] == 0:
-            raise ValueError("images is empty: nothing to predict")
-        images = np.ascontiguousarray(images, dtype=np.float32)
+        images = _checked(images)
         parts = []
         for start in range(0, images.shape[0], MAX_BATCH_SIZE):
             chunk = images[start:start + MAX_BATCH_SIZE]
@@ -57,6 +58,52 @@ class Classifier:
 
     def __exit__(self, *_) -> None:
         self.close()
+
+
+class Published:
+    """A publication of the calling tenant, run through the coordinator (ModelService.Predict):
+
+        with open_channel(coordinator, api_key) as channel:
+            model = Published(channel, "publications/gender")
+            logits = model.predict(model.load(paths))  # or any float32 (N, 3, size, size) in [0, 1]
+    """
+
+    def __init__(self, channel, name: str, timeout: float = 60.0):
+        from umbra.client.operations import call
+        from umbra.coordinator.v1 import model_service_pb2 as ms
+        from umbra.coordinator.v1 import model_service_pb2_grpc
+
+        self.name = name if name.startswith("publications/") else f"publications/{name}"
+        self.timeout, self._ms, self._call = timeout, ms, call
+        self._stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        self.publication = call(self._stub.GetPublication, ms.GetPublicationRequest(name=self.name), timeout=timeout)\
+            .publication
+
+    @property
+    def image_size(self) -> int:
+        """The image side (pixels) the published model takes."""
+        return self.publication.image_size
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """The logits (N, num_classes) float32 for `images`, float images in [0, 1] of shape (N, 3, H, W)."""
+        images = _checked(images)
+        parts = []
+        for start in range(0, images.shape[0], MAX_BATCH_SIZE):
+            chunk = images[start:start + MAX_BATCH_SIZE]
+            request = self._ms.PredictRequest(name=self.name, inputs=self._ms.Tensor(
+                shape=chunk.shape, float32_data=chunk.astype("<f4", copy=False).tobytes()))
+            outputs = self._call(self._stub.Predict, request, timeout=self.timeout).outputs
+            parts.append(np.frombuffer(outputs.float32_data, dtype="<f4").reshape(tuple(outputs.shape)))
+        return np.concatenate(parts)
+
+
+def _checked(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must have shape (N, 3, H, W), got {images.shape}")
+    if images.shape[0] == 0:
+        raise ValueError("images is empty: nothing to predict")
+    return np.ascontiguousarray(images, dtype=np.float32)
 
 
 def predict(url: str, model_name: str, images: np.ndarray, timeout: float = 30.0) -> np.ndarray:

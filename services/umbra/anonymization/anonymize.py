@@ -26,7 +26,7 @@ from torch import nn
 from umbra.anonymization import privatize
 from umbra.anonymization.intensity import Plan, plan_for
 from umbra.diffusion.attributes import Attribute
-from umbra.diffusion.generator import GeneratorConfig
+from umbra.diffusion.generator_config import GeneratorConfig
 from umbra.diffusion.sampling import Schedule, regenerate, schedule_for
 from umbra.privacy.mechanisms import Cost
 from umbra.runtime import bounds

@@ -4,11 +4,11 @@
     result = run(job, load_net, progress=..., cancelled=...)
 
 Output shard i holds the samples [256 i, 256 i + 256) of the plan's sample list (the source manifest's samples
-that have a value for every protected and kept attribute, in manifest order; `shard_count` says how many shards
-that makes), and its bytes are a function of the source version, the settings, the seed and i alone: each
-sample's released values come from its own generator (`sample_rng`: seed and key), each batch's image noise from
-one seeded by the seed and the batch's first sample index. So any replica writes the same bytes for a shard,
-whichever other shards it writes or finds. `shards` splits the work across replicas: a run given shard indices
+that have a value for every protected and kept attribute, in manifest order; `umbra.anonymization.shards.shard_count`
+says how many shards that makes), and its bytes are a function of the source version, the settings, the seed and i
+alone: each sample's released values come from its own generator (`sample_rng`: seed and key), each batch's image
+noise from one seeded by the seed and the batch's first sample index. So any replica writes the same bytes for a
+shard, whichever other shards it writes or finds. `shards` splits the work across replicas: a run given shard indices
 writes those shards and their parts only; a run without (all shards) reuses every part it finds, writes the
 rest, then the record and the upload manifest.
 
@@ -25,13 +25,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 
 import numpy as np
 import torch
 
+from umbra.anonymization import shards as shard_rule
 from umbra.anonymization.anonymize import Request, anonymize
 from umbra.classifiers.data import decode
 from umbra.dataset import manifest as mf
@@ -41,9 +42,6 @@ from umbra.storage.datasets import DatasetReader
 from umbra.storage.derived import DerivedVersion, png
 
 log = logging.getLogger(__name__)
-BATCH = 64
-BATCHES_PER_SHARD = 4
-SHARD_SAMPLES = BATCH * BATCHES_PER_SHARD
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,7 @@ class Job:
 
     @property
     def chunks(self) -> list[range]:
-        n, size = len(self.samples), SHARD_SAMPLES
+        n, size = len(self.samples), shard_rule.SHARD_SAMPLES
         return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
 
@@ -81,17 +79,6 @@ def batch_generator(seed: int, start: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + start)
 
 
-def _complete(sample: mf.Sample, needed: list[str]) -> bool:
-    return all(name in sample.labels for name in needed)
-
-
-def shard_count(samples: Iterable[mf.Sample], attributes: Iterable[str]) -> int:
-    """How many output shards anonymizing these source samples writes, protecting and keeping `attributes`
-    (the names, protected and kept alike): the plan's rule, for a caller that splits the work before asking."""
-    needed = list(attributes)
-    return -(-sum(_complete(s, needed) for s in samples) // SHARD_SAMPLES)
-
-
 def plan(store: ObjectStore, bucket: str, reader: DatasetReader, request: Request, *, output: tuple[str, int],
          fingerprint: str, shards: list[int] | None = None) -> Job:
     """`shards`: the output shard indices to write (parts only), or None for all and the finished version. The
@@ -99,7 +86,7 @@ def plan(store: ObjectStore, bucket: str, reader: DatasetReader, request: Reques
     needed = [a.name for a in (*request.protected, *request.kept)]
     samples, left_out = [], 0
     for sample in reader.samples():
-        if _complete(sample, needed):
+        if shard_rule.complete(sample, needed):
             for attribute in (*request.protected, *request.kept):
                 attribute.index(sample.labels[attribute.name])  # a value the generator does not know: refused now
             samples.append(sample)
@@ -107,7 +94,7 @@ def plan(store: ObjectStore, bucket: str, reader: DatasetReader, request: Reques
             left_out += 1
     if not samples:
         raise InvalidInput("dataset", f"no sample has a value for every one of {', '.join(needed)}")
-    count = -(-len(samples) // SHARD_SAMPLES)
+    count = -(-len(samples) // shard_rule.SHARD_SAMPLES)
     if shards is not None:
         seen: set[int] = set()
         for index in shards:
@@ -143,11 +130,11 @@ def run(job: Job, net: Callable[[], torch.nn.Module], *,
         chunk, part = chunks[c], finished[c]
         if part is None:
             entries = []
-            for start in range(chunk.start, chunk.stop, BATCH):
+            for start in range(chunk.start, chunk.stop, shard_rule.BATCH):
                 if cancelled():
                     raise Cancelled("the anonymization was cancelled; the shards written so far are kept for a "
                                     "rerun of the same request")
-                batch = range(start, min(start + BATCH, chunk.stop))
+                batch = range(start, min(start + shard_rule.BATCH, chunk.stop))
                 at = offsets[c] + start - chunk.start
                 entries += _anonymize_batch(job, model, batch, images[at:at + len(batch)])
                 progress(done + batch.stop - chunk.start, total, n)

@@ -22,10 +22,12 @@ from importlib.metadata import version as package_version
 import numpy as np
 import torch
 
+from umbra.classifiers.catalog import StoredModel
 from umbra.classifiers.data import decode
-from umbra.classifiers.registry import ModelRegistry, StoredModel
+from umbra.classifiers.registry import ModelRegistry
 from umbra.diffusion.attributes import Attribute, schema_for
-from umbra.diffusion.generator import DESIGNS, GeneratorConfig, build, latent_clip_for, load_matching
+from umbra.diffusion.generator import DESIGNS, build, latent_clip_for, load_matching
+from umbra.diffusion.generator_config import GeneratorConfig
 from umbra.diffusion.training import GeneratorHyper, train
 from umbra.privacy.dp_sgd import Checkpoint, DPSettings, EpochReport, poisson_rate
 from umbra.privacy.mechanisms import Cost, dp_sgd_cost

@@ -10,37 +10,12 @@ std in their config, so every caller (training, evaluation, Triton) feeds the sa
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Saved beside the weights (config.json): everything needed to rebuild the model."""
-
-    architecture: str
-    num_classes: int
-    image_size: int
-    classes: list[str] = field(default_factory=list)
-    width: int = 32
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
-    # In eval mode, average the features of the image and its mirror image (test-time flip averaging, the
-    # counterpart of random flips in training); training mode always sees the one view it is given.
-    mirror_average: bool = False
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> "ModelConfig":
-        data = json.loads(text)
-        data["mean"], data["std"] = tuple(data["mean"]), tuple(data["std"])
-        return cls(**data)
+from umbra.classifiers.model_config import ModelConfig
 
 
 def _groups(channels: int) -> int:

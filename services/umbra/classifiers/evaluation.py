@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import torch
 
 from umbra.classifiers.architectures import create
+from umbra.classifiers.catalog import StoredModel
 from umbra.classifiers.data import load_split
 from umbra.classifiers.loop import predict
-from umbra.classifiers.registry import ModelRegistry, StoredModel
+from umbra.classifiers.registry import ModelRegistry
 from umbra.storage.datasets import DatasetReader
 
 

@@ -22,9 +22,11 @@ from importlib.metadata import version as package_version
 import torch
 
 from umbra.classifiers import loop
-from umbra.classifiers.architectures import IMAGE_SIZES, ModelConfig, create
+from umbra.classifiers.architectures import IMAGE_SIZES, create
+from umbra.classifiers.catalog import StoredModel
 from umbra.classifiers.data import load_split
-from umbra.classifiers.registry import ModelRegistry, StoredModel
+from umbra.classifiers.model_config import ModelConfig
+from umbra.classifiers.registry import ModelRegistry
 from umbra.classifiers.revision import Change, Revision
 from umbra.privacy.dp_sgd import Checkpoint, DPSettings, EpochReport, poisson_rate
 from umbra.runtime import bounds

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from umbra.classifiers import loop
-from umbra.classifiers.architectures import ModelConfig, create
+from umbra.classifiers.architectures import create
 from umbra.classifiers.data import LabelledImages
 from umbra.classifiers.loop import Hyperparameters
+from umbra.classifiers.model_config import ModelConfig
 from umbra.privacy import dp_sgd
 
 

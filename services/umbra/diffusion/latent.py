@@ -27,8 +27,8 @@ import math
 import torch
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
+from umbra.diffusion.generator_config import GeneratorConfig
 
-from umbra.diffusion.generator import GeneratorConfig
 
 SMALLEST = 4  # the encoder's last feature map is 4×4
 WIDTHS = (32, 64, 128, 128, 128)  # channels after each stride-2 step, from the image down

@@ -24,7 +24,8 @@ import torch
 from diffusers import DDIMScheduler
 from torch import nn
 
-from umbra.diffusion.generator import GeneratorConfig, noise_schedule
+from umbra.diffusion.generator import noise_schedule
+from umbra.diffusion.generator_config import GeneratorConfig
 from umbra.runtime.errors import InvalidInput
 
 

@@ -18,8 +18,9 @@ from importlib.metadata import version as package_version
 from torch import nn
 
 from umbra.classifiers.architectures import create
+from umbra.classifiers.catalog import StoredModel
 from umbra.classifiers.data import load_keys
-from umbra.classifiers.registry import ModelRegistry, StoredModel
+from umbra.classifiers.registry import ModelRegistry
 from umbra.classifiers.revision import Change, Revision
 from umbra.feature_unlearning import updates
 from umbra.feature_unlearning.classifier import trainable

@@ -4,7 +4,8 @@ accuracy of a probe that predicts a protected attribute from a model's penultima
 
 The probe is the same for every model: standardized features, an L2-regularized logistic regression (scikit-
 learn, L-BFGS run to convergence, classes weighted to balance), scored by stratified 5-fold cross-validation on
-held-out images (none of the models trained on them).
+held-out images (none of the models trained on them). What a dataset needs for it is checked, before any compute,
+by umbra.feature_unlearning.probe.check_probe.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import torch
 from torch import nn
 
 from umbra.classifiers.architectures import create
+from umbra.classifiers.catalog import StoredModel
 from umbra.classifiers.data import LabelledImages, load_split
 from umbra.classifiers.loop import predict
-from umbra.classifiers.registry import ModelRegistry, StoredModel
-from umbra.runtime.errors import FailedPrecondition, InvalidInput
+from umbra.classifiers.registry import ModelRegistry
+from umbra.runtime.errors import FailedPrecondition
 from umbra.storage.datasets import DatasetReader
 
 FOLDS = 5
@@ -90,25 +92,6 @@ def compare(models: dict[str, nn.Module], test: LabelledImages, protected: np.nd
         out["agreement"][name] = float((predictions[name] == predictions[reference]).float().mean())
         out["parameter_distance"][name] = parameter_distance(model, models[reference])
     return out
-
-
-def check_probe(reader: DatasetReader, *, task: str, attribute: str) -> None:
-    """Refuses, before any compute, a comparison whose probe cannot be scored on `reader`'s test split."""
-    if not attribute:
-        raise InvalidInput("probe_attribute", "is required with verify: the protected attribute the leakage probe "
-                                              "predicts")
-    if attribute == task:
-        raise InvalidInput("probe_attribute", f"is the model's own task ({task!r}): name a protected attribute")
-    if attribute not in reader.header.label_columns:
-        raise InvalidInput("probe_attribute", f"{attribute!r} is not a label column of the original version (it "
-                                              f"has {', '.join(reader.header.label_columns)})")
-    values: dict[str, int] = {}
-    for sample in reader.samples():
-        if sample.split == "test" and task in sample.labels and attribute in sample.labels:
-            values[sample.labels[attribute]] = values.get(sample.labels[attribute], 0) + 1
-    if len(values) < 2 or min(values.values()) < 2:
-        raise InvalidInput("verify", f"the original version's test split needs at least two samples of two values "
-                                     f"of {attribute!r} labelled with {task!r} (it has {values or 'none'})")
 
 
 def against_retrained(registry: ModelRegistry, bucket: str, source: StoredModel, unlearned: nn.Module,

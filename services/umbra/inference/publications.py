@@ -1,9 +1,9 @@
 """What the inference server serves: one small JSON entry per published model version, in a serving bucket of
 the object store. The coordinator's ModelService (PublishModel, DeletePublication), its TenantService (DeleteTenant
 withdraws all of a tenant's) and the training service's ExportModelVersion write and remove entries, all through
-this module; the inference server reads them, loads each model version from its tenant's registry (checksums
-verified) and serves it under its Triton name, and unloads what is withdrawn. Only the coordinator's
-ModelService.Predict may call it (umbra.inference.access).
+this module; the inference server (umbra.inference.triton) reads them, loads each model version from its tenant's
+registry (checksums verified) and serves it under its Triton name, and unloads what is withdrawn. Only the
+coordinator's ModelService.Predict may call it (umbra.inference.access). Torch-free: the coordinator imports it.
 
     umbra--serving/entries/<tenant>.<served_model_name>.json    {"tenant", "model", "version", ...}
     umbra--serving/failures/<tenant>.<served_model_name>.json   why the inference server could not load it
@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
-from umbra.classifiers.registry import ModelRegistry
+from umbra.classifiers.catalog import ModelCatalog
 from umbra.client import inference
 from umbra.runtime.auth import validate_tenant_id
 from umbra.runtime.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
@@ -91,7 +91,7 @@ def publish(store: ObjectStore, tenant: str, served_model_name: str, model: str,
     already taken is AlreadyExists (naming `field`), except for the same publication again: with `request_id`
     None (ExportModelVersion) the same version is a no-op; with a request_id (PublishModel) only a retry of the
     request that made it is (an empty request_id is never a retry)."""
-    ModelRegistry(store).get(keys.bucket(tenant), model, version)  # NotFound, also for another tenant's model
+    ModelCatalog(store).get(keys.bucket(tenant), model, version)  # NotFound, also for another tenant's model
     current = _find(store, tenant, served_model_name)
     if current is not None:
         if current.serves(model, version) and (request_id is None or (request_id and
@@ -171,14 +171,6 @@ def list_all(store: ObjectStore) -> Iterator[tuple[Publication, str]]:
                 yield _read(store, info.key), info.etag or info.sha256
             except NotFound:
                 continue  # withdrawn between the listing and the read
-
-
-def load_weights(store: ObjectStore, publication: Publication):
-    """(ModelConfig, state dict) of the published version, read from the tenant's registry."""
-    registry = ModelRegistry(store)
-    bucket = keys.bucket(publication.tenant)
-    stored = registry.get(bucket, publication.model, publication.version)
-    return stored.config, registry.weights(bucket, publication.model, publication.version)
 
 
 # -- what the inference server does with them -----------------------------------------------------------------

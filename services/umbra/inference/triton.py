@@ -57,9 +57,12 @@ from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 from safetensors.torch import load_file
 from torch import nn
 
+from umbra.classifiers.architectures import create
+from umbra.classifiers.model_config import ModelConfig
+from umbra.classifiers.registry import ModelRegistry
 from umbra.client.inference import INPUT_NAME, MAX_BATCH_SIZE, OUTPUT_NAME
-from umbra.classifiers.architectures import ModelConfig, create
 from umbra.inference import access
+from umbra.storage import keys
 
 logger = logging.getLogger(__name__)
 
@@ -352,6 +355,14 @@ class InferenceServer:
         self.stop()
 
 
+def published_weights(store, publication) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """(config, state dict) of a publication's model version, read from its tenant's registry."""
+    registry = ModelRegistry(store)
+    bucket = keys.bucket(publication.tenant)
+    stored = registry.get(bucket, publication.model, publication.version)
+    return stored.config, registry.weights(bucket, publication.model, publication.version)
+
+
 def sync_publications(server: InferenceServer, store, tried: dict[str, str]) -> None:
     """Makes `server` serve what is published in `store`: loads every publication it does not serve yet and
     unloads those withdrawn (or replaced by another entry under the same name). `tried` maps a Triton name to the
@@ -371,7 +382,7 @@ def sync_publications(server: InferenceServer, store, tried: dict[str, str]) -> 
             continue
         tried[name] = etag
         try:
-            config, weights = publications.load_weights(store, publication)
+            config, weights = published_weights(store, publication)
             server.add(ServedModel(name, config, weights))
         except Exception as e:  # noqa: BLE001 - one bad publication must not stop the others being served
             logger.error("cannot serve %s (tenant %s, models/%s/versions/%d): %s", name, publication.tenant,

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from umbra.classifiers.catalog import StoredModel
 from umbra.classifiers.data import decode
-from umbra.classifiers.registry import StoredModel
 from umbra.dataset import manifest as mf
 from umbra.mdp.feature_matching import choose_starts, match_features
 from umbra.runtime import bounds

@@ -14,6 +14,7 @@ answers ε for a δ, always an upper bound.
 - "basic": basic composition of anything: ε and δ add up.
 
 `create_accountant` refuses a name it does not know (ValueError), like opacus.accountants.create_accountant.
+Importing this module imports neither Opacus nor torch: "prv" and "rdp" import Opacus when they compute ε.
 """
 
 from __future__ import annotations
@@ -101,6 +102,9 @@ class _OpacusAccountant(Accountant):
         return _dp_sgd_steps(cost) is not None
 
     def get_epsilon(self, delta: float) -> float:
+        # Here, not at the top: `import opacus` imports torch, and the coordinator composes its ledger with this
+        # module. So its process imports torch when it composes a DP-SGD charge, and only then (pyproject.toml's
+        # "coordinator-light" contract says why no torch-free accountant gives these figures).
         from opacus.accountants import create_accountant as opacus_accountant
 
         if not self.history:

@@ -54,6 +54,11 @@ class IntegrityError(Exception):
     """A unique, primary-key or foreign-key constraint refused a write (on either engine)."""
 
 
+class DatabaseUnavailable(Unavailable):
+    """The database server cannot be reached (UNAVAILABLE to callers). Work whose state lives in the database waits
+    for it and goes on, rather than failing: nothing was written by the statement that raised this."""
+
+
 def _driver_errors():
     import psycopg  # noqa: PLC0415 - only PostgreSQL deployments need it loaded
 
@@ -99,10 +104,10 @@ def _translated() -> Iterator[None]:
             if isinstance(exc, psycopg.IntegrityError):
                 raise IntegrityError(str(exc).splitlines()[0]) from exc
             if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
-                raise Unavailable("the coordinator's database cannot be reached; try again shortly") from exc
+                raise DatabaseUnavailable("the coordinator's database cannot be reached; try again shortly") from exc
         if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.TimeoutError,
                             sqlalchemy.exc.InterfaceError)):
-            raise Unavailable("the coordinator's database cannot be reached; try again shortly") from exc
+            raise DatabaseUnavailable("the coordinator's database cannot be reached; try again shortly") from exc
         raise
 
 

@@ -184,3 +184,98 @@ class EstimatePrivacyCostResponse(_message.Message):
     PRIVACY_COST_FIELD_NUMBER: _ClassVar[int]
     privacy_cost: _privacy_pb2.PrivacyCost
     def __init__(self, privacy_cost: _Optional[_Union[_privacy_pb2.PrivacyCost, _Mapping]] = ...) -> None: ...
+
+class MeasureRiskRequest(_message.Message):
+    __slots__ = ("dataset", "sample_keys", "gallery_sample_keys", "released_images", "protected_attributes", "seed", "request_id")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    GALLERY_SAMPLE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    PROTECTED_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    dataset: _refs_pb2.DatasetRef
+    sample_keys: _containers.RepeatedScalarFieldContainer[str]
+    gallery_sample_keys: _containers.RepeatedScalarFieldContainer[str]
+    released_images: _containers.RepeatedCompositeFieldContainer[_image_pb2.Image]
+    protected_attributes: _containers.RepeatedScalarFieldContainer[str]
+    seed: int
+    request_id: str
+    def __init__(self, dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., sample_keys: _Optional[_Iterable[str]] = ..., gallery_sample_keys: _Optional[_Iterable[str]] = ..., released_images: _Optional[_Iterable[_Union[_image_pb2.Image, _Mapping]]] = ..., protected_attributes: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class MeasureRiskResponse(_message.Message):
+    __slots__ = ("operation",)
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    operation: _operations_pb2.Operation
+    def __init__(self, operation: _Optional[_Union[_operations_pb2.Operation, _Mapping]] = ...) -> None: ...
+
+class MeasureRiskMetadata(_message.Message):
+    __slots__ = ("progress",)
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    progress: _operation_pb2.OperationProgress
+    def __init__(self, progress: _Optional[_Union[_operation_pb2.OperationProgress, _Mapping]] = ...) -> None: ...
+
+class RiskResult(_message.Message):
+    __slots__ = ("metrics",)
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class EvaluateReleaseRequest(_message.Message):
+    __slots__ = ("dataset", "anonymized_version", "sample_keys", "protected_attributes", "kept_attributes", "seed", "request_id")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    ANONYMIZED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    PROTECTED_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    KEPT_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    dataset: _refs_pb2.DatasetRef
+    anonymized_version: int
+    sample_keys: _containers.RepeatedScalarFieldContainer[str]
+    protected_attributes: _containers.RepeatedScalarFieldContainer[str]
+    kept_attributes: _containers.RepeatedScalarFieldContainer[str]
+    seed: int
+    request_id: str
+    def __init__(self, dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., anonymized_version: _Optional[int] = ..., sample_keys: _Optional[_Iterable[str]] = ..., protected_attributes: _Optional[_Iterable[str]] = ..., kept_attributes: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class EvaluateReleaseResponse(_message.Message):
+    __slots__ = ("operation",)
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    operation: _operations_pb2.Operation
+    def __init__(self, operation: _Optional[_Union[_operations_pb2.Operation, _Mapping]] = ...) -> None: ...
+
+class EvaluateReleaseMetadata(_message.Message):
+    __slots__ = ("progress",)
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    progress: _operation_pb2.OperationProgress
+    def __init__(self, progress: _Optional[_Union[_operation_pb2.OperationProgress, _Mapping]] = ...) -> None: ...
+
+class EvaluationResult(_message.Message):
+    __slots__ = ("metrics", "skipped")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class SkippedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    metrics: _containers.ScalarMap[str, float]
+    skipped: _containers.ScalarMap[str, str]
+    def __init__(self, metrics: _Optional[_Mapping[str, float]] = ..., skipped: _Optional[_Mapping[str, str]] = ...) -> None: ...

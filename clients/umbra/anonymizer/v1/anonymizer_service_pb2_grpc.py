@@ -57,6 +57,16 @@ class AnonymizerServiceStub:
                 request_serializer=umbra_dot_anonymizer_dot_v1_dot_anonymizer__service__pb2.EstimatePrivacyCostRequest.SerializeToString,
                 response_deserializer=umbra_dot_anonymizer_dot_v1_dot_anonymizer__service__pb2.EstimatePrivacyCostResponse.FromString,
                 _registered_method=True)
+        self.MeasureRisk = channel.unary_unary(
+                '/umbra.anonymizer.v1.AnonymizerService/MeasureRisk',
+                request_serializer=umbra_dot_anonymizer_dot_v1_dot_anonymizer__service__pb2.MeasureRiskRequest.SerializeToString,
+                response_deserializer=umbra_dot_anonymizer_dot_v1_dot_anonymizer__service__pb2.MeasureRiskResponse.FromString,
+                _registered_method=True)
+        self.EvaluateRelease = channel.unary_unary(
+                '/umbra.anonymizer.v1.AnonymizerService/EvaluateRelease',
+                request_serializer=umbra_dot_anonymizer_dot_v1_dot_anonymizer__service__pb2.EvaluateReleaseRequest.SerializeToString,
+                response_deserializer=umbra_dot_anonymizer_dot_v1_dot_anonymizer__service__pb2.EvaluateReleaseResponse.FromString,
+                _registered_method=True)
 
 
 class AnonymizerServiceServicer:
@@ -93,6 +103,25 @@ class AnonymizerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MeasureRisk(self, request, context):
+        """Measures what a preview's released images still give away: whether a
+        pretrained face recognizer finds each one's original among a gallery of
+        the dataset's faces, and what classifiers of the protected attributes,
+        trained on the original images, still find in them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EvaluateRelease(self, request, context):
+        """Evaluates a released (anonymized) dataset version against its original
+        for the report: re-identification of released test faces, an adversary
+        retrained per protected attribute, the utility kept per kept attribute.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnonymizerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +144,16 @@ def add_AnonymizerServiceServicer_to_server(servicer, server):
                     servicer.EstimatePrivacyCost,
                     request_deserializer=umbra_dot_anonymizer_dot_v1_dot_anonymizer__service__pb2.EstimatePrivacyCostRequest.FromString,
                     response_serializer=umbra_dot_anonymizer_dot_v1_dot_anonymizer__service__pb2.EstimatePrivacyCostResponse.SerializeToString,
+            ),
+            'MeasureRisk': grpc.unary_unary_rpc_method_handler(
+                    servicer.MeasureRisk,
+                    request_deserializer=umbra_dot_anonymizer_dot_v1_dot_anonymizer__service__pb2.MeasureRiskRequest.FromString,
+                    response_serializer=umbra_dot_anonymizer_dot_v1_dot_anonymizer__service__pb2.MeasureRiskResponse.SerializeToString,
+            ),
+            'EvaluateRelease': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvaluateRelease,
+                    request_deserializer=umbra_dot_anonymizer_dot_v1_dot_anonymizer__service__pb2.EvaluateReleaseRequest.FromString,
+                    response_serializer=umbra_dot_anonymizer_dot_v1_dot_anonymizer__service__pb2.EvaluateReleaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -228,6 +267,60 @@ class AnonymizerService:
             '/umbra.anonymizer.v1.AnonymizerService/EstimatePrivacyCost',
             umbra_dot_anonymizer_dot_v1_dot_anonymizer__service__pb2.EstimatePrivacyCostRequest.SerializeToString,
             umbra_dot_anonymizer_dot_v1_dot_anonymizer__service__pb2.EstimatePrivacyCostResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MeasureRisk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/umbra.anonymizer.v1.AnonymizerService/MeasureRisk',
+            umbra_dot_anonymizer_dot_v1_dot_anonymizer__service__pb2.MeasureRiskRequest.SerializeToString,
+            umbra_dot_anonymizer_dot_v1_dot_anonymizer__service__pb2.MeasureRiskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateRelease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/umbra.anonymizer.v1.AnonymizerService/EvaluateRelease',
+            umbra_dot_anonymizer_dot_v1_dot_anonymizer__service__pb2.EvaluateReleaseRequest.SerializeToString,
+            umbra_dot_anonymizer_dot_v1_dot_anonymizer__service__pb2.EvaluateReleaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

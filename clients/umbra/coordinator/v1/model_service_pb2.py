@@ -28,7 +28,7 @@ from umbra.common.v1 import operation_pb2 as umbra_dot_common_dot_v1_dot_operati
 from umbra.common.v1 import refs_pb2 as umbra_dot_common_dot_v1_dot_refs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(umbra/coordinator/v1/model_service.proto\x12\x14umbra.coordinator.v1\x1a#google/longrunning/operations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fumbra/common/v1/operation.proto\x1a\x1aumbra/common/v1/refs.proto\"\xb3\x02\n\x0bPublication\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x05model\x18\x02 \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12\x36\n\x05state\x18\x03 \x01(\x0e\x32\'.umbra.coordinator.v1.Publication.State\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\x19\n\x11served_model_name\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_LOADING\x10\x01\x12\x11\n\rSTATE_SERVING\x10\x02\x12\x10\n\x0cSTATE_FAILED\x10\x03\"k\n\x13PublishModelRequest\x12\x16\n\x0epublication_id\x18\x01 \x01(\t\x12(\n\x05model\x18\x02 \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"H\n\x14PublishModelResponse\x12\x30\n\toperation\x18\x01 \x01(\x0b\x32\x1d.google.longrunning.Operation\"L\n\x14PublishModelMetadata\x12\x34\n\x08progress\x18\x01 \x01(\x0b\x32\".umbra.common.v1.OperationProgress\"%\n\x15GetPublicationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"P\n\x16GetPublicationResponse\x12\x36\n\x0bpublication\x18\x01 \x01(\x0b\x32!.umbra.coordinator.v1.Publication\"@\n\x17ListPublicationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"l\n\x18ListPublicationsResponse\x12\x37\n\x0cpublications\x18\x01 \x03(\x0b\x32!.umbra.coordinator.v1.Publication\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x18\x44\x65letePublicationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x1b\n\x19\x44\x65letePublicationResponse\"-\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x14\n\x0c\x66loat32_data\x18\x02 \x01(\x0c\"L\n\x0ePredictRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x06inputs\x18\x02 \x01(\x0b\x32\x1c.umbra.coordinator.v1.Tensor\"@\n\x0fPredictResponse\x12-\n\x07outputs\x18\x01 \x01(\x0b\x32\x1c.umbra.coordinator.v1.Tensor2\xcc\x04\n\x0cModelService\x12\x8d\x01\n\x0cPublishModel\x12).umbra.coordinator.v1.PublishModelRequest\x1a*.umbra.coordinator.v1.PublishModelResponse\"&\xca\x41#\n\x0bPublication\x12\x14PublishModelMetadata\x12k\n\x0eGetPublication\x12+.umbra.coordinator.v1.GetPublicationRequest\x1a,.umbra.coordinator.v1.GetPublicationResponse\x12q\n\x10ListPublications\x12-.umbra.coordinator.v1.ListPublicationsRequest\x1a..umbra.coordinator.v1.ListPublicationsResponse\x12t\n\x11\x44\x65letePublication\x12..umbra.coordinator.v1.DeletePublicationRequest\x1a/.umbra.coordinator.v1.DeletePublicationResponse\x12V\n\x07Predict\x12$.umbra.coordinator.v1.PredictRequest\x1a%.umbra.coordinator.v1.PredictResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(umbra/coordinator/v1/model_service.proto\x12\x14umbra.coordinator.v1\x1a#google/longrunning/operations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fumbra/common/v1/operation.proto\x1a\x1aumbra/common/v1/refs.proto\"\xc7\x02\n\x0bPublication\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x05model\x18\x02 \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12\x36\n\x05state\x18\x03 \x01(\x0e\x32\'.umbra.coordinator.v1.Publication.State\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\x19\n\x11served_model_name\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nimage_size\x18\x07 \x01(\x05\"V\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_LOADING\x10\x01\x12\x11\n\rSTATE_SERVING\x10\x02\x12\x10\n\x0cSTATE_FAILED\x10\x03\"k\n\x13PublishModelRequest\x12\x16\n\x0epublication_id\x18\x01 \x01(\t\x12(\n\x05model\x18\x02 \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"H\n\x14PublishModelResponse\x12\x30\n\toperation\x18\x01 \x01(\x0b\x32\x1d.google.longrunning.Operation\"L\n\x14PublishModelMetadata\x12\x34\n\x08progress\x18\x01 \x01(\x0b\x32\".umbra.common.v1.OperationProgress\"%\n\x15GetPublicationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"P\n\x16GetPublicationResponse\x12\x36\n\x0bpublication\x18\x01 \x01(\x0b\x32!.umbra.coordinator.v1.Publication\"@\n\x17ListPublicationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"l\n\x18ListPublicationsResponse\x12\x37\n\x0cpublications\x18\x01 \x03(\x0b\x32!.umbra.coordinator.v1.Publication\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x18\x44\x65letePublicationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x1b\n\x19\x44\x65letePublicationResponse\"-\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x14\n\x0c\x66loat32_data\x18\x02 \x01(\x0c\"L\n\x0ePredictRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x06inputs\x18\x02 \x01(\x0b\x32\x1c.umbra.coordinator.v1.Tensor\"@\n\x0fPredictResponse\x12-\n\x07outputs\x18\x01 \x01(\x0b\x32\x1c.umbra.coordinator.v1.Tensor2\xcc\x04\n\x0cModelService\x12\x8d\x01\n\x0cPublishModel\x12).umbra.coordinator.v1.PublishModelRequest\x1a*.umbra.coordinator.v1.PublishModelResponse\"&\xca\x41#\n\x0bPublication\x12\x14PublishModelMetadata\x12k\n\x0eGetPublication\x12+.umbra.coordinator.v1.GetPublicationRequest\x1a,.umbra.coordinator.v1.GetPublicationResponse\x12q\n\x10ListPublications\x12-.umbra.coordinator.v1.ListPublicationsRequest\x1a..umbra.coordinator.v1.ListPublicationsResponse\x12t\n\x11\x44\x65letePublication\x12..umbra.coordinator.v1.DeletePublicationRequest\x1a/.umbra.coordinator.v1.DeletePublicationResponse\x12V\n\x07Predict\x12$.umbra.coordinator.v1.PredictRequest\x1a%.umbra.coordinator.v1.PredictResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,33 +38,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELSERVICE'].methods_by_name['PublishModel']._loaded_options = None
   _globals['_MODELSERVICE'].methods_by_name['PublishModel']._serialized_options = b'\312A#\n\013Publication\022\024PublishModelMetadata'
   _globals['_PUBLICATION']._serialized_start=198
-  _globals['_PUBLICATION']._serialized_end=505
-  _globals['_PUBLICATION_STATE']._serialized_start=419
-  _globals['_PUBLICATION_STATE']._serialized_end=505
-  _globals['_PUBLISHMODELREQUEST']._serialized_start=507
-  _globals['_PUBLISHMODELREQUEST']._serialized_end=614
-  _globals['_PUBLISHMODELRESPONSE']._serialized_start=616
-  _globals['_PUBLISHMODELRESPONSE']._serialized_end=688
-  _globals['_PUBLISHMODELMETADATA']._serialized_start=690
-  _globals['_PUBLISHMODELMETADATA']._serialized_end=766
-  _globals['_GETPUBLICATIONREQUEST']._serialized_start=768
-  _globals['_GETPUBLICATIONREQUEST']._serialized_end=805
-  _globals['_GETPUBLICATIONRESPONSE']._serialized_start=807
-  _globals['_GETPUBLICATIONRESPONSE']._serialized_end=887
-  _globals['_LISTPUBLICATIONSREQUEST']._serialized_start=889
-  _globals['_LISTPUBLICATIONSREQUEST']._serialized_end=953
-  _globals['_LISTPUBLICATIONSRESPONSE']._serialized_start=955
-  _globals['_LISTPUBLICATIONSRESPONSE']._serialized_end=1063
-  _globals['_DELETEPUBLICATIONREQUEST']._serialized_start=1065
-  _globals['_DELETEPUBLICATIONREQUEST']._serialized_end=1125
-  _globals['_DELETEPUBLICATIONRESPONSE']._serialized_start=1127
-  _globals['_DELETEPUBLICATIONRESPONSE']._serialized_end=1154
-  _globals['_TENSOR']._serialized_start=1156
-  _globals['_TENSOR']._serialized_end=1201
-  _globals['_PREDICTREQUEST']._serialized_start=1203
-  _globals['_PREDICTREQUEST']._serialized_end=1279
-  _globals['_PREDICTRESPONSE']._serialized_start=1281
-  _globals['_PREDICTRESPONSE']._serialized_end=1345
-  _globals['_MODELSERVICE']._serialized_start=1348
-  _globals['_MODELSERVICE']._serialized_end=1936
+  _globals['_PUBLICATION']._serialized_end=525
+  _globals['_PUBLICATION_STATE']._serialized_start=439
+  _globals['_PUBLICATION_STATE']._serialized_end=525
+  _globals['_PUBLISHMODELREQUEST']._serialized_start=527
+  _globals['_PUBLISHMODELREQUEST']._serialized_end=634
+  _globals['_PUBLISHMODELRESPONSE']._serialized_start=636
+  _globals['_PUBLISHMODELRESPONSE']._serialized_end=708
+  _globals['_PUBLISHMODELMETADATA']._serialized_start=710
+  _globals['_PUBLISHMODELMETADATA']._serialized_end=786
+  _globals['_GETPUBLICATIONREQUEST']._serialized_start=788
+  _globals['_GETPUBLICATIONREQUEST']._serialized_end=825
+  _globals['_GETPUBLICATIONRESPONSE']._serialized_start=827
+  _globals['_GETPUBLICATIONRESPONSE']._serialized_end=907
+  _globals['_LISTPUBLICATIONSREQUEST']._serialized_start=909
+  _globals['_LISTPUBLICATIONSREQUEST']._serialized_end=973
+  _globals['_LISTPUBLICATIONSRESPONSE']._serialized_start=975
+  _globals['_LISTPUBLICATIONSRESPONSE']._serialized_end=1083
+  _globals['_DELETEPUBLICATIONREQUEST']._serialized_start=1085
+  _globals['_DELETEPUBLICATIONREQUEST']._serialized_end=1145
+  _globals['_DELETEPUBLICATIONRESPONSE']._serialized_start=1147
+  _globals['_DELETEPUBLICATIONRESPONSE']._serialized_end=1174
+  _globals['_TENSOR']._serialized_start=1176
+  _globals['_TENSOR']._serialized_end=1221
+  _globals['_PREDICTREQUEST']._serialized_start=1223
+  _globals['_PREDICTREQUEST']._serialized_end=1299
+  _globals['_PREDICTRESPONSE']._serialized_start=1301
+  _globals['_PREDICTRESPONSE']._serialized_end=1365
+  _globals['_MODELSERVICE']._serialized_start=1368
+  _globals['_MODELSERVICE']._serialized_end=1956
 # @@protoc_insertion_point(module_scope)

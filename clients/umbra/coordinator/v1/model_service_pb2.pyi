@@ -14,7 +14,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Publication(_message.Message):
-    __slots__ = ("name", "model", "state", "endpoint", "served_model_name", "create_time")
+    __slots__ = ("name", "model", "state", "endpoint", "served_model_name", "create_time", "image_size")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Publication.State]
@@ -31,13 +31,15 @@ class Publication(_message.Message):
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     SERVED_MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: _refs_pb2.ModelRef
     state: Publication.State
     endpoint: str
     served_model_name: str
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., state: _Optional[_Union[Publication.State, str]] = ..., endpoint: _Optional[str] = ..., served_model_name: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    image_size: int
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., state: _Optional[_Union[Publication.State, str]] = ..., endpoint: _Optional[str] = ..., served_model_name: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., image_size: _Optional[int] = ...) -> None: ...
 
 class PublishModelRequest(_message.Message):
     __slots__ = ("publication_id", "model", "request_id")

@@ -1,5 +1,6 @@
 """The anonymizer service: trains the DP conditional diffusion generator (umbra.anonymization.generator_training)
-and anonymizes faces with it (umbra.anonymization), charging every cost to the coordinator's privacy ledger first."""
+and anonymizes faces with it (umbra.anonymization), charging every cost to the coordinator's privacy ledger first;
+and measures what released faces still give away, for the protection job's previews and report (audit)."""
 
 from __future__ import annotations
 

@@ -95,3 +95,12 @@ def charge_id(kind: str, request) -> str:
     """The ledger's name for a request's charge: its request_id, or the request itself when it has none (the same
     request, with the same seed, releases the same output, so it is charged once)."""
     return f"anonymizer/{kind}/{request.request_id or 'sha256:' + fingerprint(request)}"
+
+
+def risk_result_to_proto(metrics: dict[str, float]) -> an.RiskResult:
+    return an.RiskResult(metrics=metrics)
+
+
+def evaluation_result_to_proto(evaluation: dict) -> an.EvaluationResult:
+    """umbra.services.anonymizer.audit.evaluate's {"metrics": ..., "skipped": {attribute: why}}."""
+    return an.EvaluationResult(metrics=evaluation["metrics"], skipped=evaluation["skipped"])

@@ -11,6 +11,10 @@ budget, shared by every replica), and committed when the work is done or release
   calls that split one version across replicas share it: a call given `shards` reserves it (refused before any
   work when the budget is spent) and leaves it reserved; the call without `shards`, which finishes the version,
   commits it (or releases it when it fails).
+
+MeasureRisk (a preview's risk) and EvaluateRelease (a release's evaluation for the report) spend no privacy: they
+measure released images against the tenant's originals (umbra.services.anonymizer.audit), as long-running
+operations, so the coordinator only orchestrates.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from umbra.anonymization import dataset as anonymized_dataset
 from umbra.anonymization import preview
 from umbra.anonymizer.v1 import anonymizer_service_pb2 as an
 from umbra.anonymizer.v1 import anonymizer_service_pb2_grpc
+from umbra.common.v1 import refs_pb2
 from umbra.classifiers.registry import ModelRegistry
 from umbra.anonymization import generator_training as generator_job
 from torch import nn
@@ -32,7 +37,7 @@ from umbra.privacy.mechanisms import Cost
 from umbra.runtime import auth, bounds, names
 from umbra.runtime.errors import FailedPrecondition, InvalidInput
 from umbra.runtime.operations import LongRunning, OperationContext, OperationRunner
-from umbra.services.anonymizer import convert
+from umbra.services.anonymizer import audit, convert
 from umbra.services.convert import budget_from_proto, privacy_cost_to_proto
 from umbra.services.ledger_client import LedgerClient
 from umbra.services.references import dataset_reader
@@ -63,6 +68,12 @@ class AnonymizerServicer(anonymizer_service_pb2_grpc.AnonymizerServiceServicer):
                                   plan=self._plan_training, run=self._run_training)
         self._dataset = LongRunning(operations, "AnonymizeDataset", an.AnonymizeDatasetRequest,
                                     an.AnonymizeDatasetMetadata, plan=self._plan_dataset, run=self._run_dataset)
+        self._risk = LongRunning(operations, "MeasureRisk", an.MeasureRiskRequest, an.MeasureRiskMetadata,
+                                 plan=self._plan_risk, run=self._run_risk)
+        self._evaluation = LongRunning(operations, "EvaluateRelease", an.EvaluateReleaseRequest,
+                                       an.EvaluateReleaseMetadata, plan=self._plan_evaluation,
+                                       run=self._run_evaluation)
+        self._audit_cache = audit.AuditCache.create()
 
     def _reserve(self, tenant: str, dataset: str, cost: Cost, charge: str, spent_by: str, budget, field: str) -> None:
         self.ledger.reserve(tenant, dataset, cost, request_id=charge, spent_by=spent_by,
@@ -196,3 +207,39 @@ class AnonymizerServicer(anonymizer_service_pb2_grpc.AnonymizerServiceServicer):
         with settles:
             result = anonymized_dataset.run(job, load, progress=progress, cancelled=lambda: ctx.cancelled)
         return convert.anonymization_result_to_proto(job, result)
+
+    # --- measuring what released images give away -------------------------------------------------------------
+
+    def MeasureRisk(self, request, context):
+        return an.MeasureRiskResponse(operation=self._risk.start(_tenant(), request))
+
+    def _plan_risk(self, tenant: str, request: an.MeasureRiskRequest) -> audit.RiskJob:
+        reader = dataset_reader(self.store, keys.bucket(tenant), request.dataset, "dataset")
+        return audit.plan_risk(reader, sample_keys=list(request.sample_keys),
+                               gallery_keys=list(request.gallery_sample_keys),
+                               released=[image.data for image in request.released_images],
+                               released_keys=[image.sample_key for image in request.released_images],
+                               protected=list(request.protected_attributes), seed=request.seed)
+
+    def _run_risk(self, ctx: OperationContext, job: audit.RiskJob) -> an.RiskResult:
+        return convert.risk_result_to_proto(audit.measure_risk(job, self._audit_cache,
+                                                               progress=lambda stage: ctx.report(stage=stage),
+                                                               cancelled=lambda: ctx.cancelled))
+
+    def EvaluateRelease(self, request, context):
+        return an.EvaluateReleaseResponse(operation=self._evaluation.start(_tenant(), request))
+
+    def _plan_evaluation(self, tenant: str, request: an.EvaluateReleaseRequest) -> audit.EvaluationJob:
+        bucket = keys.bucket(tenant)
+        original = dataset_reader(self.store, bucket, request.dataset, "dataset")
+        if request.anonymized_version < 1:
+            raise InvalidInput("anonymized_version", "must be 1 or more")
+        released = refs_pb2.DatasetRef(dataset=request.dataset.dataset, version=request.anonymized_version)
+        return audit.plan_evaluation(original, dataset_reader(self.store, bucket, released, "anonymized_version"),
+                                     sample_keys=list(request.sample_keys),
+                                     protected=list(request.protected_attributes),
+                                     kept=list(request.kept_attributes), seed=request.seed)
+
+    def _run_evaluation(self, ctx: OperationContext, job: audit.EvaluationJob) -> an.EvaluationResult:
+        return convert.evaluation_result_to_proto(audit.evaluate(job, progress=lambda stage: ctx.report(stage=stage),
+                                                                 cancelled=lambda: ctx.cancelled))

@@ -88,9 +88,10 @@ _PUBLICATION_STATES = {publications.SERVING: ms.Publication.STATE_SERVING,
                        publications.FAILED: ms.Publication.STATE_FAILED}
 
 
-def publication_to_proto(publication: publications.Publication, state: str, endpoint: str) -> ms.Publication:
+def publication_to_proto(publication: publications.Publication, state: str, endpoint: str,
+                         image_size: int = 0) -> ms.Publication:
     return ms.Publication(
         name=f"publications/{publication.served_model_name}",
         model=refs_pb2.ModelRef(model=f"models/{publication.model}", version=publication.version),
         state=_PUBLICATION_STATES[state], endpoint=endpoint, served_model_name=publication.triton_name,
-        create_time=timestamp(publication.create_time or None))
+        create_time=timestamp(publication.create_time or None), image_size=image_size)

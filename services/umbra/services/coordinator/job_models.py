@@ -13,7 +13,7 @@ import json
 import math
 
 from umbra.anonymizer.v1 import anonymizer_service_pb2 as an
-from umbra.classifiers.registry import CONFIG, RECORD, ModelRegistry, version_prefix
+from umbra.classifiers.catalog import CONFIG, RECORD, ModelCatalog, version_prefix
 from umbra.common.v1 import refs_pb2
 from umbra.coordinator.v1 import job_service_pb2 as js
 from umbra.runtime import names
@@ -38,7 +38,7 @@ def reusable_generator(store: ObjectStore, bucket: str, dataset: str, version: i
     """A DP generator of the tenant trained on datasets/{dataset}/versions/{version} and conditioned on every one of
     `attributes` (the last of them by model name and version), or None."""
     found = None
-    for model, number in ModelRegistry(store).versions(bucket):
+    for model, number in ModelCatalog(store).versions(bucket):
         record = _json(store, bucket, version_prefix(model, number) + RECORD) or {}
         config = _json(store, bucket, version_prefix(model, number) + CONFIG) or {}
         trained_on, privacy = record.get("dataset") or {}, record.get("privacy") or {}
@@ -75,7 +75,7 @@ def check_model(store: ObjectStore, bucket: str, spec: js.ProtectionJobSpec) -> 
     """The record of the classifier `spec.model`, which must exist and have been trained on the job's dataset
     version; InvalidInput or NotFound naming spec.model otherwise."""
     model, version = names.model_ref(spec.model, "spec.model")
-    stored = ModelRegistry(store).get(bucket, model, version, kind="classifier", field="spec.model")
+    stored = ModelCatalog(store).get(bucket, model, version, kind="classifier", field="spec.model")
     trained_on = stored.record.get("dataset") or {}
     wanted = f"{spec.dataset.dataset}/versions/{spec.dataset.version}"
     found = f"{trained_on.get('dataset')}/versions/{trained_on.get('version')}"

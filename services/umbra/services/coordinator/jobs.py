@@ -17,9 +17,10 @@ from umbra.coordinator.v1 import job_service_pb2_grpc
 from umbra.privacy.ledger import PrivacyLedger
 from umbra.privacy.mechanisms import Cost
 from umbra.runtime import auth, names, pagination
-from umbra.runtime.errors import BudgetExhausted, FailedPrecondition, InvalidInput, NotFound
+from umbra.runtime.errors import BudgetExhausted, FailedPrecondition, InvalidInput, NotFound, Unavailable
 from umbra.runtime.operations import LongRunning, OperationRunner
 from umbra.runtime.operations.runner import interrupted
+from umbra.runtime.sql import DatabaseUnavailable
 from umbra.services import convert as shared_convert
 from umbra.services.coordinator.job_leases import JobLeases
 from umbra.services.coordinator.job_records import ANSWERED, AWAITING, FINISHED, PENDING, JobRecords, JobRow, RoundRow
@@ -122,13 +123,37 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                     ctx.check_cancelled()
                     time.sleep(min(1.0, self.leases.seconds / 3))
         try:
-            return self.jobs.run(ctx, planned)
+            while True:
+                try:
+                    return self.jobs.run(ctx, planned)
+                except DatabaseUnavailable:
+                    # The database went away in the middle of a step: the job's state is in it, and every step is
+                    # idempotent, so wait for it and run the job on from where its rows say it stands.
+                    log.warning("job %s of tenant %s: the database cannot be reached; waiting for it", job, tenant)
+                    self._await_database(ctx, tenant, job)
         finally:
             row = self.records.job(tenant, job)
             if row is None or row.state in FINISHED:
                 self.leases.release(tenant, job)
             # else this replica is stopping: the lease expires once its heartbeat stops, and another replica (or
             # this one, restarted) carries the job on
+
+    def _await_database(self, ctx, tenant: str, job: str, poll: float = 2.0) -> None:
+        """Returns once the database answers and this replica holds the job's lease again (its lease may have
+        expired meanwhile). Raises Unavailable when another replica took the job over: that one drives it now."""
+        ctx.report(stage="waiting for the coordinator's database")
+        with ctx.waiting():  # holds no slot of the pool meanwhile
+            while True:
+                ctx.check_cancelled()
+                time.sleep(poll)
+                try:
+                    if self.leases.acquire(tenant, job):
+                        log.info("job %s of tenant %s: the database is back; carrying on", job, tenant)
+                        return
+                except DatabaseUnavailable:
+                    continue
+                raise Unavailable(f"job {job} is driven by another coordinator replica now (this one lost its "
+                                  "lease while the database could not be reached)")
 
     def _start(self, tenant: str, request: js.CreateProtectionJobRequest):
         """Starts (or finds) the job's operation and records it on the job at once: a job whose operation waits

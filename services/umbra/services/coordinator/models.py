@@ -24,12 +24,14 @@ import numpy as np
 
 from umbra.coordinator.v1 import model_service_pb2 as ms
 from umbra.coordinator.v1 import model_service_pb2_grpc
+from umbra.classifiers.catalog import ModelCatalog
 from umbra.inference import access, publications
 from umbra.inference.gateway import Gateway
 from umbra.runtime import auth, names, pagination
-from umbra.runtime.errors import FailedPrecondition, InvalidInput, Unavailable
+from umbra.runtime.errors import FailedPrecondition, InvalidInput, Unavailable, UmbraError
 from umbra.runtime.operations import LongRunning, OperationContext, OperationRunner
 from umbra.services.coordinator import convert
+from umbra.storage import keys
 from umbra.storage.base import ObjectStore
 
 KIND = "PublishModel"
@@ -111,13 +113,24 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         ctx.report(stage="loading", message=f"waiting for the inference server to serve {publication.triton_name}")
         publications.wait_until_served(self.store, self.inference_url, publication, self.ready_timeout,
                                        check=ctx.check_cancelled)
-        return convert.publication_to_proto(publication, publications.SERVING, self.inference_url)
+        return convert.publication_to_proto(publication, publications.SERVING, self.inference_url,
+                                            self._image_size(publication))
 
     # -- publications -----------------------------------------------------------------------------------------
 
     def _to_proto(self, found: list[publications.Publication]) -> list[ms.Publication]:
         states = publications.states(self.store, self.inference_url, found)
-        return [convert.publication_to_proto(p, s, self.inference_url) for p, s in zip(found, states, strict=True)]
+        return [convert.publication_to_proto(p, s, self.inference_url, self._image_size(p))
+                for p, s in zip(found, states, strict=True)]
+
+    def _image_size(self, publication: publications.Publication) -> int:
+        """The image side the published version takes (its config in the tenant's registry); 0 if unreadable."""
+        try:
+            stored = ModelCatalog(self.store).get(keys.bucket(publication.tenant), publication.model,
+                                                  publication.version)
+        except UmbraError:
+            return 0
+        return int(stored.config.image_size)
 
     def GetPublication(self, request, context):
         tenant = _tenant()

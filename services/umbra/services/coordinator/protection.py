@@ -11,14 +11,16 @@ the anonymized version is reserved once, and no round is lost or repeated.
 
 Preparing reuses the generator the job names, or a DP generator of the tenant trained on the dataset, or trains
 one (job_models). Previews come at intensities chosen by bisection (umbra.anonymization.feedback), each charged
-in the ledger by the anonymizer and measured for re-identification by a pretrained face recognizer. Running
-anonymizes the whole dataset at the accepted intensity across the anonymizer replicas, commits it as a new
-version, updates `spec.model` to it by feature unlearning (verified against retraining when asked), and writes
-the report. Cancelling (or a failure) releases what the job reserved and was not spent, and deletes its
-uncommitted version. A job cancelled while still queued (PENDING: its operation waits for a thread) is CANCELLED
-at once (`cancel_queued`) and never starts: its operation, when it runs, finds it cancelled and ends CANCELLED
-without doing anything, and nothing is released, for it reserved nothing. MDP inside the job is refused by field
-until it is built.
+in the ledger by the anonymizer and measured by it (MeasureRisk: re-identification by a pretrained face recognizer,
+classifiers of the protected attributes). Running anonymizes the whole dataset at the accepted intensity across the
+anonymizer replicas, commits it as a new version, has the anonymizer evaluate the release (EvaluateRelease),
+updates `spec.model` to it by feature unlearning (verified against retraining when asked), and writes the report.
+The coordinator orchestrates and never computes: every measurement is a worker's long-running operation, awaited
+like the others (job_workers), and its process loads neither the recognizer nor a classifier. Cancelling (or a
+failure) releases what the job reserved and was not spent, and deletes its uncommitted version. A job cancelled
+while still queued (PENDING: its operation waits for a thread) is CANCELLED at once (`cancel_queued`) and never
+starts: its operation, when it runs, finds it cancelled and ends CANCELLED without doing anything, and nothing is
+released, for it reserved nothing. MDP inside the job is refused by field until it is built.
 """
 
 from __future__ import annotations
@@ -28,21 +30,19 @@ import logging
 import threading
 from dataclasses import dataclass
 
-import numpy as np
-
 from umbra.anonymizer.v1 import anonymizer_service_pb2 as an
 from umbra.client.errors import OperationFailed, UmbraRpcError
 from umbra.common.v1 import refs_pb2
 from umbra.coordinator.v1 import dataset_service_pb2 as ds
 from umbra.coordinator.v1 import job_service_pb2 as js
-from umbra.anonymization import attacks, feedback, reidentification
-from umbra.dataset.images import decode_rgb
+from umbra.anonymization import feedback
 from umbra.distortion.v1 import distortion_service_pb2 as dds
-from umbra.feature_unlearning import verification
+from umbra.feature_unlearning.probe import check_probe
 from umbra.privacy import composition
 from umbra.privacy.ledger import RESERVED, PrivacyLedger
 from umbra.privacy.mechanisms import Cost
 from umbra.runtime import names
+from umbra.runtime.sql import DatabaseUnavailable
 from umbra.runtime.errors import AlreadyExists, Cancelled, FailedPrecondition, InvalidInput, NotFound, UmbraError
 from umbra.services import convert as shared_convert
 from umbra.services.coordinator import job_models, job_report, sharding, versions
@@ -176,7 +176,7 @@ def _probe(reader: DatasetReader, task: str, attributes: list[str]) -> str:
         if attribute == task:
             continue
         try:
-            verification.check_probe(reader, task=task, attribute=attribute)
+            check_probe(reader, task=task, attribute=attribute)
             return attribute
         except InvalidInput as exc:
             why.append(f"cannot probe {attribute!r} ({exc.message})")
@@ -207,9 +207,6 @@ class ProtectionJobs:
         self.records, self.db, self.store, self.locks = records, db, store, locks
         self.workers, self.ledger = workers, ledger
         self._changed = threading.Condition()
-        self._galleries: dict[tuple[str, str], np.ndarray] = {}  # a job's originals, embedded once per process
-        self._judges: dict[tuple[str, str], list[attacks.AttributeJudge]] = {}  # trained once per job and process
-        self._gallery_lock = threading.Lock()
 
     def notify(self) -> None:
         """Wakes jobs waiting for an answer (SubmitFeedback calls it)."""
@@ -261,6 +258,8 @@ class ProtectionJobs:
                 row = records.update(tenant, job, state=SUCCEEDED, stage="done", outputs={"report": report})
             ctx.report(stage="done")
             return self.to_proto(records.job(tenant, job))
+        except DatabaseUnavailable:
+            raise  # the job stays as its rows say; the caller waits for the database and runs it on from there
         except Cancelled:
             if not _cancelled_by_tenant(ctx):
                 # The coordinator is stopping, not the tenant cancelling: the job stays where it stood, and the
@@ -367,52 +366,42 @@ class ProtectionJobs:
                            "released": {a.attribute: getattr(a, a.WhichOneof("value") or "category")
                                         for a in image.released_attributes}})
         cost = shared_convert.privacy_cost_from_proto(response.privacy_cost, "privacy_cost").to_dict()
-        risk = self._risk(plan, [image.image.data for image in response.images])
+        try:
+            risk = self._risk(ctx, plan, number, [image.image for image in response.images])
+        except Cancelled:
+            if _cancelled_by_tenant(ctx):  # made and charged, but not measured: the round still shows its cost
+                self.records.show(tenant, plan.job, number, {"images": images, "cost": cost, "risk": {}})
+            raise
         self.records.show(tenant, plan.job, number, {"images": images, "cost": cost, "risk": risk})
 
-    def _risk(self, plan: Plan, released: list[bytes]) -> dict[str, float]:
-        """How often a pretrained face recognizer (dlib's ResNet, umbra.anonymization.reidentification) finds
-        each released face's own original first among the preview's originals and other test faces (rank 1),
-        and how often it calls them the same person (distance < 0.6); and, per protected category attribute, how
-        often a classifier trained on the original images still finds its true value (beside chance)."""
-        key = (plan.tenant, plan.job)
-        with self._gallery_lock:
-            gallery = self._galleries.get(key)
-        if gallery is None:
-            wanted = {k: i for i, k in enumerate(plan.gallery_keys)}
-            faces: list = [None] * len(wanted)
-            reader = DatasetReader(self.store, keys.bucket(plan.tenant), plan.dataset, plan.version)
-            for sample, data in reader.iter_images(split="test"):
-                if sample.key in wanted:
-                    faces[wanted[sample.key]] = decode_rgb(data)
-            gallery = reidentification.recognizer().embed(np.stack(faces))
-            with self._gallery_lock:
-                self._galleries[key] = gallery
-        embedded = reidentification.recognizer().embed(np.stack([decode_rgb(data) for data in released]))
-        result = reidentification.reidentify(embedded, gallery)
-        risk = {"reid_rank1": result.rank1, "reid_verify_rate": result.verify_rate,
-                "reid_gallery": float(len(gallery))}
-        reader = DatasetReader(self.store, keys.bucket(plan.tenant), plan.dataset, plan.version)
-        labels = {s.key: s.labels for s in reader.samples() if s.key in set(plan.preview_keys)}
-        for judge in self._attribute_judges(plan, reader):
-            risk[f"{judge.attribute}_classifier_agreement"] = judge.agreement(
-                released, [labels[k].get(judge.attribute, "") for k in plan.preview_keys])
-            risk[f"{judge.attribute}_classifier_chance"] = judge.chance
-        return risk
+    def _risk(self, ctx, plan: Plan, number: int, released: list) -> dict[str, float]:
+        """What round `number`'s released images (`released`, as Anonymize returned them) still give away, measured
+        by the anonymizer (MeasureRisk): how often a pretrained face recognizer finds each one's own original first
+        among the preview's originals and other test faces (rank 1) and calls them the same person, and, per
+        protected category attribute, how often a classifier trained on the original images still finds its true
+        value (beside chance)."""
+        request = an.MeasureRiskRequest(
+            dataset=refs_pb2.DatasetRef(dataset=f"datasets/{plan.dataset}", version=plan.version),
+            sample_keys=plan.preview_keys, gallery_sample_keys=plan.gallery_keys, released_images=released,
+            protected_attributes=plan.spec.protected_attributes, seed=plan.spec.seed,
+            request_id=sharding.derived_request_id("job", plan.tenant, plan.job, "risk", number))
+        result = self._measure(ctx, plan, "MeasureRisk", request, an.RiskResult,
+                               stage=f"round {number}: measuring the risk")
+        return dict(result.metrics)
 
-    def _attribute_judges(self, plan: Plan, reader: DatasetReader) -> list[attacks.AttributeJudge]:
-        """A classifier of each protected category attribute, trained on the original training images (once
-        per job and process), which says what a preview still gives away."""
-        key = (plan.tenant, plan.job)
-        with self._gallery_lock:
-            judges = self._judges.get(key)
-        if judges is None:
-            trained = [attacks.AttributeJudge.train(reader, a, seed=plan.spec.seed)
-                       for a in plan.spec.protected_attributes]
-            judges = [j for j in trained if j is not None]
-            with self._gallery_lock:
-                self._judges[key] = judges
-        return judges
+    def _measure(self, ctx, plan: Plan, method: str, request, response_type, *, stage: str):
+        """The result of the anonymizer's long-running `method` (MeasureRisk, EvaluateRelease), awaited like its
+        other operations: a restarting anonymizer is waited for, a tenant's cancel cancels it."""
+        tenant = plan.tenant
+        rpc = getattr(self.workers.anonymizer(tenant), method)
+        try:
+            def start():
+                return self.workers.call(ctx, rpc, request, timeout=TIMEOUT, worker="anonymizer").operation
+
+            return self.workers.finish(ctx, self.workers.channel(tenant, self.workers.anonymizer_targets[0]),
+                                       start(), response_type, stage=stage, restart=start, worker="anonymizer")
+        except (UmbraRpcError, OperationFailed) as exc:
+            raise worker_error(exc, "anonymizer") from None
 
     def answer(self, tenant: str, job: str, number: int, answer: str, flagged: list[str],
                request_id_: str) -> tuple:
@@ -486,36 +475,28 @@ class ProtectionJobs:
                         self.db.version(tenant, plan.dataset, row.version), drop_invalid=False)
 
     def _evaluate(self, ctx, plan: Plan) -> None:
-        """For the report: re-identification of the released test faces (up to EVALUATION_FACES) among their
-        originals by the pretrained face recognizer (rank 1, verification rate), an adversary retrained on the
-        released images for each protected attribute and the utility kept for each kept one
-        (umbra.anonymization.attacks)."""
+        """For the report, measured by the anonymizer (EvaluateRelease): re-identification of the released test faces
+        (up to EVALUATION_FACES) among their originals by the pretrained face recognizer (rank 1, verification
+        rate), an adversary retrained on the released images for each protected attribute and the utility kept
+        for each kept one (umbra.anonymization.attacks)."""
         tenant, job = plan.tenant, plan.job
         row = self.records.job(tenant, job)
         if row.outputs.get("evaluation"):
             return
-        wanted = set(plan.evaluation_keys)
-        ctx.report(stage=f"measuring re-identification of {len(wanted)} released test faces")
-        bucket = keys.bucket(tenant)
-
-        def faces(version: int) -> dict[str, np.ndarray]:
-            reader = DatasetReader(self.store, bucket, plan.dataset, version)
-            return {s.key: decode_rgb(data) for s, data in reader.iter_images(split="test") if s.key in wanted}
-
-        originals, released = faces(plan.version), faces(row.outputs["anonymized_version"])
-        shared = [k for k in plan.evaluation_keys if k in released]  # a sample the anonymizer left out is absent
-        recognizer = reidentification.recognizer()
-        result = reidentification.reidentify(recognizer.embed(np.stack([released[k] for k in shared])),
-                                             recognizer.embed(np.stack([originals[k] for k in shared])))
-        attributes = attacks.measure(DatasetReader(self.store, bucket, plan.dataset, plan.version),
-                                     DatasetReader(self.store, bucket, plan.dataset, row.outputs["anonymized_version"]),
-                                     protected=list(plan.spec.protected_attributes),
-                                     kept=list(plan.spec.kept_attributes), seed=plan.spec.seed,
-                                     progress=lambda stage: ctx.report(stage=stage), cancelled=lambda: ctx.cancelled)
+        ctx.report(stage=f"measuring re-identification of {len(plan.evaluation_keys)} released test faces")
+        request = an.EvaluateReleaseRequest(
+            dataset=refs_pb2.DatasetRef(dataset=f"datasets/{plan.dataset}", version=plan.version),
+            anonymized_version=row.outputs["anonymized_version"], sample_keys=plan.evaluation_keys,
+            protected_attributes=plan.spec.protected_attributes, kept_attributes=plan.spec.kept_attributes,
+            seed=plan.spec.seed, request_id=sharding.derived_request_id("job", tenant, job, "evaluate"))
+        result = self._measure(ctx, plan, "EvaluateRelease", request, an.EvaluationResult,
+                               stage="measuring the release")
         ctx.check_cancelled()
-        self.records.update(tenant, job, outputs={"evaluation": {
-            "reid_rank1": result.rank1, "reid_verify_rate": result.verify_rate, "reid_faces": len(shared),
-            **attributes["metrics"]}, "evaluation_skipped": attributes["skipped"]})
+        metrics = dict(result.metrics)
+        evaluation = {"reid_rank1": metrics.pop("reid_rank1"), "reid_verify_rate": metrics.pop("reid_verify_rate"),
+                      "reid_faces": int(metrics.pop("reid_faces")), **dict(sorted(metrics.items()))}
+        self.records.update(tenant, job, outputs={"evaluation": evaluation,
+                                                  "evaluation_skipped": dict(result.skipped)})
 
     def _unlearn(self, ctx, plan: Plan) -> None:
         """Updates spec.model to the anonymized version by feature unlearning (a new version of the same model),

@@ -3,7 +3,7 @@ anonymizer's headless service), with the same bytes as one replica writing it al
 
     result = anonymize_sharded(["10.0.0.7:50052", "10.0.0.8:50052"], service_token, "acme", request, store=store)
 
-The output shards are counted from the source manifest (`umbra.anonymization.dataset.shard_count`, the rule the
+The output shards are counted from the source manifest (`umbra.anonymization.shards.shard_count`, the rule the
 anonymizer plans with) and dealt round-robin to the replicas: each gets one `AnonymizeDataset` with its `shards`,
 which writes those shards only (their bytes do not depend on the replica). A replica that cannot be reached or
 whose operation fails (killed, stopped, restarted mid-dataset) leaves the job, and its shards are dealt to the
@@ -27,8 +27,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import grpc
+from umbra.anonymization.shards import shard_count
 
-from umbra.anonymization.dataset import shard_count
 from umbra.anonymizer.v1 import anonymizer_service_pb2 as an
 from umbra.anonymizer.v1 import anonymizer_service_pb2_grpc
 from umbra.client import protos

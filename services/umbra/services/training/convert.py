@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from umbra.classifiers import evaluation as ev
 from umbra.classifiers import loop
-from umbra.classifiers.registry import CONFIG, RECORD, WEIGHTS, StoredModel, version_prefix
+from umbra.classifiers.catalog import CONFIG, RECORD, WEIGHTS, StoredModel, version_prefix
 from umbra.common.v1 import privacy_pb2, refs_pb2
 from umbra.privacy.dp_sgd import ACCOUNTANTS, DPSettings
 from umbra.privacy.mechanisms import dp_sgd_cost

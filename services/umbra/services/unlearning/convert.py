@@ -4,8 +4,8 @@ and the training service's TrainRequest that retrains a model from scratch for a
 from __future__ import annotations
 
 import math
+from umbra.classifiers.catalog import StoredModel
 
-from umbra.classifiers.registry import StoredModel
 from umbra.common.v1 import refs_pb2
 from umbra.feature_unlearning import updates
 from umbra.feature_unlearning.job import Result

@@ -14,7 +14,7 @@ from umbra.client.channel import open_channel
 from umbra.client.errors import OperationFailed, UmbraRpcError
 from umbra.client.operations import OperationsClient, call
 from umbra.common.v1 import refs_pb2
-from umbra.feature_unlearning import job, verification
+from umbra.feature_unlearning import job, probe, verification
 from umbra.runtime import auth, names
 from umbra.runtime.errors import InvalidInput, Unavailable
 from umbra.runtime.operations import LongRunning, OperationContext, OperationRunner
@@ -68,7 +68,7 @@ class UnlearningServicer(unlearning_service_pb2_grpc.UnlearningServiceServicer):
                            output_model=names.model(request.output_model or request.model.model, "output_model"))
         if request.verify:
             names.validate_resource_id(planned.output_model + RETRAINED_SUFFIX, "output_model")
-            verification.check_probe(original, task=planned.source.record["task"], attribute=request.probe_attribute)
+            probe.check_probe(original, task=planned.source.record["task"], attribute=request.probe_attribute)
         return _Plan(planned, request)
 
     def _run(self, ctx: OperationContext, plan: _Plan) -> us.UnlearningResult:
