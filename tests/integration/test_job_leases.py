@@ -55,3 +55,26 @@ def test_an_expired_lease_is_taken_over_and_the_old_holder_learns_it_lost_it(db)
     assert b.holds("acme", "job-1")
     b.release("acme", "job-1")
     assert a.acquire("acme", "job-1")  # free again
+
+
+def test_the_sweep_runs_on_one_replica_at_a_time(db):
+    """DatasetLocks.only_one: of two replicas (two connection pools on one database), one takes the sweep and the
+    other skips it until the first is done; on SQLite, one process, the sweep is always its own."""
+    from umbra.services.coordinator.locks import DatasetLocks
+
+    if not db.postgres:
+        with DatasetLocks(None).only_one("sweep") as mine:
+            assert mine
+        return
+    other = CoordinatorDB(db.sql.engine.url.render_as_string(hide_password=False))
+    try:
+        a, b = DatasetLocks(db.sql), DatasetLocks(other.sql)
+        with a.only_one("sweep") as first:
+            with b.only_one("sweep") as second:
+                assert (first, second) == (True, False)
+            with a.only_one("another task") as unrelated:
+                assert unrelated
+        with b.only_one("sweep") as after:
+            assert after  # released when the first replica's sweep ended
+    finally:
+        other.close()

@@ -59,6 +59,23 @@ class DatasetLocks:
                 connection.execute(f"SELECT pg_advisory_unlock{mode}(?)", (key,))
 
     @contextmanager
+    def only_one(self, task: str) -> Iterator[bool]:
+        """Whether this replica may run `task` now (the sweep): True for the one replica that takes the task's
+        advisory lock, without waiting, until the block ends; False for the others meanwhile. On SQLite (one
+        process) always True."""
+        if self._database is None:
+            yield True
+            return
+        key = advisory_key("", f"task\0{task}")
+        with self._database.session_connection() as connection:
+            taken = bool(connection.execute("SELECT pg_try_advisory_lock(?)", (key,)).fetchone()[0])
+            try:
+                yield taken
+            finally:
+                if taken:
+                    connection.execute("SELECT pg_advisory_unlock(?)", (key,))
+
+    @contextmanager
     def _entry(self, tenant: str, dataset: str) -> Iterator[_ReadersWriter]:
         with self._guard:
             lock = self._locks.setdefault((tenant, dataset), _ReadersWriter())

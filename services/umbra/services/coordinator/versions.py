@@ -110,7 +110,9 @@ def recover(db: CoordinatorDB, store: ObjectStore, locks: DatasetLocks, upload_t
         else:
             db.set_version_state(row.tenant, row.dataset, row.version, "UPLOADING", expect=("COMMITTING",),
                                  error="the commit was interrupted by a restart; commit again")
-    sweep(db, store, locks, upload_ttl_seconds)
+    with locks.only_one("sweep") as mine:
+        if mine:
+            sweep(db, store, locks, upload_ttl_seconds)
 
 
 def sweep(db: CoordinatorDB, store: ObjectStore, locks: DatasetLocks, upload_ttl_seconds: float,
@@ -148,7 +150,9 @@ def start_sweeper(db: CoordinatorDB, store: ObjectStore, locks: DatasetLocks, up
     def loop() -> None:
         while not stop.wait(interval):
             try:
-                sweep(db, store, locks, upload_ttl_seconds)
+                with locks.only_one("sweep") as mine:  # one replica at a time; the others skip this round
+                    if mine:
+                        sweep(db, store, locks, upload_ttl_seconds)
             except Exception:  # noqa: BLE001 - the next round tries again
                 log.exception("sweep failed")
 
