@@ -137,18 +137,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="ujob-", dir="/tmp") as scratch, ExitStack() as stack:
         scratch = Path(scratch)
-        folder, what = default_data(args.data, scratch)
-        header = (folder / "labels.csv").read_text().split("\n", 1)[0].split(",")
-        kept = "race" if "race" in header else "skin_tone"
-        if plan["faces"]:
-            folder, what = subset_folder(folder, plan["faces"], scratch), f"{what}, first {plan['faces']}"
-        print(f"data: {what}; protecting gender, keeping {kept}", flush=True)
-        base = dict(os.environ, UMBRA_SERVICE_TOKEN=secrets.token_urlsafe(24),
-                    UMBRA_ADMIN_KEY=secrets.token_urlsafe(24))
-        if args.local_store:
-            base.update(UMBRA_STORE="local", UMBRA_STORE_DIR=str(scratch / "objects"))
-        else:
-            base.update(stack.enter_context(s3_server()), UMBRA_STORE="s3")
+        folder, what, kept, base = _prepare(args, plan, scratch, stack)
         store = _store(base)
         token = base["UMBRA_SERVICE_TOKEN"]
 
@@ -257,23 +246,30 @@ def main() -> int:
     return 0 if identical and rounds["whole_jobs_match_search"] else 1
 
 
+def _prepare(args, plan: dict, scratch: Path, stack: ExitStack) -> tuple[Path, str, str, dict[str, str]]:
+    """The faces (`--data`, or the default, cut to plan["faces"]), what they are, the attribute kept, and the
+    services' base environment: fresh credentials and the object store (an S3 server started on `stack`, or
+    `--local-store`)."""
+    folder, what = default_data(args.data, scratch)
+    header = (folder / "labels.csv").read_text().split("\n", 1)[0].split(",")
+    kept = "race" if "race" in header else "skin_tone"
+    if plan["faces"]:
+        folder, what = subset_folder(folder, plan["faces"], scratch), f"{what}, first {plan['faces']}"
+    print(f"data: {what}; protecting gender, keeping {kept}", flush=True)
+    base = dict(os.environ, UMBRA_SERVICE_TOKEN=secrets.token_urlsafe(24), UMBRA_ADMIN_KEY=secrets.token_urlsafe(24))
+    if args.local_store:
+        base.update(UMBRA_STORE="local", UMBRA_STORE_DIR=str(scratch / "objects"))
+    else:
+        base.update(stack.enter_context(s3_server()), UMBRA_STORE="s3")
+    return folder, what, kept, base
+
+
 def replicas_only(args, plan: dict) -> int:
     """--replicas-only: the replicas part alone (benchmarks.job_replicas), with a generator it trains."""
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ujob-", dir="/tmp") as scratch, ExitStack() as stack:
         scratch = Path(scratch)
-        folder, what = default_data(args.data, scratch)
-        if plan["faces"]:
-            folder, what = subset_folder(folder, plan["faces"], scratch), f"{what}, first {plan['faces']}"
-        header = (folder / "labels.csv").read_text().split("\n", 1)[0].split(",")
-        kept = "race" if "race" in header else "skin_tone"
-        print(f"data: {what}", flush=True)
-        base = dict(os.environ, UMBRA_SERVICE_TOKEN=secrets.token_urlsafe(24),
-                    UMBRA_ADMIN_KEY=secrets.token_urlsafe(24))
-        if args.local_store:
-            base.update(UMBRA_STORE="local", UMBRA_STORE_DIR=str(scratch / "objects"))
-        else:
-            base.update(stack.enter_context(s3_server()), UMBRA_STORE="s3")
+        folder, what, kept, base = _prepare(args, plan, scratch, stack)
         token = base["UMBRA_SERVICE_TOKEN"]
         part = job_replicas.run(base, scratch, folder, _store(base), quick=args.quick, carry_on=True, generator=None,
                                 train=lambda target, tenant: train_generator(target, token, tenant, kept, plan,

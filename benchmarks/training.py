@@ -36,13 +36,12 @@ from umbra.classifiers import loop, recipes
 from umbra.classifiers.architectures import create
 from umbra.classifiers.data import LabelledImages, load_split
 from umbra.classifiers.model_config import ModelConfig
+from umbra.client import inference
 from umbra.client.channel import open_channel
 from umbra.privacy import dp_sgd
 from umbra.client.datasets import DatasetsClient
 from umbra.client.operations import OperationsClient
 from umbra.common.v1 import refs_pb2
-from umbra.coordinator.v1 import model_service_pb2 as ms
-from umbra.coordinator.v1 import model_service_pb2_grpc
 from umbra.inference import access
 from umbra.inference.gateway import Gateway
 from umbra.services.training import convert
@@ -112,16 +111,6 @@ def images_per_s(call, images: np.ndarray, batch: int, seconds: float) -> float:
             call(images[start:start + batch])
             done += batch
     return done / (time.perf_counter() - began)
-
-
-def through_gateway(stub, publication: str):
-    """Predict through the coordinator (what a tenant's client does: the images as a Tensor, the logits back)."""
-    def call(batch: np.ndarray) -> np.ndarray:
-        outputs = stub.Predict(ms.PredictRequest(name=publication, inputs=ms.Tensor(
-            shape=batch.shape, float32_data=np.ascontiguousarray(batch, dtype="<f4").tobytes())), timeout=60).outputs
-        return np.frombuffer(outputs.float32_data, dtype="<f4").reshape(tuple(outputs.shape))
-
-    return call
 
 
 def main() -> int:
@@ -242,12 +231,11 @@ def main() -> int:
                 return direct.predict(name, batch, what=name)
 
             publication = f"publications/{name.split('.', 1)[1]}"
-            gateway = through_gateway(model_service_pb2_grpc.ModelServiceStub(open_channel(t["coordinator"], key)),
-                                      publication)
+            # What a tenant's client does: the SDK's Published, through the coordinator's Predict.
+            gateway = inference.Published(open_channel(t["coordinator"], key), publication).predict
             triton_logits = remote(images)
             max_difference = float(np.abs(triton_logits - local(images)).max())
-            gateway_difference = float(np.abs(np.concatenate([gateway(images[i:i + 64]) for i in
-                                                              range(0, len(images), 64)]) - triton_logits).max())
+            gateway_difference = float(np.abs(gateway(images) - triton_logits).max())
             # Alternating rounds, so that every path sees the same background load (the S3 server settling after
             # the writes of training, for one); each ratio is the median of the rounds' ratios.
             torch_rates, triton_rates, gateway_rates = [], [], []
