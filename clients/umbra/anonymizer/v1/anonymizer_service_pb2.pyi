@@ -186,7 +186,7 @@ class EstimatePrivacyCostResponse(_message.Message):
     def __init__(self, privacy_cost: _Optional[_Union[_privacy_pb2.PrivacyCost, _Mapping]] = ...) -> None: ...
 
 class MeasureRiskRequest(_message.Message):
-    __slots__ = ("dataset", "sample_keys", "gallery_sample_keys", "released_images", "protected_attributes", "seed", "request_id")
+    __slots__ = ("dataset", "sample_keys", "gallery_sample_keys", "released_images", "protected_attributes", "seed", "request_id", "kept_attributes")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_KEYS_FIELD_NUMBER: _ClassVar[int]
     GALLERY_SAMPLE_KEYS_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +194,7 @@ class MeasureRiskRequest(_message.Message):
     PROTECTED_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    KEPT_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     dataset: _refs_pb2.DatasetRef
     sample_keys: _containers.RepeatedScalarFieldContainer[str]
     gallery_sample_keys: _containers.RepeatedScalarFieldContainer[str]
@@ -201,7 +202,8 @@ class MeasureRiskRequest(_message.Message):
     protected_attributes: _containers.RepeatedScalarFieldContainer[str]
     seed: int
     request_id: str
-    def __init__(self, dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., sample_keys: _Optional[_Iterable[str]] = ..., gallery_sample_keys: _Optional[_Iterable[str]] = ..., released_images: _Optional[_Iterable[_Union[_image_pb2.Image, _Mapping]]] = ..., protected_attributes: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    kept_attributes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., sample_keys: _Optional[_Iterable[str]] = ..., gallery_sample_keys: _Optional[_Iterable[str]] = ..., released_images: _Optional[_Iterable[_Union[_image_pb2.Image, _Mapping]]] = ..., protected_attributes: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., request_id: _Optional[str] = ..., kept_attributes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class MeasureRiskResponse(_message.Message):
     __slots__ = ("operation",)

@@ -15,12 +15,21 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Review(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REVIEW_UNSPECIFIED: _ClassVar[Review]
+    REVIEW_PERSON: _ClassVar[Review]
+    REVIEW_AUTOMATIC: _ClassVar[Review]
+
 class Feedback(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FEEDBACK_UNSPECIFIED: _ClassVar[Feedback]
     FEEDBACK_ACCEPT: _ClassVar[Feedback]
     FEEDBACK_MORE_PRIVACY: _ClassVar[Feedback]
     FEEDBACK_LESS_PRIVACY: _ClassVar[Feedback]
+REVIEW_UNSPECIFIED: Review
+REVIEW_PERSON: Review
+REVIEW_AUTOMATIC: Review
 FEEDBACK_UNSPECIFIED: Feedback
 FEEDBACK_ACCEPT: Feedback
 FEEDBACK_MORE_PRIVACY: Feedback
@@ -71,7 +80,7 @@ class ProtectionJob(_message.Message):
     def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[ProtectionJob.State, str]] = ..., spec: _Optional[_Union[ProtectionJobSpec, _Mapping]] = ..., accepted_intensity: _Optional[float] = ..., privacy_spent: _Optional[_Union[_privacy_pb2.PrivacyCost, _Mapping]] = ..., anonymized_dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., distorted_dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., unlearned_model: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., operation: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ProtectionJobSpec(_message.Message):
-    __slots__ = ("dataset", "protected_attributes", "kept_attributes", "budget", "initial_intensity", "preview_size", "distortion_copies", "model", "verify_unlearning", "seed", "generator")
+    __slots__ = ("dataset", "protected_attributes", "kept_attributes", "budget", "initial_intensity", "preview_size", "distortion_copies", "model", "verify_unlearning", "seed", "generator", "policy", "review")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     PROTECTED_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     KEPT_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +92,8 @@ class ProtectionJobSpec(_message.Message):
     VERIFY_UNLEARNING_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     GENERATOR_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_FIELD_NUMBER: _ClassVar[int]
     dataset: _refs_pb2.DatasetRef
     protected_attributes: _containers.RepeatedScalarFieldContainer[str]
     kept_attributes: _containers.RepeatedScalarFieldContainer[str]
@@ -94,7 +105,55 @@ class ProtectionJobSpec(_message.Message):
     verify_unlearning: bool
     seed: int
     generator: _refs_pb2.ModelRef
-    def __init__(self, dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., protected_attributes: _Optional[_Iterable[str]] = ..., kept_attributes: _Optional[_Iterable[str]] = ..., budget: _Optional[_Union[_privacy_pb2.PrivacyBudget, _Mapping]] = ..., initial_intensity: _Optional[float] = ..., preview_size: _Optional[int] = ..., distortion_copies: _Optional[int] = ..., model: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., verify_unlearning: _Optional[bool] = ..., seed: _Optional[int] = ..., generator: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ...) -> None: ...
+    policy: ReleasePolicy
+    review: Review
+    def __init__(self, dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., protected_attributes: _Optional[_Iterable[str]] = ..., kept_attributes: _Optional[_Iterable[str]] = ..., budget: _Optional[_Union[_privacy_pb2.PrivacyBudget, _Mapping]] = ..., initial_intensity: _Optional[float] = ..., preview_size: _Optional[int] = ..., distortion_copies: _Optional[int] = ..., model: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., verify_unlearning: _Optional[bool] = ..., seed: _Optional[int] = ..., generator: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., policy: _Optional[_Union[ReleasePolicy, _Mapping]] = ..., review: _Optional[_Union[Review, str]] = ...) -> None: ...
+
+class ReleasePolicy(_message.Message):
+    __slots__ = ("max_reidentification", "max_adversary_advantage", "min_kept_utility", "max_epsilon")
+    class MaxAdversaryAdvantageEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class MinKeptUtilityEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    MAX_REIDENTIFICATION_FIELD_NUMBER: _ClassVar[int]
+    MAX_ADVERSARY_ADVANTAGE_FIELD_NUMBER: _ClassVar[int]
+    MIN_KEPT_UTILITY_FIELD_NUMBER: _ClassVar[int]
+    MAX_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    max_reidentification: float
+    max_adversary_advantage: _containers.ScalarMap[str, float]
+    min_kept_utility: _containers.ScalarMap[str, float]
+    max_epsilon: float
+    def __init__(self, max_reidentification: _Optional[float] = ..., max_adversary_advantage: _Optional[_Mapping[str, float]] = ..., min_kept_utility: _Optional[_Mapping[str, float]] = ..., max_epsilon: _Optional[float] = ...) -> None: ...
+
+class PolicyCriterion(_message.Message):
+    __slots__ = ("name", "attribute", "value", "limit", "met", "comparison", "faces", "summary")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MET_FIELD_NUMBER: _ClassVar[int]
+    COMPARISON_FIELD_NUMBER: _ClassVar[int]
+    FACES_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    attribute: str
+    value: float
+    limit: float
+    met: bool
+    comparison: str
+    faces: int
+    summary: str
+    def __init__(self, name: _Optional[str] = ..., attribute: _Optional[str] = ..., value: _Optional[float] = ..., limit: _Optional[float] = ..., met: _Optional[bool] = ..., comparison: _Optional[str] = ..., faces: _Optional[int] = ..., summary: _Optional[str] = ...) -> None: ...
 
 class ProtectionJobMetadata(_message.Message):
     __slots__ = ("progress", "job", "round")
@@ -117,7 +176,7 @@ class PreviewPair(_message.Message):
     def __init__(self, original: _Optional[_Union[_image_pb2.Image, _Mapping]] = ..., anonymized: _Optional[_Union[_image_pb2.Image, _Mapping]] = ..., released_attributes: _Optional[_Iterable[_Union[_image_pb2.AttributeValue, _Mapping]]] = ...) -> None: ...
 
 class FeedbackRound(_message.Message):
-    __slots__ = ("name", "intensity", "privacy_cost", "feedback", "flagged_samples", "budget_left", "create_time", "risk")
+    __slots__ = ("name", "intensity", "privacy_cost", "feedback", "flagged_samples", "budget_left", "create_time", "risk", "criteria")
     class RiskEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +192,7 @@ class FeedbackRound(_message.Message):
     BUDGET_LEFT_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     RISK_FIELD_NUMBER: _ClassVar[int]
+    CRITERIA_FIELD_NUMBER: _ClassVar[int]
     name: str
     intensity: float
     privacy_cost: _privacy_pb2.PrivacyCost
@@ -141,7 +201,8 @@ class FeedbackRound(_message.Message):
     budget_left: _privacy_pb2.PrivacyBudget
     create_time: _timestamp_pb2.Timestamp
     risk: _containers.ScalarMap[str, float]
-    def __init__(self, name: _Optional[str] = ..., intensity: _Optional[float] = ..., privacy_cost: _Optional[_Union[_privacy_pb2.PrivacyCost, _Mapping]] = ..., feedback: _Optional[_Union[Feedback, str]] = ..., flagged_samples: _Optional[_Iterable[str]] = ..., budget_left: _Optional[_Union[_privacy_pb2.PrivacyBudget, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., risk: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    criteria: _containers.RepeatedCompositeFieldContainer[PolicyCriterion]
+    def __init__(self, name: _Optional[str] = ..., intensity: _Optional[float] = ..., privacy_cost: _Optional[_Union[_privacy_pb2.PrivacyCost, _Mapping]] = ..., feedback: _Optional[_Union[Feedback, str]] = ..., flagged_samples: _Optional[_Iterable[str]] = ..., budget_left: _Optional[_Union[_privacy_pb2.PrivacyBudget, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., risk: _Optional[_Mapping[str, float]] = ..., criteria: _Optional[_Iterable[_Union[PolicyCriterion, _Mapping]]] = ...) -> None: ...
 
 class CreateProtectionJobRequest(_message.Message):
     __slots__ = ("job_id", "spec", "request_id")
@@ -258,7 +319,7 @@ class GetReportRequest(_message.Message):
     def __init__(self, job: _Optional[str] = ...) -> None: ...
 
 class GetReportResponse(_message.Message):
-    __slots__ = ("report_json", "report_html", "metrics", "privacy_total", "json_content", "html_content")
+    __slots__ = ("report_json", "report_html", "metrics", "privacy_total", "json_content", "html_content", "report_pdf", "policy_met", "criteria")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -272,10 +333,16 @@ class GetReportResponse(_message.Message):
     PRIVACY_TOTAL_FIELD_NUMBER: _ClassVar[int]
     JSON_CONTENT_FIELD_NUMBER: _ClassVar[int]
     HTML_CONTENT_FIELD_NUMBER: _ClassVar[int]
+    REPORT_PDF_FIELD_NUMBER: _ClassVar[int]
+    POLICY_MET_FIELD_NUMBER: _ClassVar[int]
+    CRITERIA_FIELD_NUMBER: _ClassVar[int]
     report_json: _refs_pb2.ObjectRef
     report_html: _refs_pb2.ObjectRef
     metrics: _containers.ScalarMap[str, float]
     privacy_total: _privacy_pb2.PrivacyCost
     json_content: bytes
     html_content: bytes
-    def __init__(self, report_json: _Optional[_Union[_refs_pb2.ObjectRef, _Mapping]] = ..., report_html: _Optional[_Union[_refs_pb2.ObjectRef, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., privacy_total: _Optional[_Union[_privacy_pb2.PrivacyCost, _Mapping]] = ..., json_content: _Optional[bytes] = ..., html_content: _Optional[bytes] = ...) -> None: ...
+    report_pdf: _refs_pb2.ObjectRef
+    policy_met: bool
+    criteria: _containers.RepeatedCompositeFieldContainer[PolicyCriterion]
+    def __init__(self, report_json: _Optional[_Union[_refs_pb2.ObjectRef, _Mapping]] = ..., report_html: _Optional[_Union[_refs_pb2.ObjectRef, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., privacy_total: _Optional[_Union[_privacy_pb2.PrivacyCost, _Mapping]] = ..., json_content: _Optional[bytes] = ..., html_content: _Optional[bytes] = ..., report_pdf: _Optional[_Union[_refs_pb2.ObjectRef, _Mapping]] = ..., policy_met: _Optional[bool] = ..., criteria: _Optional[_Iterable[_Union[PolicyCriterion, _Mapping]]] = ...) -> None: ...
