@@ -75,6 +75,16 @@ def test_risk_of_a_preview(services):
     assert 0 <= risk["gender_classifier_agreement"] <= 1 and risk["gender_classifier_chance"] == 0.5
     assert set(risk) == {"reid_rank1", "reid_verify_rate", "reid_gallery", "gender_classifier_agreement",
                          "gender_classifier_chance"}  # age is a number: no classifier judges it
+    # kept attributes: judged on the released faces and on their originals; released = originals gives ratio 1
+    op = stub.MeasureRisk(risk_request(images, test, kept_attributes=["smile"]), timeout=60).operation
+    kept = dict(operations.result(op.name, an.RiskResult, poll_seconds=0.5, timeout=300).metrics)
+    assert kept["smile_kept_agreement"] == kept["smile_kept_original"]
+    assert kept["smile_kept_utility"] == (1.0 if kept["smile_kept_original"] > 0 else 0.0)
+    # released images of other faces: the true values of the previewed faces are judged on someone else
+    op = stub.MeasureRisk(risk_request(images, test, shown=test[1:5], kept_attributes=["smile"]), timeout=60).operation
+    swapped = dict(operations.result(op.name, an.RiskResult, poll_seconds=0.5, timeout=300).metrics)
+    assert swapped["smile_kept_original"] == kept["smile_kept_original"]
+    assert swapped["smile_kept_agreement"] >= 0 and "smile_kept_utility" in swapped
     # each released image shows the next face of the gallery: no one's own original is found first
     op = stub.MeasureRisk(risk_request(images, test, shown=test[1:5]), timeout=60).operation
     other = dict(operations.result(op.name, an.RiskResult, poll_seconds=0.5, timeout=300).metrics)
@@ -109,6 +119,8 @@ def test_evaluation_of_a_release(services):
     ({"dataset": refs_pb2.DatasetRef(dataset="faces!", version=1)}, "dataset.dataset"),
     ({"released_images": [png(b"not an image")] * 4}, "released_images[0].data"),
     ({"protected_attributes": ["race"]}, "protected_attributes"),
+    ({"kept_attributes": ["gender"]}, "kept_attributes"),
+    ({"kept_attributes": ["hair"]}, "kept_attributes"),
     ({"seed": -1}, "seed"),
 ])
 def test_bad_risk_requests_are_refused_by_field(services, overrides, field):

@@ -187,6 +187,13 @@ class Criterion:
             return f"{text} (at most {self.show(high)})"
         return f"{text} ({self.show(max(low, -1.0))}–{self.show(high)})"
 
+    def to_dict(self) -> dict:
+        """For JSON (the report, a round's record): every field, and the summary line."""
+        low, high = self.bounds if self.bounds is not None else (None, None)
+        return {"name": self.name, "attribute": self.attribute, "value": self.value, "limit": self.limit,
+                "comparison": self.comparison, "faces": self.faces, "low": low, "high": high, "met": self.met,
+                "certain": self.certain, "title": self.title, "figure": self.figure_text(), "summary": self.summary}
+
     @property
     def summary(self) -> str:
         state = "met" if self.met else "missed"

@@ -6,7 +6,9 @@ orchestrates and never computes). AnonymizerService's MeasureRisk and EvaluateRe
     job = plan_risk(reader, sample_keys=keys, gallery_keys=keys + others, released=[png, ...],
                     protected=["gender"], seed=7)
     measure_risk(job, cache)    # {"reid_rank1": 0.25, "reid_verify_rate": 0.5, "reid_gallery": 103.0,
-                                #  "gender_classifier_agreement": 0.75, "gender_classifier_chance": 0.5}
+                                #  "gender_classifier_agreement": 0.75, "gender_classifier_chance": 0.5,
+                                #  "skin_tone_kept_agreement": 0.5, "skin_tone_kept_original": 1.0,
+                                #  "skin_tone_kept_utility": 0.5}
     job = plan_evaluation(reader, released_reader, sample_keys=keys, protected=["gender"], kept=["age"], seed=7)
     evaluate(job)               # {"metrics": {"reid_rank1": ..., "adversary_gender_bacc": ...}, "skipped": {...}}
 
@@ -14,9 +16,11 @@ A preview's risk: how often a pretrained face recognizer (dlib's ResNet, umbra.a
 finds each released face's own original first among a gallery of originals (the preview's own, then other test
 faces: rank 1), and how often it calls them the same person (distance < 0.6); and, per protected category
 attribute, how often a classifier trained on the original training images still finds its true value, beside
-chance (umbra.anonymization.attacks.AttributeJudge). A release's evaluation: the same re-identification of its
-test faces among their originals, an adversary retrained per protected attribute and the utility kept per kept
-one (umbra.anonymization.attacks.measure).
+chance (umbra.anonymization.attacks.AttributeJudge); per kept category attribute, how often such a classifier
+finds its true value on the released faces and on their originals, and the ratio of the two (the utility the
+round keeps, which an automatic review weighs against the job's policy). A release's evaluation: the same
+re-identification of its test faces among their originals, an adversary retrained per protected attribute and the
+utility kept per kept one (umbra.anonymization.attacks.measure).
 
 `Cache` keeps, per replica, the embedded galleries and the trained judges of recent requests (a small LRU of each,
 under a lock), so a job's feedback rounds embed its gallery and train its judges once. A miss only costs time:
@@ -91,6 +95,7 @@ class RiskJob:
     released_png: tuple[bytes, ...]
     protected: tuple[str, ...]
     seed: int
+    kept: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -134,7 +139,8 @@ def _attributes(values: list[str], field: str, reader: DatasetReader) -> tuple[s
 
 
 def plan_risk(reader: DatasetReader, *, sample_keys: list[str], gallery_keys: list[str], released: list[bytes],
-              protected: list[str], seed: int, released_keys: list[str] | None = None) -> RiskJob:
+              protected: list[str], seed: int, released_keys: list[str] | None = None,
+              kept: list[str] = ()) -> RiskJob:
     """Checks a MeasureRisk request by field. `released_keys`: the sample key each released image says it shows
     ("" when it does not say), which must be its sample key."""
     samples = _keys(sample_keys, "sample_keys", 1, MAX_PREVIEW)
@@ -160,9 +166,12 @@ def plan_risk(reader: DatasetReader, *, sample_keys: list[str], gallery_keys: li
                                                              f"px, the first {decoded[0].shape[1]}x"
                                                              f"{decoded[0].shape[0]}: all must be one size")
     attributes = _attributes(protected, "protected_attributes", reader)
+    kept_attributes = _attributes(list(kept), "kept_attributes", reader)
+    if set(attributes) & set(kept_attributes):
+        raise InvalidInput("kept_attributes", "overlaps the protected attributes")
     bounds.seed(seed)
     _unknown(gallery, _test_keys(reader), "gallery_sample_keys", reader)
-    return RiskJob(reader, samples, gallery, tuple(decoded), tuple(released), attributes, seed)
+    return RiskJob(reader, samples, gallery, tuple(decoded), tuple(released), attributes, seed, kept_attributes)
 
 
 def _faces(reader: DatasetReader, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -191,18 +200,32 @@ def measure_risk(job: RiskJob, cache: AuditCache, *, progress: Progress = lambda
     result = reidentification.reidentify(reidentification.recognizer().embed(np.stack(job.released)), gallery)
     risk = {"reid_rank1": result.rank1, "reid_verify_rate": result.verify_rate, "reid_gallery": float(len(gallery))}
 
-    def train_judges() -> list[attacks.AttributeJudge]:
-        progress(f"training classifiers of {', '.join(job.protected)} on the original images")
-        trained = [attacks.AttributeJudge.train(reader, a, seed=job.seed) for a in job.protected]
-        return [j for j in trained if j is not None]
+    def judges_of(attributes: tuple[str, ...]) -> list[attacks.AttributeJudge]:
+        def train() -> list[attacks.AttributeJudge]:
+            progress(f"training classifiers of {', '.join(attributes)} on the original images")
+            trained = [attacks.AttributeJudge.train(reader, a, seed=job.seed) for a in attributes]
+            return [j for j in trained if j is not None]
 
-    judges = cache.judges.get((*where, job.protected, job.seed), train_judges) if job.protected else []
+        return cache.judges.get((*where, attributes, job.seed), train) if attributes else []
+
+    judges = judges_of(job.protected)
     _check(cancelled)
     labels = {s.key: s.labels for s in reader.samples() if s.key in set(job.sample_keys)}
     for judge in judges:
         risk[f"{judge.attribute}_classifier_agreement"] = judge.agreement(
             list(job.released_png), [labels[k].get(judge.attribute, "") for k in job.sample_keys])
         risk[f"{judge.attribute}_classifier_chance"] = judge.chance
+    kept_judges = judges_of(job.kept)
+    _check(cancelled)
+    if kept_judges:
+        originals = {s.key: data for s, data in reader.iter_images(split="test", only=set(job.sample_keys))}
+        for judge in kept_judges:
+            truth = [labels[k].get(judge.attribute, "") for k in job.sample_keys]
+            released = judge.agreement(list(job.released_png), truth)
+            original = judge.agreement([originals[k] for k in job.sample_keys], truth)
+            risk[f"{judge.attribute}_kept_agreement"] = released
+            risk[f"{judge.attribute}_kept_original"] = original
+            risk[f"{judge.attribute}_kept_utility"] = released / original if original > 0 else 0.0
     return risk
 
 

@@ -219,7 +219,8 @@ class AnonymizerServicer(anonymizer_service_pb2_grpc.AnonymizerServiceServicer):
                                gallery_keys=list(request.gallery_sample_keys),
                                released=[image.data for image in request.released_images],
                                released_keys=[image.sample_key for image in request.released_images],
-                               protected=list(request.protected_attributes), seed=request.seed)
+                               protected=list(request.protected_attributes), seed=request.seed,
+                               kept=list(request.kept_attributes))
 
     def _run_risk(self, ctx: OperationContext, job: audit.RiskJob) -> an.RiskResult:
         return convert.risk_result_to_proto(audit.measure_risk(job, self._audit_cache,

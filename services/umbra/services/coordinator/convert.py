@@ -6,11 +6,13 @@ from google.protobuf import timestamp_pb2
 
 from umbra.common.v1 import privacy_pb2, refs_pb2
 from umbra.coordinator.v1 import dataset_service_pb2 as ds
+from umbra.coordinator.v1 import job_service_pb2 as js
 from umbra.coordinator.v1 import ledger_service_pb2 as ls
 from umbra.coordinator.v1 import model_service_pb2 as ms
 from umbra.coordinator.v1 import tenant_service_pb2 as ts
 from umbra.inference import publications
 from umbra.privacy.ledger import Balance, Entry
+from umbra.privacy.policy import Policy
 from umbra.services.convert import budget_to_proto, privacy_cost_to_proto
 from umbra.services.coordinator.db import DatasetRow, TenantRow, VersionRow
 from umbra.storage import keys
@@ -95,3 +97,21 @@ def publication_to_proto(publication: publications.Publication, state: str, endp
         model=refs_pb2.ModelRef(model=f"models/{publication.model}", version=publication.version),
         state=_PUBLICATION_STATES[state], endpoint=endpoint, served_model_name=publication.triton_name,
         create_time=timestamp(publication.create_time or None), image_size=image_size)
+
+
+def policy_from_proto(message: js.ReleasePolicy) -> Policy:
+    """A job spec's ReleasePolicy as umbra.privacy.policy reads it (unset optional limits: no criterion)."""
+    return Policy(
+        max_reidentification=message.max_reidentification if message.HasField("max_reidentification") else None,
+        max_adversary_advantage=dict(message.max_adversary_advantage),
+        min_kept_utility=dict(message.min_kept_utility),
+        max_epsilon=message.max_epsilon if message.HasField("max_epsilon") else None)
+
+
+def criterion_to_proto(criterion: dict) -> js.PolicyCriterion:
+    """A criterion as umbra.privacy.policy.Criterion.to_dict wrote it (in a round's record or the report)."""
+    value = criterion.get("value")
+    return js.PolicyCriterion(name=criterion["name"], attribute=criterion.get("attribute", ""),
+                              value=float("nan") if value is None else value, limit=criterion["limit"],
+                              met=criterion["met"], comparison=criterion["comparison"],
+                              faces=criterion.get("faces", 0), summary=criterion["summary"])

@@ -22,6 +22,7 @@ from umbra.runtime.operations import LongRunning, OperationRunner
 from umbra.runtime.operations.runner import interrupted
 from umbra.runtime.sql import DatabaseUnavailable
 from umbra.services import convert as shared_convert
+from umbra.services.coordinator.convert import criterion_to_proto
 from umbra.services.coordinator.job_leases import JobLeases
 from umbra.services.coordinator.job_records import ANSWERED, AWAITING, FINISHED, PENDING, JobRecords, JobRow, RoundRow
 from umbra.services.coordinator.protection import ANSWERS, Plan, ProtectionJobs, cancel_queued, plan
@@ -241,7 +242,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     def _round_to_proto(self, row: RoundRow, budget_left) -> js.FeedbackRound:
         message = js.FeedbackRound(name=f"jobs/{row.job}/rounds/{row.round}", intensity=row.intensity,
                                    feedback=_FEEDBACK.get(row.feedback, js.FEEDBACK_UNSPECIFIED),
-                                   flagged_samples=row.flagged, risk=row.preview.get("risk", {}))
+                                   flagged_samples=row.flagged, risk=row.preview.get("risk", {}),
+                                   criteria=[criterion_to_proto(c) for c in row.preview.get("criteria", [])])
         if row.preview.get("cost"):
             message.privacy_cost.CopyFrom(shared_convert.privacy_cost_to_proto(Cost.from_dict(row.preview["cost"])))
         message.budget_left.CopyFrom(budget_left)

@@ -41,11 +41,14 @@ from umbra.feature_unlearning.probe import check_probe
 from umbra.privacy import composition
 from umbra.privacy.ledger import RESERVED, PrivacyLedger
 from umbra.privacy.mechanisms import Cost
+from umbra.privacy import policy as release_policy
 from umbra.runtime import names
 from umbra.runtime.sql import DatabaseUnavailable
 from umbra.runtime.errors import AlreadyExists, Cancelled, FailedPrecondition, InvalidInput, NotFound, UmbraError
 from umbra.services import convert as shared_convert
 from umbra.services.coordinator import job_models, job_report, sharding, versions
+from umbra.services.coordinator.convert import policy_from_proto
+from umbra.services.coordinator.job_privacy import job_epsilon
 from umbra.services.coordinator.db import CoordinatorDB
 from umbra.services.coordinator.job_records import (ANSWERED, AWAITING, AWAITING_FEEDBACK, CANCELLED, FAILED,
                                                     PENDING, PREPARING, PREVIEWING, RUNNING, SUCCEEDED, JobRecords,
@@ -66,6 +69,9 @@ MAX_DISTORTION_COPIES = 8
 # MDP/AugMDP inside the job: momentum 0.7 at step 0.06 reaches the paper's 100-step feature loss in about a third
 # of the steps (benchmarks/distortion.py; the demo's AugMDP step uses the same).
 MDP_STEPS, MDP_STEP_SIZE, MDP_MOMENTUM = 35, 0.06, 0.7
+# An automatic review stops its search once the intensities left lie this close (at most 6 rounds), where a person
+# may go on to umbra.anonymization.feedback.RESOLUTION: each round costs privacy, and a policy is rarely that fine.
+AUTOMATIC_RESOLUTION = 1 / 32
 ANSWERS = {js.FEEDBACK_ACCEPT: "accept", js.FEEDBACK_MORE_PRIVACY: feedback.MORE,
            js.FEEDBACK_LESS_PRIVACY: feedback.LESS}
 
@@ -141,6 +147,12 @@ def plan(records: JobRecords, db: CoordinatorDB, store: ObjectStore, tenant: str
         names.model_ref(spec.generator, "spec.generator")
     if not 0 <= spec.seed < 2**32:
         raise InvalidInput("spec.seed", "must be 0 to 2^32 - 1")
+    policy_from_proto(spec.policy).validate(protected, kept)
+    if spec.review not in (js.REVIEW_UNSPECIFIED, js.REVIEW_PERSON, js.REVIEW_AUTOMATIC):
+        raise InvalidInput("spec.review", f"{spec.review} is not a review (REVIEW_PERSON or REVIEW_AUTOMATIC)")
+    if spec.review == js.REVIEW_AUTOMATIC and policy_from_proto(spec.policy).empty:
+        raise InvalidInput("spec.policy", "an automatic review answers the rounds by the policy: set at least one "
+                                          "limit")
     test = sorted(s.key for s in reader.samples() if s.split == "test"
                   and all(a in s.labels for a in protected + kept))
     if len(test) < size:
@@ -188,8 +200,40 @@ def _probe(reader: DatasetReader, task: str, attributes: list[str]) -> str:
 
 def _search(spec: js.ProtectionJobSpec, answered: list) -> feedback.IntensitySearch:
     """The intensity search after the answers of `answered` rounds (in order)."""
+    resolution = AUTOMATIC_RESOLUTION if spec.review == js.REVIEW_AUTOMATIC else feedback.RESOLUTION
     return feedback.IntensitySearch.replay(spec.initial_intensity or feedback.DEFAULT_INITIAL,
-                                           [r.feedback for r in answered])
+                                           [r.feedback for r in answered], resolution=resolution)
+
+
+def round_criteria(spec: js.ProtectionJobSpec, rounds: list, number: int, preview: dict) -> list[dict]:
+    """The job's policy judged on round `number`'s measured figures (`preview`: its images, cost and risk) and on
+    the job's ε were this round's intensity released (the rounds so far, and the dataset at this round's cost)."""
+    policy = policy_from_proto(spec.policy)
+    if policy.empty:
+        return []
+    costs = [r.preview["cost"] for r in rounds if r.round < number and r.preview.get("cost")] + [preview["cost"]]
+    total = job_epsilon(costs, preview["cost"]).total
+    figures = release_policy.Figures.of_round(preview.get("risk", {}), len(preview["images"]),
+                                              total.epsilon if total else None)
+    return [c.to_dict() for c in release_policy.judge(policy, figures)]
+
+
+def _missed(criteria: list[dict]) -> str:
+    return "; ".join(c["summary"] for c in criteria if not c["met"]) or "none"
+
+
+def _policy_not_met(rounds: list, why: str = "") -> FailedPrecondition:
+    """The failure of an automatic review that found no intensity within the budget meeting the policy, naming the
+    criteria the round that came closest (the fewest missed, the latest of those) missed."""
+    measured = [r for r in rounds if r.preview.get("criteria")]
+    closest = min(reversed(measured), key=lambda r: sum(not c["met"] for c in r.preview["criteria"]), default=None)
+    shown = ", ".join(f"{r.intensity:.3f}" for r in rounds if r.preview)
+    message = f"no intensity within the budget meets the policy ({why or 'the search has no intensity left'}); " \
+              f"intensities shown: {shown or 'none'}"
+    if closest is not None:
+        message += f"; the closest, round {closest.round} at {closest.intensity:.3f}, missed: " \
+                   f"{_missed(closest.preview['criteria'])}"
+    return FailedPrecondition(message, reason="POLICY_NOT_MET")
 
 
 def next_intensity(spec: js.ProtectionJobSpec, rounds: list) -> float | None:
@@ -327,6 +371,9 @@ class ProtectionJobs:
                 ctx.metadata.progress.privacy_spent.CopyFrom(shared_convert.privacy_cost_to_proto(
                     composition.tight(spent, "the job's previews so far")))
                 continue
+            if current.state == AWAITING and plan.spec.review == js.REVIEW_AUTOMATIC:
+                self._answer_by_policy(ctx, plan, current)
+                continue
             if current.state == AWAITING:
                 waiting = f"round {current.round}: awaiting feedback"
                 if ctx.metadata.progress.stage != waiting:
@@ -340,10 +387,30 @@ class ProtectionJobs:
                 return current.intensity
             # Answered, and the next round not opened yet (a restart came between the two): open it now.
             nxt = next_intensity(plan.spec, rounds)
+            if nxt is None and plan.spec.review == js.REVIEW_AUTOMATIC:
+                raise _policy_not_met(rounds)
             if nxt is None:
                 raise FailedPrecondition("no intensity is left that was not shown; the job stops",
                                          reason="NO_INTENSITY_LEFT")
             self.records.open_round(tenant, job, current.round + 1, nxt)
+
+    def _answer_by_policy(self, ctx, plan: Plan, current) -> None:
+        """An automatic review's answer to the round awaiting one (umbra.privacy.policy.decide on its criteria);
+        when the search has nothing left to show, the job fails naming what the closest round missed."""
+        criteria = current.preview.get("criteria") or []
+        answer = release_policy.decide([release_policy.Criterion(
+            c["name"], c["attribute"], c["value"], c["limit"], c["faces"],
+            None if c["low"] is None else (c["low"], c["high"])) for c in criteria])
+        ctx.report(stage=f"round {current.round}: the policy answers {answer}")
+        log.info("job %s round %d: automatic review answers %s (missed: %s)", plan.job, current.round, answer,
+                 _missed(criteria))
+        try:
+            self.answer(plan.tenant, plan.job, current.round, answer, [],
+                        sharding.derived_request_id("job", plan.tenant, plan.job, "policy answer", current.round))
+        except FailedPrecondition as exc:
+            if exc.reason != "NO_INTENSITY_LEFT":
+                raise
+            raise _policy_not_met(self.records.rounds(plan.tenant, plan.job)) from None
 
     def _preview(self, ctx, plan: Plan, number: int, intensity: float) -> None:
         tenant = plan.tenant
@@ -356,7 +423,11 @@ class ProtectionJobs:
             response = self.workers.call(ctx, self.workers.anonymizer(tenant).Anonymize, request,
                                          timeout=TIMEOUT * 5, worker="anonymizer")
         except UmbraRpcError as exc:
-            raise worker_error(exc, "anonymizer") from None
+            error = worker_error(exc, "anonymizer")
+            if plan.spec.review == js.REVIEW_AUTOMATIC and error.reason == "PRIVACY_BUDGET_EXHAUSTED":
+                raise _policy_not_met(self.records.rounds(tenant, plan.job), f"the budget has no room for round "
+                                      f"{number} ({error.message})") from None
+            raise error from None
         bucket = keys.bucket(tenant)
         images = []
         for key, image in zip(plan.preview_keys, response.images, strict=True):
@@ -372,7 +443,9 @@ class ProtectionJobs:
             if _cancelled_by_tenant(ctx):  # made and charged, but not measured: the round still shows its cost
                 self.records.show(tenant, plan.job, number, {"images": images, "cost": cost, "risk": {}})
             raise
-        self.records.show(tenant, plan.job, number, {"images": images, "cost": cost, "risk": risk})
+        preview = {"images": images, "cost": cost, "risk": risk}
+        preview["criteria"] = round_criteria(plan.spec, self.records.rounds(tenant, plan.job), number, preview)
+        self.records.show(tenant, plan.job, number, preview)
 
     def _risk(self, ctx, plan: Plan, number: int, released: list) -> dict[str, float]:
         """What round `number`'s released images (`released`, as Anonymize returned them) still give away, measured
@@ -383,8 +456,8 @@ class ProtectionJobs:
         request = an.MeasureRiskRequest(
             dataset=refs_pb2.DatasetRef(dataset=f"datasets/{plan.dataset}", version=plan.version),
             sample_keys=plan.preview_keys, gallery_sample_keys=plan.gallery_keys, released_images=released,
-            protected_attributes=plan.spec.protected_attributes, seed=plan.spec.seed,
-            request_id=sharding.derived_request_id("job", plan.tenant, plan.job, "risk", number))
+            protected_attributes=plan.spec.protected_attributes, kept_attributes=plan.spec.kept_attributes,
+            seed=plan.spec.seed, request_id=sharding.derived_request_id("job", plan.tenant, plan.job, "risk", number))
         result = self._measure(ctx, plan, "MeasureRisk", request, an.RiskResult,
                                stage=f"round {number}: measuring the risk")
         return dict(result.metrics)
