@@ -2,12 +2,16 @@
 
     umbra jobs create JOB --dataset faces --version 1 --protect gender --keep skin_tone --watch
                           [--generator faces-gen:1] [--model gender:1 [--verify-unlearning]]
+                          [--policy policy.yaml [--review automatic]]
     umbra jobs preview JOB --out round.png     # originals (top) over released images (bottom), risk, ε
     umbra jobs feedback JOB --more             # or --less, --accept, --flag KEY [KEY ...]
     umbra jobs report JOB --out DIR            # report.json and report.html
     umbra jobs cancel JOB                      # in any stage, queued too; what it reserved and did not spend is
                                                # released (a finished job: FAILED_PRECONDITION)
     umbra jobs list | show JOB | rounds JOB
+
+Names, labels and messages from the server are printed escaped (`umbra.cli.text.printable`): a control character
+in a tenant's label shows as `\\x1b`, it never reaches the terminal.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from google.protobuf import json_format
 from umbra.client.channel import open_channel
 from umbra.client.errors import OperationFailed, UmbraRpcError
 from umbra.client.operations import call
+from umbra.cli.text import echo, printable
+from umbra.client.jobs import create_protection_job, model_ref, protection_job_spec
+from umbra.client.policy import PolicyError
 from umbra.client.progress import Progress
 from umbra.client.settings import ClientSettings
-from umbra.common.v1 import privacy_pb2, refs_pb2
 from umbra.coordinator.v1 import job_service_pb2 as js
 from umbra.coordinator.v1 import job_service_pb2_grpc
 
@@ -43,13 +49,6 @@ def _channel():
 
 def _stub() -> job_service_pb2_grpc.JobServiceStub:
     return job_service_pb2_grpc.JobServiceStub(_channel())
-
-
-def _model_ref(text: str, option: str) -> refs_pb2.ModelRef:
-    model, _, version = text.partition(":")
-    if not (version.isascii() and version.isdigit()):
-        raise SystemExit(f"umbra jobs: {option} {text!r}: write it as MODEL:VERSION, e.g. faces-gen:1")
-    return refs_pb2.ModelRef(model=f"models/{model}", version=int(version))
 
 
 def watch(stub, job: str, *, poll_seconds: float = 1.0) -> js.ProtectionJob:
@@ -95,48 +94,79 @@ def _grid(pairs) -> bytes:
     return out.getvalue()
 
 
+def _criterion_line(c: js.PolicyCriterion) -> str:
+    """`met`/`missed` and the server's one-line summary (or one made from the figures when it sent none)."""
+    if c.summary:
+        text = c.summary
+    else:
+        about = f"{c.name} {c.attribute}".strip()
+        text = f"{about} {c.value:.4g}{f', {c.faces} faces' if c.faces else ''}; limit {c.comparison} {c.limit:.4g}"
+    return f"    {'met   ' if c.met else 'missed'}  {text}"
+
+
 def _print_round(r: js.FeedbackRound) -> None:
     answer = js.Feedback.Name(r.feedback).removeprefix("FEEDBACK_").lower()
     risk = "  ".join(f"{k}={v:.3g}" for k, v in sorted(r.risk.items())) or "risk not measured"
-    print(f"{r.name}  intensity {r.intensity:.4f}  ε={r.privacy_cost.epsilon:.4g}  answer: {answer}  {risk}  "
-          f"budget left ε={r.budget_left.epsilon:.4g}")
+    echo(f"{r.name}  intensity {r.intensity:.4f}  ε={r.privacy_cost.epsilon:.4g}  answer: {answer}  {risk}  "
+         f"budget left ε={r.budget_left.epsilon:.4g}")
+    if r.flagged_samples:
+        echo(f"  flagged: {', '.join(r.flagged_samples)}")
+    if r.criteria:
+        met = sum(c.met for c in r.criteria)
+        echo(f"  policy: {met} of {len(r.criteria)} criteria met")
+        for c in r.criteria:
+            echo(_criterion_line(c))
+
+
+def _spec(args) -> js.ProtectionJobSpec:
+    """The job's spec from `umbra jobs create`'s arguments; SystemExit naming the option when one is wrong."""
+    if args.review == "automatic" and not args.policy:
+        raise SystemExit("umbra jobs create: --review automatic needs --policy FILE: the coordinator answers each "
+                         "round by the policy's limits, and without one it has none to answer by")
+    for option, value in (("--generator", args.generator), ("--model", args.model)):
+        try:
+            if value:
+                model_ref(value)
+        except ValueError as exc:
+            raise SystemExit(printable(f"umbra jobs create: {option} {exc}")) from None
+    try:
+        return protection_job_spec(
+            dataset=args.dataset, version=args.version, protect=args.protect, keep=args.keep,
+            generator=args.generator, model=args.model, verify_unlearning=args.verify_unlearning,
+            distortion_copies=args.distortion_copies, preview_size=args.preview_size,
+            initial_intensity=args.initial_intensity, epsilon=args.epsilon, delta=args.delta, seed=args.seed,
+            policy=args.policy, review=args.review)
+    except PolicyError as exc:
+        raise SystemExit(printable(f"umbra jobs create: --policy {exc}")) from None
+    except ValueError as exc:
+        raise SystemExit(printable(f"umbra jobs create: {exc}")) from None
 
 
 def jobs(args) -> int:
+    spec = _spec(args) if args.action == "create" else None  # refused here, before a key or a server is needed
     stub = _stub()
     name = f"jobs/{args.job}" if getattr(args, "job", None) else ""
     try:
         if args.action == "create":
-            spec = js.ProtectionJobSpec(
-                dataset=refs_pb2.DatasetRef(dataset=f"datasets/{args.dataset}", version=args.version),
-                protected_attributes=args.protect, kept_attributes=args.keep, preview_size=args.preview_size,
-                initial_intensity=args.initial_intensity, seed=args.seed, verify_unlearning=args.verify_unlearning,
-                distortion_copies=args.distortion_copies)
-            if args.generator:
-                spec.generator.CopyFrom(_model_ref(args.generator, "--generator"))
-            if args.model:
-                spec.model.CopyFrom(_model_ref(args.model, "--model"))
-            if args.epsilon is not None:
-                spec.budget.CopyFrom(privacy_pb2.PrivacyBudget(epsilon=args.epsilon, delta=args.delta))
-            op = call(stub.CreateProtectionJob, js.CreateProtectionJobRequest(
-                job_id=args.job, spec=spec, request_id=str(uuid.uuid4())), timeout=120).operation
-            print(f"{name} started ({op.name})")
+            op = create_protection_job(stub, args.job, spec)
+            review = " (rounds answered by the policy)" if args.review == "automatic" else ""
+            echo(f"{name} started ({op.name}){review}")
             if args.watch:
                 job = watch(stub, name)
-                print(f"{name}: {STATES[job.state]}" + ("; look at it with `umbra jobs preview " + args.job + "`"
-                                                        if STATES[job.state] == "awaiting_feedback" else ""))
+                echo(f"{name}: {STATES[job.state]}" + ("; look at it with `umbra jobs preview " + args.job + "`"
+                                                       if STATES[job.state] == "awaiting_feedback" else ""))
         elif args.action == "list":
             for job in call(stub.ListProtectionJobs, js.ListProtectionJobsRequest(page_size=1000), timeout=30).jobs:
-                print(f"{job.name:32} {STATES[job.state]:18} accepted intensity {job.accepted_intensity:.4f}")
+                echo(f"{job.name:32} {STATES[job.state]:18} accepted intensity {job.accepted_intensity:.4f}")
         elif args.action == "cancel":
             job = call(stub.CancelProtectionJob, js.CancelProtectionJobRequest(name=name), timeout=30).job
             if job.state == js.ProtectionJob.STATE_CANCELLED:
-                print(f"{name}: cancelled before it started (it was queued); it reserved nothing, so nothing "
-                      "was released")
+                echo(f"{name}: cancelled before it started (it was queued); it reserved nothing, so nothing "
+                     "was released")
             else:
-                print(f"{name}: cancel requested while {STATES[job.state]} ({job.operation}); it stops at its next "
-                      f"check and releases what it reserved and did not spend; `umbra jobs show {args.job}` says "
-                      "when it has ended")
+                echo(f"{name}: cancel requested while {STATES[job.state]} ({job.operation}); it stops at its next "
+                     f"check and releases what it reserved and did not spend; `umbra jobs show {args.job}` says "
+                     "when it has ended")
         elif args.action == "show":
             job = call(stub.GetProtectionJob, js.GetProtectionJobRequest(name=name), timeout=30).job
             print(json_format.MessageToJson(job, indent=2))
@@ -149,10 +179,10 @@ def jobs(args) -> int:
             _print_round(shown.round)
             for pair in shown.pairs:
                 released = ", ".join(f"{a.attribute}={a.category or a.number}" for a in pair.released_attributes)
-                print(f"  {pair.original.sample_key}: released {released}")
+                echo(f"  {pair.original.sample_key}: released {released}")
             out = Path(args.out or f"{args.job}-round-{shown.round.name.rsplit('/', 1)[-1]}.png")
             out.write_bytes(_grid(shown.pairs))
-            print(f"originals (top) and released images (bottom): {out}")
+            echo(f"originals (top) and released images (bottom): {out}")
         elif args.action == "feedback":
             shown = call(stub.GetPreview, js.GetPreviewRequest(job=name), timeout=60)
             answer = (js.FEEDBACK_ACCEPT if args.accept else js.FEEDBACK_MORE_PRIVACY if args.more
@@ -162,7 +192,7 @@ def jobs(args) -> int:
                 request_id=str(uuid.uuid4())), timeout=60)
             _print_round(done.round)
             if done.HasField("next_round"):
-                print(f"next: {done.next_round.name} at intensity {done.next_round.intensity:.4f}")
+                echo(f"next: {done.next_round.name} at intensity {done.next_round.intensity:.4f}")
         else:  # report
             report = call(stub.GetReport, js.GetReportRequest(job=name), timeout=120)
             folder = Path(args.out)
@@ -170,10 +200,10 @@ def jobs(args) -> int:
             (folder / "report.json").write_bytes(report.json_content)
             (folder / "report.html").write_bytes(report.html_content)
             for key, value in sorted(report.metrics.items()):
-                print(f"{key:28} {value:.4g}")
-            print(f"report: {folder / 'report.html'} (and report.json)")
+                echo(f"{key:28} {value:.4g}")
+            echo(f"report: {folder / 'report.html'} (and report.json)")
     except (UmbraRpcError, OperationFailed) as exc:
-        print(f"umbra jobs {args.action}: {exc}", file=sys.stderr)
+        echo(f"umbra jobs {args.action}: {exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -201,6 +231,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--epsilon", type=float, default=None, help="most ε the job may spend (default: the budget)")
     create.add_argument("--delta", type=float, default=1e-5, help="δ of that limit")
     create.add_argument("--seed", type=int, default=0)
+    create.add_argument("--policy", metavar="FILE",
+                        help="release policy, YAML or JSON: max_reidentification, max_adversary_advantage "
+                             "{ATTRIBUTE: share}, min_kept_utility {ATTRIBUTE: share}, max_epsilon; every round "
+                             "is judged against it (shown by `preview` and `rounds`)")
+    create.add_argument("--review", choices=["person", "automatic"], default=None,
+                        help="who answers the rounds: person (default: you, with `umbra jobs feedback`) or "
+                             "automatic (the coordinator, by --policy: more privacy while a risk is over its "
+                             "limit, less while a utility is under, accept when all hold; needs --policy)")
     create.add_argument("--watch", action="store_true", help="show the job's progress until it needs you")
     j_sub.add_parser("list", help="list jobs")
     for action, text in (("show", "show a job"), ("rounds", "list a job's feedback rounds"),

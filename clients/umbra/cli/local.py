@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from umbra.cli.text import printable
 from umbra.client import layout
 from umbra.client.client import health_of
 
@@ -187,7 +188,8 @@ def up(services: list[str], timeout: float = 60.0) -> int:
     for service in failed:
         log = home / "logs" / f"{service}.log"
         tail = log.read_text(errors="replace").splitlines()[-10:] if log.exists() else []
-        print(f"\n{service} did not become healthy; last lines of {log}:", *tail, sep="\n  ", file=sys.stderr)
+        print(f"\n{service} did not become healthy; last lines of {log}:", *map(printable, tail), sep="\n  ",
+              file=sys.stderr)  # a log line may quote what a tenant sent
     if not failed:
         print(f"\nall {len(services)} services up; logs in {home / 'logs'}; stop them with `umbra down`")
     return 1 if failed else 0

@@ -36,6 +36,7 @@ def _serve(args) -> int:
 
 
 def _operations(args) -> int:
+    from umbra.cli.text import echo
     from umbra.client import Client, UmbraRpcError
     from umbra.client.errors import OperationFailed
 
@@ -47,7 +48,7 @@ def _operations(args) -> int:
         try:
             if args.action == "list":
                 for op in ops.list(filter=args.filter):
-                    print(f"{op.name}  {'done' if op.done else 'running'}")
+                    echo(f"{op.name}  {'done' if op.done else 'running'}")
             elif args.action == "get":
                 show(ops.get(args.name))
             elif args.action == "wait":
@@ -57,9 +58,9 @@ def _operations(args) -> int:
                     raise OperationFailed(op.name, op.error.code, op.error.message)
             else:
                 ops.cancel(args.name)
-                print(f"cancel requested for {args.name}")
+                echo(f"cancel requested for {args.name}")
         except (UmbraRpcError, OperationFailed) as exc:
-            print(f"umbra operations {args.action}: {exc}", file=sys.stderr)
+            echo(f"umbra operations {args.action}: {exc}", file=sys.stderr)
             return 1
     return 0
 

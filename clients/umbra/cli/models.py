@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tritonclient.utils import InferenceServerException
 
+from umbra.cli.text import echo, printable
 from umbra.client import inference
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -36,9 +37,9 @@ def image_files(paths: list[str]) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise SystemExit(f"umbra models predict: {path} is neither an image file nor a folder")
+            raise SystemExit(printable(f"umbra models predict: {path} is neither an image file nor a folder"))
     if not files:
-        raise SystemExit("umbra models predict: no image files found in " + ", ".join(paths))
+        raise SystemExit(printable("umbra models predict: no image files found in " + ", ".join(paths)))
     return files
 
 
@@ -53,7 +54,7 @@ def load_images(files: list[Path], size: int) -> np.ndarray:
                     image = image.resize((size, size), Image.BILINEAR)
                 arrays.append(np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0)
         except (OSError, UnidentifiedImageError) as e:
-            raise SystemExit(f"umbra models predict: {path} is not a readable image: {e}") from None
+            raise SystemExit(printable(f"umbra models predict: {path} is not a readable image: {e}")) from None
     return np.stack(arrays)
 
 
@@ -74,10 +75,11 @@ def _logits(args, files: list[Path]) -> np.ndarray:
         name = args.model.split(".", 1)[-1]  # "acme.gender" (the served name) or "gender" or "publications/gender"
         model = inference.Published(client.channel, name, timeout=client.timeout + 30)
         if "." in args.model and model.publication.served_model_name != args.model:
-            raise SystemExit(f"umbra models predict: {args.model} is not one of your publications (yours with id "
-                             f"{name} is served as {model.publication.served_model_name})")
+            raise SystemExit(printable(f"umbra models predict: {args.model} is not one of your publications (yours "
+                                       f"with id {name} is served as {model.publication.served_model_name})"))
         if not model.image_size:
-            raise SystemExit(f"umbra models predict: {model.name}'s model version cannot be read (its image size)")
+            raise SystemExit(printable(f"umbra models predict: {model.name}'s model version cannot be read (its "
+                                       "image size)"))
         return model.predict(load_images(files, model.image_size))
 
 
@@ -89,26 +91,26 @@ def predict(args) -> int:
     try:
         probabilities = softmax(_logits(args, files))
     except InferenceServerException as e:
-        print(f"umbra models predict: the inference server at {args.endpoint} answered: {e.message()}",
-              file=sys.stderr)
+        echo(f"umbra models predict: the inference server at {args.endpoint} answered: {e.message()}",
+             file=sys.stderr)
         return 1
     except UmbraRpcError as exc:
-        print(f"umbra models predict: {exc}", file=sys.stderr)
+        echo(f"umbra models predict: {exc}", file=sys.stderr)
         return 1
     if classes is not None and len(classes) != probabilities.shape[1]:
-        print(f"umbra models predict: --classes names {len(classes)} classes; {args.model} has "
-              f"{probabilities.shape[1]}", file=sys.stderr)
+        echo(f"umbra models predict: --classes names {len(classes)} classes; {args.model} has "
+             f"{probabilities.shape[1]}", file=sys.stderr)
         return 2
     names = classes or [str(i) for i in range(probabilities.shape[1])]
     rows = [{"image": str(path), "class": names[int(p.argmax())], "probability": round(float(p.max()), 4),
              "probabilities": {n: round(float(v), 4) for n, v in zip(names, p, strict=True)}}
             for path, p in zip(files, probabilities, strict=True)]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows, indent=2))  # ensure_ascii: control characters come out escaped
     else:
-        width = max(len(r["image"]) for r in rows)
+        width = max(len(printable(r["image"])) for r in rows)
         for r in rows:
-            print(f"{r['image']:{width}}  {r['class']}  ({r['probability']:.3f})")
+            echo(f"{printable(r['image']):{width}}  {r['class']}  ({r['probability']:.3f})")
     return 0
 
 
@@ -118,7 +120,8 @@ def _model_version(text: str):
 
     parts = text.split("/")
     if len(parts) != 4 or parts[0] != "models" or parts[2] != "versions" or not parts[3].isdigit():
-        raise SystemExit(f"umbra models publish: {text!r} is not a model version (models/<model>/versions/<n>)")
+        raise SystemExit(printable(f"umbra models publish: {text!r} is not a model version "
+                                   "(models/<model>/versions/<n>)"))
     return refs_pb2.ModelRef(model=f"models/{parts[1]}", version=int(parts[3]))
 
 
@@ -141,17 +144,17 @@ def publications(args) -> int:
             if args.action == "publish":
                 request = ms.PublishModelRequest(publication_id=args.id, model=_model_version(args.model_version))
                 op = call(client.models.PublishModel, request, timeout=client.timeout).operation
-                print(f"{op.name}: publishing {args.model_version} as publications/{args.id}", file=sys.stderr)
+                echo(f"{op.name}: publishing {args.model_version} as publications/{args.id}", file=sys.stderr)
                 published = client.operations.result(op.name, ms.Publication, timeout=args.timeout, progress=True,
                                                      poll_seconds=1)
-                print(f"{published.name}: {published.served_model_name} served at {published.endpoint}")
+                echo(f"{published.name}: {published.served_model_name} served at {published.endpoint}")
             elif args.action == "publications":
                 token = ""
                 while True:
                     page = call(client.models.ListPublications, ms.ListPublicationsRequest(page_token=token),
                                 timeout=client.timeout)
                     for p in page.publications:
-                        print(_line(p))
+                        echo(_line(p))
                     token = page.next_page_token
                     if not token:
                         break
@@ -159,9 +162,9 @@ def publications(args) -> int:
                 name = args.id if args.id.startswith("publications/") else f"publications/{args.id}"
                 call(client.models.DeletePublication, ms.DeletePublicationRequest(name=name),
                      timeout=client.timeout + 60)
-                print(f"{name} withdrawn: the inference server no longer serves it")
+                echo(f"{name} withdrawn: the inference server no longer serves it")
         except (UmbraRpcError, OperationFailed, TimeoutError) as exc:
-            print(f"umbra models {args.action}: {exc}", file=sys.stderr)
+            echo(f"umbra models {args.action}: {exc}", file=sys.stderr)
             return 1
     return 0
 

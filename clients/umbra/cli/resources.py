@@ -9,6 +9,7 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
+from umbra.cli.text import echo
 from umbra.client import layout
 from umbra.client.channel import open_channel
 from umbra.client.errors import OperationFailed, UmbraRpcError
@@ -39,32 +40,40 @@ def _show(message) -> None:
 def tenants(args) -> int:
     settings = ClientSettings.load()
     stub = tenant_service_pb2_grpc.TenantServiceStub(open_channel(settings.endpoint, _admin_key()))
+    try:
+        _tenants(stub, args)
+    except UmbraRpcError as exc:
+        echo(f"umbra tenants {args.action}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _tenants(stub, args) -> None:
     if args.action == "create":
         tenant = ts.Tenant(display_name=args.display_name or args.tenant_id)
         if args.epsilon is not None:
             tenant.privacy_budget.epsilon, tenant.privacy_budget.delta = args.epsilon, args.delta
         created = call(stub.CreateTenant, ts.CreateTenantRequest(tenant_id=args.tenant_id, tenant=tenant), timeout=30)
-        print(f"tenant {created.tenant.name} created (bucket {created.tenant.bucket}, budget "
-              f"ε={created.tenant.privacy_budget.epsilon:g}, δ={created.tenant.privacy_budget.delta:g})")
+        echo(f"tenant {created.tenant.name} created (bucket {created.tenant.bucket}, budget "
+             f"ε={created.tenant.privacy_budget.epsilon:g}, δ={created.tenant.privacy_budget.delta:g})")
         if args.key_file:
             path = Path(args.key_file)
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(created.api_key_secret + "\n")
-            print(f"its API key (shown once) is in {path}: export UMBRA_API_KEY=$(cat {path})")
+            echo(f"its API key (shown once) is in {path}: export UMBRA_API_KEY=$(cat {path})")
         else:
-            print(f"its API key, shown once: export UMBRA_API_KEY={created.api_key_secret}")
+            echo(f"its API key, shown once: export UMBRA_API_KEY={created.api_key_secret}")
     else:
         token = ""
         while True:
             page = call(stub.ListTenants, ts.ListTenantsRequest(page_token=token), timeout=30)
             for tenant in page.tenants:
-                print(f"{tenant.name:30} {tenant.display_name}")
+                echo(f"{tenant.name:30} {tenant.display_name}")
             token = page.next_page_token
             if not token:
                 break
-    return 0
 
 
 def datasets(args) -> int:
@@ -80,14 +89,14 @@ def datasets(args) -> int:
             version = client.upload(Path(args.folder), args.dataset, layout=args.layout, seed=args.seed,
                                     policy=SizePolicy(size=args.image_size, mode=args.size_policy),
                                     drop_invalid=args.drop_invalid, shard_bytes=int(args.shard_mb * 1024 * 1024))
-            print(f"{version.name} committed: {version.sample_count} images in {version.shard_count} shards, "
-                  f"splits {dict(version.split_counts)}")
+            echo(f"{version.name} committed: {version.sample_count} images in {version.shard_count} shards, "
+                 f"splits {dict(version.split_counts)}")
         elif args.action == "list":
             token = ""
             while True:
                 page = call(client.stub.ListDatasets, ds.ListDatasetsRequest(page_token=token), timeout=30)
                 for d in page.datasets:
-                    print(f"{d.name:40} latest v{d.latest_version}  {d.display_name}")
+                    echo(f"{d.name:40} latest v{d.latest_version}  {d.display_name}")
                 token = page.next_page_token
                 if not token:
                     break
@@ -100,15 +109,16 @@ def datasets(args) -> int:
                            timeout=30).dataset)
         elif args.action == "export":
             count = client.export(f"datasets/{args.dataset}/versions/{args.version}", Path(args.folder))
-            print(f"exported {count} images to {args.folder}")
+            echo(f"exported {count} images to {args.folder}")
         else:
             call(client.stub.DeleteDataset, ds.DeleteDatasetRequest(name=f"datasets/{args.dataset}"), timeout=60)
-            print(f"datasets/{args.dataset} deleted")
+            echo(f"datasets/{args.dataset} deleted")
     except IngestRejected as exc:
-        print(exc, file=sys.stderr)
+        for line in str(exc).splitlines():  # one problem a line, each escaped
+            echo(line, file=sys.stderr)
         return 1
     except (UmbraRpcError, OperationFailed) as exc:
-        print(f"umbra datasets {args.action}: {exc}", file=sys.stderr)
+        echo(f"umbra datasets {args.action}: {exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -123,11 +133,11 @@ def ledger(args) -> int:
         if args.action == "balance":
             b = call(stub.GetPrivacyBalance, ls.GetPrivacyBalanceRequest(dataset=dataset), timeout=60)
             scope = dataset or "all datasets"
-            print(f"budget    ε={b.budget.epsilon:.6g}  δ={b.budget.delta:.3g}  (the tenant's, for all datasets)")
-            print(f"spent     ε={b.spent.epsilon:.6g}  δ={b.spent.delta:.3g}  on {scope} (tight composition)")
-            print(f"          ε={b.spent_basic.epsilon:.6g}  δ={b.spent_basic.delta:.3g}  (basic composition)")
-            print(f"left      ε={b.remaining.epsilon:.6g}  δ={b.remaining.delta:.3g}")
-            print(f"entries   {b.committed_entries} committed, {b.reserved_entries} reserved (work in progress)")
+            echo(f"budget    ε={b.budget.epsilon:.6g}  δ={b.budget.delta:.3g}  (the tenant's, for all datasets)")
+            echo(f"spent     ε={b.spent.epsilon:.6g}  δ={b.spent.delta:.3g}  on {scope} (tight composition)")
+            echo(f"          ε={b.spent_basic.epsilon:.6g}  δ={b.spent_basic.delta:.3g}  (basic composition)")
+            echo(f"left      ε={b.remaining.epsilon:.6g}  δ={b.remaining.delta:.3g}")
+            echo(f"entries   {b.committed_entries} committed, {b.reserved_entries} reserved (work in progress)")
         else:
             token, states = "", privacy_pb2.PrivacyChargeState
             while True:
@@ -135,13 +145,13 @@ def ledger(args) -> int:
                             timeout=60)
                 for e in page.entries:
                     state = states.Name(e.state).removeprefix("PRIVACY_CHARGE_STATE_").lower()
-                    print(f"{e.create_time.ToDatetime():%Y-%m-%d %H:%M:%S}  {state:9}  ε={e.cost.epsilon:<10.6g} "
-                          f"δ={e.cost.delta:<8.3g} {e.dataset:24} {e.spent_by}: {e.cost.description}")
+                    echo(f"{e.create_time.ToDatetime():%Y-%m-%d %H:%M:%S}  {state:9}  ε={e.cost.epsilon:<10.6g} "
+                         f"δ={e.cost.delta:<8.3g} {e.dataset:24} {e.spent_by}: {e.cost.description}")
                 token = page.next_page_token
                 if not token:
                     break
     except UmbraRpcError as exc:
-        print(f"umbra ledger {args.action}: {exc}", file=sys.stderr)
+        echo(f"umbra ledger {args.action}: {exc}", file=sys.stderr)
         return 1
     return 0
 
