@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -180,3 +181,10 @@ def test_cli_help_names_the_new_flags(capsys):
         cli.main(["jobs", "create", "--help"])
     text = capsys.readouterr().out
     assert "--policy FILE" in text and "--review {person,automatic}" in text and "needs --policy" in text
+
+
+def test_the_policy_in_the_usage_guide_reads(tmp_path):
+    usage = (Path(__file__).resolve().parents[2] / "docs" / "usage.md").read_text()
+    block = usage.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "policy.yaml").write_text("\n".join(line.removeprefix("  ") for line in block.splitlines()))
+    assert load_policy(tmp_path / "policy.yaml") == _expected()
