@@ -58,8 +58,10 @@ def test_a_policy_no_intensity_meets_fails_and_names_the_criterion(tenant):
     job = tenant.job("auto-misses")
     assert job.state == js.ProtectionJob.STATE_FAILED
     rounds = tenant.rounds("auto-misses")
-    assert all(r.feedback == js.FEEDBACK_MORE_PRIVACY for r in rounds)  # ε over its limit: more privacy each time
-    assert [r.intensity for r in rounds] == sorted(r.intensity for r in rounds) and 2 <= len(rounds) <= 6
+    # ε over its limit: more privacy each time, until nothing new is left; the last round stays unanswered
+    assert [r.feedback for r in rounds] == [js.FEEDBACK_MORE_PRIVACY] * (len(rounds) - 1) + [js.FEEDBACK_UNSPECIFIED]
+    assert [r.intensity for r in rounds] == sorted(r.intensity for r in rounds) and 3 <= len(rounds) <= 6
+    assert f"round {len(rounds)} at {rounds[-1].intensity:.3f}" in failed.value.message  # the closest: the last
 
 
 @pytest.mark.parametrize(("spec", "field"), [
