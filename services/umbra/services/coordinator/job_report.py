@@ -1,26 +1,31 @@
-"""A protection job's report: JSON for machines and one self-contained HTML page (images embedded) for the
-privacy officer who must defend the result.
+"""A protection job's report, for the privacy officer who must answer "may we release this?": the verdict of the
+job's release policy first, then every figure in words with its 95% interval, the privacy guarantee, the rounds,
+the faces, and the model's update. Written three ways into the tenant's bucket: `report.json` for machines
+(schema "umbra.report/v2", docs/report.schema.json), `report.html` (one self-contained page, images and charts
+embedded) and `report.pdf` (the same page, printed by WeasyPrint).
 
-What it holds: the job's spec, every feedback round (its intensity, the answer, its ε and, when measured, its
-risk figures), the ε of each round and of the anonymized dataset, and their composition as the ledger composes
-them (umbra.privacy.composition.tight) for the person who is in every preview and in the dataset: the worst
-case. The accepted round's originals and released images sit side by side.
+ε is composed as the ledger composes it (umbra.privacy.composition.tight) for the person who is in every preview
+and in the dataset: the worst case. The generator's DP-SGD run is counted once, as the ledger charged it.
 
-    summary = build(store, bucket, job_row, rounds, spec)   # writes jobs/<job>/report.json and report.html
+    summary = build(store, bucket, job_row, rounds, spec)  # object keys, metrics, total ε, policy_met, criteria
 """
 
 from __future__ import annotations
 
-import base64
-import html
+import dataclasses
 import json
 
 from umbra.coordinator.v1 import job_service_pb2 as js
 from umbra.privacy import composition
 from umbra.privacy.mechanisms import Cost
+from umbra.privacy.policy import (ADVANTAGE, EPSILON, MEANINGS, REIDENTIFICATION, UTILITY, Criterion, Figure,
+                                  Figures, Policy, judge, percent)
+from umbra.services.coordinator import job_policy, report_page
 from umbra.storage import keys
 from umbra.storage.base import ObjectStore
 from umbra.storage.datasets import DatasetReader
+
+SCHEMA = "umbra.report/v2"
 
 
 def _composed(costs: list[Cost], description: str) -> Cost | None:
@@ -37,25 +42,115 @@ def _without_generator(cost: Cost) -> tuple[Cost, Cost | None]:
     return composition.basic([c for c in cost.components if c.mechanism != "dp_sgd"], cost.description), generator[0]
 
 
-def build(store: ObjectStore, bucket: str, job, rounds: list, spec: js.ProtectionJobSpec) -> dict:
-    """Writes the report's JSON and HTML; returns its summary (object keys, headline metrics, composed ε).
-    The total composes what the ledger holds for the job's person: every preview round, the anonymized dataset,
-    and the generator's training once (when it was trained on this dataset)."""
-    split = [_without_generator(Cost.from_dict(r.preview["cost"])) for r in rounds if r.preview.get("cost")]
-    round_costs = [charged for charged, _ in split]
-    generators = [g for _, g in split if g is not None]
+def _privacy(job, rounds: list) -> dict:
+    """Each round's charged cost, the job's ε after each round, and the composed previews, dataset, generator and
+    total."""
+    split = {r.round: _without_generator(Cost.from_dict(r.preview["cost"])) for r in rounds if r.preview.get("cost")}
+    round_costs = [charged for charged, _ in split.values()]
+    generators = [g for _, g in split.values() if g is not None]
     dataset_cost = None
     if job.outputs.get("dataset_cost"):
         dataset_cost, generator = _without_generator(Cost.from_dict(job.outputs["dataset_cost"]))
         generators += [generator] if generator is not None else []
     generator_cost = generators[0] if generators else None
-    previews = _composed(round_costs, "every preview round")
-    total = _composed(round_costs + [c for c in (dataset_cost, generator_cost) if c is not None],
-                      "every preview round, the anonymized dataset and the generator's training (a person in all "
-                      "of them)")
-    accepted = next((r for r in rounds if r.feedback == "accept"), None)
+    once = [generator_cost] if generator_cost is not None else []
+    so_far = [composition.tight(round_costs[:i + 1] + once).epsilon for i in range(len(round_costs))]
+    return {"rounds": {n: charged for n, (charged, _) in split.items()}, "so_far": so_far,
+            "previews": _composed(round_costs, "every preview round"), "dataset": dataset_cost,
+            "generator": generator_cost,
+            "total": _composed(round_costs + [c for c in (dataset_cost, generator_cost) if c is not None],
+                               "every preview round, the anonymized dataset and the generator's training (a person "
+                               "in all of them)")}
+
+
+def _described(name: str, attribute: str, figure: Figure) -> Criterion:
+    """A figure as a Criterion without a limit, for its title and its text with the 95% interval."""
+    return Criterion(name, attribute, figure.value, float("nan"), figure.faces, figure.bounds())
+
+
+def _figures(figures: Figures, evaluation: dict) -> list[dict]:
+    """Every figure of the release in words: its plain name, what it means, its value and 95% interval."""
+    rows = []
+
+    def add(name: str, attribute: str, figure: Figure, detail: str = "") -> None:
+        c = _described(name, attribute, figure)
+        low, high = c.bounds or (None, None)
+        rows.append({"name": name, "attribute": attribute, "title": c.title, "meaning": MEANINGS[name],
+                     "value": figure.value, "low": low, "high": high, "faces": figure.faces,
+                     "text": job_policy.figure_text(c), "detail": detail})
+
+    if (f := figures.reidentification) is not None:
+        add(REIDENTIFICATION, "", f, f"{round(f.value * f.faces)} of {f.faces} released test faces were matched to "
+                                     "their own original first.")
+    for attribute, f in figures.advantage.items():
+        add(ADVANTAGE, attribute, f, f"The attacker is right {percent(f.value + f.chance)} of the time (balanced over "
+                                     f"the values); a coin toss is right {percent(f.chance)}.")
+    for attribute, f in figures.utility.items():
+        released = evaluation.get(f"kept_{attribute}_bacc_trained_on_released")
+        add(UTILITY, attribute, f, f"A model trained on the released faces is right {percent(released)} of the time, "
+                                   f"one trained on the originals {percent(f.base)}." if released is not None else "")
+    if figures.epsilon is not None:
+        add(EPSILON, "", Figure(figures.epsilon))
+    return rows
+
+
+def _faces(store: ObjectStore, bucket: str, spec: js.ProtectionJobSpec, accepted) -> list[dict]:
+    """The accepted round's faces: key, original and released image, and each attribute's true and released
+    value (a kept attribute whose released value differs is `changed` and `flagged`)."""
+    if accepted is None or not accepted.preview.get("images"):
+        return []
+    shown = accepted.preview["images"]
+    reader = DatasetReader(store, bucket, spec.dataset.dataset.removeprefix("datasets/"), spec.dataset.version)
+    originals = {s.key: (s, data) for s, data in reader.iter_images(only={i["key"] for i in shown})}
+    kinds = {a: "protected" for a in spec.protected_attributes} | {a: "kept" for a in spec.kept_attributes}
+    faces = []
+    for image in shown:
+        sample, original = originals.get(image["key"], (None, b""))
+        true = ({**sample.labels, **sample.attributes} if sample is not None else {})
+        released = image.get("released") or {}
+        attributes = []
+        for name, kind in kinds.items():
+            if name not in true and name not in released:
+                continue
+            changed = name in released and name in true and not _same(true[name], released[name])
+            attributes.append({"attribute": name, "kind": kind, "true": true.get(name), "released": released.get(name),
+                               "changed": changed, "flagged": changed and kind == "kept"})
+        faces.append({"key": image["key"], "original": original, "released_image": store.get(bucket, image["object"]),
+                      "attributes": attributes})
+    return faces
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(a)))
+    return str(a) == str(b)
+
+
+def _rounds(rounds: list, privacy: dict, policy: Policy) -> list[dict]:
+    """Each round as the JSON holds it, with its figures judged by the policy's risk and utility limits (ε is
+    judged on the release: a round's own ε says nothing of the job's)."""
+    limits = dataclasses.replace(policy, max_epsilon=None)
+    out = []
+    for r in rounds:
+        risk = r.preview.get("risk") or {}
+        faces = len(r.preview.get("images") or [])
+        figures = Figures.of_round(risk, faces, None) if risk else None
+        judged = [job_policy.criterion_to_dict(c) for c in judge(limits, figures)] if figures and not policy.empty \
+            else []
+        charged = privacy["rounds"].get(r.round)
+        out.append({"round": r.round, "intensity": r.intensity, "feedback": r.feedback, "flagged": list(r.flagged),
+                    "faces": faces, "cost": r.preview.get("cost"),
+                    "epsilon_charged": charged.epsilon if charged else None, "risk": risk,
+                    "reidentification": (job_policy.figure_text(_described(REIDENTIFICATION, "", reid))
+                                         if figures and (reid := figures.reidentification) else None),
+                    "criteria": r.preview.get("criteria") or judged})
+    return out
+
+
+def _metrics(job, privacy: dict, accepted) -> dict[str, float]:
+    total, previews = privacy["total"], privacy["previews"]
     metrics = {
-        "rounds": float(len(rounds)),
+        "rounds": 0.0,
         "accepted_intensity": job.outputs.get("accepted_intensity", 0.0),
         "epsilon_total": total.epsilon if total else 0.0,
         "delta_total": total.delta if total else 0.0,
@@ -65,11 +160,10 @@ def build(store: ObjectStore, bucket: str, job, rounds: list, spec: js.Protectio
     if accepted is not None:
         metrics |= {f"accepted_{k}": v for k, v in accepted.preview.get("risk", {}).items()}
     metrics |= {k: float(v) for k, v in (job.outputs.get("evaluation") or {}).items()}
-    distortion = job.outputs.get("distortion")
+    distortion, unlearning = job.outputs.get("distortion"), job.outputs.get("unlearning")
     if distortion:
         metrics |= {"distortion_copies": float(distortion["copies"]),
                     "distortion_feature_loss": float(distortion.get("feature_loss", 0.0))}
-    unlearning = job.outputs.get("unlearning")
     if unlearning:
         metrics |= {"unlearning_changed_samples": float(unlearning["changed_samples"]),
                     "unlearning_loss_before": unlearning["loss_before"],
@@ -77,97 +171,55 @@ def build(store: ObjectStore, bucket: str, job, rounds: list, spec: js.Protectio
         for name, value in (unlearning.get("verification") or {}).items():
             if isinstance(value, (int, float)):
                 metrics[f"unlearning_{name}"] = float(value)
+    return metrics
+
+
+def build(store: ObjectStore, bucket: str, job, rounds: list, spec: js.ProtectionJobSpec) -> dict:
+    """Writes the report's JSON, HTML and PDF; returns its summary (object keys, headline metrics, composed ε, the
+    verdict: `policy_met` and `criteria`). The total composes what the ledger holds for the job's person: every
+    preview round, the anonymized dataset, and the generator's training once (when it was trained on this
+    dataset). Without a policy, `policy_met` is False and `criteria` empty."""
+    privacy = _privacy(job, rounds)
+    total = privacy["total"]
+    policy = job_policy.policy_from_proto(spec.policy) if spec.HasField("policy") else Policy()
+    evaluation = job.outputs.get("evaluation") or {}
+    release = Figures.of_release(evaluation, total.epsilon if total else None)
+    criteria = [job_policy.criterion_to_dict(c) for c in judge(policy, release)]
+    accepted = next((r for r in rounds if r.feedback == "accept"), None)
+    metrics = _metrics(job, privacy, accepted) | {"rounds": float(len(rounds))}
+    faces = _faces(store, bucket, spec, accepted)
     report = {
+        "schema": SCHEMA,
         "job": f"jobs/{job.id}",
+        "finished": job.update_time or None,
         "dataset": {"source": f"{spec.dataset.dataset}/versions/{spec.dataset.version}",
                     "anonymized": f"{spec.dataset.dataset}/versions/{job.outputs.get('anonymized_version', 0)}",
                     "images": job.outputs.get("images", 0), "left_out": job.outputs.get("left_out", 0)},
         "protected_attributes": list(spec.protected_attributes), "kept_attributes": list(spec.kept_attributes),
-        "rounds": [{"round": r.round, "intensity": r.intensity, "feedback": r.feedback, "flagged": r.flagged,
-                    "cost": r.preview.get("cost"), "risk": r.preview.get("risk", {})} for r in rounds],
+        "verdict": {"policy": policy.to_dict(), "met": bool(criteria) and all(c["met"] for c in criteria),
+                    "criteria": criteria},
+        "figures": _figures(release, evaluation),
+        "budget": {"epsilon": spec.budget.epsilon, "delta": spec.budget.delta} if spec.HasField("budget") else None,
+        "rounds": _rounds(rounds, privacy, policy),
+        "faces": [{k: v for k, v in face.items() if k not in ("original", "released_image")} for face in faces],
         "generator": dict(job.outputs.get("generator") or {}, trained_by_job=bool(job.outputs.get("generator_cost")),
                           cost=job.outputs.get("generator_cost")),
-        "unlearning": unlearning,
-        "distortion": distortion,
+        "unlearning": job.outputs.get("unlearning"),
+        "distortion": job.outputs.get("distortion"),
         "evaluation_skipped": job.outputs.get("evaluation_skipped") or {},
-        "privacy": {"previews": previews.to_dict() if previews else None,
-                    "dataset": dataset_cost.to_dict() if dataset_cost else None,
-                    "generator": generator_cost.to_dict() if generator_cost else None,
-                    "total": total.to_dict() if total else None},
+        "privacy": {name: privacy[name].to_dict() if privacy[name] else None
+                    for name in ("previews", "dataset", "generator", "total")},
+        "epsilon_so_far": privacy["so_far"],
         "metrics": metrics,
     }
     json_key, html_key = keys.job_object(job.id, "report.json"), keys.job_object(job.id, "report.html")
+    pdf_key = html_key.removesuffix(".html") + ".pdf"  # keys.job_object admits report.json and report.html only
     store.put(bucket, json_key, json.dumps(report, indent=1, sort_keys=True).encode(), content_type="application/json")
-    page = _html(report, _pairs(store, bucket, spec, accepted))
+    page = report_page.render(report, faces, policy)
     store.put(bucket, html_key, page.encode(), content_type="text/html; charset=utf-8")
-    return {"json": json_key, "html": html_key, "metrics": metrics,
-            "privacy_total": total.to_dict() if total else None}
-
-
-def _pairs(store: ObjectStore, bucket: str, spec: js.ProtectionJobSpec, accepted) -> list[tuple[str, bytes, bytes]]:
-    """(key, original, released) of the accepted round's images."""
-    if accepted is None:
-        return []
-    wanted = {image["key"]: image["object"] for image in accepted.preview.get("images", [])}
-    reader = DatasetReader(store, bucket, spec.dataset.dataset.removeprefix("datasets/"), spec.dataset.version)
-    originals = {sample.key: data for sample, data in reader.iter_images(split="test") if sample.key in wanted}
-    return [(key, originals.get(key, b""), store.get(bucket, obj)) for key, obj in wanted.items()]
-
-
-def _img(data: bytes) -> str:
-    return f'<img src="data:image/png;base64,{base64.b64encode(data).decode()}" width="96" height="96">'
-
-
-def _html(report: dict, pairs: list[tuple[str, bytes, bytes]]) -> str:
-    e = html.escape
-    metrics = "".join(f"<tr><th>{e(k)}</th><td>{v:.4g}</td></tr>" for k, v in report["metrics"].items())
-    rounds = "".join(
-        f"<tr><td>{r['round']}</td><td>{r['intensity']:.4f}</td><td>{e(r['feedback'] or 'awaiting')}</td>"
-        f"<td>{(r['cost'] or {}).get('epsilon', 0):.4g}</td><td>{e(', '.join(r['flagged']))}</td>"
-        f"<td>{e(json.dumps(r['risk']))}</td></tr>" for r in report["rounds"])
-    privacy = "".join(f"<tr><th>{e(name)}</th><td>{cost['epsilon']:.4g}</td><td>{cost['delta']:.3g}</td>"
-                      f"<td>{e(cost.get('description', ''))}</td></tr>"
-                      for name, cost in report["privacy"].items() if cost)
-    images = "".join(f"<figure>{_img(o)}{_img(r)}<figcaption>{e(k)}</figcaption></figure>" for k, o, r in pairs)
-    generator = report["generator"]
-    made = ("trained by this job" if generator.get("trained_by_job") else "named by the job or reused (its ε_g "
-            "charged when it was trained)")
-    about_generator = (f"<p>Generator {e(str(generator.get('model', '')))}/versions/{generator.get('version', '')}: "
-                       f"{made}. Each round's ε in the table of rounds is the anonymizer's per-image figure, which "
-                       "includes the generator's ε_g when it was trained on this dataset; the privacy table counts "
-                       "ε_g once, as the ledger does.</p>")
-    unlearning = report.get("unlearning")
-    about_model = ""
-    if unlearning:
-        rows = "".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in unlearning.items()
-                       if k != "verification")
-        rows += "".join(f"<tr><th>verification: {e(k)}</th><td>{e(str(v))}</td></tr>"
-                        for k, v in (unlearning.get("verification") or {}).items())
-        about_model = ("<h2>The model, updated to the released images by feature unlearning</h2>"
-                       f"<table>{rows}</table>")
-    distortion = report.get("distortion")
-    if distortion:
-        kind = "AugMDP" if distortion["copies"] > 1 else "MDP"
-        dataset = report["dataset"]["source"].split("/versions/")[0]
-        about_model += (f"<h2>{kind} of the released training split</h2><p>{e(dataset)}/versions/"
-                        f"{distortion['version']}: {distortion['copies']} released image(s) per training image, "
-                        f"label {e(distortion['label'])} kept while its mapping to the images is "
-                        f"hidden; mean feature-matching loss {distortion.get('feature_loss', 0):.4g}.</p>")
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Umbra report: {e(report['job'])}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:60em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}figure{{display:inline-block;margin:.4em}}</style>
-</head><body>
-<h1>Protection report: {e(report['job'])}</h1>
-<p>Dataset {e(report['dataset']['source'])} → {e(report['dataset']['anonymized'])}
-({report['dataset']['images']} images, {report['dataset']['left_out']} left out). Protected:
-{e(', '.join(report['protected_attributes']))}; kept: {e(', '.join(report['kept_attributes']) or 'none')}.</p>
-<h2>Headline</h2><table>{metrics}</table>
-{about_generator}
-<h2>Privacy (ε, δ)</h2><table><tr><th></th><th>ε</th><th>δ</th><th>what</th></tr>{privacy}</table>
-<h2>Feedback rounds</h2>
-<table><tr><th>round</th><th>intensity</th><th>answer</th><th>ε</th><th>flagged</th><th>risk</th></tr>{rounds}</table>
-{about_model}
-<h2>Accepted round: originals (left) beside released images (right)</h2>{images}
-</body></html>
-"""
+    printed = report_page.pdf(page)
+    if printed is not None:
+        store.put(bucket, pdf_key, printed, content_type="application/pdf")
+    return {"json": json_key, "html": html_key, "pdf": pdf_key if printed is not None else "", "metrics": metrics,
+            "privacy_total": total.to_dict() if total else None, "policy_met": report["verdict"]["met"],
+            "criteria": criteria}
