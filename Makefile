@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 BUF    := node_modules/.bin/buf
 
-.PHONY: help install tools protos check-protos lint-protos breaking lint test test-heavy demo up down status image clean
+.PHONY: help install tools protos check-protos lint-protos breaking lint browser test test-heavy demo up down status image clean
 
 help:
 	@echo "make demo          install, start the services, run the main job, print where results are"
@@ -48,7 +48,13 @@ lint: install
 	$(VENV)/bin/ruff check services clients tests scripts benchmarks
 	$(VENV)/bin/lint-imports  # the layers in docs/LAYERS.md
 
-test: install tools check-protos lint-protos breaking lint
+# The review page's browser test: Debian's chromium (installed as root when missing; Playwright drives it, no browser
+# download), and the page's vendored Chart.js the same as node_modules' (scripts/vendor_assets.py).
+browser: install tools
+	deploy/browser/chromium.sh
+	$(PY) scripts/vendor_assets.py check
+
+test: install tools check-protos lint-protos breaking lint browser
 	$(VENV)/bin/pytest
 
 # What make test leaves out for time: building deploy/Dockerfile with buildah and starting the coordinator from it

@@ -64,6 +64,26 @@ def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float
     return value
 
 
+_YES, _NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _review(env: Mapping[str, str], grpc_port: int) -> dict:
+    """UMBRA_REVIEW_PORT, UMBRA_REVIEW_SECRET, UMBRA_REVIEW_SECURE_COOKIES (the review page)."""
+    port = int(_number(env, "UMBRA_REVIEW_PORT", 0, minimum=0, integer=True))
+    if port > 65535:
+        raise ConfigError(f"UMBRA_REVIEW_PORT: {port} is not a port (0 to 65535)")
+    if port and port == grpc_port:
+        raise ConfigError(f"UMBRA_REVIEW_PORT: {port} is the service's gRPC port; the review page needs its own")
+    secret = env.get("UMBRA_REVIEW_SECRET", "")
+    if secret and len(secret) < 16:
+        raise ConfigError("UMBRA_REVIEW_SECRET: must be at least 16 characters (or unset: derived from "
+                          "UMBRA_SERVICE_TOKEN)")
+    secure = env.get("UMBRA_REVIEW_SECURE_COOKIES", "").strip().lower()
+    if secure not in ("", *_YES, *_NO):
+        raise ConfigError(f"UMBRA_REVIEW_SECURE_COOKIES: {secure!r} is not one of 1, true, yes, on, 0, false, no, off")
+    return {"review_port": port, "review_secret": secret, "review_secure_cookies": secure in _YES}
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     """Everything a service needs to start. Secrets are excluded from repr so they never reach a log."""
@@ -122,6 +142,13 @@ class ServiceConfig:
     max_streams: int = 8
     # Calls waiting for an RPC thread beyond max_workers; more are refused RESOURCE_EXHAUSTED by grpc itself.
     max_queued_calls: int = 64
+    # The review page (umbra.services.coordinator.review): its HTTP port on `host` (0: off), the secret its session
+    # cookies are encrypted with ("": derived from service_token, so every replica shares it), and whether those
+    # cookies carry the Secure flag (HTTPS only). The services serve no TLS themselves, so it is off by default: turn
+    # it on when a TLS-terminating proxy serves the page (docs/configuration.md).
+    review_port: int = 0
+    review_secret: str = field(default="", repr=False)
+    review_secure_cookies: bool = False
 
     @classmethod
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> "ServiceConfig":
@@ -185,4 +212,5 @@ class ServiceConfig:
             tenant_max_streams=int(_number(env, "UMBRA_TENANT_MAX_STREAMS", 2, minimum=1, integer=True)),
             max_streams=max_streams,
             max_queued_calls=int(_number(env, "UMBRA_MAX_QUEUED_CALLS", 4 * workers, minimum=0, integer=True)),
+            **_review(env, ep.port),
         )

@@ -58,6 +58,9 @@ def build(runtime: Runtime) -> Built:
     api_keys = ApiKeyStore(db)
     api_keys.import_legacy(config.data_dir / "api_keys.sqlite3")  # a data folder from before keys lived in db
     store = open_store(config.store)
+    if config.review_port:  # the review page (issue 27): its own HTTP port, in this process; imports it only then
+        from umbra.services.coordinator import review
+        runtime.closers.append(review.start(config, store))
     locks = DatasetLocks(db.sql)
     datasets = DatasetServicer(db, store, runtime.operations, locks, presign_seconds=config.presign_seconds)
     versions.recover(db, store, locks, config.upload_ttl_seconds)  # interrupted commits, abandoned uploads

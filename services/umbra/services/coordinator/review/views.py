@@ -1,0 +1,110 @@
+"""What the templates show, made from the API's messages: plain dicts and words, no protobuf in a template."""
+
+from __future__ import annotations
+
+from google.longrunning import operations_proto_pb2 as lro
+
+from umbra.client.operations import progress_of
+from umbra.coordinator.v1 import job_service_pb2 as js
+from umbra.services.coordinator.review.api import round_number
+
+State = js.ProtectionJob.State
+STATE_WORDS = {
+    State.STATE_PENDING: "pending", State.STATE_PREPARING: "preparing",
+    State.STATE_AWAITING_FEEDBACK: "awaiting feedback", State.STATE_RUNNING: "running",
+    State.STATE_SUCCEEDED: "succeeded", State.STATE_FAILED: "failed", State.STATE_CANCELLED: "cancelled",
+}
+FINISHED = {State.STATE_SUCCEEDED, State.STATE_FAILED, State.STATE_CANCELLED}
+ANSWER_WORDS = {js.FEEDBACK_ACCEPT: "accepted", js.FEEDBACK_MORE_PRIVACY: "more privacy",
+                js.FEEDBACK_LESS_PRIVACY: "less privacy", js.FEEDBACK_UNSPECIFIED: "waiting"}
+
+
+def job_id(job: js.ProtectionJob) -> str:
+    return job.name.removeprefix("jobs/")
+
+
+def percent(value: float) -> str:
+    return f"{100 * value:.0f}%"
+
+
+def progress(op: lro.Operation | None) -> dict:
+    """The job operation's stage and done/total (what the status endpoint returns and the bar shows)."""
+    p = progress_of(op) if op is not None else None
+    if p is None:
+        return {"stage": "", "done": 0, "total": 0, "unit": "", "message": ""}
+    return {"stage": p.stage, "done": int(p.done), "total": int(p.total), "unit": p.unit, "message": p.message}
+
+
+def job_summary(job: js.ProtectionJob, op: lro.Operation | None = None) -> dict:
+    spec = job.spec
+    return {
+        "id": job_id(job), "state": STATE_WORDS.get(job.state, "unknown"), "state_name": State.Name(job.state),
+        "finished": job.state in FINISHED, "awaiting_feedback": job.state == State.STATE_AWAITING_FEEDBACK,
+        "dataset": f"{spec.dataset.dataset} v{spec.dataset.version}",
+        "protected": ", ".join(spec.protected_attributes), "kept": ", ".join(spec.kept_attributes),
+        "epsilon_spent": job.privacy_spent.epsilon, "accepted_intensity": job.accepted_intensity,
+        "operation": job.operation, "progress": progress(op),
+        "error": op.error.message if op is not None and op.HasField("error") else "",
+    }
+
+
+def risk_sentences(risk: dict[str, float]) -> list[str]:
+    """The preview's measured risk in plain words."""
+    risk = dict(risk)
+    lines = []
+    if "reid_rank1" in risk:
+        gallery = risk.pop("reid_gallery", 0.0)
+        among = f" among {gallery:.0f} original faces" if gallery else ""
+        lines.append(f"Re-identification rate: a face recognizer picked the right person first{among} for "
+                     f"{percent(risk.pop('reid_rank1'))} of the released faces.")
+    if "reid_verify_rate" in risk:
+        lines.append(f"Verification rate: {percent(risk.pop('reid_verify_rate'))} of the released faces were judged "
+                     "to show the same person as their original.")
+    for name in sorted(k for k in risk if k.endswith("_classifier_agreement")):
+        attribute = name.removesuffix("_classifier_agreement")
+        chance = risk.pop(f"{attribute}_classifier_chance", None)
+        chance_text = f" (chance is {percent(chance)})" if chance is not None else ""
+        lines.append(f"A classifier of {attribute} still finds the true {attribute} on {percent(risk.pop(name))} of "
+                     f"the released faces{chance_text}.")
+    for name in sorted(k for k in risk if k.endswith("_kept_utility")):
+        attribute = name.removesuffix("_kept_utility")
+        released, original = risk.pop(f"{attribute}_kept_agreement", None), risk.pop(f"{attribute}_kept_original",
+                                                                                     None)
+        detail = (f" ({percent(released)} recognized on the released faces, {percent(original)} on the originals)"
+                  if released is not None and original is not None else "")
+        lines.append(f"Kept attribute {attribute}: {percent(risk.pop(name))} of its utility kept{detail}.")
+    lines.extend(f"{name.replace('_', ' ')}: {value:.3g}" for name, value in sorted(risk.items()))
+    return lines
+
+
+def criteria(round_: js.FeedbackRound) -> list[dict]:
+    return [{"name": c.name.replace("_", " ") + (f" ({c.attribute})" if c.attribute else ""),
+             "summary": c.summary, "met": c.met} for c in round_.criteria]
+
+
+def attribute_value(value) -> str:
+    kind = value.WhichOneof("value")
+    return value.category if kind == "category" else f"{value.number:.3g}" if kind == "number" else ""
+
+
+def preview(shown: js.GetPreviewResponse, job: js.ProtectionJob) -> dict:
+    """The current round: each pair, the risk, ε, the policy, the budget bar."""
+    round_ = shown.round
+    number = round_number(round_.name)
+    count = len(shown.pairs)
+    spent, left = job.privacy_spent.epsilon, round_.budget_left.epsilon
+    return {
+        "number": number, "intensity": round_.intensity, "epsilon": round_.privacy_cost.epsilon,
+        "epsilon_spent": spent, "epsilon_left": left, "epsilon_budget": spent + left,
+        "risk": risk_sentences(dict(round_.risk)), "criteria": criteria(round_),
+        "pairs": [{"index": i, "position": i + 1, "count": count, "sample": pair.anonymized.sample_key
+                   or pair.original.sample_key,
+                   "attributes": [(a.attribute, attribute_value(a)) for a in pair.released_attributes]}
+                  for i, pair in enumerate(shown.pairs)],
+    }
+
+
+def rounds_table(rounds: list[js.FeedbackRound]) -> list[dict]:
+    return [{"number": round_number(r.name), "intensity": r.intensity, "epsilon": r.privacy_cost.epsilon,
+             "reid": r.risk["reid_rank1"] if "reid_rank1" in r.risk else None,
+             "answer": ANSWER_WORDS.get(r.feedback, ""), "flagged": len(r.flagged_samples)} for r in rounds]
