@@ -319,7 +319,7 @@ class GetReportRequest(_message.Message):
     def __init__(self, job: _Optional[str] = ...) -> None: ...
 
 class GetReportResponse(_message.Message):
-    __slots__ = ("report_json", "report_html", "metrics", "privacy_total", "json_content", "html_content", "report_pdf", "policy_met", "criteria")
+    __slots__ = ("report_json", "report_html", "metrics", "privacy_total", "json_content", "html_content", "report_pdf", "policy_met", "criteria", "pdf_content")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -336,6 +336,7 @@ class GetReportResponse(_message.Message):
     REPORT_PDF_FIELD_NUMBER: _ClassVar[int]
     POLICY_MET_FIELD_NUMBER: _ClassVar[int]
     CRITERIA_FIELD_NUMBER: _ClassVar[int]
+    PDF_CONTENT_FIELD_NUMBER: _ClassVar[int]
     report_json: _refs_pb2.ObjectRef
     report_html: _refs_pb2.ObjectRef
     metrics: _containers.ScalarMap[str, float]
@@ -345,4 +346,5 @@ class GetReportResponse(_message.Message):
     report_pdf: _refs_pb2.ObjectRef
     policy_met: bool
     criteria: _containers.RepeatedCompositeFieldContainer[PolicyCriterion]
-    def __init__(self, report_json: _Optional[_Union[_refs_pb2.ObjectRef, _Mapping]] = ..., report_html: _Optional[_Union[_refs_pb2.ObjectRef, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., privacy_total: _Optional[_Union[_privacy_pb2.PrivacyCost, _Mapping]] = ..., json_content: _Optional[bytes] = ..., html_content: _Optional[bytes] = ..., report_pdf: _Optional[_Union[_refs_pb2.ObjectRef, _Mapping]] = ..., policy_met: _Optional[bool] = ..., criteria: _Optional[_Iterable[_Union[PolicyCriterion, _Mapping]]] = ...) -> None: ...
+    pdf_content: bytes
+    def __init__(self, report_json: _Optional[_Union[_refs_pb2.ObjectRef, _Mapping]] = ..., report_html: _Optional[_Union[_refs_pb2.ObjectRef, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., privacy_total: _Optional[_Union[_privacy_pb2.PrivacyCost, _Mapping]] = ..., json_content: _Optional[bytes] = ..., html_content: _Optional[bytes] = ..., report_pdf: _Optional[_Union[_refs_pb2.ObjectRef, _Mapping]] = ..., policy_met: _Optional[bool] = ..., criteria: _Optional[_Iterable[_Union[PolicyCriterion, _Mapping]]] = ..., pdf_content: _Optional[bytes] = ...) -> None: ...
