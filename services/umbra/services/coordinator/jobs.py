@@ -339,6 +339,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             criteria=[job_policy.criterion_to_proto(c) for c in report.get("criteria", [])])
         if report.get("pdf"):  # a report written before the PDF, or where WeasyPrint could not load, has none
             response.report_pdf.CopyFrom(refs_pb2.ObjectRef(bucket=bucket, key=report["pdf"]))
+            response.pdf_content = self.store.get(bucket, report["pdf"])
         if report.get("privacy_total"):
             response.privacy_total.CopyFrom(shared_convert.privacy_cost_to_proto(
                 Cost.from_dict(report["privacy_total"])))
