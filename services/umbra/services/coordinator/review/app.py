@@ -173,16 +173,16 @@ class ReviewPage:
         op = self.api.operation(key, job.operation) if job.operation else None
         summary = views.job_summary(job, op)
         shown, view = None, summary["state_name"]
+        rounds = self.api.rounds(key, job_id)
         if summary["awaiting_feedback"]:
             try:
-                shown = views.preview(self.api.preview(key, job_id), job)
+                shown = views.preview(self.api.preview(key, job_id), views.epsilon_spent(job, op, rounds))
                 view += f":{shown['number']}"
             except UmbraRpcError as exc:
                 if exc.code not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
                     raise
                 view += ":waiting"  # the next round is being made
-        rounds = views.rounds_table(self.api.rounds(key, job_id))
-        return {"job": summary, "preview": shown, "rounds": rounds, "view": view,
+        return {"job": summary, "preview": shown, "rounds": views.rounds_table(rounds), "view": view,
                 "has_report": job.state == views.State.STATE_SUCCEEDED}
 
     async def status(self, request: Request, session: Session) -> Response:

@@ -87,12 +87,20 @@ def attribute_value(value) -> str:
     return value.category if kind == "category" else f"{value.number:.3g}" if kind == "number" else ""
 
 
-def preview(shown: js.GetPreviewResponse, job: js.ProtectionJob) -> dict:
+def epsilon_spent(job: js.ProtectionJob, op: lro.Operation | None, rounds: list[js.FeedbackRound]) -> float:
+    """ε the job has spent: its own figure once set, else its operation's running total, else the rounds' costs
+    added up (basic composition: at most what the ledger composes)."""
+    p = progress_of(op) if op is not None else None
+    return (job.privacy_spent.epsilon or (p.privacy_spent.epsilon if p is not None else 0.0)
+            or sum(r.privacy_cost.epsilon for r in rounds))
+
+
+def preview(shown: js.GetPreviewResponse, spent: float) -> dict:
     """The current round: each pair, the risk, ε, the policy, the budget bar."""
     round_ = shown.round
     number = round_number(round_.name)
     count = len(shown.pairs)
-    spent, left = job.privacy_spent.epsilon, round_.budget_left.epsilon
+    left = round_.budget_left.epsilon
     return {
         "number": number, "intensity": round_.intensity, "epsilon": round_.privacy_cost.epsilon,
         "epsilon_spent": spent, "epsilon_left": left, "epsilon_budget": spent + left,
