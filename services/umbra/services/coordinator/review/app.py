@@ -243,10 +243,12 @@ class ReviewPage:
     async def report_pdf(self, request: Request, session: Session) -> Response:
         job_id = request.path_params["job"]
         report = await run_in_threadpool(self.api.report, session.api_key, job_id)
-        if not report.report_pdf.key:
+        data = report.pdf_content  # inline when the report is small enough; else read by the ref GetReport gave
+        if not data and report.report_pdf.key:
+            data = await run_in_threadpool(self.api.object_bytes, report.report_pdf)
+        if not data:
             return self.render(request, "error.html", 404, session, title="Not found", not_found=True,
                                message="This report has no PDF.")
-        data = await run_in_threadpool(self.api.object_bytes, report.report_pdf)
         return Response(data, media_type="application/pdf", headers={
             **NO_STORE, "Content-Disposition": f'attachment; filename="{job_id}-report.pdf"'})
 
