@@ -23,10 +23,12 @@
    suits it, and accepts; the coordinator anonymizes the dataset at that intensity and commits it, updates the
    classifier to the released images by feature unlearning (unlearning service; second order, or first order
    when the service's safety check refuses the second-order step), verified against retraining from scratch
-   (training service), and writes the report (out/demo/report/report.html). The updated classifier is then
+   (training service), and writes the report (out/demo/report/report.html and .pdf), which opens with its verdict
+   on the job's policy (docs/examples/policy.yaml). The updated classifier is then
    published to Triton through the ModelService and queried with `umbra models predict`. Write what was seen
    to out/demo/demo.json and stop everything it started (unless --keep), also when a step fails or the demo is
-   interrupted.
+   interrupted. The coordinator serves the review page (REVIEW_PORT, --review-port) all along; with --keep it stays
+   up, and a person signs in with the tenant's key (out/demo/tenant-api-key) to see the job, its rounds and report.
 
 With `--replicas 2` the coordinator runs as two replicas on PostgreSQL (deploy/postgres/pg.sh, started here unless
 it is running, stopped afterwards unless --keep; a fresh database `umbra_demo`; each replica its own data folder;
@@ -38,7 +40,7 @@ anonymized; the demo shows the other replica taking the job over and the job fin
 A refusal by a service (a gRPC error or a failed operation) is reported in plain words, never as a traceback;
 the steps that need the refused step's result are skipped, and the demo exits 1.
 
-    python scripts/demo.py [--keep] [--faces N] [--epsilon E] [--inference-port P] [--replicas 2]
+    python scripts/demo.py [--keep] [--faces N] [--epsilon E] [--inference-port P] [--review-port P] [--replicas 2]
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from umbra.client.channel import open_channel
 from umbra.client.datasets import DatasetsClient
 from umbra.client.errors import grpc_code_name
 from umbra.client.operations import OperationsClient
+from umbra.client.policy import load_policy
 from umbra.common.v1 import privacy_pb2, refs_pb2
 from umbra.coordinator.v1 import dataset_service_pb2 as cds
 from umbra.coordinator.v1 import model_service_pb2 as cms
@@ -83,6 +86,8 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out" / "demo"
 RGW = ROOT / "deploy" / "s3" / "rgw.sh"
 INFERENCE_PORT = 8001  # Triton's usual gRPC port (--inference-port)
+REVIEW_PORT = 8090  # the coordinator's review page (--review-port)
+POLICY = ROOT / "docs" / "examples" / "policy.yaml"  # the main job's release policy
 PUBLIC_FACES = 1500  # public synthetic faces for pretraining
 DEMO_EPOCHS = 8
 GENERATOR_PRETRAIN_EPOCHS = 10  # the latent generator's public pretraining (no DP) on the same public faces, 64 px,
@@ -202,7 +207,7 @@ class Replicas:
         return [first, second]
 
     def start_second(self) -> None:
-        env = dict(local.service_env(self.home), UMBRA_COORDINATOR_PORT=str(self.port),
+        env = dict(local.service_env(self.home), UMBRA_COORDINATOR_PORT=str(self.port), UMBRA_REVIEW_PORT="0",
                    UMBRA_COORDINATOR_DATA_DIR=str(self.home / "coordinator-replica-1"))
         with open(self.home / "logs" / "coordinator-replica-1.log", "ab") as log:
             self.second = subprocess.Popen([sys.executable, "-m", "umbra.cli.main", "serve", "coordinator"], env=env,
@@ -571,6 +576,8 @@ def main() -> int:
     parser.add_argument("--epsilon", type=float, default=8.0, help="privacy budget of the DP classifier (default 8)")
     parser.add_argument("--inference-port", type=int, default=INFERENCE_PORT,
                         help=f"gRPC port of the inference server the demo starts (default {INFERENCE_PORT})")
+    parser.add_argument("--review-port", type=int, default=REVIEW_PORT,
+                        help=f"the coordinator's review page, http://127.0.0.1:PORT/ (default {REVIEW_PORT})")
     parser.add_argument("--replicas", type=int, choices=(1, 2), default=1,
                         help="coordinator replicas: 1 on SQLite (default), or 2 on PostgreSQL, the one driving the "
                              "main job SIGKILLed while it anonymizes the dataset")
@@ -604,6 +611,7 @@ def main() -> int:
             return 1
         inference_url = f"127.0.0.1:{args.inference_port}"
         os.environ.update(s3, UMBRA_STORE="s3", UMBRA_INFERENCE_URL=inference_url)  # the services inherit these
+        os.environ["UMBRA_REVIEW_PORT"] = str(args.review_port)  # only the coordinator serves it
         if args.replicas == 2:
             try:
                 database = start_postgres(stops)
@@ -680,8 +688,14 @@ def main() -> int:
               f"predictions in {OUT / 'predictions.json'}; the AugMDP release in {OUT / 'faces-augmdp'}, drawn in "
               f"{OUT / 'augmdp-grid.png'}; the anonymized dataset in {OUT / 'faces-anonymized'}, drawn beside its "
               f"originals in {OUT / 'anonymized-grid.png'}; the updated classifier's predictions in "
-              f"{OUT / 'predictions-updated.json'})\nThe protection job's report: {OUT / 'report' / 'report.html'}\n"
-              f"Service logs: {home / 'logs'}")
+              f"{OUT / 'predictions-updated.json'})\nThe protection job's report: {OUT / 'report' / 'report.html'} "
+              f"(and report.pdf)\nService logs: {home / 'logs'}")
+    review_page = f"http://127.0.0.1:{args.review_port}/"
+    if args.keep:
+        print(f"The review page: {review_page} (sign in with the tenant's key, in {OUT / 'tenant-api-key'})")
+    else:
+        print(f"The review page was at {review_page}; run `make demo` with `--keep` (python scripts/demo.py --keep) "
+              "to leave it up and sign in with the key in out/demo/tenant-api-key")
     if args.keep and triton is not None:
         print(f"Still running: `.venv/bin/umbra status`, Triton at {inference_url} (pid {triton.pid}); stop with "
               f"`.venv/bin/umbra down`, `kill -- -{triton.pid}` and `deploy/s3/rgw.sh stop`.")
@@ -769,13 +783,13 @@ def protection_job(classifier: str, classes: str, dataset_version: str, images: 
         dataset=refs_pb2.DatasetRef(dataset=f"datasets/{dataset}", version=int(version)),
         protected_attributes=["gender"], kept_attributes=["skin_tone"], preview_size=8, seed=0,
         model=refs_pb2.ModelRef(model=f"models/{model}", version=int(number)), verify_unlearning=True,
-        budget=privacy_pb2.PrivacyBudget(epsilon=DEMO_BUDGET, delta=DEMO_DELTA))
+        budget=privacy_pb2.PrivacyBudget(epsilon=DEMO_BUDGET, delta=DEMO_DELTA), policy=load_policy(POLICY))
     job_id = f"protect-{secrets.token_hex(3)}"
     op = stub.CreateProtectionJob(job_service_pb2.CreateProtectionJobRequest(
         job_id=job_id, spec=spec, request_id=str(uuid.uuid4())), timeout=60).operation
     name = f"jobs/{job_id}"
     print(f"   {name} started ({op.name}): protect gender, keep skin tone, 8 test faces per preview, update "
-          f"{classifier} by unlearning", flush=True)
+          f"{classifier} by unlearning; policy {POLICY.relative_to(ROOT)}", flush=True)
     _wait_for_feedback(stub, name)
     low, high = REVIEWER_TASTE
     rounds = []
@@ -794,6 +808,8 @@ def protection_job(classifier: str, classes: str, dataset_version: str, images: 
               f"still finds the true gender of {r.risk.get('gender_classifier_agreement', 0):.0%}, epsilon "
               f"{r.privacy_cost.epsilon:.4g} (budget left {r.budget_left.epsilon:.4g}) -> the reviewer answers: "
               f"{words}", flush=True)
+        for criterion in r.criteria:
+            print(f"      policy: {criterion.summary}")
         rounds.append({"intensity": r.intensity, "answer": words, "gender_changed": changed,
                        "reid_rank1": r.risk["reid_rank1"], "epsilon": r.privacy_cost.epsilon,
                        "gender_classifier_agreement": r.risk.get("gender_classifier_agreement"),
@@ -812,7 +828,13 @@ def protection_job(classifier: str, classes: str, dataset_version: str, images: 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_bytes(report.json_content)
     (folder / "report.html").write_bytes(report.html_content)
+    if report.pdf_content:
+        (folder / "report.pdf").write_bytes(report.pdf_content)
     metrics = dict(report.metrics)
+    print(f"   the report's verdict: {'the release meets' if report.policy_met else 'the release does not meet'} "
+          f"the policy ({sum(c.met for c in report.criteria)} of {len(report.criteria)} criteria met)")
+    for criterion in report.criteria:
+        print(f"      {criterion.summary}")
     anonymized = f"{job.anonymized_dataset.dataset}/versions/{job.anonymized_dataset.version}"
     print(f"   accepted intensity {job.accepted_intensity:.4f} after {len(rounds)} rounds (the reviewer's taste, "
           f"kept from the coordinator: {low}-{high}); {anonymized} committed")

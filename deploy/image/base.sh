@@ -27,7 +27,8 @@ SAY_AS=base
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SUITE=bookworm
-PACKAGES=python3,python3-venv,ca-certificates,passwd,libstdc++6
+# libpango and a font: WeasyPrint prints the protection report's PDF in the coordinator.
+PACKAGES=python3,python3-venv,ca-certificates,passwd,libstdc++6,libpango-1.0-0,libpangoft2-1.0-0,fonts-dejavu-core
 MIRROR=${UMBRA_BASE_MIRROR:-http://deb.debian.org/debian}
 SECURITY=${UMBRA_BASE_SECURITY:-http://deb.debian.org/debian-security}
 

@@ -22,9 +22,11 @@ from umbra.dataset.shards import ShardWriter
 from umbra.privacy import composition
 from umbra.privacy.mechanisms import Cost
 from umbra.privacy.policy import MEANINGS, NAMES, Figures, Policy, judge
-from umbra.services.coordinator.job_policy import criterion_to_dict, criterion_to_proto, epsilon_text, policy_from_proto
+from umbra.privacy.policy import epsilon_text
+from umbra.services.coordinator.convert import criterion_to_proto, policy_from_proto
 from umbra.services.coordinator.job_records import JobRow, RoundRow
-from umbra.services.coordinator.job_report import _without_generator, build
+from umbra.services.coordinator.job_privacy import without_generator
+from umbra.services.coordinator.job_report import build
 from umbra.storage import keys
 from umbra.storage.local import LocalObjectStore
 
@@ -39,19 +41,19 @@ ATTRIBUTE = Cost(1.0, 0.0, "randomized_response", "attribute gender", {"k": 2.0}
 
 def test_a_per_image_cost_splits_into_what_was_charged_and_the_generator():
     per_image = privatize.per_image(IMAGE, [ATTRIBUTE], GENERATOR)
-    charged, generator = _without_generator(per_image)
+    charged, generator = without_generator(per_image)
     assert generator == GENERATOR
     assert charged.epsilon == IMAGE.epsilon + ATTRIBUTE.epsilon and charged.delta == IMAGE.delta
-    assert _without_generator(privatize.per_image(IMAGE, [ATTRIBUTE], None)) == (
+    assert without_generator(privatize.per_image(IMAGE, [ATTRIBUTE], None)) == (
         privatize.per_image(IMAGE, [ATTRIBUTE], None), None)  # a generator trained elsewhere: nothing to split
 
 
 def test_three_rounds_count_the_generator_once():
     rounds = [privatize.per_image(IMAGE, [ATTRIBUTE], GENERATOR) for _ in range(3)]
-    once = composition.tight([_without_generator(r)[0] for r in rounds] + [GENERATOR])
+    once = composition.tight([without_generator(r)[0] for r in rounds] + [GENERATOR])
     thrice = composition.tight(rounds)
     assert once.epsilon < thrice.epsilon  # counting ε_g three times overstates the spending
-    assert once.epsilon > composition.tight([_without_generator(r)[0] for r in rounds]).epsilon
+    assert once.epsilon > composition.tight([without_generator(r)[0] for r in rounds]).epsilon
 
 
 # -- the report for a privacy officer: verdict first, figures in words, HTML, PDF and JSON -----------------------
@@ -210,8 +212,8 @@ def test_the_spec_policy_and_a_criterion_convert_to_and_from_proto():
     assert policy.to_dict() == {"max_reidentification": 0.05, "max_adversary_advantage": {"gender": 0.1},
                                 "min_kept_utility": {"skin_tone": 0.8}, "max_epsilon": 20.0}
     criteria = judge(policy, Figures.of_release(EVALUATION, 20.001))
-    proto = criterion_to_proto(criterion_to_dict(criteria[-1]))
+    proto = criterion_to_proto(criteria[-1].to_dict())
     assert (proto.name, proto.met, proto.comparison, proto.limit) == ("epsilon", False, "at most", 20.0)
     assert "20.01" in proto.summary  # ε rounded up, never down
-    unmeasured = criterion_to_proto(criterion_to_dict(judge(policy, Figures())[0]))
+    unmeasured = criterion_to_proto(judge(policy, Figures())[0].to_dict())
     assert math.isnan(unmeasured.value) and not unmeasured.met

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from decimal import ROUND_CEILING, Decimal
 
 from scipy.special import betaincinv
 
@@ -71,6 +72,18 @@ def percent(value: float) -> str:
         text = f"{value:.1f}"
         return f"{'<0.1' if text in ('0.0', '-0.0') else text.removesuffix('.0')}%"
     return f"{value:.0f}%"
+
+
+def epsilon_text(epsilon: float) -> str:
+    """ε as a guarantee is shown: 2 decimals, rounded up from the float's exact value (never a stronger guarantee
+    than the one that holds)."""
+    if not math.isfinite(epsilon):
+        return "unbounded" if epsilon > 0 else "not measured"
+    return f"{Decimal(epsilon).quantize(Decimal('0.01'), rounding=ROUND_CEILING):.2f}"
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
 @dataclass(frozen=True)
@@ -171,28 +184,29 @@ class Criterion:
         return f"{NAMES[self.name]}: {self.attribute.replace('_', ' ')}" if self.attribute else NAMES[self.name]
 
     def show(self, value: float) -> str:
-        return f"{value:.2f}" if self.name == EPSILON else percent(value)
+        return epsilon_text(value) if self.name == EPSILON else percent(value)
 
     def figure_text(self) -> str:
         """The figure in words, with its interval: "0% (at most 4.9%)", "12% (4%–25%)", "ε 7.28"."""
         if self.value is None:
             return "not measured"
         if self.name == EPSILON:
-            return f"{self.value:.2f}"
+            return epsilon_text(self.value)
         text = self.show(self.value)
         if self.bounds is None:
             return text
         low, high = self.bounds
         if low <= 0 < high and self.value <= 0:
             return f"{text} (at most {self.show(high)})"
-        return f"{text} ({self.show(max(low, -1.0))}–{self.show(high)})"
+        return f"{text} ({self.show(max(low, -1.0))} to {self.show(high)})"
 
     def to_dict(self) -> dict:
-        """For JSON (the report, a round's record): every field, and the summary line."""
+        """For JSON (the report, a round's record): every field (a figure not measured: None), and the words."""
         low, high = self.bounds if self.bounds is not None else (None, None)
-        return {"name": self.name, "attribute": self.attribute, "value": self.value, "limit": self.limit,
-                "comparison": self.comparison, "faces": self.faces, "low": low, "high": high, "met": self.met,
-                "certain": self.certain, "title": self.title, "figure": self.figure_text(), "summary": self.summary}
+        return {"name": self.name, "attribute": self.attribute, "title": self.title, "value": _finite(self.value),
+                "low": _finite(low), "high": _finite(high), "limit": float(self.limit),
+                "comparison": self.comparison, "faces": int(self.faces), "met": self.met, "certain": self.certain,
+                "figure": self.figure_text(), "summary": self.summary}
 
     @property
     def summary(self) -> str:

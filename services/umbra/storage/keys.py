@@ -6,7 +6,7 @@
     umbra-<tenant>/datasets/<dataset>/v<version>/upload/shards/shard-000000.tar
     umbra-<tenant>/datasets/<dataset>/v<version>/private/...            what made the version (e.g. the MDP start
                                                                          mapping); never exported with it
-    umbra-<tenant>/jobs/<job>/report.json, report.html, rounds/<n>/<key>.png   a protection job's outputs
+    umbra-<tenant>/jobs/<job>/report.json, report.html, report.pdf, rounds/<n>/<key>.png   a protection job's outputs
 
 Uploads (streams, presigned PUTs, workers writing a derived version) only ever write under `upload/`. The commit
 copies the staged shards to `shards/` once uploads are closed, checks those copies and writes the manifest: a
@@ -57,13 +57,14 @@ def private(dataset: str, version: int, name: str) -> str:
     return version_prefix(dataset, version) + "private/" + name
 
 
-_JOB_OBJECT = re.compile(r"(report\.(json|html)|rounds/[1-9][0-9]{0,5}/[A-Za-z0-9_-]{1,95}\.png)")
+_JOB_OBJECT = re.compile(r"(report\.(json|html|pdf)|rounds/[1-9][0-9]{0,5}/[A-Za-z0-9_-]{1,95}\.png)")
 
 
 def job_object(job: str, name: str) -> str:
     """An object of a protection job: its report, or a preview image of one of its rounds."""
     if not _JOB_OBJECT.fullmatch(name):
-        raise InvalidInput("name", "must be 'report.json', 'report.html' or 'rounds/<n>/<sample key>.png'")
+        raise InvalidInput("name", "must be 'report.json', 'report.html', 'report.pdf' or "
+                                   "'rounds/<n>/<sample key>.png'")
     return f"jobs/{validate_resource_id(job, 'job')}/{name}"
 
 

@@ -20,7 +20,9 @@ from umbra.privacy import composition
 from umbra.privacy.mechanisms import Cost
 from umbra.privacy.policy import (ADVANTAGE, EPSILON, MEANINGS, REIDENTIFICATION, UTILITY, Criterion, Figure,
                                   Figures, Policy, judge, percent)
-from umbra.services.coordinator import job_policy, report_page
+from umbra.services.coordinator import report_page
+from umbra.services.coordinator.convert import policy_from_proto
+from umbra.services.coordinator.job_privacy import job_epsilon, without_generator
 from umbra.storage import keys
 from umbra.storage.base import ObjectStore
 from umbra.storage.datasets import DatasetReader
@@ -28,39 +30,16 @@ from umbra.storage.datasets import DatasetReader
 SCHEMA = "umbra.report/v2"
 
 
-def _composed(costs: list[Cost], description: str) -> Cost | None:
-    return composition.tight(costs, description) if costs else None
-
-
-def _without_generator(cost: Cost) -> tuple[Cost, Cost | None]:
-    """(what the anonymizer charged for an image, the generator's ε_g) of a per-image cost: the anonymizer's
-    per-image cost includes the generator's DP-SGD run when it was trained on this dataset, which the ledger
-    charged once, when it was trained."""
-    generator = [c for c in cost.components if c.mechanism == "dp_sgd"]
-    if not generator:
-        return cost, None
-    return composition.basic([c for c in cost.components if c.mechanism != "dp_sgd"], cost.description), generator[0]
-
-
 def _privacy(job, rounds: list) -> dict:
     """Each round's charged cost, the job's ε after each round, and the composed previews, dataset, generator and
-    total."""
-    split = {r.round: _without_generator(Cost.from_dict(r.preview["cost"])) for r in rounds if r.preview.get("cost")}
-    round_costs = [charged for charged, _ in split.values()]
-    generators = [g for _, g in split.values() if g is not None]
-    dataset_cost = None
-    if job.outputs.get("dataset_cost"):
-        dataset_cost, generator = _without_generator(Cost.from_dict(job.outputs["dataset_cost"]))
-        generators += [generator] if generator is not None else []
-    generator_cost = generators[0] if generators else None
-    once = [generator_cost] if generator_cost is not None else []
-    so_far = [composition.tight(round_costs[:i + 1] + once).epsilon for i in range(len(round_costs))]
-    return {"rounds": {n: charged for n, (charged, _) in split.items()}, "so_far": so_far,
-            "previews": _composed(round_costs, "every preview round"), "dataset": dataset_cost,
-            "generator": generator_cost,
-            "total": _composed(round_costs + [c for c in (dataset_cost, generator_cost) if c is not None],
-                               "every preview round, the anonymized dataset and the generator's training (a person "
-                               "in all of them)")}
+    total (job_privacy: the generator's training counted once)."""
+    costs = {r.round: r.preview["cost"] for r in rounds if r.preview.get("cost")}
+    parts = job_epsilon(list(costs.values()), job.outputs.get("dataset_cost"))
+    charged = {n: without_generator(Cost.from_dict(c))[0] for n, c in costs.items()}
+    once = [parts.generator] if parts.generator is not None else []
+    so_far = [composition.tight(list(charged.values())[:i + 1] + once).epsilon for i in range(len(charged))]
+    return {"rounds": charged, "so_far": so_far, "previews": parts.previews, "dataset": parts.dataset,
+            "generator": parts.generator, "total": parts.total}
 
 
 def _described(name: str, attribute: str, figure: Figure) -> Criterion:
@@ -77,7 +56,7 @@ def _figures(figures: Figures, evaluation: dict) -> list[dict]:
         low, high = c.bounds or (None, None)
         rows.append({"name": name, "attribute": attribute, "title": c.title, "meaning": MEANINGS[name],
                      "value": figure.value, "low": low, "high": high, "faces": figure.faces,
-                     "text": job_policy.figure_text(c), "detail": detail})
+                     "text": c.figure_text(), "detail": detail})
 
     if (f := figures.reidentification) is not None:
         add(REIDENTIFICATION, "", f, f"{round(f.value * f.faces)} of {f.faces} released test faces were matched to "
@@ -135,13 +114,13 @@ def _rounds(rounds: list, privacy: dict, policy: Policy) -> list[dict]:
         risk = r.preview.get("risk") or {}
         faces = len(r.preview.get("images") or [])
         figures = Figures.of_round(risk, faces, None) if risk else None
-        judged = [job_policy.criterion_to_dict(c) for c in judge(limits, figures)] if figures and not policy.empty \
+        judged = [c.to_dict() for c in judge(limits, figures)] if figures and not policy.empty \
             else []
         charged = privacy["rounds"].get(r.round)
         out.append({"round": r.round, "intensity": r.intensity, "feedback": r.feedback, "flagged": list(r.flagged),
                     "faces": faces, "cost": r.preview.get("cost"),
                     "epsilon_charged": charged.epsilon if charged else None, "risk": risk,
-                    "reidentification": (job_policy.figure_text(_described(REIDENTIFICATION, "", reid))
+                    "reidentification": (_described(REIDENTIFICATION, "", reid).figure_text()
                                          if figures and (reid := figures.reidentification) else None),
                     "criteria": r.preview.get("criteria") or judged})
     return out
@@ -181,10 +160,10 @@ def build(store: ObjectStore, bucket: str, job, rounds: list, spec: js.Protectio
     dataset). Without a policy, `policy_met` is False and `criteria` empty."""
     privacy = _privacy(job, rounds)
     total = privacy["total"]
-    policy = job_policy.policy_from_proto(spec.policy) if spec.HasField("policy") else Policy()
+    policy = policy_from_proto(spec.policy) if spec.HasField("policy") else Policy()
     evaluation = job.outputs.get("evaluation") or {}
     release = Figures.of_release(evaluation, total.epsilon if total else None)
-    criteria = [job_policy.criterion_to_dict(c) for c in judge(policy, release)]
+    criteria = [c.to_dict() for c in judge(policy, release)]
     accepted = next((r for r in rounds if r.feedback == "accept"), None)
     metrics = _metrics(job, privacy, accepted) | {"rounds": float(len(rounds))}
     faces = _faces(store, bucket, spec, accepted)
@@ -213,7 +192,7 @@ def build(store: ObjectStore, bucket: str, job, rounds: list, spec: js.Protectio
         "metrics": metrics,
     }
     json_key, html_key = keys.job_object(job.id, "report.json"), keys.job_object(job.id, "report.html")
-    pdf_key = html_key.removesuffix(".html") + ".pdf"  # keys.job_object admits report.json and report.html only
+    pdf_key = keys.job_object(job.id, "report.pdf")
     store.put(bucket, json_key, json.dumps(report, indent=1, sort_keys=True).encode(), content_type="application/json")
     page = report_page.render(report, faces, policy)
     store.put(bucket, html_key, page.encode(), content_type="text/html; charset=utf-8")

@@ -322,8 +322,6 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                                              next_page_token=token)
 
     def GetReport(self, request, context):
-        from umbra.services.coordinator import job_policy
-
         tenant = _tenant()
         row = self._job(tenant, request.job, "job")
         report = row.outputs.get("report")
@@ -336,7 +334,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             report_html=refs_pb2.ObjectRef(bucket=bucket, key=report["html"]), metrics=report["metrics"],
             json_content=self.store.get(bucket, report["json"]), html_content=self.store.get(bucket, report["html"]),
             policy_met=report.get("policy_met", False),
-            criteria=[job_policy.criterion_to_proto(c) for c in report.get("criteria", [])])
+            criteria=[criterion_to_proto(c) for c in report.get("criteria", [])])
         if report.get("pdf"):  # a report written before the PDF, or where WeasyPrint could not load, has none
             response.report_pdf.CopyFrom(refs_pb2.ObjectRef(bucket=bucket, key=report["pdf"]))
             response.pdf_content = self.store.get(bucket, report["pdf"])

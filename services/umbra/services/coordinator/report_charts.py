@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 
 from umbra.privacy.policy import ADVANTAGE, NAMES, REIDENTIFICATION, UTILITY, Figures, Policy, percent
-from umbra.services.coordinator.job_policy import epsilon_text
+from umbra.privacy.policy import epsilon_text
 
 INK, GRID = "#1a1a1a", "#d0d0d0"
 # Colour-blind-safe (Okabe-Ito); every series also has its own marker and line style, so none relies on colour.

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 
 from umbra.privacy.policy import EPSILON, MEANINGS, Figures, Policy, percent
 from umbra.services.coordinator import report_charts
-from umbra.services.coordinator.job_policy import epsilon_text
+from umbra.privacy.policy import epsilon_text
 
 log = logging.getLogger(__name__)
 e = html.escape
