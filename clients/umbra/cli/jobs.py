@@ -5,7 +5,7 @@
                           [--policy policy.yaml [--review automatic]]
     umbra jobs preview JOB --out round.png     # originals (top) over released images (bottom), risk, ε
     umbra jobs feedback JOB --more             # or --less, --accept, --flag KEY [KEY ...]
-    umbra jobs report JOB --out DIR            # report.json and report.html
+    umbra jobs report JOB --out DIR            # report.json, report.html and report.pdf; the verdict
     umbra jobs cancel JOB                      # in any stage, queued too; what it reserved and did not spend is
                                                # released (a finished job: FAILED_PRECONDITION)
     umbra jobs list | show JOB | rounds JOB
@@ -199,9 +199,21 @@ def jobs(args) -> int:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "report.json").write_bytes(report.json_content)
             (folder / "report.html").write_bytes(report.html_content)
+            written = "report.json"
+            if report.pdf_content:
+                (folder / "report.pdf").write_bytes(report.pdf_content)
+                written += ", report.pdf"
+            if report.criteria:
+                met = sum(c.met for c in report.criteria)
+                echo(f"verdict: the release {'meets' if report.policy_met else 'does not meet'} the policy ({met} "
+                     f"of {len(report.criteria)} criteria met)")
+                for criterion in report.criteria:
+                    echo(f"  {'met   ' if criterion.met else 'MISSED'} {criterion.summary}")
+            else:
+                echo("verdict: the job set no policy; judge the figures in the report")
             for key, value in sorted(report.metrics.items()):
                 echo(f"{key:28} {value:.4g}")
-            echo(f"report: {folder / 'report.html'} (and report.json)")
+            echo(f"report: {folder / 'report.html'} (and {written})")
     except (UmbraRpcError, OperationFailed) as exc:
         echo(f"umbra jobs {args.action}: {exc}", file=sys.stderr)
         return 1
@@ -245,7 +257,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                          ("cancel", "cancel a job that has not finished, queued or under way (what it reserved and did "
                                     "not spend is released)"),
                          ("preview", "write the current round's images as a PNG grid and print its figures"),
-                         ("report", "write the job's report (JSON and HTML)")):
+                         ("report", "write the job's report (JSON, HTML and PDF) and print its verdict")):
         cmd = j_sub.add_parser(action, help=text)
         cmd.add_argument("job")
         if action in ("preview", "report"):
