@@ -1,7 +1,8 @@
 """The review page (issue 27) in a real browser against real services: a person signs in with a tenant's API key,
 answers the rounds of a protection job (more privacy, then flags an image with more privacy, then accepts), watches
 the job run to the end and opens its report; and the page refuses what it must (a wrong key, another tenant's job,
-a POST without its CSRF token), serves the previews uncached, shows a `<script>` job name (in the URL) as text,
+a POST without its CSRF token), serves the previews uncached, shows a `<script>` label (a released attribute
+value) and a `<script>` job name (in the URL) as text, shows the job's policy judged on each round,
 sets its security headers, and axe-core finds no serious accessibility violation on the sign-in, job and report pages.
 
 Debian's chromium (deploy/browser/chromium.sh, `make browser`) driven by Playwright through executable_path; axe-core
@@ -10,6 +11,7 @@ from node_modules (package.json). Screenshots of each step in out/review/. Servi
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -18,8 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from e2e.jobkit import Stack, Tenant, stop, write_generator
+from e2e.jobkit import SIZE, Stack, Tenant, stop, write_generator
 from support import ADMIN_KEY, SERVICE_TOKEN, free_port
+from umbra.client.datasets import DatasetsClient
+from umbra.coordinator.v1 import job_service_pb2 as js
+from umbra.dataset import synthetic
+from umbra.dataset.images import SizePolicy
 from umbra.storage.local import LocalObjectStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -31,6 +37,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 FACES = 48  # the test split must hold the 3 preview faces (40 gives it 2)
 XSS = "<script>window.__xss=1</script>"
+LABEL = "<script>window.__xss=2</script>"  # the gender label "1" of the uploaded faces, as a tenant may write it
 JOB = "review-e2e"
 
 
@@ -53,13 +60,26 @@ def system(tmp_path_factory):
             stack.start_coordinator()
         stack.start_anonymizer(0)
         acme = Tenant.create(stack.target, "acme")
-        acme.upload(home / "faces", FACES)
+        upload_with_a_script_label(acme, home / "faces")
         write_generator(LocalObjectStore(stack.objects), "umbra-acme")
-        acme.create_job(JOB, preview_size=3)
+        acme.create_job(JOB, preview_size=3, policy=js.ReleasePolicy(max_reidentification=1.0, max_epsilon=1e6))
         globex = Tenant.create(stack.target, "globex")
         yield stack, f"http://127.0.0.1:{review_port}", acme, globex, review_port
     finally:
         stack.close()
+
+
+def upload_with_a_script_label(tenant: Tenant, folder: Path) -> None:
+    """Synthetic faces whose gender label "1" reads LABEL: the page shows it as a released value, as text."""
+    images = synthetic.write_folder(folder, FACES, size=SIZE, seed=4)
+    with open(images / "labels.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    gender = rows[0].index("gender")
+    for row in rows[1:]:
+        row[gender] = LABEL if row[gender] == "1" else row[gender]
+    with open(images / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    DatasetsClient(tenant.channel()).upload(images, "faces", progress=False, policy=SizePolicy(size=SIZE))
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +166,12 @@ def test_a_person_reviews_a_job_in_the_browser(system, browser):
     first, spent_1 = intensity(page), epsilon_spent(page)
     assert page.get_by_alt_text("Original face 1 of 3").is_visible()
     assert page.get_by_alt_text("Released face 3 of 3").is_visible()
-    assert page.locator("#no-policy").is_visible()
+    criteria = page.locator(".criteria li")  # the job's policy judged on this round
+    assert criteria.count() == 2 and "Re-identification" in criteria.first.inner_text()
+    assert "Privacy loss (ε)" in criteria.last.inner_text()
     assert "Re-identification rate" in page.locator(".risk").inner_text()
+    values = page.locator(".attr-value").all_inner_texts()  # the tenant's labels, as text and never run
+    assert LABEL in values and page.evaluate("window.__xss") is None
     assert spent_1 > 0
     shot(page, "04-round-1")
     response = page.request.get(f"{base}/jobs/{JOB}")

@@ -132,3 +132,18 @@ def test_policies_out_of_range_or_about_other_attributes_are_refused(policy, fie
 
 def test_a_policy_round_trips_through_a_dict():
     assert Policy.from_dict(POLICY.to_dict()) == POLICY and Policy().empty and not POLICY.empty
+
+
+def test_epsilon_is_shown_rounded_up_and_what_is_left_down():
+    from umbra.privacy.policy import epsilon_text
+    assert epsilon_text(3.191) == "3.20" and epsilon_text(3.19) == "3.19" and epsilon_text(20.001) == "20.01"
+    assert epsilon_text(3.199, up=False) == "3.19" and epsilon_text(float("inf")) == "unbounded"
+    assert Criterion(EPSILON, "", 20.001, 20.0, 0, None).figure_text() == "20.01"
+
+
+def test_share_text_gives_the_interval_from_the_faces():
+    from umbra.privacy.policy import share_text
+    assert share_text(0.0, 60) == "0% (at most 4.9%)"
+    low, high = interval(1, 3)
+    assert share_text(1 / 3, 3) == f"33% ({percent(low)} to {percent(high)})"
+    assert share_text(0.5, 0) == "50%"

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from scipy.special import betaincinv
 
@@ -74,12 +74,23 @@ def percent(value: float) -> str:
     return f"{value:.0f}%"
 
 
-def epsilon_text(epsilon: float) -> str:
+def epsilon_text(epsilon: float, *, up: bool = True) -> str:
     """ε as a guarantee is shown: 2 decimals, rounded up from the float's exact value (never a stronger guarantee
-    than the one that holds)."""
+    than the one that holds); `up=False` rounds down, for what is left of a budget."""
     if not math.isfinite(epsilon):
         return "unbounded" if epsilon > 0 else "not measured"
-    return f"{Decimal(epsilon).quantize(Decimal('0.01'), rounding=ROUND_CEILING):.2f}"
+    rounding = ROUND_CEILING if up else ROUND_FLOOR
+    return f"{Decimal(epsilon).quantize(Decimal('0.01'), rounding=rounding):.2f}"
+
+
+def share_text(value: float, faces: int) -> str:
+    """A share measured on `faces` faces, with its 95% interval: "0% (at most 4.9%)", "33% (0.8% to 91%)"."""
+    if faces <= 0:
+        return percent(value)
+    low, high = interval(value * faces, faces)
+    if low <= 0 < high and value <= 0:
+        return f"{percent(value)} (at most {percent(high)})"
+    return f"{percent(value)} ({percent(low)} to {percent(high)})"
 
 
 def _finite(value: float | None) -> float | None:

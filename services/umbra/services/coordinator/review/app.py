@@ -82,6 +82,8 @@ class ReviewPage:
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                  undefined=jinja2.StrictUndefined)
         env.filters["pct"] = views.percent
+        env.filters["eps"] = views.epsilon_text  # ε spent or charged: rounded up
+        env.filters["eps_left"] = views.epsilon_left
         self.templates = Jinja2Templates(env=env)
 
     # -- helpers ------------------------------------------------------------------------------------------------

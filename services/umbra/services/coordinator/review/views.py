@@ -6,6 +6,7 @@ from google.longrunning import operations_proto_pb2 as lro
 
 from umbra.client.operations import progress_of
 from umbra.coordinator.v1 import job_service_pb2 as js
+from umbra.privacy.policy import epsilon_text, percent, share_text
 from umbra.services.coordinator.review.api import round_number
 
 State = js.ProtectionJob.State
@@ -23,8 +24,8 @@ def job_id(job: js.ProtectionJob) -> str:
     return job.name.removeprefix("jobs/")
 
 
-def percent(value: float) -> str:
-    return f"{100 * value:.0f}%"
+def epsilon_left(value: float) -> str:
+    return epsilon_text(value, up=False)  # what is left of a budget: rounded down, as ε spent is rounded up
 
 
 def progress(op: lro.Operation | None) -> dict:
@@ -48,31 +49,33 @@ def job_summary(job: js.ProtectionJob, op: lro.Operation | None = None) -> dict:
     }
 
 
-def risk_sentences(risk: dict[str, float]) -> list[str]:
-    """The preview's measured risk in plain words."""
+def risk_sentences(risk: dict[str, float], faces: int) -> list[str]:
+    """The preview's measured risk in plain words, each share with its 95% interval from the `faces` released
+    faces it was measured on (a preview is a few faces: the intervals are wide)."""
     risk = dict(risk)
     lines = []
     if "reid_rank1" in risk:
         gallery = risk.pop("reid_gallery", 0.0)
         among = f" among {gallery:.0f} original faces" if gallery else ""
         lines.append(f"Re-identification rate: a face recognizer picked the right person first{among} for "
-                     f"{percent(risk.pop('reid_rank1'))} of the released faces.")
+                     f"{share_text(risk.pop('reid_rank1'), faces)} of the {faces} released faces.")
     if "reid_verify_rate" in risk:
-        lines.append(f"Verification rate: {percent(risk.pop('reid_verify_rate'))} of the released faces were judged "
-                     "to show the same person as their original.")
+        lines.append(f"Judged the same person: {share_text(risk.pop('reid_verify_rate'), faces)} of the released "
+                     "faces were judged to show the same person as their original when shown side by side (a "
+                     "looser test than picking them out of the gallery).")
     for name in sorted(k for k in risk if k.endswith("_classifier_agreement")):
         attribute = name.removesuffix("_classifier_agreement")
         chance = risk.pop(f"{attribute}_classifier_chance", None)
-        chance_text = f" (chance is {percent(chance)})" if chance is not None else ""
-        lines.append(f"A classifier of {attribute} still finds the true {attribute} on {percent(risk.pop(name))} of "
-                     f"the released faces{chance_text}.")
+        chance_text = f" (a coin toss: {percent(chance)})" if chance is not None else ""
+        lines.append(f"A classifier of {attribute} still finds the true {attribute} on "
+                     f"{share_text(risk.pop(name), faces)} of the released faces{chance_text}.")
     for name in sorted(k for k in risk if k.endswith("_kept_utility")):
         attribute = name.removesuffix("_kept_utility")
         released, original = risk.pop(f"{attribute}_kept_agreement", None), risk.pop(f"{attribute}_kept_original",
                                                                                      None)
-        detail = (f" ({percent(released)} recognized on the released faces, {percent(original)} on the originals)"
-                  if released is not None and original is not None else "")
-        lines.append(f"Kept attribute {attribute}: {percent(risk.pop(name))} of its utility kept{detail}.")
+        detail = (f" ({share_text(released, faces)} recognized on the released faces, {percent(original)} on the "
+                  "originals)" if released is not None and original is not None else "")
+        lines.append(f"Kept attribute {attribute}: {percent(risk.pop(name))} of its usefulness kept{detail}.")
     lines.extend(f"{name.replace('_', ' ')}: {value:.3g}" for name, value in sorted(risk.items()))
     return lines
 
@@ -104,7 +107,7 @@ def preview(shown: js.GetPreviewResponse, spent: float) -> dict:
     return {
         "number": number, "intensity": round_.intensity, "epsilon": round_.privacy_cost.epsilon,
         "epsilon_spent": spent, "epsilon_left": left, "epsilon_budget": spent + left,
-        "risk": risk_sentences(dict(round_.risk)), "criteria": criteria(round_),
+        "risk": risk_sentences(dict(round_.risk), count), "criteria": criteria(round_),
         "pairs": [{"index": i, "position": i + 1, "count": count, "sample": pair.anonymized.sample_key
                    or pair.original.sample_key,
                    "attributes": [(a.attribute, attribute_value(a)) for a in pair.released_attributes]}
