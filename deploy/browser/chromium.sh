@@ -25,7 +25,12 @@ if ! apt-cache show chromium >/dev/null 2>&1; then
     apt-get update -q
 fi
 echo "deploy/browser/chromium.sh: installing Debian's chromium"
-apt-get install -y -q --no-install-recommends chromium
+if ! apt-get install -y -q --no-install-recommends chromium; then
+    # stale package lists name versions the mirror no longer has: read them again, once
+    echo "deploy/browser/chromium.sh: the install failed; apt-get update, then once more"
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends chromium
+fi
 if [ ! -x "$CHROMIUM" ]; then
     echo "deploy/browser/chromium.sh: apt-get installed chromium but $CHROMIUM is not there" >&2
     exit 1
