@@ -50,11 +50,15 @@ def epsilon_chart(*, rounds: list[int], per_round: list[float], cumulative: list
              label="ε of the round")
     line = cumulative + ([total] if total is not None else [])
     axes.plot(places, line, color="#08519c", marker="o", linewidth=2, label="ε of the job so far")
-    if budget:
-        axes.axhline(budget, color="#a40e26", linestyle="--", linewidth=1.5, label=f"budget ε {budget:g}")
+    highest = max(line + per_round + [1e-9])
+    drawn = budget if budget and budget <= 4 * highest else None  # a budget far above would flatten every bar
+    if drawn:
+        axes.axhline(drawn, color="#a40e26", linestyle="--", linewidth=1.5, label=f"budget ε {drawn:g}")
+    elif budget:
+        axes.set_title(f"the budget, ε {budget:g}, is above the chart", fontsize=8, color="#a40e26")
     axes.set_xticks(places, labels, rotation=20 if len(labels) > 6 else 0)
     axes.set_ylabel("ε (lower is more private)")
-    axes.set_ylim(0, max(line + per_round + [budget or 0, 1e-9]) * 1.15)
+    axes.set_ylim(0, max(highest, drawn or 0) * 1.15)
     axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False, fontsize=8)
     steps = "; ".join(f"round {n}: {epsilon_text(e)} (job so far {epsilon_text(c)})"
                       for n, e, c in zip(rounds, per_round, cumulative, strict=True))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from google.longrunning import operations_proto_pb2 as lro
 
 from umbra.client.operations import progress_of
+from umbra.common.v1 import privacy_pb2
 from umbra.coordinator.v1 import job_service_pb2 as js
 from umbra.privacy.policy import epsilon_text, percent, share_text
 from umbra.services.coordinator.review.api import round_number
@@ -98,6 +99,14 @@ def epsilon_spent(job: js.ProtectionJob, op: lro.Operation | None, rounds: list[
             or sum(r.privacy_cost.epsilon for r in rounds))
 
 
+def charged(cost) -> tuple[float, float]:
+    """(ε the round's images cost, the generator's ε_g inside it) of a round's per-image cost (a PrivacyCost): the
+    anonymizer's per-image cost includes the generator's DP-SGD run when it was trained on this dataset, which the
+    job counts once (coordinator.job_privacy, the report). Its parts compose by basic composition: ε adds up."""
+    generator = sum(c.epsilon for c in cost.components if c.mechanism == privacy_pb2.PRIVACY_MECHANISM_DP_SGD)
+    return max(cost.epsilon - generator, 0.0), generator
+
+
 def preview(shown: js.GetPreviewResponse, spent: float) -> dict:
     """The current round: each pair, the risk, ε, the policy, the budget bar."""
     round_ = shown.round
@@ -105,7 +114,8 @@ def preview(shown: js.GetPreviewResponse, spent: float) -> dict:
     count = len(shown.pairs)
     left = round_.budget_left.epsilon
     return {
-        "number": number, "intensity": round_.intensity, "epsilon": round_.privacy_cost.epsilon,
+        "number": number, "intensity": round_.intensity, "epsilon": charged(round_.privacy_cost)[0],
+        "epsilon_generator": charged(round_.privacy_cost)[1],
         "epsilon_spent": spent, "epsilon_left": left, "epsilon_budget": spent + left,
         "risk": risk_sentences(dict(round_.risk), count), "criteria": criteria(round_),
         "pairs": [{"index": i, "position": i + 1, "count": count, "sample": pair.anonymized.sample_key
@@ -116,6 +126,6 @@ def preview(shown: js.GetPreviewResponse, spent: float) -> dict:
 
 
 def rounds_table(rounds: list[js.FeedbackRound]) -> list[dict]:
-    return [{"number": round_number(r.name), "intensity": r.intensity, "epsilon": r.privacy_cost.epsilon,
+    return [{"number": round_number(r.name), "intensity": r.intensity, "epsilon": charged(r.privacy_cost)[0],
              "reid": r.risk["reid_rank1"] if "reid_rank1" in r.risk else None,
              "answer": ANSWER_WORDS.get(r.feedback, ""), "flagged": len(r.flagged_samples)} for r in rounds]
