@@ -12,6 +12,7 @@ from google.rpc import code_pb2
 from e2e.jobkit import Stack, Tenant, write_generator
 from support import status_details
 from umbra.client.errors import OperationFailed
+from umbra.common.v1 import privacy_pb2
 from umbra.coordinator.v1 import job_service_pb2 as js
 from umbra.storage.local import LocalObjectStore
 
@@ -62,6 +63,23 @@ def test_a_policy_no_intensity_meets_fails_and_names_the_criterion(tenant):
     assert [r.feedback for r in rounds] == [js.FEEDBACK_MORE_PRIVACY] * (len(rounds) - 1) + [js.FEEDBACK_UNSPECIFIED]
     assert [r.intensity for r in rounds] == sorted(r.intensity for r in rounds) and 3 <= len(rounds) <= 6
     assert f"round {len(rounds)} at {rounds[-1].intensity:.3f}" in failed.value.message  # the closest: the last
+
+
+def test_a_budget_with_no_room_for_the_next_round_fails_the_policy_and_says_so(tenant):
+    # round 1 (intensity 0.5) costs ε 7.85 with this generator; the policy asks for more privacy, and the job's
+    # budget has no room for a second round
+    policy = js.ReleasePolicy(max_epsilon=0.001)
+    operation = tenant.create_job("auto-budget", policy=policy, review=js.REVIEW_AUTOMATIC,
+                                  budget=privacy_pb2.PrivacyBudget(epsilon=7.9, delta=0.1))
+    with pytest.raises(OperationFailed) as failed:
+        tenant.result(operation)
+    assert failed.value.code == code_pb2.FAILED_PRECONDITION
+    assert "no intensity within the budget meets the policy (the budget has no room for round 2" in \
+        failed.value.message
+    assert "round 1 at 0.500, missed: Privacy loss (ε)" in failed.value.message
+    rounds = tenant.rounds("auto-budget")  # round 2 was opened, and refused before any image was made
+    assert [r.feedback for r in rounds] == [js.FEEDBACK_MORE_PRIVACY, js.FEEDBACK_UNSPECIFIED]
+    assert not rounds[1].HasField("privacy_cost") or rounds[1].privacy_cost.epsilon == 0
 
 
 @pytest.mark.parametrize(("spec", "field"), [
