@@ -9,6 +9,8 @@ import hashlib
 import json
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -21,8 +23,7 @@ from umbra.dataset import synthetic
 from umbra.dataset.shards import ShardWriter
 from umbra.privacy import composition
 from umbra.privacy.mechanisms import Cost
-from umbra.privacy.policy import MEANINGS, NAMES, Figures, Policy, judge
-from umbra.privacy.policy import epsilon_text
+from umbra.privacy.policy import MEANINGS, NAMES, Figures, Policy, epsilon_text, judge
 from umbra.services.coordinator.convert import criterion_to_proto, policy_from_proto
 from umbra.services.coordinator.job_records import JobRow, RoundRow
 from umbra.services.coordinator.job_privacy import without_generator
@@ -186,6 +187,18 @@ def test_the_pdf_is_the_page_printed(tmp_path):
     store, summary = _report(tmp_path)
     assert summary["pdf"] == f"jobs/{JOB}/report.pdf"
     assert store.get(BUCKET, summary["pdf"]).startswith(b"%PDF")
+
+
+def test_printing_a_pdf_leaves_pillow_strict_about_truncated_images():
+    # a fresh process: importing WeasyPrint turns on Pillow's LOAD_TRUNCATED_IMAGES, and the coordinator that
+    # writes reports also checks uploaded images (a truncated JPEG must stay corrupt: tests/unit/test_images.py)
+    code = ("from PIL import ImageFile\n"
+            "from umbra.services.coordinator.report_page import pdf\n"
+            "assert pdf('<p>x</p>').startswith(b'%PDF')\n"
+            "print(ImageFile.LOAD_TRUNCATED_IMAGES)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
 
 
 def test_the_json_validates_against_its_schema(tmp_path):

@@ -287,9 +287,17 @@ attributes: {e(', '.join(report['kept_attributes']) or 'none')}.</p></header>
 def pdf(page: str) -> bytes | None:
     """The page printed by WeasyPrint; None (logged) where WeasyPrint or its system libraries (Pango) are
     missing, so that a finished job still gets its JSON and HTML."""
+    from PIL import ImageFile
+
+    truncated = ImageFile.LOAD_TRUNCATED_IMAGES
     try:
         import weasyprint
     except (ImportError, OSError):
         log.exception("the report's PDF is not written: WeasyPrint cannot be loaded")
         return None
+    finally:
+        # Importing WeasyPrint turns on Pillow's LOAD_TRUNCATED_IMAGES for the whole process, and this process
+        # checks uploaded images (a truncated one must stay an error): put it back. The page's own images are
+        # whole PNGs, which need no such leniency.
+        ImageFile.LOAD_TRUNCATED_IMAGES = truncated
     return weasyprint.HTML(string=page).write_pdf()
