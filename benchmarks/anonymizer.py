@@ -3,19 +3,18 @@ blurring and pixelation.
 
     python -m benchmarks.anonymizer [--quick] [--data DIR] [--public DIR]
 
-Starts an S3 server, the coordinator and the anonymizer. The faces (--data, default the face sample) are split
-into the tenant's dataset and public faces: --public names a folder of public faces (images/ and labels.csv),
-else the last PUBLIC_FACES faces of --data are the public ones and the tenant's dataset is the rest (disjoint).
-Both are uploaded (80/10/10 train/val/test at upload), and four generators are trained through the anonymizer:
+Starts an S3 server, the coordinator and the anonymizer. The tenant's dataset is the faces of --data (default
+the face sample) that the shipped public generator (umbra/anonymization/public/public-faces-64, written by
+umbra.anonymization.pretrain) never saw: its card lists the SHA-256 of every real face it was pretrained or
+evaluated on, and those are left out. It is uploaded (80/10/10 train/val/test at upload) and the generators
+are trained through the anonymizer:
 
-1. a public latent generator without DP on the public faces' training split, 64 px: the face autoencoder (latent
-   64 numbers, projected to norm C = 8) and the denoiser (gender, and the kept attribute when the public labels
-   have it);
-2. ours: the DP latent generator on the tenant's training split, started from it: the public autoencoder is
-   frozen and the denoiser trained with DP-SGD (ε_g target TARGET_EPSILON at δ = DELTA);
-3. and 4. the previous generator (design "pixel": a UNet on 32 px pixels): public pretraining without DP on the
-   same public faces, then DP-SGD at the same target (on the tenant's training split; `--quick` uses its
-   validation split, 10 times smaller, to keep it cheap).
+1. ours: the DP latent generator on the tenant's training split, started from the shipped public generator
+   (`initialize_from_public`): its autoencoder (latent 64 numbers, projected to norm C = 8) is kept and its
+   denoiser trained on with DP-SGD (ε_g target TARGET_EPSILON at δ = DELTA);
+2. unless --quick, the previous generator (design "pixel": a UNet on 32 px pixels): public pretraining without
+   DP on public faces (--public, else the faces of --data the shipped generator saw, else the last PUBLIC_FACES
+   faces of --data), then DP-SGD at the same target on the tenant's training split.
 
 It protects gender and keeps race (skin_tone on synthetic faces, which have no race). At the default intensity
 the whole tenant dataset goes through the service's AnonymizeDataset (reserved, written and committed):
@@ -35,6 +34,9 @@ and quality bound ours from above):
 - `quality`: realism, FD(original test, original train) / FD(released test, original train), FD the Fréchet
   distance of scattering features (kymatio, J=2, averaged over space: 243 numbers per image) at 32 px for every
   method. 1 is as close to real faces as held-out real faces are; blur and pixelation score low;
+- `diversity_ratio`: the mean pairwise distance of the released held-out faces in the recognizer's embedding
+  space over that of their originals (1: as varied as real faces; near 0: the same face every time); its target
+  holds at each of DIVERSITY_AT (`diversity_at`);
 - `reid_rank1`, `reid_verify_rate`: dlib's face recognizer (umbra.anonymization.reidentification) on released
   held-out faces (faces no generator trained on: the tenant's val and test splits, or test only when a generator
   trained on val), each searched among their originals: the rank-1 identification rate (chance 1/gallery) and
@@ -65,17 +67,17 @@ anonymizer-grid.png (test originals, our autoencoder alone, ours at three intens
 generator at the default), anonymizer.png (adversary and re-identification against utility, all four methods and
 the autoencoder alone) and the released test faces
 at the default intensity, as PNGs named by their original file names, in out/bench/anonymizer-released/
-(replaced whole). `--quick` trains our generator for fewer epochs (40 public: fewer left the autoencoder drawing
-near-average faces; 10 DP, cheap: the frozen public encoder encodes each face once) and the previous one for one
-epoch each, the classifiers for 5 of the recipe's 20 epochs (still on every training face), measures fewer
-points, re-identifies REID_QUICK faces and evaluates the previous generator (the slow one) on 192 training faces
-with 2 denoising steps; its figures are a smoke test, not results.
+(replaced whole). `--quick` trains our generator for 10 DP epochs (cheap: the frozen public encoder encodes each
+face once), leaves the previous generator out, trains the classifiers for 5 of the recipe's 20 epochs (still on
+every training face), measures fewer points and re-identifies REID_QUICK faces; its figures are a smoke test,
+not results.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -100,9 +102,10 @@ from benchmarks.common import (OUT, create_tenant, default_data, running_service
 from benchmarks.distortion import accuracies
 from benchmarks.training import fit
 from umbra.anonymization import anonymize as anon
-from umbra.anonymization import privatize, reidentification
+from umbra.anonymization import privatize, public_generator, reidentification
 from umbra.anonymization.dataset import sample_rng
 from umbra.anonymization.intensity import DEFAULT_INTENSITY
+from umbra.anonymization.quality import at, frechet, scattering_features
 from umbra.anonymizer.v1 import anonymizer_service_pb2 as an
 from umbra.anonymizer.v1 import anonymizer_service_pb2_grpc
 from umbra.classifiers import recipes
@@ -128,14 +131,16 @@ PUBLIC_FACES = 600  # the last faces of --data, when no --public is given
 REID_QUICK = 120
 TARGET_EPSILON, DELTA = 4.0, 5e-7  # each DP generator's ε_g target: half of TARGET_DELTA, the image the rest
 SETTINGS = {
-    "full": {"public_epochs": 60, "dp_epochs": 100, "batch": 256, "multiplicity": 4,  # ours
-             "pixel_public_epochs": 12, "pixel_dp_epochs": 4, "pixel_batch": 256, "pixel_split": "train",
+    "full": {"dp_epochs": 100, "batch": 256, "multiplicity": 4,  # ours
+             "previous": True, "pixel_public_epochs": 12, "pixel_dp_epochs": 4, "pixel_batch": 256,
+             "pixel_split": "train",
              "pixel_train_faces": 0, "pixel_steps": 0,  # the previous generator: 0 = all, the table's steps
              "curve": (0.0, 0.25, 0.5, 0.75, 1.0), "pixel_curve": (0.5, 0.75, 1.0),
              "blurs": (1.0, 2.0, 3.0, 5.0, 8.0), "pixelations": (32, 16, 12, 8, 6),
              "reid_faces": 0, "classifier_epochs": 1.0},  # 0: every held-out face; the recipe's epochs times this
-    "quick": {"public_epochs": 40, "dp_epochs": 10, "batch": 256, "multiplicity": 2,
-              "pixel_public_epochs": 1, "pixel_dp_epochs": 1, "pixel_batch": 64, "pixel_split": "val",
+    "quick": {"dp_epochs": 10, "batch": 256, "multiplicity": 2,
+              "previous": False, "pixel_public_epochs": 1, "pixel_dp_epochs": 1, "pixel_batch": 64,
+              "pixel_split": "val",
               "pixel_train_faces": 192, "pixel_steps": 2,
               "curve": (0.25, 0.75, 1.0), "pixel_curve": (0.75,), "blurs": (2.0, 5.0), "pixelations": (16, 8),
               "reid_faces": REID_QUICK, "classifier_epochs": 0.25},
@@ -148,26 +153,33 @@ TARGETS = {  # name: (figure at the default intensity, "at_most" or "at_least", 
     "epsilon_total": ("epsilon_total_at_target_delta", "at_most", 10.0),
     "quality": ("quality", "at_least", 0.5),
     "images_per_s": ("images_per_s", "at_least", 10.0),
+    "diversity_ratio": ("diversity_ratio_lowest", "at_least", 0.8),
 }
+DIVERSITY_AT = (DEFAULT_INTENSITY, 1.0)  # the diversity target holds at each of these intensities
+PUBLIC = "public-faces-64"  # the shipped public generator ours starts from
 TARGET_DELTA = 1e-6  # epsilon_total's target holds at δ ≤ this
 NEIGHBOURS, COPY_RATIO = 50, 1 / 3  # memorisation: Carlini et al. 2023's relative distance and its threshold
-# The public autoencoder learns from optimizer steps, not from large batches: on 484 public faces over 40 epochs,
-# batches of 8 (lr 1e-3) reconstructed unseen faces at MSE 0.031, batches of 64 (lr 2e-3) at 0.043, in the same time.
-PUBLIC_BATCH = 8
 WORKERS = 2  # processes for the classifiers and dlib (single-threaded): one per core
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="short training, fewer points (17 min on 2 cores; the full run 2 h)")
+                        help="short DP training, fewer points, no previous generator (about 10 min on 2 cores; "
+                             "the full run about 2 h)")
     parser.add_argument("--data", type=Path, help="a folder with images/ and labels.csv (default: the face sample)")
-    parser.add_argument("--public", type=Path, help="a folder of public faces, same layout (default: the last "
-                                                    f"{PUBLIC_FACES} faces of --data, kept out of the tenant's)")
+    parser.add_argument("--public", type=Path, help="public faces for the previous generator's pretraining, same "
+                                                    "layout (default: the faces of --data the shipped public "
+                                                    f"generator saw, else its last {PUBLIC_FACES})")
+    parser.add_argument("--without-previous", action="store_true",
+                        help="leave the previous (pixel) generator out of a full run too (it takes about 80 of the "
+                             "full run's minutes; issue 17's figures for it are in docs/benchmarks.md)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     began = time.perf_counter()
     plan = SETTINGS["quick" if args.quick else "full"]
+    if args.without_previous:
+        plan = plan | {"previous": False}
     recipe = recipes.NONPRIVATE.scaled(plan["classifier_epochs"])
     torch.manual_seed(args.seed)
     stages: dict[str, float] = {}
@@ -176,7 +188,9 @@ def main() -> int:
         folder, what = default_data(args.data, scratch)
         header = (folder / "labels.csv").read_text().split("\n", 1)[0].split(",")
         kept = "race" if "race" in header else "skin_tone"
-        tenant_folder, public_folder, public_what = partition(folder, args.public, scratch)
+        shipped = public_generator.read_card(PUBLIC)
+        tenant_folder, public_folder, public_what = partition(folder, args.public, scratch,
+                                                              public_generator.public_faces(PUBLIC))
         public_header = (public_folder / "labels.csv").read_text().split("\n", 1)[0].split(",")
         public_attributes = ["gender"] + ([kept] if kept in public_header else [])
         names = {sanitize_key(line.split(",", 1)[0]): line.split(",", 1)[0]
@@ -190,10 +204,12 @@ def main() -> int:
             coordinator = open_channel(t["coordinator"], key)
             uploads = DatasetsClient(coordinator)
             uploads.upload(tenant_folder, "faces", progress=False, drop_invalid=True)
-            uploads.upload(public_folder, "public", progress=False, drop_invalid=True)
+            if plan["previous"]:
+                uploads.upload(public_folder, "public", progress=False, drop_invalid=True)
             store = S3ObjectStore(env["UMBRA_S3_ENDPOINT"], env["UMBRA_S3_ACCESS_KEY"], env["UMBRA_S3_SECRET_KEY"])
             reader = DatasetReader(store, bucket, "faces", 1)
-            public_train = sum(1 for s in DatasetReader(store, bucket, "public", 1).samples() if s.split == "train")
+            public_train = sum(1 for s in DatasetReader(store, bucket, "public", 1).samples()
+                               if s.split == "train") if plan["previous"] else 0
             channel = open_channel(t["anonymizer"], env["UMBRA_SERVICE_TOKEN"], tenant=tenant)
             stub, operations = anonymizer_service_pb2_grpc.AnonymizerServiceStub(channel), OperationsClient(channel)
             stages["setup"] = time.perf_counter() - began
@@ -201,7 +217,8 @@ def main() -> int:
             trained = train_generators(stub, operations, plan, public_attributes, kept, args.seed, stages)
             registry = ModelRegistry(store)
             gen, net = load_generator(registry, bucket, "faces-gen", trained["ours"])
-            pixel_gen, pixel_net = load_generator(registry, bucket, "faces-pixel", trained["previous"])
+            pixel_gen, pixel_net = (load_generator(registry, bucket, "faces-pixel", trained["previous"])
+                                    if plan["previous"] else (None, None))
 
             # The default intensity through the service, end to end.
             service_began = time.perf_counter()
@@ -220,7 +237,7 @@ def main() -> int:
 
     # In-process from here: the curves, re-identification and memorisation.
     measure_began = time.perf_counter()
-    trained_splits = {"train", plan["pixel_split"]}
+    trained_splits = {"train"} | ({plan["pixel_split"]} if plan["previous"] else set())
     held_out = [s.key for s in sorted(samples, key=lambda s: (s.split, s.key)) if s.split not in trained_splits]
     reid_keys = held_out[:plan["reid_faces"] or len(held_out)]
     train_keys, test_keys = gender["train"].keys, gender["test"].keys
@@ -274,7 +291,7 @@ def main() -> int:
                 grid_rows[f"ours, intensity {intensity:g}"] = stack(released, test_keys[:8])
             measure("curve", released, train_keys, {"intensity": intensity} | epsilons(check(gen, kept, intensity,
                                                                                             args.seed)))
-        for intensity in plan["pixel_curve"]:
+        for intensity in plan["pixel_curve"] if plan["previous"] else ():
             keys = sorted(set(pixel_train_keys) | set(test_keys) | set(reid_keys))
             released = anonymize_keys(pixel_gen, pixel_net, intensity, keys, plan["pixel_steps"])
             if intensity == DEFAULT_INTENSITY:
@@ -298,11 +315,13 @@ def main() -> int:
         stages["waiting_for_workers"] = time.perf_counter() - t0
     for (curve, i), figures in ((k, v) for k, v in reid_results.items() if isinstance(k, tuple)):
         curves[curve][i] |= figures
+    diversity = {p["intensity"]: p["diversity_ratio"] for p in curves["curve"] if p["intensity"] in DIVERSITY_AT}
     stages["measure"] = time.perf_counter() - measure_began
 
     default = next(p for p in curves["curve"] if p["intensity"] == DEFAULT_INTENSITY)
     service_rate = service_images / service_seconds
     default["images_per_s"] = round(service_rate, 3)
+    default["diversity_ratio_lowest"] = min(diversity.values())  # the target: at each of DIVERSITY_AT
     blur = {p["sigma"]: p for p in curves["blur_curve"]}
     out = {
         "benchmark": "anonymizer", "quick": args.quick, "data": what, "public": public_what, "protected": "gender",
@@ -318,6 +337,9 @@ def main() -> int:
                                "held-out faces were not in any generator's training set, so ε_g does not "
                                "apply to them (epsilon_total_held_out)"},
         "generators": generator_summaries(trained, gen, pixel_gen, plan, public_attributes, kept),
+        "public_generator": {"name": shipped.name, "sha256": shipped.sha256, "data": shipped.data,
+                             "training": shipped.training, "autoencoder_alone": shipped.autoencoder_alone},
+        "diversity_at": diversity,
         "recipe": {"architecture": recipe.architecture, "width": recipe.width, "epochs": recipe.hyper.epochs},
         "classifiers_on_originals": reference.on_originals,
         **curves,
@@ -329,7 +351,8 @@ def main() -> int:
                              "expected_rank1": {"mirrored": 1.0, "blur_2": 0.75, "blur_5": 0.0}},
         "memorisation": memorisation(originals, served, train_keys, held_out),
         "better_than_baselines": {name: better_at_every_utility(curves["curve"], curves[name])
-                                  for name in ("previous_generator_curve", "blur_curve", "pixelate_curve")},
+                                  for name in ("previous_generator_curve", "blur_curve", "pixelate_curve")
+                                  if curves[name]},
         "images_per_s": round(service_rate, 3), "inprocess_images_per_s": round(inprocess_rate, 3),
         "service_vs_inprocess_ratio": round(service_rate / inprocess_rate, 3),
         "settings": plan, "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
@@ -345,14 +368,27 @@ def main() -> int:
     return 0
 
 
-def partition(folder: Path, public: Path | None, scratch: Path) -> tuple[Path, Path, str]:
-    """(the tenant's folder, the public folder, what the public faces are): --public as given with --data whole,
-    else the last PUBLIC_FACES faces of --data copied out as the public ones and the rest as the tenant's."""
+def partition(folder: Path, public: Path | None, scratch: Path, seen: set[str]) -> tuple[Path, Path, str]:
+    """(the tenant's folder, the public folder for the previous generator, what the public faces are). The
+    tenant's faces are never ones the shipped public generator saw (`seen`: their SHA-256). The public faces:
+    --public as given; else the faces of --data that the shipped generator saw, when there are PUBLIC_FACES of
+    them; else the last PUBLIC_FACES faces of --data."""
+    header, *rows = (folder / "labels.csv").read_text().splitlines()
+    was_seen = [hashlib.sha256((folder / "images" / r.split(",", 1)[0]).read_bytes()).hexdigest() in seen
+                for r in rows]
+    unseen = [r for r, s in zip(rows, was_seen, strict=True) if not s]
     if public is not None:
         if not (public / "images").is_dir() or not (public / "labels.csv").is_file():
             raise SystemExit(f"--public {public}: expected images/ and labels.csv inside")
-        return folder, public, str(public)
-    header, *rows = (folder / "labels.csv").read_text().splitlines()
+        copy_rows(folder, header, unseen, scratch / "tenant")
+        return scratch / "tenant", public, str(public)
+    if sum(was_seen) >= PUBLIC_FACES:
+        copy_rows(folder, header, unseen, scratch / "tenant")
+        copy_rows(folder, header, [r for r, s in zip(rows, was_seen, strict=True) if s], scratch / "public")
+        return (scratch / "tenant", scratch / "public",
+                f"the {sum(was_seen)} faces of the data that the shipped public generator was pretrained or "
+                f"evaluated on (not the tenant's)")
+    rows = unseen
     if len(rows) < 3 * PUBLIC_FACES:
         raise SystemExit(f"{folder} has {len(rows)} faces: {PUBLIC_FACES} public ones would leave too few; give "
                          f"--public")
@@ -372,7 +408,8 @@ def copy_rows(folder: Path, header: str, rows: list[str], out: Path) -> None:
 
 def train_generators(stub, operations, plan: dict, public_attributes: list[str], kept: str, seed: int,
                      stages: dict[str, float]) -> dict[str, an.GeneratorResult]:
-    """The four generators, trained through the service: public then DP, latent (ours) then pixel (previous)."""
+    """The generators, trained through the service: ours (DP, from the shipped public generator), then, unless
+    --quick, the previous one (pixel): public pretraining, then DP."""
     def dataset(name: str, split: str = "train") -> refs_pb2.DatasetRef:
         return refs_pb2.DatasetRef(dataset=f"datasets/{name}", version=1, split=split)
 
@@ -382,14 +419,10 @@ def train_generators(stub, operations, plan: dict, public_attributes: list[str],
 
     out = {}
     requests = {
-        "public": an.TrainGeneratorRequest(
-            dataset=dataset("public"), condition_attributes=public_attributes, model="models/public-gen",
-            design="latent", image_size=SIZE, epochs=plan["public_epochs"], batch_size=PUBLIC_BATCH,
-            learning_rate=1e-3, seed=seed),
         "ours": an.TrainGeneratorRequest(
             dataset=dataset("faces"), condition_attributes=["gender", kept], model="models/faces-gen",
             design="latent", image_size=SIZE, epochs=plan["dp_epochs"], batch_size=plan["batch"],
-            learning_rate=2e-3, seed=seed, privacy=private(plan["multiplicity"])),
+            learning_rate=2e-3, seed=seed, privacy=private(plan["multiplicity"]), initialize_from_public=PUBLIC),
         "public_previous": an.TrainGeneratorRequest(
             dataset=dataset("public"), condition_attributes=public_attributes, model="models/public-pixel",
             design="pixel", image_size=PIXEL_SIZE, epochs=plan["pixel_public_epochs"], batch_size=64,
@@ -399,7 +432,9 @@ def train_generators(stub, operations, plan: dict, public_attributes: list[str],
             model="models/faces-pixel", design="pixel", image_size=PIXEL_SIZE, epochs=plan["pixel_dp_epochs"],
             batch_size=plan["pixel_batch"], learning_rate=2e-3, seed=seed, privacy=private(plan["multiplicity"])),
     }
-    starts = {"ours": "public", "previous": "public_previous"}
+    if not plan["previous"]:
+        del requests["public_previous"], requests["previous"]
+    starts = {"previous": "public_previous"}
     for name, request in requests.items():
         if name in starts:
             request.initialize_from.CopyFrom(out[starts[name]].generator)
@@ -434,13 +469,13 @@ def generator_summaries(trained: dict, gen: anon.Generator, pixel_gen: anon.Gene
                 "initialized_from": generator.record.get("initialized_from"),
                 "config": json.loads(generator.config.to_json())}
 
-    return {"ours": summary(gen, trained["ours"]) | {"public_epochs": plan["public_epochs"],
-                                                     "public_condition_attributes": public_attributes},
-            "previous": summary(pixel_gen, trained["previous"]) | {
-                "public_epochs": plan["pixel_public_epochs"], "public_condition_attributes": public_attributes,
-                "evaluated_on_train_faces": plan["pixel_train_faces"] or "all",
-                "denoising_steps": plan["pixel_steps"] or "the intensity table's"},
-            "condition_attributes": ["gender", kept]}
+    out = {"ours": summary(gen, trained["ours"]) | {"public": PUBLIC}, "condition_attributes": ["gender", kept]}
+    if pixel_gen is not None:
+        out["previous"] = summary(pixel_gen, trained["previous"]) | {
+            "public_epochs": plan["pixel_public_epochs"], "public_condition_attributes": public_attributes,
+            "evaluated_on_train_faces": plan["pixel_train_faces"] or "all",
+            "denoising_steps": plan["pixel_steps"] or "the intensity table's"}
+    return out
 
 
 def check(gen: anon.Generator, kept: str, intensity: float, seed: int, steps: int = 0) -> anon.Request:
@@ -488,13 +523,6 @@ def anonymize_through_service(coordinator, stub, operations, generator: refs_pb2
     print(f"service: {result.image_count} images anonymized at {DEFAULT_INTENSITY}, ε per image "
           f"{result.privacy_cost.epsilon:.4g}", flush=True)
     return number
-
-
-def at(images: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 images at `size` px (area averaging when reduced)."""
-    if images.shape[-1] == size:
-        return images
-    return F.interpolate(images.float(), size=(size, size), mode="area").round().clamp(0, 255).to(torch.uint8)
 
 
 def stack(images: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:
@@ -601,8 +629,10 @@ class Reidentification:
         gallery = np.concatenate([f.result() for f in self.gallery])
         out = {}
         for name, futures in self.pending.items():
-            result = reidentification.reidentify(np.concatenate([f.result() for f in futures]), gallery)
-            out[name] = {"reid_rank1": round(result.rank1, 4), "reid_verify_rate": round(result.verify_rate, 4),
+            released = np.concatenate([f.result() for f in futures])
+            result = reidentification.reidentify(released, gallery)
+            out[name] = {"diversity_ratio": round(reidentification.diversity(released, gallery), 4),
+                         "reid_rank1": round(result.rank1, 4), "reid_verify_rate": round(result.verify_rate, 4),
                          "reid_median_distance": round(float(np.median(result.distances)), 4),
                          "reid_faces": len(result.distances), "reid_gallery": result.gallery}
         return out
@@ -708,34 +738,6 @@ def write_released(released: dict[str, torch.Tensor], keys: list[str], names: di
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
     return path
-
-
-_SCATTERING = None
-
-
-def scattering_features(images: torch.Tensor) -> np.ndarray:
-    """(N, 243): each colour channel's 81 scattering coefficients (J=2, L=8) at EVAL_SIZE, averaged over space."""
-    global _SCATTERING
-    from kymatio.torch import Scattering2D
-
-    if _SCATTERING is None:
-        _SCATTERING = Scattering2D(J=2, shape=(EVAL_SIZE, EVAL_SIZE), L=8)
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(images), 256):
-            x = at(images[start:start + 256], EVAL_SIZE).float().div(255.0).contiguous()
-            out.append(_SCATTERING(x).mean(dim=(-1, -2)).flatten(1).numpy())
-    return np.concatenate(out).astype(np.float64)
-
-
-def frechet(a: np.ndarray, b: np.ndarray) -> float:
-    """The Fréchet distance between Gaussians fitted to two feature sets (as FID computes it)."""
-    from scipy import linalg
-
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root = linalg.sqrtm(cov_a @ cov_b)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * np.real(root)))
 
 
 def better_at_every_utility(ours: list[dict], baseline: list[dict]) -> dict:

@@ -8,12 +8,11 @@ training service, twice: with the best non-private recipe (umbra.classifiers.rec
 scattering stem is computed once per image, then a small CNN) and with a GroupNorm CNN trained end to end (30
 epochs), where retraining costs more. Then, for each, for fractions 0.1 and 0.5 of the training images:
 
-- **Revision.** A proxy, stated: the chosen images are blurred (Gaussian, σ = 3 px at 64 px, 1.5 px at the
-  model's 32 px) and uploaded as a new dataset whose samples keep their keys and labels. The anonymizer is the
-  real revision (the demo and the protection job use it), but its latent generator's public autoencoder wants
-  tens of epochs (about 4 minutes for 600 faces on 2 free cores, benchmarks.anonymizer), more than `--quick`
-  leaves after this benchmark's eight model trainings. Blur
-  removes fine cues of the protected attribute (gender) and keeps colour (race); it does not remove them all.
+- **Revision.** The chosen images are anonymized (gender protected, the task's attribute kept, the default
+  intensity) by the public generator Umbra ships (umbra.anonymization.public_generator: pretrained once on
+  public faces, so nothing trains here; in-process, with the anonymizer's own umbra.anonymization.anonymize) and
+  uploaded as a new dataset whose samples keep their keys and labels. The protection job's revision is the same
+  code with a generator fine-tuned on the tenant's faces with DP-SGD.
 - **Unlearning** through the service, first and second order with the automatic τ and LiSSA scale;
   `unlearn_seconds` is the service's own time for the update (model and images loaded from S3, the update,
   the checks).
@@ -43,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from benchmarks.common import (create_tenant, default_data, running_services, s3_server, service_env, subset_folder,
                                write_result)
@@ -67,24 +66,57 @@ from umbra.unlearning.v1 import unlearning_service_pb2_grpc
 SERVICES = ["coordinator", "training", "unlearning"]
 FRACTIONS = (0.1, 0.5)
 METHODS = {"first_order": us.METHOD_FIRST_ORDER, "second_order": us.METHOD_SECOND_ORDER}
-BLUR_SIGMA = 3.0  # px at 64 px
+PUBLIC = "public-faces-64"  # the shipped public generator that revises the chosen images
 POISONED = 0.2
 # The best recipe (a ScatterNet: a fixed scattering stem, computed once per image, and a small trained CNN), and a
 # network trained end to end (the distortion benchmark's independent classifier), where retraining costs more.
 ARCHITECTURES = {"scatternet_cnn": recipes.NONPRIVATE, "groupnorm_cnn": OTHER_FAMILY}
 
 
-def revised_folder(folder: Path, files: list[str], out: Path, *, rows: dict[str, str] | None = None) -> Path:
-    """A folder with `files` of `folder` and their labels.csv rows: the images blurred, or, with `rows` (file ->
-    labels.csv row), linked as they are and labelled by those rows."""
+def anonymized(folder: Path, files: list[str], task: str, seed: int) -> dict[str, np.ndarray]:
+    """The images `files` of `folder` anonymized by the shipped public generator: gender protected, `task` kept,
+    at the default intensity (HWC uint8 at the generator's 64 px)."""
+    from umbra.anonymization import anonymize as anon
+    from umbra.anonymization import public_generator
+    from umbra.anonymization.dataset import sample_rng
+    from umbra.anonymization.intensity import DEFAULT_INTENSITY
+    from umbra.classifiers.data import decode
+    from umbra.diffusion.generator import build
+
+    shipped = public_generator.load(PUBLIC)
+    net = build(shipped.config)
+    net.load_state_dict(shipped.weights)
+    net.eval()
+    header, *lines = (folder / "labels.csv").read_text().splitlines()
+    columns = header.split(",")
+    labels = {line.split(",", 1)[0]: dict(zip(columns, line.split(","), strict=True)) for line in lines}
+    request = anon.check(anon.Generator(PUBLIC, 0, shipped.config, shipped.record), dataset_id="revision",
+                         label_columns=columns[1:], image_size=shipped.config.image_size, protected=["gender"],
+                         kept=[task], intensity=DEFAULT_INTENSITY, steps=0, seed=seed)
+    out = {}
+    for start in range(0, len(files), 64):
+        batch = files[start:start + 64]
+        images = torch.from_numpy(np.stack([decode((folder / "images" / f).read_bytes(), shipped.config.image_size)
+                                            for f in batch]))
+        released, _ = anon.anonymize(net, request, images, [labels[f] for f in batch],
+                                     [sample_rng(seed, f) for f in batch],
+                                     torch.Generator().manual_seed(seed * 1_000_003 + start))
+        out |= {f: image.permute(1, 2, 0).numpy() for f, image in zip(batch, released, strict=True)}
+    return out
+
+
+def revised_folder(folder: Path, files: list[str], out: Path, *, rows: dict[str, str] | None = None,
+                   task: str = "race", seed: int = 0) -> Path:
+    """A folder with `files` of `folder` and their labels.csv rows: the images anonymized (`anonymized`), or,
+    with `rows` (file -> labels.csv row), linked as they are and labelled by those rows."""
     lines = (folder / "labels.csv").read_text().splitlines()
     original = {line.split(",", 1)[0]: line for line in lines[1:]}
     (out / "images").mkdir(parents=True)
     kept = []
+    released = anonymized(folder, files, task, seed) if rows is None else {}
     for name in files:
         if rows is None:
-            with Image.open(folder / "images" / name) as image:
-                image.convert("RGB").filter(ImageFilter.GaussianBlur(BLUR_SIGMA)).save(out / "images" / name)
+            Image.fromarray(released[name]).save(out / "images" / name)
             kept.append(original[name])
         else:
             (out / "images" / name).symlink_to((folder / "images" / name).resolve())
@@ -161,8 +193,8 @@ def main() -> int:
             for fraction in FRACTIONS:
                 chosen = sorted(random.Random(args.seed).sample(train_keys, round(fraction * len(train_keys))))
                 revisions[fraction] = name = f"revised-{round(fraction * 100)}"
-                datasets.upload(revised_folder(folder, [file_of[k] for k in chosen], scratch / name), name,
-                                progress=False, drop_invalid=True)
+                datasets.upload(revised_folder(folder, [file_of[k] for k in chosen], scratch / name, task=task,
+                                               seed=args.seed), name, progress=False, drop_invalid=True)
             rng = random.Random(args.seed + 1)
             classes = sorted({s.labels[task] for s in samples if task in s.labels})
             column = header.index(task)
@@ -253,7 +285,8 @@ def main() -> int:
         main_arch = next(iter(ARCHITECTURES))
         result = {
             "benchmark": "unlearning", "quick": args.quick, "data": what, "task": task, "protected": protected,
-            "revision": f"proxy: Gaussian blur, sigma {BLUR_SIGMA} px at 64 px, of the chosen training images",
+            "revision": f"the chosen training images anonymized by the shipped {PUBLIC} generator (gender protected, "
+                        f"{task} kept, the default intensity)",
             "train_images": len(train_keys), "test_images": len(test),
             "recipes": {arch: {"architecture": r.architecture, "width": r.width, "epochs": r.hyper.epochs,
                                "train_seconds": round(train_seconds[arch], 1)} for arch, r in ARCHITECTURES.items()},

@@ -13,10 +13,10 @@
 5. release an AugMDP version (two copies) of the training split through the distortion service, with the
    classifier of step 4 as the feature extractor: the coordinator reserves the version, the distortion service
    writes it, the coordinator commits it; export it and draw original / start image / released image;
-6. train a DP diffusion generator through the anonymizer (public pretraining on the synthetic faces of step 4,
-   then DP-SGD on the tenant's training split), preview eight test faces at three intensities with the ε of
-   each mechanism, and anonymize the whole dataset (gender protected, skin tone kept) into a version the
-   coordinator reserves and commits; draw originals beside the previews;
+6. train a DP diffusion generator through the anonymizer (DP-SGD on the tenant's training split, starting from
+   the public generator Umbra ships, pretrained once on public faces), preview eight test faces at three
+   intensities with the ε of each mechanism, and anonymize the whole dataset (gender protected, skin tone kept)
+   into a version the coordinator reserves and commits; draw originals beside the previews;
 7. the main job through the coordinator's public API: a protection job of the dataset and the gender
    classifier of step 4 reuses the generator of step 6 (trained on this dataset), shows previews of eight test
    faces, and a scripted reviewer prints what it sees and answers more or less privacy until the intensity
@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -90,8 +91,7 @@ REVIEW_PORT = 8090  # the coordinator's review page (--review-port)
 POLICY = ROOT / "docs" / "examples" / "policy.yaml"  # the main job's release policy
 PUBLIC_FACES = 1500  # public synthetic faces for pretraining
 DEMO_EPOCHS = 8
-GENERATOR_PRETRAIN_EPOCHS = 10  # the latent generator's public pretraining (no DP) on the same public faces, 64 px,
-# in batches of 8: without DP, an autoencoder learns from its steps (docs/benchmarks.md, anonymizer)
+PUBLIC_GENERATOR = "public-faces-64"  # the public generator Umbra ships (docs/pretraining.md): no run trains it
 GENERATOR_DP_EPOCHS = 30  # DP-SGD of its denoiser on the tenant's faces (the public autoencoder is kept)
 # The demo tenant's privacy budget (set at CreateTenant), also given as the budget of each anonymizer request.
 # Large, because a preview at a low intensity releases a barely noised image: its image ε is in the thousands
@@ -414,8 +414,8 @@ def release_augmdp(home: Path, tenant: str, dataset_version: str, extractor: str
 
 
 def anonymize_faces(home: Path, tenant: str, dataset_version: str) -> dict:
-    """Step 6: a DP generator (public pretraining on the synthetic faces of step 4, then DP-SGD on the tenant's
-    training split), previews of eight test faces at three intensities, and the whole dataset anonymized at
+    """Step 6: a DP generator (DP-SGD on the tenant's training split, from the shipped public generator),
+    previews of eight test faces at three intensities, and the whole dataset anonymized at
     the default intensity into a version the coordinator reserves and commits."""
     from umbra.anonymization.intensity import DEFAULT_INTENSITY
     from umbra.anonymizer.v1 import anonymizer_service_pb2 as an
@@ -432,18 +432,15 @@ def anonymize_faces(home: Path, tenant: str, dataset_version: str) -> dict:
         print(f"   {name}: training {request.model} on {request.dataset.dataset}", flush=True)
         return operations.result(name, an.GeneratorResult, progress=True, poll_seconds=1)
 
-    public = train(an.TrainGeneratorRequest(
-        dataset=refs_pb2.DatasetRef(dataset="datasets/public-faces", version=1), condition_attributes=["gender"],
-        model="models/public-generator", epochs=GENERATOR_PRETRAIN_EPOCHS, batch_size=8, seed=0))
     generator = train(an.TrainGeneratorRequest(
         dataset=refs_pb2.DatasetRef(dataset=source.dataset, version=source.version, split="train"),
         condition_attributes=["gender", "skin_tone"], model="models/generator", epochs=GENERATOR_DP_EPOCHS,
-        batch_size=64, learning_rate=2e-3, seed=0, initialize_from=public.generator,
+        batch_size=64, learning_rate=2e-3, seed=0, initialize_from_public=PUBLIC_GENERATOR,
         privacy=an.GeneratorPrivacy(target_epsilon=10.0, target_delta=1e-4, max_grad_norm=1.0, noise_multiplicity=2),
         budget=privacy_pb2.PrivacyBudget(epsilon=DEMO_BUDGET, delta=DEMO_DELTA)))
     cost = generator.privacy_cost
     print(f"   generator {generator.generator.model} v{generator.generator.version}: epsilon_g {cost.epsilon:.3f} at "
-          f"delta {cost.delta:g}, pretrained on public synthetic faces")
+          f"delta {cost.delta:g}, from the shipped {PUBLIC_GENERATOR}")
 
     def settings(intensity: float) -> an.AnonymizationSettings:
         return an.AnonymizationSettings(generator=generator.generator, protected_attributes=["gender"],
@@ -487,6 +484,10 @@ def anonymize_faces(home: Path, tenant: str, dataset_version: str) -> dict:
           f"person {result.privacy_cost.epsilon:.4g}; released gender differs from the original for {changed} of "
           f"{len(after)}")
     print(f"   originals and three intensities: {grid}; the anonymized dataset: {anonymized}")
+    skin = skin_check(exported, anonymized)
+    print(f"   skin tone kept: {skin['dark_released_light']} of {skin['dark_originals']} dark originals (tone 4-5) "
+          f"released light; lightness original -> released by tone: " + ", ".join(
+              f"{t}: {v['original']:.0f} -> {v['released']:.0f}" for t, v in skin["lightness_by_tone"].items()))
     balance = ledger_service_pb2_grpc.LedgerServiceStub(coordinator).GetPrivacyBalance(
         ledger_service_pb2.GetPrivacyBalanceRequest(), timeout=60)
     print(f"   the tenant's privacy ledger (coordinator): {balance.committed_entries} charges spent epsilon "
@@ -499,7 +500,7 @@ def anonymize_faces(home: Path, tenant: str, dataset_version: str) -> dict:
             "generator_epsilon": cost.epsilon, "preview_epsilon": {str(k): v for k, v in costs.items()},
             "version": committed.name, "images": committed.sample_count, "seconds": round(seconds, 1),
             "epsilon_per_person": result.privacy_cost.epsilon, "released_gender_changed": changed,
-            "grid": str(grid), "export_folder": str(anonymized)}
+            "grid": str(grid), "export_folder": str(anonymized), "skin_tone": skin}
 
 
 def _test_keys(tenant: str, dataset: str, version: int) -> list[str]:
@@ -536,6 +537,36 @@ def _private_record(ref) -> dict:
     store = S3ObjectStore(os.environ["UMBRA_S3_ENDPOINT"], os.environ["UMBRA_S3_ACCESS_KEY"],
                           os.environ["UMBRA_S3_SECRET_KEY"])
     return json.loads(store.get(ref.bucket, ref.key))
+
+
+def skin_check(originals: Path, released: Path) -> dict:
+    """Whether the kept skin tone survived: each face's skin lightness (the median luminance of the box across
+    its cheeks and nose, where the synthetic faces' skin is), original and released, by the original's tone
+    ("1" lightest .. "5" darkest). A dark original (tone 4 or 5) is "released light" when its released face is
+    at least as light as the originals of tone 2 are on average."""
+    import numpy as np
+    from PIL import Image
+
+    def lightness(path: Path) -> float:
+        with Image.open(path) as image:
+            grey = np.asarray(image.convert("L"), dtype=np.float64)
+        side = grey.shape[0]
+        return float(np.median(grey[int(0.5 * side):int(0.7 * side), int(0.3 * side):int(0.7 * side)]))
+
+    lines = (originals / "labels.csv").read_text().splitlines()
+    column = lines[0].split(",").index("skin_tone")
+    tone = {row[0]: row[column] for row in (line.split(",") for line in lines[1:])}
+    pairs = {name: (lightness(originals / "images" / name), lightness(released / "images" / name))
+             for name in tone if (released / "images" / name).is_file()}
+    by_tone = {t: [pairs[n] for n in pairs if tone[n] == t] for t in sorted(set(tone.values()))}
+    light = float(np.mean([o for o, _ in by_tone.get("2", [])])) if by_tone.get("2") else math.inf
+    dark = [n for n in pairs if tone[n] in ("4", "5")]
+    released_light = sorted(n for n in dark if pairs[n][1] >= light)
+    return {"lightness_by_tone": {t: {"original": round(float(np.mean([o for o, _ in v])), 1),
+                                      "released": round(float(np.mean([r for _, r in v])), 1), "faces": len(v)}
+                                  for t, v in by_tone.items() if v},
+            "tone_2_original_lightness": round(light, 1), "dark_originals": len(dark),
+            "dark_released_light": len(released_light), "dark_released_light_files": released_light[:20]}
 
 
 def _labels(folder: Path) -> dict[str, str]:
@@ -652,7 +683,7 @@ def main() -> int:
         steps.run("anonymized", "6. faces anonymized by the DP latent generator (anonymizer service), committed by "
                                 "the coordinator", lambda: anonymize_faces(
                                     home, report["dataset"]["tenant"], report["dataset"]["version"]),
-                  needs=("dataset", "classifier"))  # the generator pretrains on step 4's public faces
+                  needs=("dataset", "classifier"))
         steps.run("protection_job", "7. the main job through the coordinator: previews, a scripted reviewer's "
                                     "answers, the dataset anonymized at the accepted intensity, the classifier "
                                     "updated by unlearning, the report; the updated classifier published and queried",

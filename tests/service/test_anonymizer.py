@@ -251,7 +251,14 @@ def test_design_latent_size_and_public_starting_points_are_refused(services, gen
             ({"design": "vae"}, "design", "must be one of latent, pixel"),
             ({"latent_dim": 4}, "latent_dim", "must be 8 to 512"),
             ({"latent_dim": 4096}, "latent_dim", "must be 8 to 512"),
-            ({"initialize_from": GENERATOR}, "initialize_from", "trained on datasets/faces itself")):
+            ({"initialize_from": GENERATOR}, "initialize_from", "trained on datasets/faces itself"),
+            # the shipped public generator: its card is for 64 px faces (this dataset's are 32 px); an unknown
+            # name; and two starting points at once
+            ({"initialize_from_public": "public-faces-64"}, "initialize_from_public",
+             "public-faces-64 is for 64 px images, this run for 32 px"),
+            ({"initialize_from_public": "faces-by-someone"}, "initialize_from_public", "Umbra ships public-faces-64"),
+            ({"initialize_from_public": "public-faces-64", "initialize_from": GENERATOR}, "initialize_from_public",
+             "not both")):
         with pytest.raises(grpc.RpcError) as error:
             stub.TrainGenerator(train_request(**overrides), timeout=30)
         assert status_details(error.value)["fields"] == [field] and reason in error.value.details()

@@ -22,6 +22,8 @@ from importlib.metadata import version as package_version
 import numpy as np
 import torch
 
+from umbra.anonymization import public_generator
+from umbra.anonymization.public_generator import PublicGenerator
 from umbra.classifiers.catalog import StoredModel
 from umbra.classifiers.data import decode
 from umbra.classifiers.registry import ModelRegistry
@@ -60,6 +62,7 @@ class Job:
     seed: int
     design: str = "latent"
     latent_dim: int = 64
+    public: PublicGenerator | None = None  # or the public generator Umbra ships
 
     @property
     def config(self) -> GeneratorConfig:
@@ -70,7 +73,8 @@ class Job:
     def frozen(self) -> list[str]:
         """The parts not trained in this run: a latent generator started from a public one keeps its public
         autoencoder and trains its denoiser and attribute embeddings on the tenant's faces (as DP-LDM does)."""
-        return ["encoder", "decoder"] if self.start is not None and self.design == "latent" else []
+        started = self.start is not None or self.public is not None
+        return ["encoder", "decoder"] if started and self.design == "latent" else []
 
     def privacy(self, epsilon: float, accountant: str, noise_multiplier: float, steps: int) -> dict:
         """What the run spent, with what re-derives it (the record's "privacy")."""
@@ -97,7 +101,8 @@ class Job:
             "train_loss": result.final_loss, "train_seconds": seconds, "images": images,
             "hyperparameters": dataclasses.asdict(self.hyper),
             "privacy": self.privacy(result.epsilon, result.accountant, result.noise_multiplier, result.steps),
-            "initialized_from": None if self.start is None else {
+            "initialized_from": self.public.record | {"fresh_attributes": fresh} if self.public is not None
+            else None if self.start is None else {
                 "model": f"models/{self.start.model}", "version": self.start.version,
                 "dataset": self.start.record.get("dataset"), "privacy": self.start.record.get("privacy"),
                 "fresh_attributes": fresh},
@@ -115,10 +120,16 @@ class Result:
 
 def plan(registry: ModelRegistry, bucket: str, *, model: str, reader: DatasetReader, split: str,
          attributes: list[str], image_size: int, hyper: GeneratorHyper, dp: DPSettings | None,
-         start: tuple[str, int] | None, seed: int, design: str = "latent", latent_dim: int = 64) -> Job:
+         start: tuple[str, int] | None, seed: int, design: str = "latent", latent_dim: int = 64,
+         public: str = "") -> Job:
     """Every check before any compute; InvalidInput names the request field. `image_size` 0 is the dataset's,
-    at most 64 (latent) or 32 (pixel)."""
+    at most 64 (latent) or 32 (pixel). `public` names a shipped public generator to start from
+    (umbra.anonymization.public_generator), instead of a stored version `start`."""
     bounds.seed(seed)
+    if public and start is not None:
+        raise InvalidInput("initialize_from_public", "give initialize_from or initialize_from_public, not both")
+    if public and public not in public_generator.NAMES:
+        raise InvalidInput("initialize_from_public", f"is {public!r}: Umbra ships {', '.join(public_generator.NAMES)}")
     if design not in DESIGNS:
         raise InvalidInput("design", f"is {design!r}: must be one of {', '.join(DESIGNS)}")
     if not LATENT_DIMS[0] <= latent_dim <= LATENT_DIMS[1]:
@@ -146,8 +157,21 @@ def plan(registry: ModelRegistry, bucket: str, *, model: str, reader: DatasetRea
     fresh = GeneratorConfig(image_size=size, attributes=schema, design=design, latent_dim=latent_dim,
                             latent_clip=latent_clip_for(latent_dim))
     stored = None if start is None else _starting_point(registry, bucket, start, reader, fresh)
+    shipped = _public_start(public, fresh) if public else None
     return Job(registry, bucket, model, reader, split, schema, size, hyper, dp, stored, samples, seed, design,
-               latent_dim)
+               latent_dim, shipped)
+
+
+def _public_start(name: str, fresh: GeneratorConfig) -> PublicGenerator:
+    """The shipped public generator, its card checked against this run before its weights are read (by field),
+    then its weights against its card (their SHA-256)."""
+    field = "initialize_from_public"
+    try:
+        config = public_generator.read_card(name).generator_config
+        _fits(config, fresh, name, field)
+        return public_generator.load(name)
+    except public_generator.PublicWeightsError as error:
+        raise InvalidInput(field, str(error)) from None
 
 
 def _starting_point(registry: ModelRegistry, bucket: str, start: tuple[str, int], reader: DatasetReader,
@@ -157,22 +181,23 @@ def _starting_point(registry: ModelRegistry, bucket: str, start: tuple[str, int]
     registry: naming one is NOT_FOUND."""
     name = f"models/{start[0]}/versions/{start[1]}"
     stored = registry.get(bucket, *start, kind="generator", field="initialize_from")
-    if stored.config.image_size != fresh.image_size:
-        raise InvalidInput("initialize_from", f"{name} is for {stored.config.image_size} px images, this run for "
-                                              f"{fresh.image_size} px")
-    if stored.config.design != fresh.design:
-        raise InvalidInput("initialize_from", f"{name} is a {stored.config.design} generator, this run trains a "
-                                              f"{fresh.design} one")
-    if fresh.design == "latent" and stored.config.latent_dim != fresh.latent_dim:
-        raise InvalidInput("initialize_from", f"{name} has a {stored.config.latent_dim}-number latent, this run "
-                                              f"{fresh.latent_dim}")
-    if any(getattr(stored.config, k) != getattr(fresh, k) for k in _SHAPE):
-        raise InvalidInput("initialize_from", f"{name} has another network or schedule than this version's "
-                                              f"generators")
+    _fits(stored.config, fresh, name, "initialize_from")
     if stored.record.get("dataset", {}).get("dataset") == f"datasets/{reader.dataset}":
         raise InvalidInput("initialize_from", f"{name} was trained on datasets/{reader.dataset} itself: start from a "
                                               f"generator trained on public data")
     return stored
+
+
+def _fits(start: GeneratorConfig, fresh: GeneratorConfig, name: str, field: str) -> None:
+    """A starting point must be the same design, network, latent and schedule at the same size."""
+    if start.image_size != fresh.image_size:
+        raise InvalidInput(field, f"{name} is for {start.image_size} px images, this run for {fresh.image_size} px")
+    if start.design != fresh.design:
+        raise InvalidInput(field, f"{name} is a {start.design} generator, this run trains a {fresh.design} one")
+    if fresh.design == "latent" and start.latent_dim != fresh.latent_dim:
+        raise InvalidInput(field, f"{name} has a {start.latent_dim}-number latent, this run {fresh.latent_dim}")
+    if any(getattr(start, k) != getattr(fresh, k) for k in _SHAPE):
+        raise InvalidInput(field, f"{name} has another network or schedule than this version's generators")
 
 
 def load_images(job: Job) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,7 +220,9 @@ def run(job: Job, *, run_id: str, progress: Callable[[EpochReport, Cost | None],
     torch.manual_seed(job.seed)
     net = build(job.config)
     fresh = None
-    if job.start is not None:
+    if job.public is not None:
+        fresh = load_matching(net, job.public.weights, job.public.config)
+    elif job.start is not None:
         fresh = load_matching(net, job.registry.weights(job.bucket, job.start.model, job.start.version),
                               job.start.config)
     for part in job.frozen:

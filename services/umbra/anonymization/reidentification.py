@@ -183,3 +183,17 @@ def reidentify(released_embeddings: np.ndarray, original_embeddings: np.ndarray,
         ranks[start:start + len(block)] = 1 + (d < own[:, None]).sum(axis=1)
     return ReidResult(rank1=float(np.mean(ranks == 1)), verify_rate=float(np.mean(distances < threshold)),
                       threshold=float(threshold), gallery=len(gallery), distances=distances, ranks=ranks)
+
+
+def diversity(released_embeddings: np.ndarray, original_embeddings: np.ndarray) -> float:
+    """How much released faces differ from one another, as real faces do: the mean pairwise distance of the
+    released faces' embeddings over that of their originals'. 1: as varied as the originals; near 0: one face
+    released many times (a generator that draws its average face)."""
+    def mean_pairwise(x: np.ndarray) -> float:
+        x = np.asarray(x, np.float64)
+        if x.ndim != 2 or len(x) < 2:
+            raise ValueError(f"expected N×D embeddings with N >= 2, got {x.shape}")
+        d = np.linalg.norm(x[:, None, :] - x[None, :, :], axis=2)
+        return float(d.sum() / (len(x) * (len(x) - 1)))
+
+    return mean_pairwise(released_embeddings) / mean_pairwise(original_embeddings)

@@ -24,7 +24,7 @@ class GeneratorPrivacy(_message.Message):
     def __init__(self, target_epsilon: _Optional[float] = ..., target_delta: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., noise_multiplicity: _Optional[int] = ...) -> None: ...
 
 class TrainGeneratorRequest(_message.Message):
-    __slots__ = ("dataset", "condition_attributes", "model", "privacy", "image_size", "epochs", "batch_size", "learning_rate", "initialize_from", "seed", "request_id", "budget", "design", "latent_dim")
+    __slots__ = ("dataset", "condition_attributes", "model", "privacy", "image_size", "epochs", "batch_size", "learning_rate", "initialize_from", "seed", "request_id", "budget", "design", "latent_dim", "initialize_from_public")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     CONDITION_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,7 @@ class TrainGeneratorRequest(_message.Message):
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     DESIGN_FIELD_NUMBER: _ClassVar[int]
     LATENT_DIM_FIELD_NUMBER: _ClassVar[int]
+    INITIALIZE_FROM_PUBLIC_FIELD_NUMBER: _ClassVar[int]
     dataset: _refs_pb2.DatasetRef
     condition_attributes: _containers.RepeatedScalarFieldContainer[str]
     model: str
@@ -53,7 +54,8 @@ class TrainGeneratorRequest(_message.Message):
     budget: _privacy_pb2.PrivacyBudget
     design: str
     latent_dim: int
-    def __init__(self, dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., condition_attributes: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., privacy: _Optional[_Union[GeneratorPrivacy, _Mapping]] = ..., image_size: _Optional[int] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., initialize_from: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., seed: _Optional[int] = ..., request_id: _Optional[str] = ..., budget: _Optional[_Union[_privacy_pb2.PrivacyBudget, _Mapping]] = ..., design: _Optional[str] = ..., latent_dim: _Optional[int] = ...) -> None: ...
+    initialize_from_public: str
+    def __init__(self, dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., condition_attributes: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., privacy: _Optional[_Union[GeneratorPrivacy, _Mapping]] = ..., image_size: _Optional[int] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., initialize_from: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., seed: _Optional[int] = ..., request_id: _Optional[str] = ..., budget: _Optional[_Union[_privacy_pb2.PrivacyBudget, _Mapping]] = ..., design: _Optional[str] = ..., latent_dim: _Optional[int] = ..., initialize_from_public: _Optional[str] = ...) -> None: ...
 
 class TrainGeneratorResponse(_message.Message):
     __slots__ = ("operation",)

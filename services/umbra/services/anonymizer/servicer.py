@@ -103,7 +103,7 @@ class AnonymizerServicer(anonymizer_service_pb2_grpc.AnonymizerServiceServicer):
                                  "train", attributes=list(request.condition_attributes), image_size=request.image_size,
                                  hyper=convert.hyper_from_proto(request), dp=convert.dp_from_proto(request.privacy),
                                  start=start, seed=request.seed, design=request.design or "latent",
-                                 latent_dim=request.latent_dim or 64)
+                                 latent_dim=request.latent_dim or 64, public=request.initialize_from_public)
         return _Charged(job, convert.charge_id("TrainGenerator", request) if job.dp else "")
 
     def _run_training(self, ctx: OperationContext, charged: _Charged) -> an.GeneratorResult:
