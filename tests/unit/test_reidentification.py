@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from umbra.anonymization import reidentification
 from umbra.anonymization.reidentification import DIMENSION, FaceRecognizer, recognizer, reidentify
 from umbra.dataset.synthetic import generate
 
@@ -105,3 +106,14 @@ def test_reidentify_refuses_mismatched_embeddings():
         reidentify(np.zeros((2, 4)), np.zeros((2, 5)))
     with pytest.raises(ValueError, match="no released"):
         reidentify(np.zeros((0, 4)), np.zeros((2, 4)))
+
+
+def test_diversity_compares_how_far_apart_released_faces_are_with_their_originals():
+    rng = np.random.default_rng(0)
+    originals = rng.normal(size=(20, 128))
+    assert reidentification.diversity(originals, originals) == pytest.approx(1.0)
+    assert reidentification.diversity(0.5 * originals + 3.0, originals) == pytest.approx(0.5)
+    # one face released for everyone: no diversity at all
+    assert reidentification.diversity(np.repeat(originals[:1], 20, axis=0), originals) == 0.0
+    with pytest.raises(ValueError, match="N >= 2"):
+        reidentification.diversity(originals[:1], originals)
