@@ -8,7 +8,7 @@ the denoiser, which sees a tenant's faces; ALGORITHMS.md §5):
 
 1. the face autoencoder (umbra.diffusion.latent), on L1 + a scattering perceptual loss + a patch discriminator
    from step `adversarial_from` on (umbra.diffusion.autoencoder_losses), with flips and shifts of up to `shift`
-   px. Sampling is per step from `numpy.random.default_rng([seed, step])`, so a run is deterministic for a
+   px; `real_share` of every batch is real faces when synthetic ones are mixed in. Sampling is per step from `numpy.random.default_rng([seed, step])`, so a run is deterministic for a
    seed and a stopped run resumes exactly from its last checkpoint (`--checkpoints`, every `checkpoint_every`
    steps; the learning rate is constant, so `--steps` may be raised on resume);
 2. the public denoiser, on the frozen autoencoder's latents, conditioned on every attribute the faces have
@@ -80,6 +80,7 @@ class Settings:
     adversarial_weight: float = 0.05
     adversarial_from: int = 800  # the discriminator trains from half this step, the autoencoder against it from it
     shift: int = 4  # augmentation: shifts of up to this many px (edges replicated), and mirror images
+    real_share: float = 0.5  # of each batch, drawn from the real faces (when there are synthetic ones too)
     denoiser_epochs: int = 200
     denoiser_batch: int = 256
     image_size: int = 64
@@ -249,6 +250,9 @@ def train_autoencoder(net, faces: Faces, settings: Settings, checkpoints: Path |
     optimizer = torch.optim.Adam(parts, lr=settings.learning_rate, betas=(0.5, 0.9))
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=settings.learning_rate, betas=(0.5, 0.9))
     train_images = faces.images[~faces.held_out]
+    real = faces.real[~faces.held_out].numpy()
+    pools = [np.flatnonzero(real), np.flatnonzero(~real)]
+    real_count = round(settings.batch * settings.real_share) if all(len(p) for p in pools) else 0
     curves: dict[str, list] = {"step": [], "l1": [], "perceptual": [], "adversarial": [], "critic": []}
     start = 0
     saved = checkpoints / "autoencoder.pt" if checkpoints else None
@@ -267,7 +271,12 @@ def train_autoencoder(net, faces: Faces, settings: Settings, checkpoints: Path |
     began = time.monotonic()
     for step in range(start, settings.steps):
         rng = np.random.default_rng([settings.seed, step])
-        batch = train_images[torch.from_numpy(rng.choice(len(train_images), settings.batch, replace=False))]
+        if real_count:  # real faces are harder than synthetic ones, and fewer: a fixed share of every batch
+            chosen = np.concatenate([rng.choice(pools[0], real_count, replace=False),
+                                     rng.choice(pools[1], settings.batch - real_count, replace=False)])
+        else:
+            chosen = rng.choice(len(train_images), settings.batch, replace=False)
+        batch = train_images[torch.from_numpy(chosen)]
         x = augment(batch, rng, settings.shift).to(device)
         reconstructed = net.decode_scaled(net.encode_scaled(x))
         l1 = (reconstructed - x).abs().mean()
