@@ -8,9 +8,10 @@ the denoiser, which sees a tenant's faces; ALGORITHMS.md §5):
 
 1. the face autoencoder (umbra.diffusion.latent), on L1 + a scattering perceptual loss + a patch discriminator
    from step `adversarial_from` on (umbra.diffusion.autoencoder_losses), with flips and shifts of up to `shift`
-   px; `real_share` of every batch is real faces when synthetic ones are mixed in. Sampling is per step from `numpy.random.default_rng([seed, step])`, so a run is deterministic for a
-   seed and a stopped run resumes exactly from its last checkpoint (`--checkpoints`, every `checkpoint_every`
-   steps; the learning rate is constant, so `--steps` may be raised on resume);
+   px; `real_share` of every batch is real faces when synthetic ones are mixed in. Sampling is per step from
+   `numpy.random.default_rng([seed, step])`, so a run is deterministic for a seed and a stopped run resumes
+   exactly from its last checkpoint (`--checkpoints`, every `checkpoint_every` steps; the learning rate is
+   constant, so `--steps` may be raised on resume);
 2. the public denoiser, on the frozen autoencoder's latents, conditioned on every attribute the faces have
    (a face without an attribute is trained with its `null`: unconditioned), without DP.
 
