@@ -45,6 +45,7 @@ from typing import TypeVar
 
 from umbra.privacy import composition
 from umbra.privacy.mechanisms import Cost
+from umbra.runtime import metrics
 from umbra.runtime.errors import BudgetExhausted, Conflict, FailedPrecondition, InvalidInput, NotFound
 
 SCHEMA = """
@@ -200,8 +201,12 @@ class PrivacyLedger:
         _check_cost(cost)
         if not request_id:
             raise InvalidInput("request_id", "is required: it names the charge, so a retry is not charged twice")
-        return self._writing(partial(self._reserve, tenant=tenant, dataset=dataset, cost=cost, request_id=request_id,
-                                     spent_by=spent_by, limit=limit))
+        try:
+            return self._writing(partial(self._reserve, tenant=tenant, dataset=dataset, cost=cost,
+                                         request_id=request_id, spent_by=spent_by, limit=limit))
+        except BudgetExhausted:
+            metrics.privacy_refused(tenant)
+            raise
 
     def _reserve(self, db, ready, *, tenant: str, dataset: str, cost: Cost, request_id: str, spent_by: str,
                  limit: Budget | None) -> tuple[Entry, Budget]:
@@ -269,8 +274,12 @@ class PrivacyLedger:
             raise InvalidInput("cost", f"its parts compose to ε={alone.epsilon!r}, δ={alone.delta!r}, more than "
                                        f"the tenant budget (ε={budget.epsilon:g}, δ={budget.delta:g})")
 
-    def _move(self, db, ready, *, tenant: str, request_id: str, state: str, cost: Cost | None = None) -> Entry:
-        """Moves a reserved entry to `state` (with `cost`, never counting for more than the reserved one)."""
+    def _move(self, db, ready, *, tenant: str, request_id: str, state: str, cost: Cost | None = None,
+              moved: list[Entry] | None = None) -> Entry:
+        """Moves a reserved entry to `state` (with `cost`, never counting for more than the reserved one); `moved`
+        holds the entry when this attempt moved it (not a retry's)."""
+        if moved is not None:
+            moved.clear()
         found = db.execute(f"SELECT {_COLUMNS} FROM ledger_entries WHERE tenant = ? AND request_id = ?",
                            (tenant, request_id)).fetchone()
         if found is None:
@@ -287,14 +296,22 @@ class PrivacyLedger:
         now = time.time()
         db.execute("UPDATE ledger_entries SET state = ?, epsilon = ?, delta = ?, cost = ?, update_time = ? "
                    "WHERE id = ?", (state, cost.epsilon, cost.delta, json.dumps(cost.to_dict()), now, entry.id))
-        return Entry(entry.id, tenant, entry.dataset, request_id, entry.spent_by, state, cost, entry.create_time, now)
+        entry = Entry(entry.id, tenant, entry.dataset, request_id, entry.spent_by, state, cost, entry.create_time, now)
+        if moved is not None:
+            moved.append(entry)
+        return entry
 
     def commit(self, tenant: str, request_id: str, cost: Cost | None = None) -> Entry:
         """The work is done. `cost`, when the final cost is known only now, may not count for more than the reserved
         one (see the module's docstring); committing again with the same cost returns the committed entry."""
         if cost is not None:
             _check_cost(cost)
-        return self._writing(partial(self._move, tenant=tenant, request_id=request_id, state=COMMITTED, cost=cost))
+        moved: list[Entry] = []
+        entry = self._writing(partial(self._move, tenant=tenant, request_id=request_id, state=COMMITTED, cost=cost,
+                                      moved=moved))
+        if moved:  # committed now, not a retry: counted once (umbra_privacy_epsilon_charged_total)
+            metrics.privacy_charged(tenant, entry.cost.epsilon)
+        return entry
 
     def release(self, tenant: str, request_id: str) -> Entry:
         """The work failed before it released anything: the reservation stops counting."""

@@ -84,6 +84,18 @@ def _review(env: Mapping[str, str], grpc_port: int) -> dict:
     return {"review_port": port, "review_secret": secret, "review_secure_cookies": secure in _YES}
 
 
+def _metrics_port(env: Mapping[str, str], grpc_port: int) -> int:
+    """UMBRA_METRICS_PORT: where /metrics is served (0: off)."""
+    port = int(_number(env, "UMBRA_METRICS_PORT", 0, minimum=0, integer=True))
+    if port > 65535:
+        raise ConfigError(f"UMBRA_METRICS_PORT: {port} is not a port (0 to 65535)")
+    if port and port == grpc_port:
+        raise ConfigError(f"UMBRA_METRICS_PORT: {port} is the service's gRPC port; metrics need their own")
+    if port and str(port) == env.get("UMBRA_REVIEW_PORT", "").strip():
+        raise ConfigError(f"UMBRA_METRICS_PORT: {port} is the review page's port (UMBRA_REVIEW_PORT)")
+    return port
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     """Everything a service needs to start. Secrets are excluded from repr so they never reach a log."""
@@ -149,6 +161,9 @@ class ServiceConfig:
     review_port: int = 0
     review_secret: str = field(default="", repr=False)
     review_secure_cookies: bool = False
+    # Prometheus metrics (umbra.runtime.metrics): the HTTP port on `host` that serves /metrics (0: none). The chart
+    # sets 9464 (each pod has its own address); on one machine each service needs its own.
+    metrics_port: int = 0
 
     @classmethod
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> "ServiceConfig":
@@ -212,5 +227,6 @@ class ServiceConfig:
             tenant_max_streams=int(_number(env, "UMBRA_TENANT_MAX_STREAMS", 2, minimum=1, integer=True)),
             max_streams=max_streams,
             max_queued_calls=int(_number(env, "UMBRA_MAX_QUEUED_CALLS", 4 * workers, minimum=0, integer=True)),
+            metrics_port=_metrics_port(env, ep.port),
             **_review(env, ep.port),
         )

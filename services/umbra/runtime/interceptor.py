@@ -29,8 +29,9 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2, message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from opentelemetry import trace
 
-from umbra.runtime import auth, logs
+from umbra.runtime import auth, logs, metrics
 from umbra.runtime.config import ServiceConfig
 from umbra.runtime.errors import DOMAIN, Cancelled, InvalidInput, ResourceExhausted, StreamTimeout, UmbraError
 
@@ -288,82 +289,124 @@ class RuntimeInterceptor(grpc.ServerInterceptor):
         exempt = method.startswith(auth.EXEMPT_PREFIXES)
         type_name = method.rsplit("/", 1)[-1] + " request"
 
-        def begin(context) -> str:
+        def begin(context, labels: tuple[str, str, str]) -> str:
+            metrics.grpc_started.labels(*labels).inc()
             rpc_id = metadata.get(REQUEST_ID_HEADER, "")
             if not _REQUEST_ID.fullmatch(rpc_id):
                 rpc_id = uuid.uuid4().hex
             context.set_trailing_metadata(((REQUEST_ID_HEADER, rpc_id),))
             return rpc_id
 
-        def authenticate(context, rpc_id: str, started: float) -> auth.Principal:
+        def authenticate(context, rpc_id: str, started: float, labels: tuple[str, str, str]) -> auth.Principal:
             try:
                 return auth.ANONYMOUS if exempt else self._authenticator.authenticate(metadata, method)
             except UmbraError as exc:
-                self._finish(context, rpc_id, exc, started)  # aborts the call
+                self._finish(context, rpc_id, exc, started, labels)  # aborts the call
                 raise
 
-        def call(behavior, request, context, client_stream: bool = False):
-            rpc_id, started = begin(context), time.monotonic()
+        def call(behavior, request, context, labels: tuple[str, str, str], client_stream: bool = False):
+            rpc_id, started = begin(context, labels), time.monotonic()
             with logs.bound(rpc_id=rpc_id, method=method):
-                principal = authenticate(context, rpc_id, started)
+                principal = authenticate(context, rpc_id, started, labels)
                 with logs.bound(tenant=principal.tenant), auth.bound(principal):
+                    _mark_span(self._config.service, principal.tenant)
+                    if not client_stream:
+                        metrics.grpc_received.labels(*labels).inc()
                     try:
                         with self._bounded(principal, context, started, request if client_stream else None) as timed:
-                            response = behavior(timed if client_stream else request, context)
+                            response = behavior(_counted(timed, labels) if client_stream else request, context)
                     except Exception as exc:  # noqa: BLE001 - this is the one place errors become statuses
-                        self._finish(context, rpc_id, exc, started)
-                    self._log_done(context, started, quiet=exempt)
+                        self._finish(context, rpc_id, exc, started, labels)
+                    self._log_done(context, started, labels, quiet=exempt)
+                    metrics.grpc_sent.labels(*labels).inc()
                     return response
 
-        def call_streaming(behavior, request, context, client_stream: bool = False):
+        def call_streaming(behavior, request, context, labels: tuple[str, str, str], client_stream: bool = False):
             # A generator: everything, authentication included, runs while grpc iterates the responses.
-            rpc_id, started = begin(context), time.monotonic()
+            rpc_id, started = begin(context, labels), time.monotonic()
             with logs.bound(rpc_id=rpc_id, method=method):
-                principal = authenticate(context, rpc_id, started)
+                principal = authenticate(context, rpc_id, started, labels)
                 with logs.bound(tenant=principal.tenant), auth.bound(principal):
+                    _mark_span(self._config.service, principal.tenant)
+                    if not client_stream:
+                        metrics.grpc_received.labels(*labels).inc()
                     try:
                         with self._bounded(principal, context, started, request if client_stream else None) as timed:
-                            yield from behavior(timed if client_stream else request, context)
+                            for response in behavior(_counted(timed, labels) if client_stream else request, context):
+                                metrics.grpc_sent.labels(*labels).inc()
+                                yield response
                     except Exception as exc:  # noqa: BLE001
-                        self._finish(context, rpc_id, exc, started)
-                    self._log_done(context, started, quiet=exempt)
+                        self._finish(context, rpc_id, exc, started, labels)
+                    self._log_done(context, started, labels, quiet=exempt)
 
         deserializer = _safe_deserializer(handler.request_deserializer, type_name)
+        labels = (metrics.grpc_type(handler.request_streaming, handler.response_streaming),
+                  *metrics.split_method(method))
         if handler.unary_unary:
             inner = handler.unary_unary
             return handler._replace(request_deserializer=deserializer, unary_unary=lambda req, ctx: call(
-                lambda r, c: inner(_check_parsed(r), c), req, ctx))
+                lambda r, c: inner(_check_parsed(r), c), req, ctx, labels))
         if handler.unary_stream:
             inner = handler.unary_stream
             return handler._replace(request_deserializer=deserializer, unary_stream=lambda req, ctx: call_streaming(
-                lambda r, c: inner(_check_parsed(r), c), req, ctx))
+                lambda r, c: inner(_check_parsed(r), c), req, ctx, labels))
         if handler.stream_unary:
             inner = handler.stream_unary
             return handler._replace(request_deserializer=deserializer, stream_unary=lambda it, ctx: call(
-                lambda r, c: inner(map(_check_parsed, r), c), it, ctx, client_stream=True))
+                lambda r, c: inner(map(_check_parsed, r), c), it, ctx, labels, client_stream=True))
         inner = handler.stream_stream
         return handler._replace(request_deserializer=deserializer, stream_stream=lambda it, ctx: call_streaming(
-            lambda r, c: inner(map(_check_parsed, r), c), it, ctx, client_stream=True))
+            lambda r, c: inner(map(_check_parsed, r), c), it, ctx, labels, client_stream=True))
 
-    def _finish(self, context, rpc_id: str, exc: Exception, started: float) -> None:
+    def _finish(self, context, rpc_id: str, exc: Exception, started: float, labels: tuple[str, str, str]) -> None:
         code = context.code() if hasattr(context, "code") else None
         if code not in (None, grpc.StatusCode.OK):
             # The behaviour aborted the call itself (library servicers do this): keep its status.
-            self._log_done(context, started)
+            self._log_done(context, started, labels)
             raise exc
         elapsed = round((time.monotonic() - started) * 1000, 1)
         if isinstance(exc, grpc.RpcError):  # reading the client's stream failed: it cancelled or went away
             exc = Cancelled("the client cancelled the call or went away")
         if isinstance(exc, UmbraError):
             log.info("rpc failed: %s", exc.message, extra={"code": exc.code.name, "duration_ms": elapsed})
+            _handled(labels, exc.code, started, exc.message)
             context.abort_with_status(_with_rpc_id(to_status(exc), rpc_id))
         log.error("rpc failed with an unexpected error", exc_info=exc,
                   extra={"code": "INTERNAL", "duration_ms": elapsed})
+        _handled(labels, grpc.StatusCode.INTERNAL, started, "internal error")
         context.abort_with_status(_with_rpc_id(_internal_status(rpc_id), rpc_id))
 
     @staticmethod
-    def _log_done(context, started: float, quiet: bool = False) -> None:
+    def _log_done(context, started: float, labels: tuple[str, str, str], quiet: bool = False) -> None:
         """One line per call; health checks and reflection (probes, tools) only at DEBUG."""
         code = (context.code() if hasattr(context, "code") else None) or grpc.StatusCode.OK
         elapsed = round((time.monotonic() - started) * 1000, 1)
+        details = context.details() if code != grpc.StatusCode.OK and hasattr(context, "details") else ""
+        _handled(labels, code, started, details.decode(errors="replace") if isinstance(details, bytes)
+                 else str(details or ""))
         log.log(logging.DEBUG if quiet else logging.INFO, "rpc done", extra={"code": code.name, "duration_ms": elapsed})
+
+
+def _handled(labels: tuple[str, str, str], code: grpc.StatusCode, started: float, message: str) -> None:
+    """Counts a finished call (grpc-ecosystem's metrics) and, when it failed, marks its span."""
+    metrics.grpc_handled.labels(*labels, code.name).inc()
+    metrics.grpc_seconds.labels(*labels).observe(time.monotonic() - started)
+    if code != grpc.StatusCode.OK:
+        span = trace.get_current_span()
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        span.set_status(trace.Status(trace.StatusCode.ERROR, f"{code.name}: {message}"[:200]))
+
+
+def _mark_span(service: str, tenant: str) -> None:
+    """The call's span says which of Umbra's services answered it, and for which tenant."""
+    span = trace.get_current_span()
+    span.set_attribute("umbra.service", service)
+    if tenant:
+        span.set_attribute("umbra.tenant", tenant)
+
+
+def _counted(requests, labels: tuple[str, str, str]):
+    """A client stream's requests, each counted as received."""
+    for request in requests:
+        metrics.grpc_received.labels(*labels).inc()
+        yield request

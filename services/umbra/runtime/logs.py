@@ -1,4 +1,5 @@
-"""JSON logs, one object per line, with the RPC id, method and tenant of the current call on every line.
+"""JSON logs, one object per line, with the RPC id, method and tenant of the current call on every line, and the
+trace and span id of the current span (umbra.runtime.tracing), so a line leads to its trace.
 
 The call context lives in contextvars set by the interceptor (and by the operation runner for background
 work), so `logging.getLogger(__name__).info("...", arg)` anywhere picks it up. Never log a secret or an image.
@@ -13,6 +14,8 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
+
+from opentelemetry import trace
 
 rpc_id: contextvars.ContextVar[str] = contextvars.ContextVar("rpc_id", default="")
 rpc_method: contextvars.ContextVar[str] = contextvars.ContextVar("rpc_method", default="")
@@ -39,6 +42,10 @@ class JsonFormatter(logging.Formatter):
             value = var.get()
             if value:
                 entry[key] = value
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:  # the trace this line belongs to (umbra.runtime.tracing)
+            entry["trace_id"] = trace.format_trace_id(span.trace_id)
+            entry["span_id"] = trace.format_span_id(span.span_id)
         for key in ("code", "duration_ms", "peer"):
             if hasattr(record, key):
                 entry[key] = getattr(record, key)

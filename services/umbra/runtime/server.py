@@ -2,7 +2,9 @@
 port 0; `serve(config, spec)` runs it until SIGTERM or SIGINT and shuts down gracefully.
 
 Every server carries, besides its own services: `google.longrunning.Operations` for its long work,
-`grpc.health.v1.Health`, server reflection, the runtime interceptor and explicit message-size limits.
+`grpc.health.v1.Health`, server reflection, OpenTelemetry's server interceptor (umbra.runtime.tracing), the runtime
+interceptor (which also counts every call, umbra.runtime.metrics) and explicit message-size limits. `serve` also
+serves the process's Prometheus metrics on their own port when configured.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import grpc
 from google.longrunning import operations_pb2_grpc, operations_proto_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import server_interceptor
 
-from umbra.runtime import auth, logs
+from umbra.runtime import auth, logs, metrics, tracing
 from umbra.runtime.config import ServiceConfig
 from umbra.runtime.interceptor import RuntimeInterceptor
 from umbra.runtime.operations import OperationRunner, OperationStore
@@ -115,7 +118,11 @@ def create_server(config: ServiceConfig, spec: ServiceSpec) -> RunningService:
     registrations = built.registrations
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
-        interceptors=[RuntimeInterceptor(built.authenticator, config)],
+        # OpenTelemetry's first, so that each call's span (its parent from the caller's metadata) is current while the
+        # runtime interceptor and the servicer run.
+        interceptors=[server_interceptor(tracer_provider=tracing.provider(config.service),
+                                         filter_=tracing.untraced_calls()),
+                      RuntimeInterceptor(built.authenticator, config)],
         # Calls running plus calls waiting for a thread; grpc refuses more with RESOURCE_EXHAUSTED at once.
         maximum_concurrent_rpcs=config.max_workers + config.max_queued_calls,
         options=[
@@ -143,9 +150,14 @@ def create_server(config: ServiceConfig, spec: ServiceSpec) -> RunningService:
 
 
 def serve(config: ServiceConfig, spec: ServiceSpec) -> int:
-    """Runs a service until SIGTERM or SIGINT, then stops it gracefully. Returns the exit status."""
+    """Runs a service until SIGTERM or SIGINT, then stops it gracefully. Returns the exit status. Raises
+    metrics.MetricsPortTaken (before anything starts) when the metrics port is in use."""
     logs.configure(config.service, config.log_level)
     log.info("starting with %s", config)  # secrets are excluded from the dataclass repr
+    tracing.configure(config.service)
+    if config.metrics_port:
+        metrics.serve(config.metrics_port, config.host)
+        log.info("metrics on http://%s:%d/metrics", config.host, config.metrics_port)
     service = create_server(config, spec).start()
     stop = threading.Event()
 
@@ -158,4 +170,5 @@ def serve(config: ServiceConfig, spec: ServiceSpec) -> int:
     while not stop.wait(1.0):
         pass
     service.stop()
+    tracing.shutdown()  # sends what is batched
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from umbra.runtime.config import ConfigError, ServiceConfig
+from umbra.runtime.metrics import MetricsPortTaken
 from umbra.runtime.server import serve
 from umbra.runtime.sql import StartupError
 from umbra.services.registry import spec
@@ -19,6 +20,6 @@ def serve_service(service: str) -> int:
         return 2
     try:
         return serve(config, service_spec)
-    except StartupError as exc:  # the database cannot be used: one line that says why, no traceback
+    except (StartupError, MetricsPortTaken) as exc:  # the database or the metrics port: one line, no traceback
         print(f"umbra serve {service}: {exc}", file=sys.stderr)
         return 2

@@ -21,11 +21,16 @@ The work runs on a `FairPool` (umbra.runtime.operations.fair_pool) of `max_worke
 tenants: per-tenant queues, and each slot that frees goes to the waiting tenant that holds the fewest (issue 26).
 A queued operation that is cancelled leaves its queue at once and ends CANCELLED; work waiting for something
 outside the service (a tenant's answer) gives its slot back meanwhile with `ctx.waiting()`.
+
+Each operation is a span (umbra.runtime.tracing), child of the call that started it, with an event per stage; and
+it is counted (umbra.runtime.metrics): running now, ended by state, how long each stage took, and the images its
+progress reported done (unit "images").
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import threading
 import time
@@ -36,8 +41,10 @@ from google.longrunning import operations_proto_pb2 as lro
 from google.protobuf import any_pb2, message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from opentelemetry import trace
+
 from umbra.client import protos
-from umbra.runtime import auth, logs, names
+from umbra.runtime import auth, logs, metrics, names, tracing
 from umbra.runtime.errors import (DOMAIN, Cancelled, FailedPrecondition, Interrupted, NotFound,
                                   UmbraError)
 from umbra.runtime.operations.fair_pool import FairPool
@@ -57,6 +64,18 @@ def interrupted(op: lro.Operation) -> bool:
     return False
 
 
+ENDED = ("done", "failed", "cancelled", "interrupted")
+_PLAIN_WORD = re.compile(r"[A-Za-z][A-Za-z-]*")
+
+
+def _stage_label(stage: str) -> str:
+    """A stage as a metric label: its plain words only, without figures or names ("round 3: previewing at intensity
+    0.750" -> "round previewing at intensity"; "updating models/smile/versions/2 by unlearning" -> "updating by
+    unlearning"), so that the label's values stay few."""
+    words = [word.strip(",.;:()'\"") for word in stage.split()]
+    return " ".join(word for word in words if _PLAIN_WORD.fullmatch(word))[:80] or "other"
+
+
 def new_name() -> str:
     """Time-ordered, so listing by name lists by creation."""
     return f"operations/{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
@@ -71,13 +90,18 @@ def _error_status(exc: UmbraError) -> status_pb2.Status:
 class OperationContext:
     """What a piece of long work sees of its operation."""
 
-    def __init__(self, runner: "OperationRunner", op: lro.Operation, metadata: message.Message, tenant: str):
+    def __init__(self, runner: "OperationRunner", op: lro.Operation, metadata: message.Message, tenant: str,
+                 kind: str):
         self._runner = runner
         self._op = op
         self.metadata = metadata  # the typed metadata; edit its own fields, then call save()
         self.tenant = tenant
+        self.kind = kind
         self.cancel_event = threading.Event()
         self._waiting = False
+        self._stage = (metadata.progress.stage, time.monotonic())  # the stage being timed, and since when
+        self._images_done = metadata.progress.done if metadata.progress.unit == "images" else 0
+        self.trace_parent = tracing.current()  # the context of the call that started it (or of the recovery)
 
     @property
     def name(self) -> str:
@@ -128,7 +152,25 @@ class OperationContext:
             progress.unit = unit
         if message is not None:
             progress.message = message
+        self._observe()
         self.save()
+
+    def _observe(self) -> None:
+        """Metrics and the span's events for a progress change: a new stage ends the last one's timing; images
+        reported done since the last report count as processed."""
+        progress = self.metadata.progress
+        service = self._runner.service
+        if progress.unit == "images":
+            if progress.done > self._images_done:
+                metrics.images(service, self.kind, progress.done - self._images_done)
+            self._images_done = progress.done
+        stage, since = self._stage
+        if progress.stage != stage:
+            now = time.monotonic()
+            if stage:
+                metrics.stage_seconds.labels(service, self.kind, _stage_label(stage)).observe(now - since)
+            self._stage = (progress.stage, now)
+            trace.get_current_span().add_event("stage", {"stage": progress.stage})
 
     def save(self) -> None:
         self._runner._save(self._op, self.metadata)
@@ -162,7 +204,7 @@ class OperationRunner:
             metadata = protos.unpack(record.operation.metadata)
             if metadata is None or not hasattr(metadata, "progress"):
                 continue
-            ctx = OperationContext(self, record.operation, metadata, record.tenant)
+            ctx = OperationContext(self, record.operation, metadata, record.tenant, record.kind)
             with self._lock:
                 self._running[record.operation.name] = ctx
             metadata.progress.message = "resumed after a restart"
@@ -208,7 +250,7 @@ class OperationRunner:
         if record.operation.name != op.name:
             log.info("request_id seen before; returning %s", record.operation.name)
             return record.operation
-        ctx = OperationContext(self, op, metadata, tenant)
+        ctx = OperationContext(self, op, metadata, tenant, kind)
         with self._lock:
             self._running[op.name] = ctx
         self._submit(ctx, work, auth.current())
@@ -216,6 +258,7 @@ class OperationRunner:
         return op
 
     def _submit(self, ctx: OperationContext, work: Callable, principal: auth.Principal) -> None:
+        metrics.operations_running.labels(self.service, ctx.kind).inc()
         if not self._pool.submit(ctx.tenant, ctx.name, lambda: self._run(ctx, work, principal)):
             # shutdown() closed the pool between start()'s check and here: the operation ends as it would queued
             self._end_unstarted(ctx, Interrupted("interrupted: the service stopped before it started; retry the "
@@ -228,7 +271,11 @@ class OperationRunner:
             self._finish(ctx)
 
     def _run(self, ctx: OperationContext, work: Callable, principal: auth.Principal) -> None:
-        with logs.bound(operation=ctx.name, tenant=ctx.tenant), auth.bound(principal):
+        span = tracing.tracer(__name__).start_as_current_span(
+            f"operation {ctx.kind}", context=ctx.trace_parent, kind=trace.SpanKind.INTERNAL,
+            attributes={"umbra.service": self.service, "umbra.operation": ctx.name, "umbra.tenant": ctx.tenant},
+            record_exception=False, set_status_on_exception=False)
+        with span, logs.bound(operation=ctx.name, tenant=ctx.tenant), auth.bound(principal):
             try:
                 ctx.report(stage="running")
                 ctx.check_cancelled()
@@ -262,6 +309,21 @@ class OperationRunner:
         self._save(ctx._op, ctx.metadata)
         with self._lock:
             self._running.pop(ctx.name, None)
+        self._count_end(ctx)
+
+    def _count_end(self, ctx: OperationContext) -> None:
+        """The operation's last metrics: its last stage's time, its end state, and one fewer running; its span's
+        status."""
+        stage, since = ctx._stage
+        if stage and stage not in ENDED:
+            metrics.stage_seconds.labels(self.service, ctx.kind, _stage_label(stage)).observe(time.monotonic() - since)
+        state = ctx.metadata.progress.stage if ctx.metadata.progress.stage in ENDED else "failed"
+        metrics.operations_ended.labels(self.service, ctx.kind, state).inc()
+        metrics.operations_running.labels(self.service, ctx.kind).dec()
+        span = trace.get_current_span()
+        span.set_attribute("umbra.state", state)
+        if state != "done":
+            span.set_status(trace.Status(trace.StatusCode.ERROR, f"{state}: {ctx._op.error.message}"[:200]))
 
     def _save(self, op: lro.Operation, metadata: message.Message) -> None:
         metadata.progress.update_time.GetCurrentTime()

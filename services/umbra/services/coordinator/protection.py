@@ -42,7 +42,7 @@ from umbra.privacy import composition
 from umbra.privacy.ledger import RESERVED, PrivacyLedger
 from umbra.privacy.mechanisms import Cost
 from umbra.privacy import policy as release_policy
-from umbra.runtime import names
+from umbra.runtime import metrics, names
 from umbra.runtime.sql import DatabaseUnavailable
 from umbra.runtime.errors import AlreadyExists, Cancelled, FailedPrecondition, InvalidInput, NotFound, UmbraError
 from umbra.services import convert as shared_convert
@@ -366,6 +366,7 @@ class ProtectionJobs:
             if current.state == PREVIEWING:
                 ctx.report(stage=f"round {current.round}: previewing at intensity {current.intensity:.3f}")
                 self._preview(ctx, plan, current.round, current.intensity)
+                metrics.job_rounds.labels("automatic" if plan.spec.review == js.REVIEW_AUTOMATIC else "person").inc()
                 spent = [Cost.from_dict(r.preview["cost"]) for r in self.records.rounds(tenant, job)
                          if r.preview.get("cost")]
                 ctx.metadata.progress.privacy_spent.CopyFrom(shared_convert.privacy_cost_to_proto(
@@ -506,6 +507,7 @@ class ProtectionJobs:
                     f"no intensity is left between {search.low:.4f} and {search.high:.4f} that was not shown: "
                     "accept one of the rounds at those intensities", reason="NO_INTENSITY_LEFT")
         answered, _ = self.records.answer(tenant, job, number, answer, flagged, request_id_)
+        metrics.job_answers.labels(answer).inc()
         following = self.records.open_round(tenant, job, number + 1, nxt) if nxt is not None else None
         self.notify()
         return answered, following

@@ -17,6 +17,7 @@ and attempt, so running the same job again (a coordinator restarted mid-way) fin
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 import threading
@@ -208,7 +209,8 @@ def _write_shards(replicas: _Replicas, request: an.AnonymizeDatasetRequest, base
             part.CopyFrom(request)
             part.shards[:] = shards
             part.request_id = attempt.request_id
-            running[pool.submit(replicas.run, replica, part)] = attempt
+            # in a copy of this thread's context: the calls carry the job's trace and its log fields
+            running[pool.submit(contextvars.copy_context().run, replicas.run, replica, part)] = attempt
 
         for replica, shards in deal(list(range(total)), healthy).items():
             start(replica, shards)
