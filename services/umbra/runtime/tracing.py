@@ -90,9 +90,17 @@ def add_exporter(exporter: SpanExporter) -> None:
 
 def instrument() -> None:
     """Traces this process's gRPC client calls and HTTP requests (S3); idempotent."""
-    for instrumentor in (GrpcInstrumentorClient(filter_=untraced_calls()), URLLib3Instrumentor()):
-        if not instrumentor.is_instrumented_by_opentelemetry:
-            instrumentor.instrument(tracer_provider=provider())
+    grpc_client = GrpcInstrumentorClient(filter_=untraced_calls())
+    if not grpc_client.is_instrumented_by_opentelemetry:
+        grpc_client.instrument(tracer_provider=provider())
+    http = URLLib3Instrumentor()
+    if not http.is_instrumented_by_opentelemetry:
+        http.instrument(tracer_provider=provider(), url_filter=without_query)
+
+
+def without_query(url: str) -> str:
+    """A URL as a span records it: without its query string (a presigned URL's signature never reaches a span)."""
+    return url.split("?", 1)[0]
 
 
 def uninstrument() -> None:
