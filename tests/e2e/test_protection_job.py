@@ -8,7 +8,11 @@ publishes both the classifier and its unlearned version on Triton through the co
 then answers queries with each model's own logits.
 
 The coordinator, the anonymizer, the training and the unlearning service run in this process on the S3 store;
-Triton (`python -m umbra.inference.triton --store`) watches the same S3 store."""
+Triton (`python -m umbra.inference.triton --store`) watches the same S3 store.
+
+The job is traced (umbra.runtime.tracing, spans kept in memory): one trace follows it from the coordinator's
+CreateProtectionJob call through its operation, the workers' calls and operations, their S3 requests and the
+ledger calls back to the coordinator; the publication's trace reaches the inference server."""
 
 from __future__ import annotations
 
@@ -23,6 +27,9 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 import torch
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from prometheus_client import REGISTRY
 
 from e2e.jobkit import SCRIPT, Tenant, review, train_classifier
 from support import free_port, start_service
@@ -38,6 +45,7 @@ from umbra.coordinator.v1 import job_service_pb2 as js
 from umbra.coordinator.v1 import model_service_pb2 as ms
 from umbra.coordinator.v1 import model_service_pb2_grpc
 from umbra.dataset.images import decode_rgb
+from umbra.runtime import tracing
 from umbra.storage.datasets import DatasetReader
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -46,7 +54,18 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def system(tmp_path_factory, s3_server):
+def spans():
+    """Every span this process makes while the module runs (its services are in this process)."""
+    exporter = InMemorySpanExporter()
+    tracing.add_exporter(exporter)
+    tracing.instrument()
+    yield exporter
+    exporter.shutdown()  # keeps nothing more
+    tracing.uninstrument()
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory, s3_server, spans):
     home = tmp_path_factory.mktemp("e2e")  # short: PyTriton's unix sockets live in the workspace
     tenant = f"e2e-{uuid.uuid4().hex[:8]}"  # the S3 server outlives the test: a bucket of its own
     s3 = dict(UMBRA_STORE="s3", UMBRA_S3_ENDPOINT=s3_server.endpoint,
@@ -130,7 +149,85 @@ def publish_and_query(tenant: Tenant, store, url: str, publication: str, model: 
     return logits
 
 
-def test_upload_protect_report_and_publish(system, tmp_path):
+def descends(span, ancestor, by_id: dict) -> bool:
+    """Whether `ancestor` is `span`'s parent, or its parent's, and so on (within one trace)."""
+    while span.parent is not None:
+        if span.parent.span_id == ancestor.context.span_id:
+            return True
+        span = by_id.get(span.parent.span_id)
+        if span is None:
+            return False
+    return False
+
+
+def render(trace: list, root) -> str:
+    """The trace as an indented tree under `root` (one line per span: service, kind, name, duration), with spans
+    of one name under one parent folded into one line with their count; then any span not under `root`."""
+    children: dict[int, list] = {}
+    for span in trace:
+        if span.parent is not None:
+            children.setdefault(span.parent.span_id, []).append(span)
+    lines: list[str] = []
+
+    def walk(span, depth: int, count: int = 1) -> None:
+        seconds = (span.end_time - span.start_time) / 1e9
+        service = span.attributes.get("umbra.service") or ("s3" if span.kind == SpanKind.CLIENT and span.name in (
+            "GET", "PUT", "POST", "HEAD", "DELETE") else "")
+        lines.append(f"{'  ' * depth}{span.name}  [{service or '-'} {span.kind.name.lower()}]  {seconds:.3f} s"
+                     + (f"  ×{count}" if count > 1 else ""))
+        groups: dict[str, list] = {}
+        for child in sorted(children.get(span.context.span_id, []), key=lambda c: c.start_time):
+            groups.setdefault(child.name, []).append(child)
+        for same in groups.values():
+            walk(same[0], depth + 1, len(same))
+
+    walk(root, 0)
+    shown = {root.context.span_id}
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop().context.span_id, []):
+            shown.add(child.context.span_id)
+            stack.append(child)
+    orphans = [s for s in trace if s.context.span_id not in shown]
+    lines += [f"not under the root: {s.name} (parent {s.parent.span_id if s.parent else None})" for s in orphans]
+    return "\n".join(lines)
+
+
+def check_job_trace(spans: InMemorySpanExporter, operation: str) -> None:
+    """The job's trace: the coordinator's call, its operation, and below it every worker's calls and operations
+    (each server span the child of the coordinator's client span whose metadata carried the context), their S3
+    requests, and the ledger calls back to the coordinator."""
+    finished = spans.get_finished_spans()
+    job = next(s for s in finished if s.attributes.get("umbra.operation") == operation)
+    created = next(s for s in finished if s.context.span_id == job.parent.span_id)
+    assert created.name == "/umbra.coordinator.v1.JobService/CreateProtectionJob"
+    assert created.kind == SpanKind.SERVER and created.attributes["umbra.service"] == "coordinator"
+    trace = [s for s in finished if s.context.trace_id == job.context.trace_id]
+    by_id = {s.context.span_id: s for s in trace}
+    # the trace starts at the caller: here the test's own client span (this process is instrumented too)
+    root = by_id.get(created.parent.span_id) if created.parent is not None else created
+    assert root.parent is None and root.name == created.name
+    tree = render(trace, root)
+    print(tree)  # the trace docs/operations.md shows
+    assert all(s in (root, created) or descends(s, created, by_id) for s in trace), tree
+    servers = [s for s in trace if s.kind == SpanKind.SERVER]
+    services = {s.attributes["umbra.service"] for s in servers}
+    assert {"coordinator", "anonymizer", "unlearning", "training"} <= services, services
+    for server in servers:  # each call's server span is the child of its caller's client span
+        assert by_id[server.parent.span_id].kind == SpanKind.CLIENT
+        assert by_id[server.parent.span_id].name == server.name
+    anonymizing = next(s for s in servers if s.name.endswith("/AnonymizeDataset"))
+    assert descends(anonymizing, job, by_id)
+    worker_operations = [s for s in trace if s.name.startswith("operation ") and s is not job]
+    assert {s.attributes["umbra.service"] for s in worker_operations} >= {"anonymizer", "unlearning", "training"}
+    s3 = [s for s in trace
+          if s.kind == SpanKind.CLIENT and ("http.request.method" in s.attributes or "http.method" in s.attributes)]
+    assert any(descends(s, anonymizing, by_id) for s in s3), "the anonymizer's S3 requests are in the job's trace"
+    ledger = [s for s in servers if "LedgerService" in s.name]
+    assert any(descends(s, anonymizing, by_id) for s in ledger), "the anonymizer's charge, back at the coordinator"
+
+
+def test_upload_protect_report_and_publish(system, spans, tmp_path):
     tenant, anonymizer, training, store, url, _ = system
     uploaded = tenant.upload(tmp_path / "faces", FACES)
     assert uploaded.state == cds.DatasetVersion.STATE_COMMITTED and uploaded.sample_count == FACES
@@ -139,6 +236,8 @@ def test_upload_protect_report_and_publish(system, tmp_path):
 
     # no generator named: the job reuses the tenant's DP generator trained on the dataset (gender, smile); it
     # updates the smile classifier (smile is kept) and verifies the update, its probe predicting gender
+    answers = {a: REGISTRY.get_sample_value("umbra_job_answers_total", {"answer": a}) or 0
+               for a in ("more", "less", "accept")}
     operation = tenant.create_job("protect-faces", generator=None, kept_attributes=["smile"], model=classifier,
                                   verify_unlearning=True)
     previews = review(tenant, "protect-faces")  # more, less, accept
@@ -149,6 +248,8 @@ def test_upload_protect_report_and_publish(system, tmp_path):
     assert done.unlearned_model == refs_pb2.ModelRef(model=classifier.model, version=classifier.version + 1)
     rounds = tenant.rounds("protect-faces")
     assert [r.intensity for r in rounds] == [0.5, 0.75, 0.625]
+    for answer, before in answers.items():  # the coordinator's metrics (this process's registry)
+        assert REGISTRY.get_sample_value("umbra_job_answers_total", {"answer": answer}) == before + 1
     for shown in previews.values():
         assert len(shown.pairs) == 3 and shown.round.privacy_cost.epsilon > 0
         assert all(p.anonymized.data.startswith(PNG) and p.anonymized.data != p.original.data for p in shown.pairs)
@@ -199,6 +300,12 @@ def test_upload_protect_report_and_publish(system, tmp_path):
     assert all(base64.b64decode(s.split(",", 1)[1]).startswith(PNG) for s in page.sources)
     assert store.get(bucket, report.report_html.key) == report.html_content
 
+    check_job_trace(spans, operation)
+
     test_images = as_array([anonymized[k] for k in sorted(anonymized)[:8]])
     publish_and_query(tenant, store, url, "smile-original", classifier, test_images)
+    # the publication's trace: the coordinator's call, its operation, and its calls to the inference server
+    published = next(s for s in spans.get_finished_spans() if s.name.endswith("ModelService/PublishModel"))
+    assert [s for s in spans.get_finished_spans() if s.context.trace_id == published.context.trace_id
+            and s.kind == SpanKind.CLIENT and s.name.startswith("/inference.GRPCInferenceService/")]
     publish_and_query(tenant, store, url, "smile-unlearned", done.unlearned_model, test_images)
