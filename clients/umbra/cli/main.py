@@ -1,6 +1,7 @@
 """The `umbra` command.
 
     umbra serve <service>        run one service in the foreground (until SIGTERM); what it writes is 0600
+    umbra job anonymize [--request FILE ...]   one index of a Kubernetes Indexed Job (no server; docs/deployment.md)
     umbra up [service ...]       start services as background processes on this machine
     umbra down [service ...]     stop them (SIGTERM, then SIGKILL after the grace period)
     umbra status [service ...]   health of each service
@@ -33,6 +34,16 @@ def _serve(args) -> int:
         print(f"umbra serve needs the server package (pip install -e . in the repository): {exc}", file=sys.stderr)
         return 2
     return serve_service(args.service)
+
+
+def _job(args) -> int:
+    os.umask(0o077)  # as `umbra serve`: what it writes is private to the user
+    try:
+        from umbra.services.anonymizer.indexed_job import main as anonymize
+    except ImportError as exc:
+        print(f"umbra job needs the server package (pip install -e . in the repository): {exc}", file=sys.stderr)
+        return 2
+    return anonymize(args.options)
 
 
 def _operations(args) -> int:
@@ -73,6 +84,10 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run one service in the foreground")
     serve.add_argument("service", choices=layout.SERVICES)
     serve.set_defaults(func=_serve)
+    job = sub.add_parser("job", help="run one index of a Kubernetes Indexed Job (no server)")
+    job.add_argument("kind", choices=["anonymize"], help="anonymize: a dataset version, the index's shard range")
+    job.add_argument("options", nargs=argparse.REMAINDER, help="the job's own options (umbra job anonymize --help)")
+    job.set_defaults(func=_job)
     for name, help_text in (("up", "start services in the background"), ("down", "stop services"),
                             ("status", "show each service's health")):
         cmd = sub.add_parser(name, help=help_text)

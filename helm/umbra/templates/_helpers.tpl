@@ -32,6 +32,20 @@ app.kubernetes.io/component: {{ .name }}
 {{- fail "database.enabled is false, so the coordinator keeps its state in SQLite under /state: set database.embedded.claimTemplate (a PersistentVolumeClaim spec) or database.embedded.existingClaim, or set database.enabled=true" -}}
 {{- end -}}
 {{- end -}}
+{{- $metrics := .Values.metrics | default dict -}}
+{{- if $metrics.enabled -}}
+{{- $port := int $metrics.port -}}
+{{- if or (lt $port 1) (gt $port 65535) -}}
+{{- fail (printf "metrics.port is %v: a port (1 to 65535); set metrics.enabled=false to turn the metrics off" $metrics.port) -}}
+{{- end -}}
+{{- range $name, $svc := .Values.services -}}
+{{- if eq $port (int $svc.port) -}}
+{{- fail (printf "metrics.port %d is services.%s.port, its gRPC port: the metrics need a port of their own" $port $name) -}}
+{{- end -}}
+{{- end -}}
+{{- else if dig "serviceMonitor" "enabled" false $metrics -}}
+{{- fail "metrics.serviceMonitor.enabled needs metrics.enabled=true: with the metrics off there is nothing to scrape" -}}
+{{- end -}}
 {{- $ops := .Values.workers.operationsVolume -}}
 {{- if and $ops.claimTemplate $ops.existingClaim -}}
 {{- fail "set workers.operationsVolume.claimTemplate or workers.operationsVolume.existingClaim, not both" -}}

@@ -10,7 +10,9 @@ alone: each sample's released values come from its own generator (`sample_rng`: 
 noise from one seeded by the seed and the batch's first sample index. So any replica writes the same bytes for a
 shard, whichever other shards it writes or finds. `shards` splits the work across replicas: a run given shard indices
 writes those shards and their parts only; a run without (all shards) reuses every part it finds, writes the
-rest, then the record and the upload manifest.
+rest, then the record and the upload manifest. A run without shards that finds the version already finished (its
+record and upload manifest written by an earlier run of the same request: a retried finishing call, or two
+Indexed Job pods finishing at once) answers from them and computes nothing.
 
 The new version keeps every sample's key and split and the kept attributes' labels; each protected attribute's
 label is its RELEASED value, and any other label or attribute is dropped (the generator may have changed what
@@ -37,6 +39,7 @@ from umbra.anonymization.anonymize import Request, anonymize
 from umbra.classifiers.data import decode
 from umbra.dataset import manifest as mf
 from umbra.runtime.errors import Cancelled, InvalidInput
+from umbra.storage import keys
 from umbra.storage.base import ObjectStore
 from umbra.storage.datasets import DatasetReader
 from umbra.storage.derived import DerivedVersion, png
@@ -117,8 +120,13 @@ def run(job: Job, net: Callable[[], torch.nn.Module], *,
     progress(images_done, images_total, shards_done), counting the run's own shards."""
     chunks = job.chunks
     chosen = range(len(chunks)) if job.shards is None else job.shards
-    if job.shards is not None and job.out.staged():  # a late replica: the version was finished without it
-        return Result(sum(len(chunks[c]) for c in chosen), job.left_out, len(chosen), "", "")
+    if job.out.staged():
+        if job.shards is not None:  # a late replica: the version was finished without it
+            return Result(sum(len(chunks[c]) for c in chosen), job.left_out, len(chosen), "", "")
+        record_key = job.out.key(job.out.record_name)  # written before the upload manifest, by this request's run
+        if job.out.store.stat(job.out.bucket, record_key) is not None:  # finished already: nothing to compute
+            manifest_key = keys.upload_manifest(*job.out.output)
+            return Result(len(job.samples), job.left_out, len(chunks), record_key, manifest_key)
     finished = {c: job.out.finished(mf.shard_name(c)) for c in chosen}
     todo = [c for c in chosen if finished[c] is None]
     model = net() if todo else None

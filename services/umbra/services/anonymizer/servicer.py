@@ -10,7 +10,8 @@ budget, shared by every replica), and committed when the work is done or release
   AnonymizeDataset's charge is named after the output version and the request less request_id and shards, so the
   calls that split one version across replicas share it: a call given `shards` reserves it (refused before any
   work when the budget is spent) and leaves it reserved; the call without `shards`, which finishes the version,
-  commits it (or releases it when it fails).
+  commits it (or releases it when it fails). The plan, charge and run are dataset_run's, which a Kubernetes
+  Indexed Job's pods run too (umbra.services.anonymizer.indexed_job).
 
 MeasureRisk (a preview's risk) and EvaluateRelease (a release's evaluation for the report) spend no privacy: they
 measure released images against the tenant's originals (umbra.services.anonymizer.audit), as long-running
@@ -19,10 +20,8 @@ operations, so the coordinator only orchestrates.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
-from umbra.anonymization import anonymize as anon
 from umbra.anonymization import dataset as anonymized_dataset
 from umbra.anonymization import preview
 from umbra.anonymizer.v1 import anonymizer_service_pb2 as an
@@ -32,18 +31,17 @@ from umbra.classifiers.registry import ModelRegistry
 from umbra.anonymization import generator_training as generator_job
 from torch import nn
 
-from umbra.diffusion.generator import build
 from umbra.privacy.mechanisms import Cost
 from umbra.runtime import auth, bounds, names
 from umbra.runtime.errors import FailedPrecondition, InvalidInput
 from umbra.runtime.operations import LongRunning, OperationContext, OperationRunner
-from umbra.services.anonymizer import audit, convert
+from umbra.services.anonymizer import audit, convert, dataset_run
+from umbra.services.anonymizer.dataset_run import Charged
 from umbra.services.convert import budget_from_proto, privacy_cost_to_proto
 from umbra.services.ledger_client import LedgerClient
 from umbra.services.references import dataset_reader
 from umbra.storage import keys
 from umbra.storage.base import ObjectStore
-from umbra.storage.datasets import DatasetReader
 
 
 MAX_IMAGE_COUNT = 10**9  # EstimatePrivacyCost's image_count (the cost of a dataset is one image's, see below)
@@ -51,14 +49,6 @@ MAX_IMAGE_COUNT = 10**9  # EstimatePrivacyCost's image_count (the cost of a data
 
 def _tenant() -> str:
     return auth.require_tenant("the anonymizer acts for a tenant: name it in x-umbra-tenant")
-
-
-@dataclasses.dataclass(frozen=True)
-class _Charged:
-    """A job and the ledger charge that pays for it."""
-
-    job: object
-    charge: str  # the charge's request_id in the ledger ("" when nothing is charged)
 
 
 class AnonymizerServicer(anonymizer_service_pb2_grpc.AnonymizerServiceServicer):
@@ -93,7 +83,7 @@ class AnonymizerServicer(anonymizer_service_pb2_grpc.AnonymizerServiceServicer):
             self._reserve(tenant, job.reader.dataset, cost, charged.charge, "TrainGenerator", request.budget, "budget")
         return an.TrainGeneratorResponse(operation=self._train.start(tenant, request))
 
-    def _plan_training(self, tenant: str, request: an.TrainGeneratorRequest) -> _Charged:
+    def _plan_training(self, tenant: str, request: an.TrainGeneratorRequest) -> Charged:
         bucket = keys.bucket(tenant)
         model = names.model(request.model, "model")
         reader = dataset_reader(self.store, bucket, request.dataset, "dataset")
@@ -104,9 +94,9 @@ class AnonymizerServicer(anonymizer_service_pb2_grpc.AnonymizerServiceServicer):
                                  hyper=convert.hyper_from_proto(request), dp=convert.dp_from_proto(request.privacy),
                                  start=start, seed=request.seed, design=request.design or "latent",
                                  latent_dim=request.latent_dim or 64, public=request.initialize_from_public)
-        return _Charged(job, convert.charge_id("TrainGenerator", request) if job.dp else "")
+        return Charged(job, convert.charge_id("TrainGenerator", request) if job.dp else "")
 
-    def _run_training(self, ctx: OperationContext, charged: _Charged) -> an.GeneratorResult:
+    def _run_training(self, ctx: OperationContext, charged: Charged) -> an.GeneratorResult:
         job: generator_job.Job = charged.job
 
         def progress(report, spent: Cost | None) -> None:
@@ -122,76 +112,40 @@ class AnonymizerServicer(anonymizer_service_pb2_grpc.AnonymizerServiceServicer):
             settlement.cost = result.cost  # what the run spent, at most the target reserved
         return convert.generator_result_to_proto(result.model, result.version, result.cost)
 
-    def _generator(self, bucket: str, ref, field: str) -> anon.Generator:
-        model, version = names.model_ref(ref, field)
-        stored = self.registry.get(bucket, model, version, kind="generator", field=field)  # NOT_FOUND for others'
-        return anon.Generator(model, version, stored.config, stored.record)
-
-    def _net(self, generator: anon.Generator, bucket: str) -> nn.Module:
-        net = build(generator.config)
-        net.load_state_dict(self.registry.weights(bucket, generator.model, generator.version))
-        return net.eval()
-
-    # --- anonymizing -----------------------------------------------------------------------------------------
-
-    def _check(self, bucket: str, settings: an.AnonymizationSettings, dataset: str, columns: list[str],
-               image_size: int) -> anon.Request:
-        generator = self._generator(bucket, settings.generator, "settings.generator")
-        return anon.check(generator, dataset_id=dataset or generator.trained_on,
-                          label_columns=columns or list(generator.config.classes),
-                          image_size=image_size or generator.config.image_size,
-                          protected=list(settings.protected_attributes), kept=list(settings.kept_attributes),
-                          intensity=settings.intensity, steps=settings.steps, seed=settings.seed)
-
-    def _checked(self, bucket: str, settings: an.AnonymizationSettings, reader: DatasetReader) -> anon.Request:
-        return self._check(bucket, settings, reader.dataset, reader.header.label_columns, reader.header.image_size)
+    # --- anonymizing (the settings, the generator, a dataset's plan, charge and run: dataset_run) -------------
 
     def EstimatePrivacyCost(self, request, context):
         """One image's cost, which is also a dataset's (each image is a different person's, so their costs do
         not add up: parallel composition); priced for the generator's own training dataset, so ε_g is in it."""
         tenant = _tenant()
         bounds.integer(request.image_count, "image_count", 0, MAX_IMAGE_COUNT)
-        checked = self._check(keys.bucket(tenant), request.settings, "", [], 0)
+        checked = dataset_run.check(self.registry, keys.bucket(tenant), request.settings, "", [], 0)
         return an.EstimatePrivacyCostResponse(privacy_cost=privacy_cost_to_proto(checked.cost.per_image))
 
     def Anonymize(self, request, context):
         tenant = _tenant()
         bucket = keys.bucket(tenant)
         reader = dataset_reader(self.store, bucket, request.dataset, "dataset")
-        checked = self._checked(bucket, request.settings, reader)
+        checked = dataset_run.checked(self.registry, bucket, request.settings, reader)
         samples = preview.check(reader, checked, list(request.sample_keys))
         charge = convert.charge_id("Anonymize", request)
         self._reserve(tenant, reader.dataset, dataclasses.replace(checked.cost.charged,
                                                                   description="anonymization preview"),
                       charge, "Anonymize", request.settings.budget, "settings.budget")
         with self.ledger.settles(tenant, charge):
-            shown = preview.run(self._net(checked.generator, bucket), checked, reader, samples,
-                                seed=request.settings.seed)
+            net = dataset_run.load_net(self.registry, checked.generator, bucket)
+            shown = preview.run(net, checked, reader, samples, seed=request.settings.seed)
         return convert.preview_to_proto(shown, checked)
 
     def AnonymizeDataset(self, request, context):
         tenant = _tenant()
-        charged = self._plan_dataset(tenant, request)
-        job: anonymized_dataset.Job = charged.job
-        self._reserve(tenant, job.reader.dataset, dataclasses.replace(job.request.cost.charged,
-                                                                      description="dataset anonymization"),
-                      charged.charge, "AnonymizeDataset", request.settings.budget, "settings.budget")
+        dataset_run.reserve(self.ledger, tenant, self._plan_dataset(tenant, request), request)
         return an.AnonymizeDatasetResponse(operation=self._dataset.start(tenant, request))
 
-    def _plan_dataset(self, tenant: str, request: an.AnonymizeDatasetRequest) -> _Charged:
-        bucket = keys.bucket(tenant)
-        reader = dataset_reader(self.store, bucket, request.dataset, "dataset")
-        checked = self._checked(bucket, request.settings, reader)
-        output = names.dataset(request.output_dataset or request.dataset.dataset, "output_dataset")
-        if request.output_version < 1:
-            raise InvalidInput("output_version", "is required: the version the coordinator reserved for the output")
-        # every call into one version (each replica's shards, the finishing call) is the same request
-        fingerprint = convert.fingerprint(request, ignore=("request_id", "shards"))
-        job = anonymized_dataset.plan(self.store, bucket, reader, checked, output=(output, request.output_version),
-                                      fingerprint=fingerprint, shards=list(request.shards) if request.shards else None)
-        return _Charged(job, convert.dataset_charge_id(job.out.output, fingerprint))
+    def _plan_dataset(self, tenant: str, request: an.AnonymizeDatasetRequest) -> Charged:
+        return dataset_run.plan(self.store, self.registry, tenant, request)
 
-    def _run_dataset(self, ctx: OperationContext, charged: _Charged) -> an.AnonymizationResult:
+    def _run_dataset(self, ctx: OperationContext, charged: Charged) -> an.AnonymizationResult:
         job: anonymized_dataset.Job = charged.job
 
         def progress(done: int, total: int, shards: int) -> None:
@@ -200,12 +154,10 @@ class AnonymizerServicer(anonymizer_service_pb2_grpc.AnonymizerServiceServicer):
 
         def load() -> nn.Module:
             ctx.report(stage="loading the generator")
-            return self._net(job.request.generator, job.out.bucket)
+            return dataset_run.load_net(self.registry, job.request.generator, job.out.bucket)
 
-        # a call given shards leaves the charge reserved: the call that finishes the version settles it
-        settles = self.ledger.settles(ctx.tenant, charged.charge) if job.shards is None else contextlib.nullcontext()
-        with settles:
-            result = anonymized_dataset.run(job, load, progress=progress, cancelled=lambda: ctx.cancelled)
+        result = dataset_run.run(self.ledger, ctx.tenant, charged, load, progress=progress,
+                                 cancelled=lambda: ctx.cancelled)
         return convert.anonymization_result_to_proto(job, result)
 
     # --- measuring what released images give away -------------------------------------------------------------
