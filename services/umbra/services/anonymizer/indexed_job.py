@@ -47,7 +47,7 @@ from umbra.anonymization import dataset as anonymized_dataset
 from umbra.anonymizer.v1 import anonymizer_service_pb2 as an
 from umbra.classifiers.registry import ModelRegistry
 from umbra.dataset import manifest as mf
-from umbra.runtime import logs
+from umbra.runtime import logs, tracing
 from umbra.runtime.config import ConfigError, ServiceConfig
 from umbra.runtime.errors import Cancelled, FailedPrecondition, InvalidInput, NotFound, UmbraError
 from umbra.services.anonymizer import dataset_run
@@ -193,11 +193,15 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"{PROG}: {exc}", file=sys.stderr)
         return REFUSED
     logs.configure("anonymizer-job", config.log_level)
+    tracing.configure("anonymizer-job", env)  # its spans, S3 and ledger calls included, when OTLP is configured
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())  # stops between batches; written shards stay
     ledger = LedgerClient(config.coordinator_url, config.service_token, commit_patience=config.ledger_commit_seconds)
     try:
-        summary = run_index(settings, open_store(config.store), ledger, cancelled=stop.is_set)
+        with tracing.tracer(__name__).start_as_current_span("indexed job anonymize", attributes={
+                "umbra.tenant": settings.tenant, "umbra.job_index": settings.index,
+                "umbra.job_completions": settings.completions}):
+            summary = run_index(settings, open_store(config.store), ledger, cancelled=stop.is_set)
     except Cancelled:
         print(f"{PROG}: stopped (SIGTERM); the shards written so far are kept for the next try", file=sys.stderr)
         return STOPPED
@@ -207,6 +211,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except UmbraError as exc:
         print(f"{PROG}: {exc.message}", file=sys.stderr)
         return FAILED
+    finally:
+        tracing.shutdown()  # sends what is batched
     print(json.dumps(summary), flush=True)
     return DONE
 
