@@ -1,7 +1,7 @@
 """Training: accuracy of plain and DP-SGD classifiers (the recipes in umbra.classifiers.recipes), what the
 training service costs over the same loop in-process, and what Triton costs over in-process inference.
 
-    python -m benchmarks.training [--quick] [--data DIR] [--task gender]
+    python -m benchmarks.training [--quick] [--data DIR] [--task gender] [--only inference]
 
 Starts what it needs (the S3 server from deploy/s3/rgw.sh, a coordinator and a training service process, and
 the inference server, a real Triton) and stops it again. The data is ingested through the coordinator like a
@@ -15,6 +15,9 @@ out/bench/training.png (test accuracy against epsilon) with:
   gateway_vs_direct_ratio (batch-64 inference: images/s through the coordinator's ModelService.Predict, which
   checks the tenant's key and forwards to Triton, over tritonclient straight to Triton with the coordinator's access
   token; the same model and processes, alternating rounds, the median of the rounds' ratios).
+With `--only inference`, no recipe is trained in-process: the epsilon-8 recipe is trained through the service (the
+model to serve; `--epoch-factor` shortens it) and only the inference comparison is run, into
+out/bench/training-inference.json (the triton and gateway figures above, no plot).
 In-process, each recipe is trained with 3 seeds (1 with --quick) and the accuracies are their means (the
 per-seed figures are in the JSON): a test split of ~300 faces has a standard error of about 2.5 points.
 """
@@ -22,6 +25,7 @@ per-seed figures are in the JSON): a test split of ~300 faces has a standard err
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -42,6 +46,7 @@ from umbra.privacy import dp_sgd
 from umbra.client.datasets import DatasetsClient
 from umbra.client.operations import OperationsClient
 from umbra.common.v1 import refs_pb2
+from umbra.coordinator.v1 import model_service_pb2, model_service_pb2_grpc
 from umbra.inference import access
 from umbra.inference.gateway import Gateway
 from umbra.services.training import convert
@@ -124,6 +129,8 @@ def main() -> int:
                         help="seeds per recipe in-process (default 3, or 1 with --quick); accuracies are means")
     parser.add_argument("--epoch-factor", type=float, default=None,
                         help="scale every recipe's epochs by this (default 1)")
+    parser.add_argument("--only", choices=["inference"], default=None,
+                        help="inference: train only the served model (through the service) and compare inference")
     args = parser.parse_args()
     factor = args.epoch_factor or 1.0
     args.seeds = args.seeds or (1 if args.quick else 3)
@@ -138,8 +145,12 @@ def main() -> int:
         env = service_env(scratch / "home", s3, ["coordinator", "training"])
         env["UMBRA_INFERENCE_URL"] = triton_url = f"127.0.0.1:{free_port()}"
         port = int(triton_url.rsplit(":", 1)[1])
-        with inference_server(env, scratch / "ws", port), running_services(env, ["coordinator", "training"]) as t:
+        with running_services(env, ["coordinator", "training"]) as t, contextlib.ExitStack() as serving:
             tenant, key = create_tenant(t["coordinator"], env["UMBRA_ADMIN_KEY"])
+            # The inference server serves this tenant's publications only: the S3 server keeps every model that
+            # earlier runs, tests and demos published, and a server loading them all is not the one-model set-up
+            # that the in-process path is compared with (benchmarks.common.inference_server).
+            serving.enter_context(inference_server(env, scratch / "ws", port, tenants=[tenant]))
             datasets = DatasetsClient(open_channel(t["coordinator"], key))
             version = datasets.upload(folder, "faces", progress=False, drop_invalid=True)
             print(f"ingested {version.sample_count} images through the coordinator", flush=True)
@@ -179,10 +190,11 @@ def main() -> int:
                                 "noise_multiplier": round(first[1].noise_multiplier, 4)}
                 return summary, first
 
-            print(f"\n== in-process ({len(seeds)} seed(s) each; accuracy is their mean)", flush=True)
-            plain, _ = repeated(nonprivate, None)
-            dp_rows, runs = [], {}
-            for eps, recipe in dp_recipes.items():
+            plain, dp_rows, runs = None, [], {}
+            if args.only != "inference":
+                print(f"\n== in-process ({len(seeds)} seed(s) each; accuracy is their mean)", flush=True)
+                plain, _ = repeated(nonprivate, None)
+            for eps, recipe in dp_recipes.items() if args.only != "inference" else ():
                 row, (model, result, seconds) = repeated(recipe, eps)
                 runs[eps] = (model, result, seconds, len(split_data(recipe.image_size)["train"]) * recipe.hyper.epochs
                              / seconds)
@@ -197,14 +209,15 @@ def main() -> int:
                 train_samples=len(split_data(recipe.image_size)["train"]), epsilon=8.0, seed=args.seed)
             n_train = len(split_data(recipe.image_size)["train"])
             service_rate = n_train * recipe.hyper.epochs / service_seconds
-            inprocess_rate = runs[8.0][3]
+            inprocess_rate = runs[8.0][3] if runs else None
             evaluation = operations.result(stub.Evaluate(ts.EvaluateRequest(
                 model=refs_pb2.ModelRef(model="models/gender-dp8", version=1),
                 dataset=refs_pb2.DatasetRef(dataset="datasets/faces", version=1, split="test")), timeout=30
             ).operation.name, ts.Evaluation, poll_seconds=0.5)
+            against = f" against {inprocess_rate:.0f} in-process" if inprocess_rate else ""
             print(f"   {trained.name}: epsilon {trained.training_record.privacy_cost.epsilon:.3f}, test accuracy "
-                  f"{evaluation.accuracy:.4f}; {service_rate:.0f} samples/s through the service against "
-                  f"{inprocess_rate:.0f} in-process ({service_seconds:.0f} s end to end)", flush=True)
+                  f"{evaluation.accuracy:.4f}; {service_rate:.0f} samples/s through the service{against} "
+                  f"({service_seconds:.0f} s end to end)", flush=True)
 
             print("\n== inference: Triton against in-process torch, batch 64", flush=True)
             exported = stub.ExportModelVersion(ts.ExportModelVersionRequest(
@@ -244,6 +257,10 @@ def main() -> int:
                 triton_rates.append(images_per_s(remote, images, 64, seconds))
                 gateway_rates.append(images_per_s(gateway, images, 64, seconds))
             direct.close()
+            # Withdraw it: the S3 server outlives the benchmark, and every inference server started on it later
+            # would load this model too (see inference_server in benchmarks.common).
+            model_service_pb2_grpc.ModelServiceStub(open_channel(t["coordinator"], key)).DeletePublication(
+                model_service_pb2.DeletePublicationRequest(name=publication), timeout=60)
             ratios = sorted(t / c for t, c in zip(triton_rates, torch_rates, strict=True))
             triton_ratio = ratios[len(ratios) // 2]
             gateway_ratios = sorted(g / d for g, d in zip(gateway_rates, triton_rates, strict=True))
@@ -258,6 +275,26 @@ def main() -> int:
                   f"{triton_rate:.0f} straight to Triton (ratio {gateway_ratio:.3f}); largest logit difference "
                   f"{gateway_difference:.2e}", flush=True)
 
+    inference_result = {
+        "triton": {"served_model_name": exported.served_model_name, "images_per_s": round(triton_rate, 1),
+                   "inprocess_images_per_s": round(torch_rate, 1), "batch": 64,
+                   "round_ratios": [round(r, 4) for r in ratios],
+                   "max_logit_difference": max_difference, "test_accuracy": round(triton_accuracy, 4)},
+        "triton_vs_inprocess_ratio": round(triton_ratio, 4),
+        "gateway": {"publication": publication, "images_per_s": round(gateway_rate, 1),
+                    "direct_images_per_s": round(triton_rate, 1), "batch": 64,
+                    "round_ratios": [round(r, 4) for r in gateway_ratios],
+                    "max_logit_difference": gateway_difference},
+        "gateway_vs_direct_ratio": round(gateway_ratio, 4),
+    }
+    if args.only == "inference":
+        result = {"task": args.task, "data": what, "quick": args.quick, "only": args.only,
+                  "service": {"model_version": trained.name, "epochs": recipe.hyper.epochs,
+                              "test_accuracy": round(evaluation.accuracy, 4)},
+                  **inference_result, "seconds": round(time.perf_counter() - began, 1)}
+        path = write_result("training-inference", result)
+        print(f"\nwrote {path} ({result['seconds']:.0f} s)")
+        return 0
     dp8 = next(r for r in dp_rows if r["target_epsilon"] == 8.0)
     sizes = split_data(nonprivate.image_size)
     result = {
@@ -272,16 +309,7 @@ def main() -> int:
                     "test_accuracy": round(evaluation.accuracy, 4), "seconds_end_to_end": round(service_seconds, 1),
                     "samples_per_s": round(service_rate, 1), "inprocess_samples_per_s": round(inprocess_rate, 1)},
         "service_vs_inprocess_ratio": round(service_rate / inprocess_rate, 4),
-        "triton": {"served_model_name": exported.served_model_name, "images_per_s": round(triton_rate, 1),
-                   "inprocess_images_per_s": round(torch_rate, 1), "batch": 64,
-                   "round_ratios": [round(r, 4) for r in ratios],
-                   "max_logit_difference": max_difference, "test_accuracy": round(triton_accuracy, 4)},
-        "triton_vs_inprocess_ratio": round(triton_ratio, 4),
-        "gateway": {"publication": publication, "images_per_s": round(gateway_rate, 1),
-                    "direct_images_per_s": round(triton_rate, 1), "batch": 64,
-                    "round_ratios": [round(r, 4) for r in gateway_ratios],
-                    "max_logit_difference": gateway_difference},
-        "gateway_vs_direct_ratio": round(gateway_ratio, 4),
+        **inference_result,
         "anchor": {str(k): v for k, v in ANCHOR.items()},
         "seconds": round(time.perf_counter() - began, 1),
     }

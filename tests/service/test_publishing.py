@@ -167,3 +167,32 @@ def test_export_without_an_inference_server_is_a_failed_precondition(tmp_path):
         assert "UMBRA_INFERENCE_URL" in err.value.details()
     finally:
         running.stop(grace=0)
+
+
+def test_a_server_scoped_to_tenants_serves_only_theirs(tmp_path):
+    """`--tenant`: the inference server loads the publications of the tenants it is given, none of the others'."""
+    from umbra.classifiers.model_config import ModelConfig
+    from umbra.inference import publications
+    from umbra.inference.triton import sync_publications
+
+    class Server:  # what sync_publications uses of InferenceServer, without starting Triton
+        def __init__(self):
+            self.models = {}
+
+        def add(self, served):
+            self.models[served.name] = served
+
+        def remove(self, name):
+            del self.models[name]
+
+    store = LocalObjectStore(tmp_path / "objects")
+    config = ModelConfig("groupnorm_cnn", 2, 32, classes=["a", "b"], width=8)
+    for tenant in ("acme", "globex", "initech"):
+        store.ensure_bucket(f"umbra-{tenant}")
+        version = ModelRegistry(store).write(f"umbra-{tenant}", "smile", config, create(config).state_dict(), {})
+        publications.publish(store, tenant, "smile-api", "smile", version)
+    scoped, everyone = Server(), Server()
+    sync_publications(scoped, store, {}, {"acme", "initech"})
+    sync_publications(everyone, store, {})
+    assert sorted(scoped.models) == ["acme.smile-api", "initech.smile-api"]
+    assert sorted(everyone.models) == ["acme.smile-api", "globex.smile-api", "initech.smile-api"]

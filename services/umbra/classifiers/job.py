@@ -9,7 +9,9 @@ training record written with the weights (built here, beside the parameters it d
 `progress(stage, epoch=None, checkpoint="", privacy=None)` gets each stage, and after every epoch its report, the
 key of the checkpoint just saved and the privacy spent so far (a dict shaped like the record's "privacy").
 A run stopped after an epoch resumes from its last checkpoint when run again with the same `run_id`; a run keeps
-only that one, and none once its version is written.
+only that one, and none once its version is written. With `processes` > 1 it trains data parallel on that many
+local processes (umbra.classifiers.distributed); one of them dying raises Interrupted, and the run started again
+with the same `run_id` resumes from the checkpoint, its epsilon counting every step once.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from umbra.storage.datasets import DatasetReader
 
 log = logging.getLogger(__name__)
 MAX_WIDTH = 256  # channels of the network's first stage
+DEFAULT_MAX_PROCESSES = 2  # data-parallel processes a worker allows one run (UMBRA_TRAINING_MAX_PROCESSES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +59,8 @@ class Job:
     seed: int
     start: StoredModel | None  # public pretraining: the model version to start from
     revision: tuple[Revision, Change] | None  # train on the dataset as revised
+    processes: int = 1  # data-parallel processes (umbra.classifiers.distributed)
+    run: str = ""  # the run id (32 hex digits) the caller keeps the run's checkpoints under, when it chose one
 
     def privacy(self, epsilon: float, accountant: str, noise_multiplier: float, steps: int, samples: int) -> dict:
         """What a DP run spent, with what re-derives it (the record's "privacy")."""
@@ -83,6 +88,7 @@ class Job:
             "revision": self.revision[0].describe() if self.revision else None,
             "privacy": (self.privacy(result.epsilon, result.accountant, result.noise_multiplier, result.steps,
                                      samples) if self.dp else None),
+            "processes": self.processes,
         }
 
 
@@ -96,9 +102,15 @@ class Result:
 def plan(registry: ModelRegistry, bucket: str, *, model: str, reader: DatasetReader, task: str, split: str,
          architecture: str, hyper: loop.Hyperparameters, image_size: int, width: int, mirror_average: bool = False,
          dp: DPSettings | None, seed: int, start: tuple[str, int] | None, revised: DatasetReader | None,
-         removed: Iterable[str] = (), revise: bool = False) -> Job:
+         removed: Iterable[str] = (), revise: bool = False, processes: int = 1,
+         max_processes: int = DEFAULT_MAX_PROCESSES) -> Job:
     """Every check before any compute; InvalidInput names the request field. `image_size` 0 is the dataset's,
-    `width` 0 the starting point's or the default; `revise` trains on the dataset as `revised` and `removed` say."""
+    `width` 0 the starting point's or the default; `revise` trains on the dataset as `revised` and `removed` say;
+    `processes` (0: one) data-parallel processes, at most the worker's `max_processes`."""
+    processes = processes or 1
+    if not 1 <= processes <= max_processes:
+        raise InvalidInput("processes", f"is {processes}: this worker trains on 1 to {max_processes} processes "
+                                        f"(UMBRA_TRAINING_MAX_PROCESSES); 0 means one")
     if task not in reader.header.label_columns:
         raise InvalidInput("task", f"{task!r} is not a label column of datasets/{reader.dataset} (it has "
                                    f"{', '.join(reader.header.label_columns) or 'none'})")
@@ -121,8 +133,10 @@ def plan(registry: ModelRegistry, bucket: str, *, model: str, reader: DatasetRea
     if n == 0:
         raise InvalidInput("dataset.split", f"split {split!r} has no samples labelled with {task!r}")
     loop.validate(data_size=n, hyper=hyper, dp=dp)
+    if processes > 1 and hyper.batch_size < processes:
+        raise InvalidInput("processes", f"is {processes}: more than the {hyper.batch_size} samples of a batch")
     return Job(registry, bucket, model, reader, task, split, architecture, hyper, image_size, width, mirror_average,
-               dp, seed, stored, revision)
+               dp, seed, stored, revision, processes)
 
 
 def _starting_point(registry: ModelRegistry, bucket: str, start: tuple[str, int], reader: DatasetReader,
@@ -160,7 +174,8 @@ def run(job: Job, *, run_id: str, progress: Callable[..., None] = lambda stage, 
     saved = job.registry.latest_checkpoint(job.bucket, job.model, run_id)
     resume = Checkpoint(**saved) if saved else None
     if resume is not None:
-        log.info("resuming operations/%s from its epoch-%d checkpoint", run_id, resume.epoch)  # run id: the operation's
+        run = f"the run {run_id} of a retried request" if run_id == job.run else f"operations/{run_id}"
+        log.info("resuming %s from its epoch-%d checkpoint", run, resume.epoch)  # run id: the operation's or request's
 
     def on_epoch(report: EpochReport, checkpoint: Checkpoint) -> None:
         key = job.registry.save_checkpoint(job.bucket, job.model, run_id, report.epoch, dataclasses.asdict(checkpoint))
@@ -169,7 +184,7 @@ def run(job: Job, *, run_id: str, progress: Callable[..., None] = lambda stage, 
         progress("training", epoch=report, checkpoint=key, privacy=spent)
 
     result = loop.train(model=model, data=data, hyper=job.hyper, dp=job.dp, seed=job.seed, on_epoch=on_epoch,
-                        resume=resume, should_stop=cancelled)
+                        resume=resume, should_stop=cancelled, processes=job.processes)
     _check(cancelled)
     metrics = {"train_loss": result.final_loss}
     try:

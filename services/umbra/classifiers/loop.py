@@ -10,6 +10,7 @@ count, RNG state): the resumed run's epsilon counts every step taken before the 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from umbra.classifiers.data import LabelledImages
-from umbra.privacy.dp_sgd import Checkpoint, DPSettings, EpochReport, TrainResult, make_private
+from umbra.privacy.dp_sgd import Checkpoint, DPSettings, EpochReport, TrainResult, World, make_private
 from umbra.runtime import bounds
 from umbra.runtime.errors import InvalidInput
 
@@ -77,23 +78,56 @@ def validate(*, data_size: int, hyper: Hyperparameters, dp: DPSettings | None) -
 
 def train(*, model: nn.Module, data: LabelledImages, hyper: Hyperparameters, dp: DPSettings | None, seed: int,
           on_epoch: Callable[[EpochReport, Checkpoint], None] | None = None, resume: Checkpoint | None = None,
-          should_stop: Callable[[], bool] = lambda: False) -> TrainResult:
+          should_stop: Callable[[], bool] = lambda: False, processes: int = 1) -> TrainResult:
     """Trains `model` in place. `on_epoch` gets a report and a checkpoint after every epoch; `should_stop` is
-    checked between batches (cancellation)."""
+    checked between batches (cancellation). `processes` > 1 trains data-parallel on that many local processes
+    (umbra.classifiers.distributed): the same epsilon, and rank 0's weights come back into `model`."""
     validate(data_size=len(data), hyper=hyper, dp=dp)
+    stem = getattr(model, "fixed_stem", None)
+    # A parameter-free first stage (the ScatterNets): computed once for every image and its mirror image, and only
+    # the rest of the network is trained (and made private) on its outputs.
+    inputs = None if stem is None else (stem_outputs(stem, data.images, mirrored=False),
+                                        stem_outputs(stem, data.images, mirrored=True))
+    if processes > 1:
+        from umbra.classifiers import distributed
+
+        return distributed.train(model=model, data=data, inputs=inputs, hyper=hyper, dp=dp, seed=seed,
+                                 on_epoch=on_epoch, resume=resume, should_stop=should_stop,
+                                 processes=processes).result
+    return train_rank(model=model, data=data, inputs=inputs, hyper=hyper, dp=dp, seed=seed, on_epoch=on_epoch,
+                      resume=resume, should_stop=should_stop)
+
+
+def rank_seed(seed: int, world: World | None, epoch: int = 0) -> int:
+    """The seed of a rank's data RNG (Poisson sampling, flips): the run's own on one process or rank 0, a distinct
+    one on every other rank (ranks drawing alike would sample their chunks alike), and one per epoch to start at."""
+    if (world is None or world.rank == 0) and epoch == 0:
+        return seed
+    rank = world.rank if world is not None else 0
+    return int.from_bytes(hashlib.sha256(f"{seed}/{rank}/{epoch}".encode()).digest()[:7], "big")
+
+
+def train_rank(*, model: nn.Module, data: LabelledImages, inputs: tuple[torch.Tensor, torch.Tensor] | None,
+               hyper: Hyperparameters, dp: DPSettings | None, seed: int,
+               on_epoch: Callable[[EpochReport, Checkpoint], None] | None = None, resume: Checkpoint | None = None,
+               should_stop: Callable[[], bool] = lambda: False, world: World | None = None) -> TrainResult:
+    """One process's training: the whole run, or rank `world.rank` of a data-parallel one (torch.distributed
+    initialised). `inputs`: the fixed stem's outputs for the images and their mirror images, when the model has
+    one. Every rank of a world calls `on_epoch` alike (pass it to rank 0 alone to keep one checkpoint)."""
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(rank_seed(seed, world))
     if resume is not None:
         model.load_state_dict(resume.model)  # the whole network, before any part of it is wrapped
-        if resume.rng is not None:
-            generator.set_state(resume.rng)
+        state = (resume.rank_rngs[world.rank] if world is not None and len(resume.rank_rngs) == world.size else
+                 resume.rng if world is None or world.size == 1 else None)
+        if state is not None:
+            generator.set_state(state)
+        elif world is not None:  # a checkpoint of another number of processes: fresh draws, never the first ones
+            generator.manual_seed(rank_seed(seed, world, resume.epoch))
     full = model
-    stem = getattr(model, "fixed_stem", None)
-    if stem is not None:
-        # A parameter-free first stage (the ScatterNets): computed once for every image and its mirror image, and
-        # only the rest of the network is trained (and made private) on its outputs.
-        inputs = (stem_outputs(stem, data.images, mirrored=False), stem_outputs(stem, data.images, mirrored=True))
-        model = model.trainable()
+    if inputs is not None:
+        if getattr(model, "fixed_stem", None) is not None:  # (a rank of a world is given the trainable part alone)
+            model = model.trainable()
         dataset = TensorDataset(torch.arange(len(data)), data.labels)
     else:
         dataset = TensorDataset(data.images, data.labels)
@@ -105,10 +139,10 @@ def train(*, model: nn.Module, data: LabelledImages, hyper: Hyperparameters, dp:
         torch.optim.SGD(params, lr=hyper.learning_rate, momentum=hyper.momentum, weight_decay=hyper.weight_decay,
                         nesterov=hyper.momentum > 0))
     private = make_private(module=model, optimizer=optimizer, data_loader=loader, dp=dp, epochs=hyper.epochs,
-                           resume=resume)
+                           resume=resume, world=world)
     model, optimizer = private.module, private.optimizer
     steps, loss_value = private.start_steps, math.nan
-    criterion = nn.CrossEntropyLoss()
+    criterion = nn.CrossEntropyLoss(reduction="sum")  # divided by the batch below (an empty batch: a loss of 0)
     total_steps = hyper.epochs * len(private.loader)  # expected, under Poisson sampling
     model.train()
     for epoch in range(private.start_epoch, hyper.epochs):
@@ -117,7 +151,7 @@ def train(*, model: nn.Module, data: LabelledImages, hyper: Hyperparameters, dp:
             if should_stop():
                 return private.result(steps, loss_value)
             flip = (torch.rand(len(labels), generator=generator) < 0.5) if hyper.flip else None
-            if stem is not None:  # `images` holds indices into the stem's outputs
+            if inputs is not None:  # `images` holds indices into the stem's outputs
                 x = inputs[0][images] if flip is None else torch.where(
                     flip.view(-1, 1, 1, 1), inputs[1][images], inputs[0][images])
             else:
@@ -127,18 +161,37 @@ def train(*, model: nn.Module, data: LabelledImages, hyper: Hyperparameters, dp:
             for group in optimizer.param_groups:  # the same for every physical batch of a logical step
                 group["lr"] = learning_rate(hyper, steps, total_steps)
             optimizer.zero_grad(set_to_none=True)
-            loss = criterion(model(x), labels)
+            loss = criterion(model(x), labels) / max(len(labels), 1)
             loss.backward()
             optimizer.step()
             steps += private.stepped()
             total += loss.item() * len(labels)
             count += len(labels)
-        loss_value = total / max(count, 1)
+        loss_value = _mean_loss(total, count, world)
         report = private.report(epoch + 1, hyper.epochs, loss_value, steps)
         log.info("epoch %d/%d: loss %.4f, epsilon %.3f", epoch + 1, hyper.epochs, loss_value, report.epsilon)
+        rank_rngs = _gather_rngs(generator, world)
         if on_epoch is not None:  # the checkpoint saves the whole network (its trained part shares the parameters)
-            on_epoch(report, private.checkpoint(epoch + 1, steps, full, generator))
+            on_epoch(report, private.checkpoint(epoch + 1, steps, full, generator, rank_rngs=rank_rngs))
     return private.result(steps, loss_value)
+
+
+def _mean_loss(total: float, count: int, world: World | None) -> float:
+    """The epoch's mean training loss over every rank's samples."""
+    if world is not None and world.size > 1:
+        both = torch.tensor([total, float(count)], dtype=torch.float64)
+        torch.distributed.all_reduce(both)
+        total, count = float(both[0]), int(both[1])
+    return total / max(count, 1)
+
+
+def _gather_rngs(generator: torch.Generator, world: World | None) -> list[torch.Tensor]:
+    """Every rank's data RNG state, in rank order (on every rank), for the checkpoint; [] on one process."""
+    if world is None or world.size == 1:
+        return []
+    states: list = [None] * world.size
+    torch.distributed.all_gather_object(states, generator.get_state())
+    return states
 
 
 def stem_outputs(stem: nn.Module, images: torch.Tensor, *, mirrored: bool, batch: int = 256) -> torch.Tensor:

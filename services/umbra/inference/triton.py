@@ -13,7 +13,9 @@ Command line: `python -m umbra.inference.triton --model-dir DIR [--grpc-port P]`
 under DIR (the folder name is the model name) until SIGTERM or SIGINT. With `--store` instead, it serves the
 model versions published in object storage (umbra.inference.publications), loads new ones as they are
 published and unloads withdrawn ones, without a restart (Triton's explicit model control, through PyTriton's
-bind after start).
+bind after start). `--tenant ID` (repeatable) limits it to those tenants' publications, so that tenants can be
+spread over several inference servers, and a benchmark's server serves its own model, not every publication an
+earlier run left in a shared store.
 
 Access: with UMBRA_SERVICE_TOKEN in its environment, the server restricts every Triton protocol but health
 (inference, metadata, model config, the model repository, ...) to the access token derived from it
@@ -41,7 +43,7 @@ import sys
 import sysconfig
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -363,13 +365,16 @@ def published_weights(store, publication) -> tuple[ModelConfig, dict[str, torch.
     return stored.config, registry.weights(bucket, publication.model, publication.version)
 
 
-def sync_publications(server: InferenceServer, store, tried: dict[str, str]) -> None:
-    """Makes `server` serve what is published in `store`: loads every publication it does not serve yet and
-    unloads those withdrawn (or replaced by another entry under the same name). `tried` maps a Triton name to the
-    entry (etag) last tried, so an entry that failed to load is logged and recorded once, not on every poll."""
+def sync_publications(server: InferenceServer, store, tried: dict[str, str],
+                      tenants: Collection[str] | None = None) -> None:
+    """Makes `server` serve what is published in `store` (only `tenants`' publications when given): loads every
+    publication it does not serve yet and unloads those withdrawn (or replaced by another entry under the same
+    name). `tried` maps a Triton name to the entry (etag) last tried, so an entry that failed to load is logged and
+    recorded once, not on every poll."""
     from umbra.inference import publications
 
-    current = {p.triton_name: (p, etag) for p, etag in publications.list_all(store)}  # all read before any change
+    current = {p.triton_name: (p, etag) for p, etag in publications.list_all(store)  # all read before any change
+               if tenants is None or p.tenant in tenants}
     for name in [n for n in tried if current.get(n, (None, None))[1] != tried[n]]:
         del tried[name]
         if name in server.models:
@@ -400,6 +405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     source.add_argument("--store", action="store_true",
                         help="serve the models published in object storage (UMBRA_STORE, UMBRA_S3_* as for the "
                              "services), picking up new publications as they appear")
+    parser.add_argument("--tenant", action="append", dest="tenants", metavar="ID",
+                        help="with --store: serve only this tenant's publications (repeatable; default: every "
+                             "tenant's)")
     parser.add_argument("--poll-seconds", type=float, default=1.0, help="with --store: how often to look for new "
                                                                         "publications (default 1)")
     parser.add_argument("--grpc-port", type=int, default=8001)
@@ -409,6 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workspace", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "umbra-triton",
                         help="PyTriton's working copy goes to a new folder in here")
     args = parser.parse_args(argv)
+    if args.tenants and not args.store:
+        parser.error("--tenant needs --store")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service_token = os.environ.get("UMBRA_SERVICE_TOKEN", "")
     if service_token:
@@ -441,13 +451,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     try:
-        what = "the publications in object storage" if store is not None else ", ".join(server.models)
+        what = ", ".join(server.models) if store is None else "the publications in object storage" + (
+            f" of {', '.join(args.tenants)}" if args.tenants else "")
         print(f"serving {what} at {server.grpc_url}", flush=True)
         tried: dict[str, str] = {}
         while True:
             if store is not None:
                 try:
-                    sync_publications(server, store, tried)
+                    sync_publications(server, store, tried, set(args.tenants) if args.tenants else None)
                 except Exception as e:  # noqa: BLE001 - storage down: keep serving what is loaded, retry
                     logger.warning("cannot read the publications: %s", e)
             if stopping.wait(args.poll_seconds if store is not None else 1.0):

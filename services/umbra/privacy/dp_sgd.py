@@ -11,6 +11,14 @@ checkpoint a stopped run resumes from (its epsilon counts every step taken befor
     result = private.result(steps, loss)
 
 Without DP (`dp=None`) the same calls train plainly: nothing is wrapped, epsilon is 0.
+
+Data-parallel over N processes (`world=World(rank, size)`, torch.distributed initialised by the caller): Opacus's
+DifferentiallyPrivateDistributedDataParallel wraps the module (rank 0's weights broadcast), its distributed
+optimizer clips each rank's per-sample gradients, adds the noise on rank 0 alone and all-reduces the sums, and
+the loader is Opacus's distributed Poisson sampling: each rank draws its share of the dataset at the same rate q
+= 1 / (batches per epoch) as one process would, so q, the noise multiplier and the steps, and therefore epsilon,
+are those of the one-process run (docs/distributed-training.md). Without DP, torch's DistributedDataParallel and
+an equal shard of each epoch's shuffle per rank.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Sampler
 
 from umbra.runtime.errors import InvalidInput
 
@@ -79,6 +88,18 @@ class Checkpoint:
     accountant: dict = field(default_factory=dict)
     rng: torch.Tensor | None = None
     ema: dict = field(default_factory=dict)  # an exponential moving average of the weights, where one is kept
+    # torch's global RNG, which Opacus draws the noise from: a resumed run goes on with fresh noise instead of
+    # drawing the noise of its first steps again (noise used twice would cancel out of two updates' difference)
+    noise_rng: torch.Tensor | None = None
+    rank_rngs: list = field(default_factory=list)  # each rank's `rng` in a run over several processes
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in a data-parallel run over `size` processes (torch.distributed is initialised)."""
+
+    rank: int
+    size: int
 
 
 @dataclass(frozen=True)
@@ -182,12 +203,14 @@ class Private:
     def report(self, epoch: int, epochs: int, loss: float, steps: int) -> EpochReport:
         return EpochReport(epoch, epochs, loss, steps, *self.epsilon())
 
-    def checkpoint(self, epoch: int, steps: int, network: nn.Module, rng: torch.Generator, ema=None) -> Checkpoint:
+    def checkpoint(self, epoch: int, steps: int, network: nn.Module, rng: torch.Generator, ema=None,
+                   rank_rngs: list[torch.Tensor] = ()) -> Checkpoint:
         return Checkpoint(epoch=epoch, steps=steps,
                           model={k: v.detach().clone() for k, v in network.state_dict().items()},
                           optimizer=self.optimizer.state_dict(), noise_multiplier=self.noise_multiplier,
                           accountant=self.engine.accountant.state_dict() if self.engine else {},
-                          rng=rng.get_state(), ema=ema.state_dict() if ema is not None else {})
+                          rng=rng.get_state(), ema=ema.state_dict() if ema is not None else {},
+                          noise_rng=torch.get_rng_state(), rank_rngs=list(rank_rngs))
 
     def result(self, steps: int, loss: float) -> TrainResult:
         """What the run spent and reached."""
@@ -199,11 +222,13 @@ class Private:
 
 def make_private(*, module: nn.Module, optimizer: torch.optim.Optimizer, data_loader: torch.utils.data.DataLoader,
                  dp: DPSettings | None, epochs: int, resume: Checkpoint | None,
-                 grad_sample_mode: str | None = None) -> Private:
+                 grad_sample_mode: str | None = None, world: World | None = None) -> Private:
     """Opacus's make_private with the noise calibrated for `epochs` epochs of the loader (or taken from `resume`),
     the accountant's and optimizer's state restored from `resume`. The caller loads `resume.model` into its network
-    before, since the wrapped module shares its parameters."""
+    before, since the wrapped module shares its parameters. With a `world` of several processes, `data_loader` is
+    the whole dataset's (its batch the global logical batch): each rank gets its share (module docstring)."""
     engine, sigma, accountant = None, 0.0, ""
+    distributed = world is not None and world.size > 1
     if dp is not None:
         from opacus import PrivacyEngine
 
@@ -212,14 +237,109 @@ def make_private(*, module: nn.Module, optimizer: torch.optim.Optimizer, data_lo
         else:
             sample_rate = poisson_rate(len(data_loader.dataset), data_loader.batch_size)
             sigma, accountant = calibrate_noise(dp, sample_rate, epochs * len(data_loader))
+        if distributed:
+            from opacus.distributed import DifferentiallyPrivateDistributedDataParallel
+
+            if not dp.poisson_sampling:
+                raise InvalidInput("differential_privacy.poisson_sampling", "training over several processes "
+                                                                            "samples batches with Poisson sampling")
+            module = DifferentiallyPrivateDistributedDataParallel(module)  # broadcasts rank 0's weights
         engine = PrivacyEngine(accountant=accountant, secure_mode=dp.secure_mode)
         extra = {"grad_sample_mode": grad_sample_mode} if grad_sample_mode else {}
         module, optimizer, data_loader = engine.make_private(
             module=module, optimizer=optimizer, data_loader=data_loader, noise_multiplier=sigma,
             max_grad_norm=dp.max_grad_norm, poisson_sampling=dp.poisson_sampling, **extra)
+        if distributed:
+            data_loader = _every_step(data_loader, world)
+            optimizer.reduce_gradients = _one_all_reduce(optimizer)
         if resume is not None and resume.accountant:
             engine.accountant.load_state_dict(resume.accountant)
+    elif distributed:
+        module = torch.nn.parallel.DistributedDataParallel(module)  # broadcasts rank 0's weights
+        data_loader = _sharded(data_loader, world, start_epoch=resume.epoch if resume else 0)
     if resume is not None:
         optimizer.load_state_dict(resume.optimizer)
+        if resume.noise_rng is not None:
+            torch.set_rng_state(resume.noise_rng)
     return Private(module, optimizer, data_loader, dp, engine, sigma, accountant,
                    resume.epoch if resume else 0, resume.steps if resume else 0)
+
+
+class EveryStepPoissonSampler(Sampler):
+    """Opacus's DistributedUniformWithReplacementSampler (the same shuffle of the dataset into one chunk per rank,
+    the same Bernoulli(q) draw of each of the rank's samples, `steps` times an epoch), except that a rank whose draw
+    is empty yields its empty batch instead of skipping it: every rank then takes every step together (a skipped
+    step would leave the other ranks waiting in the all-reduce), and Opacus handles the empty batch as it does
+    with one process. Give each rank its own `generator`: one shared draw would sample the ranks' chunks alike."""
+
+    def __init__(self, *, total_size: int, sample_rate: float, steps: int, world: World,
+                 generator: torch.Generator | None, shuffle_seed: int = 0):
+        self.total_size, self.sample_rate, self.steps = total_size, sample_rate, steps
+        self.world, self.generator, self.shuffle_seed = world, generator, shuffle_seed
+        self.num_samples = len(range(world.rank, total_size, world.size))
+
+    def __iter__(self):
+        order = torch.randperm(self.total_size, generator=torch.Generator().manual_seed(self.shuffle_seed))
+        mine = order[self.world.rank::self.world.size]
+        for _ in range(self.steps):
+            mask = torch.rand(self.num_samples, generator=self.generator) < self.sample_rate
+            yield mine[mask.nonzero(as_tuple=False).reshape(-1)].tolist()
+
+    def __len__(self) -> int:
+        return self.steps
+
+
+def _one_all_reduce(optimizer):
+    """Opacus's DistributedDPOptimizer.reduce_gradients (sum every rank's noised gradient, then divide by the
+    ranks under mean reduction) in one all-reduce of all the gradients laid end to end, instead of one per
+    parameter tensor: a step waits for the other ranks once, not once per tensor (which costs most when the ranks
+    share busy cores, or sit on other machines). The sum is the same."""
+    params = [p for p in optimizer.params if p.requires_grad]
+
+    def reduce_gradients() -> None:
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
+        if optimizer.loss_reduction == "mean":
+            flat /= optimizer.world_size
+        offset = 0
+        for p in params:
+            p.grad.copy_(flat[offset:offset + p.grad.numel()].view_as(p.grad))
+            offset += p.grad.numel()
+
+    return reduce_gradients
+
+
+def _every_step(loader: DataLoader, world: World) -> DataLoader:
+    """Opacus's distributed Poisson loader with its sampler replaced by EveryStepPoissonSampler (same rate, steps,
+    generator and collate function, which turns an empty batch into empty tensors)."""
+    inner = loader.batch_sampler
+    sampler = EveryStepPoissonSampler(total_size=inner.total_size, sample_rate=inner.sample_rate,
+                                      steps=inner.num_batches, world=world, generator=inner.generator,
+                                      shuffle_seed=inner.shuffle_seed)
+    return DataLoader(loader.dataset, batch_sampler=sampler, collate_fn=loader.collate_fn,
+                      generator=loader.generator)
+
+
+class ShardSampler(Sampler):
+    """Plain data parallelism: each epoch one shuffle of the dataset (seeded by `seed` and the epoch, so alike on
+    every rank), padded to a multiple of the ranks and dealt out; every rank gets as many samples."""
+
+    def __init__(self, total_size: int, world: World, seed: int, start_epoch: int = 0):
+        self.total_size, self.world, self.seed, self.epoch = total_size, world, seed, start_epoch
+        self.per_rank = math.ceil(total_size / world.size)
+
+    def __iter__(self):
+        order = torch.randperm(self.total_size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        self.epoch += 1
+        padded = torch.cat([order, order[:self.per_rank * self.world.size - self.total_size]])
+        yield from padded[self.world.rank::self.world.size].tolist()
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+
+def _sharded(loader: DataLoader, world: World, start_epoch: int) -> DataLoader:
+    """The loader's dataset dealt out to the ranks, each taking its share of the global batch."""
+    sampler = ShardSampler(len(loader.dataset), world, torch.initial_seed(), start_epoch)
+    return DataLoader(loader.dataset, batch_size=max(1, math.ceil(loader.batch_size / world.size)), sampler=sampler,
+                      collate_fn=loader.collate_fn)

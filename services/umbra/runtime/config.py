@@ -164,6 +164,8 @@ class ServiceConfig:
     # Prometheus metrics (umbra.runtime.metrics): the HTTP port on `host` that serves /metrics (0: none). The chart
     # sets 9464 (each pod has its own address); on one machine each service needs its own.
     metrics_port: int = 0
+    # The training service: the most processes one training request may ask for (TrainRequest.processes).
+    training_max_processes: int = 2
 
     @classmethod
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> "ServiceConfig":
@@ -228,5 +230,6 @@ class ServiceConfig:
             max_streams=max_streams,
             max_queued_calls=int(_number(env, "UMBRA_MAX_QUEUED_CALLS", 4 * workers, minimum=0, integer=True)),
             metrics_port=_metrics_port(env, ep.port),
+            training_max_processes=int(_number(env, "UMBRA_TRAINING_MAX_PROCESSES", 2, minimum=1, integer=True)),
             **_review(env, ep.port),
         )

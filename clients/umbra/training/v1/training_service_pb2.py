@@ -29,7 +29,7 @@ from umbra.common.v1 import privacy_pb2 as umbra_dot_common_dot_v1_dot_privacy__
 from umbra.common.v1 import refs_pb2 as umbra_dot_common_dot_v1_dot_refs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(umbra/training/v1/training_service.proto\x12\x11umbra.training.v1\x1a#google/longrunning/operations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fumbra/common/v1/operation.proto\x1a\x1dumbra/common/v1/privacy.proto\x1a\x1aumbra/common/v1/refs.proto\"\x94\x02\n\x0fHyperparameters\x12\x0e\n\x06\x65pochs\x18\x01 \x01(\x05\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12\x1b\n\x13physical_batch_size\x18\x03 \x01(\x05\x12\x15\n\rlearning_rate\x18\x04 \x01(\x01\x12\x11\n\toptimizer\x18\x05 \x01(\t\x12\x10\n\x08momentum\x18\x06 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x07 \x01(\x01\x12\x12\n\nimage_size\x18\x08 \x01(\x05\x12!\n\x19\x61ugmentation_multiplicity\x18\t \x01(\x05\x12\r\n\x05width\x18\n \x01(\x05\x12\x16\n\x0emirror_average\x18\x0b \x01(\x08\x12\x10\n\x08schedule\x18\x0c \x01(\t\"\xdb\x01\n\x13\x44ifferentialPrivacy\x12\x16\n\x0etarget_epsilon\x18\x01 \x01(\x01\x12\x14\n\x0ctarget_delta\x18\x02 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x03 \x01(\x01\x12\x15\n\rmax_grad_norm\x18\x04 \x01(\x01\x12\x18\n\x10poisson_sampling\x18\x05 \x01(\x08\x12\x36\n\naccountant\x18\x06 \x01(\x0e\x32\".umbra.common.v1.PrivacyAccountant\x12\x13\n\x0bsecure_mode\x18\x07 \x01(\x08\"\x9c\x03\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x34\n\x05state\x18\x02 \x01(\x0e\x32%.umbra.training.v1.ModelVersion.State\x12+\n\x07weights\x18\x03 \x01(\x0b\x32\x1a.umbra.common.v1.ObjectRef\x12*\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x1a.umbra.common.v1.ObjectRef\x12*\n\x06record\x18\x05 \x01(\x0b\x32\x1a.umbra.common.v1.ObjectRef\x12:\n\x0ftraining_record\x18\x06 \x01(\x0b\x32!.umbra.training.v1.TrainingRecord\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATE_CREATING\x10\x01\x12\x0f\n\x0bSTATE_READY\x10\x02\x12\x11\n\rSTATE_DELETED\x10\x03\"\xa4\x04\n\x0eTrainingRecord\x12,\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1b.umbra.common.v1.DatasetRef\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x03 \x03(\t\x12\x35\n\x0c\x61rchitecture\x18\x04 \x01(\x0e\x32\x1f.umbra.training.v1.Architecture\x12;\n\x0fhyperparameters\x18\x05 \x01(\x0b\x32\".umbra.training.v1.Hyperparameters\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12\x44\n\x14\x64ifferential_privacy\x18\x07 \x01(\x0b\x32&.umbra.training.v1.DifferentialPrivacy\x12\x32\n\x0cprivacy_cost\x18\x08 \x01(\x0b\x32\x1c.umbra.common.v1.PrivacyCost\x12\r\n\x05steps\x18\t \x01(\x03\x12?\n\x07metrics\x18\n \x03(\x0b\x32..umbra.training.v1.TrainingRecord.MetricsEntry\x12\x33\n\x10initialized_from\x18\x0b \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12\x14\n\x0c\x63ode_version\x18\x0c \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x9d\x03\n\x0cTrainRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12,\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x1b.umbra.common.v1.DatasetRef\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x35\n\x0c\x61rchitecture\x18\x04 \x01(\x0e\x32\x1f.umbra.training.v1.Architecture\x12;\n\x0fhyperparameters\x18\x05 \x01(\x0b\x32\".umbra.training.v1.Hyperparameters\x12\x44\n\x14\x64ifferential_privacy\x18\x06 \x01(\x0b\x32&.umbra.training.v1.DifferentialPrivacy\x12\x32\n\x0finitialize_from\x18\x07 \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12\x0c\n\x04seed\x18\x08 \x01(\x03\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x32\n\x08revision\x18\n \x01(\x0b\x32 .umbra.common.v1.DatasetRevision\"A\n\rTrainResponse\x12\x30\n\toperation\x18\x01 \x01(\x0b\x32\x1d.google.longrunning.Operation\"\x92\x01\n\rTrainMetadata\x12\x34\n\x08progress\x18\x01 \x01(\x0b\x32\".umbra.common.v1.OperationProgress\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12.\n\ncheckpoint\x18\x04 \x01(\x0b\x32\x1a.umbra.common.v1.ObjectRef\"\xdb\x01\n\nEvaluation\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12,\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x1b.umbra.common.v1.DatasetRef\x12\x10\n\x08\x61\x63\x63uracy\x18\x03 \x01(\x01\x12\x19\n\x11\x62\x61lanced_accuracy\x18\x04 \x01(\x01\x12\x32\n\tper_class\x18\x05 \x03(\x0b\x32\x1f.umbra.training.v1.ClassMetrics\x12\x14\n\x0csample_count\x18\x06 \x01(\x03\"V\n\x0c\x43lassMetrics\x12\x12\n\nclass_name\x18\x01 \x01(\t\x12\x11\n\tprecision\x18\x02 \x01(\x01\x12\x0e\n\x06recall\x18\x03 \x01(\x01\x12\x0f\n\x07support\x18\x04 \x01(\x03\"}\n\x0f\x45valuateRequest\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12,\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x1b.umbra.common.v1.DatasetRef\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"D\n\x10\x45valuateResponse\x12\x30\n\toperation\x18\x01 \x01(\x0b\x32\x1d.google.longrunning.Operation\"H\n\x10\x45valuateMetadata\x12\x34\n\x08progress\x18\x01 \x01(\x0b\x32\".umbra.common.v1.OperationProgress\"&\n\x16GetModelVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Q\n\x17GetModelVersionResponse\x12\x36\n\rmodel_version\x18\x01 \x01(\x0b\x32\x1f.umbra.training.v1.ModelVersion\"Q\n\x18ListModelVersionsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"m\n\x19ListModelVersionsResponse\x12\x37\n\x0emodel_versions\x18\x01 \x03(\x0b\x32\x1f.umbra.training.v1.ModelVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"=\n\x19\x44\x65leteModelVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x1c\n\x1a\x44\x65leteModelVersionResponse\"t\n\x19\x45xportModelVersionRequest\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12\x19\n\x11served_model_name\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"I\n\x1a\x45xportModelVersionResponse\x12\x19\n\x11served_model_name\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t*\xb0\x01\n\x0c\x41rchitecture\x12\x1c\n\x18\x41RCHITECTURE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x41RCHITECTURE_GROUPNORM_CNN\x10\x01\x12\x1d\n\x19\x41RCHITECTURE_SMALL_RESNET\x10\x02\x12\"\n\x1e\x41RCHITECTURE_SCATTERNET_LINEAR\x10\x03\x12\x1f\n\x1b\x41RCHITECTURE_SCATTERNET_CNN\x10\x04\x32\xb7\x05\n\x0fTrainingService\x12l\n\x05Train\x12\x1f.umbra.training.v1.TrainRequest\x1a .umbra.training.v1.TrainResponse\" \xca\x41\x1d\n\x0cModelVersion\x12\rTrainMetadata\x12v\n\x08\x45valuate\x12\".umbra.training.v1.EvaluateRequest\x1a#.umbra.training.v1.EvaluateResponse\"!\xca\x41\x1e\n\nEvaluation\x12\x10\x45valuateMetadata\x12h\n\x0fGetModelVersion\x12).umbra.training.v1.GetModelVersionRequest\x1a*.umbra.training.v1.GetModelVersionResponse\x12n\n\x11ListModelVersions\x12+.umbra.training.v1.ListModelVersionsRequest\x1a,.umbra.training.v1.ListModelVersionsResponse\x12q\n\x12\x44\x65leteModelVersion\x12,.umbra.training.v1.DeleteModelVersionRequest\x1a-.umbra.training.v1.DeleteModelVersionResponse\x12q\n\x12\x45xportModelVersion\x12,.umbra.training.v1.ExportModelVersionRequest\x1a-.umbra.training.v1.ExportModelVersionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(umbra/training/v1/training_service.proto\x12\x11umbra.training.v1\x1a#google/longrunning/operations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fumbra/common/v1/operation.proto\x1a\x1dumbra/common/v1/privacy.proto\x1a\x1aumbra/common/v1/refs.proto\"\x94\x02\n\x0fHyperparameters\x12\x0e\n\x06\x65pochs\x18\x01 \x01(\x05\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12\x1b\n\x13physical_batch_size\x18\x03 \x01(\x05\x12\x15\n\rlearning_rate\x18\x04 \x01(\x01\x12\x11\n\toptimizer\x18\x05 \x01(\t\x12\x10\n\x08momentum\x18\x06 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x07 \x01(\x01\x12\x12\n\nimage_size\x18\x08 \x01(\x05\x12!\n\x19\x61ugmentation_multiplicity\x18\t \x01(\x05\x12\r\n\x05width\x18\n \x01(\x05\x12\x16\n\x0emirror_average\x18\x0b \x01(\x08\x12\x10\n\x08schedule\x18\x0c \x01(\t\"\xdb\x01\n\x13\x44ifferentialPrivacy\x12\x16\n\x0etarget_epsilon\x18\x01 \x01(\x01\x12\x14\n\x0ctarget_delta\x18\x02 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x03 \x01(\x01\x12\x15\n\rmax_grad_norm\x18\x04 \x01(\x01\x12\x18\n\x10poisson_sampling\x18\x05 \x01(\x08\x12\x36\n\naccountant\x18\x06 \x01(\x0e\x32\".umbra.common.v1.PrivacyAccountant\x12\x13\n\x0bsecure_mode\x18\x07 \x01(\x08\"\x9c\x03\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x34\n\x05state\x18\x02 \x01(\x0e\x32%.umbra.training.v1.ModelVersion.State\x12+\n\x07weights\x18\x03 \x01(\x0b\x32\x1a.umbra.common.v1.ObjectRef\x12*\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x1a.umbra.common.v1.ObjectRef\x12*\n\x06record\x18\x05 \x01(\x0b\x32\x1a.umbra.common.v1.ObjectRef\x12:\n\x0ftraining_record\x18\x06 \x01(\x0b\x32!.umbra.training.v1.TrainingRecord\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATE_CREATING\x10\x01\x12\x0f\n\x0bSTATE_READY\x10\x02\x12\x11\n\rSTATE_DELETED\x10\x03\"\xb7\x04\n\x0eTrainingRecord\x12,\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1b.umbra.common.v1.DatasetRef\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x03 \x03(\t\x12\x35\n\x0c\x61rchitecture\x18\x04 \x01(\x0e\x32\x1f.umbra.training.v1.Architecture\x12;\n\x0fhyperparameters\x18\x05 \x01(\x0b\x32\".umbra.training.v1.Hyperparameters\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12\x44\n\x14\x64ifferential_privacy\x18\x07 \x01(\x0b\x32&.umbra.training.v1.DifferentialPrivacy\x12\x32\n\x0cprivacy_cost\x18\x08 \x01(\x0b\x32\x1c.umbra.common.v1.PrivacyCost\x12\r\n\x05steps\x18\t \x01(\x03\x12?\n\x07metrics\x18\n \x03(\x0b\x32..umbra.training.v1.TrainingRecord.MetricsEntry\x12\x33\n\x10initialized_from\x18\x0b \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12\x14\n\x0c\x63ode_version\x18\x0c \x01(\t\x12\x11\n\tprocesses\x18\r \x01(\x05\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb0\x03\n\x0cTrainRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12,\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x1b.umbra.common.v1.DatasetRef\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x35\n\x0c\x61rchitecture\x18\x04 \x01(\x0e\x32\x1f.umbra.training.v1.Architecture\x12;\n\x0fhyperparameters\x18\x05 \x01(\x0b\x32\".umbra.training.v1.Hyperparameters\x12\x44\n\x14\x64ifferential_privacy\x18\x06 \x01(\x0b\x32&.umbra.training.v1.DifferentialPrivacy\x12\x32\n\x0finitialize_from\x18\x07 \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12\x0c\n\x04seed\x18\x08 \x01(\x03\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x32\n\x08revision\x18\n \x01(\x0b\x32 .umbra.common.v1.DatasetRevision\x12\x11\n\tprocesses\x18\x0b \x01(\x05\"A\n\rTrainResponse\x12\x30\n\toperation\x18\x01 \x01(\x0b\x32\x1d.google.longrunning.Operation\"\x92\x01\n\rTrainMetadata\x12\x34\n\x08progress\x18\x01 \x01(\x0b\x32\".umbra.common.v1.OperationProgress\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12.\n\ncheckpoint\x18\x04 \x01(\x0b\x32\x1a.umbra.common.v1.ObjectRef\"\xdb\x01\n\nEvaluation\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12,\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x1b.umbra.common.v1.DatasetRef\x12\x10\n\x08\x61\x63\x63uracy\x18\x03 \x01(\x01\x12\x19\n\x11\x62\x61lanced_accuracy\x18\x04 \x01(\x01\x12\x32\n\tper_class\x18\x05 \x03(\x0b\x32\x1f.umbra.training.v1.ClassMetrics\x12\x14\n\x0csample_count\x18\x06 \x01(\x03\"V\n\x0c\x43lassMetrics\x12\x12\n\nclass_name\x18\x01 \x01(\t\x12\x11\n\tprecision\x18\x02 \x01(\x01\x12\x0e\n\x06recall\x18\x03 \x01(\x01\x12\x0f\n\x07support\x18\x04 \x01(\x03\"}\n\x0f\x45valuateRequest\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12,\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x1b.umbra.common.v1.DatasetRef\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"D\n\x10\x45valuateResponse\x12\x30\n\toperation\x18\x01 \x01(\x0b\x32\x1d.google.longrunning.Operation\"H\n\x10\x45valuateMetadata\x12\x34\n\x08progress\x18\x01 \x01(\x0b\x32\".umbra.common.v1.OperationProgress\"&\n\x16GetModelVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Q\n\x17GetModelVersionResponse\x12\x36\n\rmodel_version\x18\x01 \x01(\x0b\x32\x1f.umbra.training.v1.ModelVersion\"Q\n\x18ListModelVersionsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"m\n\x19ListModelVersionsResponse\x12\x37\n\x0emodel_versions\x18\x01 \x03(\x0b\x32\x1f.umbra.training.v1.ModelVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"=\n\x19\x44\x65leteModelVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x1c\n\x1a\x44\x65leteModelVersionResponse\"t\n\x19\x45xportModelVersionRequest\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.umbra.common.v1.ModelRef\x12\x19\n\x11served_model_name\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"I\n\x1a\x45xportModelVersionResponse\x12\x19\n\x11served_model_name\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t*\xb0\x01\n\x0c\x41rchitecture\x12\x1c\n\x18\x41RCHITECTURE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x41RCHITECTURE_GROUPNORM_CNN\x10\x01\x12\x1d\n\x19\x41RCHITECTURE_SMALL_RESNET\x10\x02\x12\"\n\x1e\x41RCHITECTURE_SCATTERNET_LINEAR\x10\x03\x12\x1f\n\x1b\x41RCHITECTURE_SCATTERNET_CNN\x10\x04\x32\xb7\x05\n\x0fTrainingService\x12l\n\x05Train\x12\x1f.umbra.training.v1.TrainRequest\x1a .umbra.training.v1.TrainResponse\" \xca\x41\x1d\n\x0cModelVersion\x12\rTrainMetadata\x12v\n\x08\x45valuate\x12\".umbra.training.v1.EvaluateRequest\x1a#.umbra.training.v1.EvaluateResponse\"!\xca\x41\x1e\n\nEvaluation\x12\x10\x45valuateMetadata\x12h\n\x0fGetModelVersion\x12).umbra.training.v1.GetModelVersionRequest\x1a*.umbra.training.v1.GetModelVersionResponse\x12n\n\x11ListModelVersions\x12+.umbra.training.v1.ListModelVersionsRequest\x1a,.umbra.training.v1.ListModelVersionsResponse\x12q\n\x12\x44\x65leteModelVersion\x12,.umbra.training.v1.DeleteModelVersionRequest\x1a-.umbra.training.v1.DeleteModelVersionResponse\x12q\n\x12\x45xportModelVersion\x12,.umbra.training.v1.ExportModelVersionRequest\x1a-.umbra.training.v1.ExportModelVersionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,8 +42,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAININGSERVICE'].methods_by_name['Train']._serialized_options = b'\312A\035\n\014ModelVersion\022\rTrainMetadata'
   _globals['_TRAININGSERVICE'].methods_by_name['Evaluate']._loaded_options = None
   _globals['_TRAININGSERVICE'].methods_by_name['Evaluate']._serialized_options = b'\312A\036\n\nEvaluation\022\020EvaluateMetadata'
-  _globals['_ARCHITECTURE']._serialized_start=3509
-  _globals['_ARCHITECTURE']._serialized_end=3685
+  _globals['_ARCHITECTURE']._serialized_start=3547
+  _globals['_ARCHITECTURE']._serialized_end=3723
   _globals['_HYPERPARAMETERS']._serialized_start=226
   _globals['_HYPERPARAMETERS']._serialized_end=502
   _globals['_DIFFERENTIALPRIVACY']._serialized_start=505
@@ -53,41 +53,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELVERSION_STATE']._serialized_start=1053
   _globals['_MODELVERSION_STATE']._serialized_end=1139
   _globals['_TRAININGRECORD']._serialized_start=1142
-  _globals['_TRAININGRECORD']._serialized_end=1690
-  _globals['_TRAININGRECORD_METRICSENTRY']._serialized_start=1644
-  _globals['_TRAININGRECORD_METRICSENTRY']._serialized_end=1690
-  _globals['_TRAINREQUEST']._serialized_start=1693
-  _globals['_TRAINREQUEST']._serialized_end=2106
-  _globals['_TRAINRESPONSE']._serialized_start=2108
-  _globals['_TRAINRESPONSE']._serialized_end=2173
-  _globals['_TRAINMETADATA']._serialized_start=2176
-  _globals['_TRAINMETADATA']._serialized_end=2322
-  _globals['_EVALUATION']._serialized_start=2325
-  _globals['_EVALUATION']._serialized_end=2544
-  _globals['_CLASSMETRICS']._serialized_start=2546
-  _globals['_CLASSMETRICS']._serialized_end=2632
-  _globals['_EVALUATEREQUEST']._serialized_start=2634
-  _globals['_EVALUATEREQUEST']._serialized_end=2759
-  _globals['_EVALUATERESPONSE']._serialized_start=2761
-  _globals['_EVALUATERESPONSE']._serialized_end=2829
-  _globals['_EVALUATEMETADATA']._serialized_start=2831
-  _globals['_EVALUATEMETADATA']._serialized_end=2903
-  _globals['_GETMODELVERSIONREQUEST']._serialized_start=2905
-  _globals['_GETMODELVERSIONREQUEST']._serialized_end=2943
-  _globals['_GETMODELVERSIONRESPONSE']._serialized_start=2945
-  _globals['_GETMODELVERSIONRESPONSE']._serialized_end=3026
-  _globals['_LISTMODELVERSIONSREQUEST']._serialized_start=3028
-  _globals['_LISTMODELVERSIONSREQUEST']._serialized_end=3109
-  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_start=3111
-  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_end=3220
-  _globals['_DELETEMODELVERSIONREQUEST']._serialized_start=3222
-  _globals['_DELETEMODELVERSIONREQUEST']._serialized_end=3283
-  _globals['_DELETEMODELVERSIONRESPONSE']._serialized_start=3285
-  _globals['_DELETEMODELVERSIONRESPONSE']._serialized_end=3313
-  _globals['_EXPORTMODELVERSIONREQUEST']._serialized_start=3315
-  _globals['_EXPORTMODELVERSIONREQUEST']._serialized_end=3431
-  _globals['_EXPORTMODELVERSIONRESPONSE']._serialized_start=3433
-  _globals['_EXPORTMODELVERSIONRESPONSE']._serialized_end=3506
-  _globals['_TRAININGSERVICE']._serialized_start=3688
-  _globals['_TRAININGSERVICE']._serialized_end=4383
+  _globals['_TRAININGRECORD']._serialized_end=1709
+  _globals['_TRAININGRECORD_METRICSENTRY']._serialized_start=1663
+  _globals['_TRAININGRECORD_METRICSENTRY']._serialized_end=1709
+  _globals['_TRAINREQUEST']._serialized_start=1712
+  _globals['_TRAINREQUEST']._serialized_end=2144
+  _globals['_TRAINRESPONSE']._serialized_start=2146
+  _globals['_TRAINRESPONSE']._serialized_end=2211
+  _globals['_TRAINMETADATA']._serialized_start=2214
+  _globals['_TRAINMETADATA']._serialized_end=2360
+  _globals['_EVALUATION']._serialized_start=2363
+  _globals['_EVALUATION']._serialized_end=2582
+  _globals['_CLASSMETRICS']._serialized_start=2584
+  _globals['_CLASSMETRICS']._serialized_end=2670
+  _globals['_EVALUATEREQUEST']._serialized_start=2672
+  _globals['_EVALUATEREQUEST']._serialized_end=2797
+  _globals['_EVALUATERESPONSE']._serialized_start=2799
+  _globals['_EVALUATERESPONSE']._serialized_end=2867
+  _globals['_EVALUATEMETADATA']._serialized_start=2869
+  _globals['_EVALUATEMETADATA']._serialized_end=2941
+  _globals['_GETMODELVERSIONREQUEST']._serialized_start=2943
+  _globals['_GETMODELVERSIONREQUEST']._serialized_end=2981
+  _globals['_GETMODELVERSIONRESPONSE']._serialized_start=2983
+  _globals['_GETMODELVERSIONRESPONSE']._serialized_end=3064
+  _globals['_LISTMODELVERSIONSREQUEST']._serialized_start=3066
+  _globals['_LISTMODELVERSIONSREQUEST']._serialized_end=3147
+  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_start=3149
+  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_end=3258
+  _globals['_DELETEMODELVERSIONREQUEST']._serialized_start=3260
+  _globals['_DELETEMODELVERSIONREQUEST']._serialized_end=3321
+  _globals['_DELETEMODELVERSIONRESPONSE']._serialized_start=3323
+  _globals['_DELETEMODELVERSIONRESPONSE']._serialized_end=3351
+  _globals['_EXPORTMODELVERSIONREQUEST']._serialized_start=3353
+  _globals['_EXPORTMODELVERSIONREQUEST']._serialized_end=3469
+  _globals['_EXPORTMODELVERSIONRESPONSE']._serialized_start=3471
+  _globals['_EXPORTMODELVERSIONRESPONSE']._serialized_end=3544
+  _globals['_TRAININGSERVICE']._serialized_start=3726
+  _globals['_TRAININGSERVICE']._serialized_end=4421
 # @@protoc_insertion_point(module_scope)

@@ -102,7 +102,7 @@ class ModelVersion(_message.Message):
     def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[ModelVersion.State, str]] = ..., weights: _Optional[_Union[_refs_pb2.ObjectRef, _Mapping]] = ..., config: _Optional[_Union[_refs_pb2.ObjectRef, _Mapping]] = ..., record: _Optional[_Union[_refs_pb2.ObjectRef, _Mapping]] = ..., training_record: _Optional[_Union[TrainingRecord, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class TrainingRecord(_message.Message):
-    __slots__ = ("dataset", "task", "classes", "architecture", "hyperparameters", "seed", "differential_privacy", "privacy_cost", "steps", "metrics", "initialized_from", "code_version")
+    __slots__ = ("dataset", "task", "classes", "architecture", "hyperparameters", "seed", "differential_privacy", "privacy_cost", "steps", "metrics", "initialized_from", "code_version", "processes")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +122,7 @@ class TrainingRecord(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     INITIALIZED_FROM_FIELD_NUMBER: _ClassVar[int]
     CODE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
     dataset: _refs_pb2.DatasetRef
     task: str
     classes: _containers.RepeatedScalarFieldContainer[str]
@@ -134,10 +135,11 @@ class TrainingRecord(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     initialized_from: _refs_pb2.ModelRef
     code_version: str
-    def __init__(self, dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., task: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., architecture: _Optional[_Union[Architecture, str]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., seed: _Optional[int] = ..., differential_privacy: _Optional[_Union[DifferentialPrivacy, _Mapping]] = ..., privacy_cost: _Optional[_Union[_privacy_pb2.PrivacyCost, _Mapping]] = ..., steps: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., initialized_from: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., code_version: _Optional[str] = ...) -> None: ...
+    processes: int
+    def __init__(self, dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., task: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., architecture: _Optional[_Union[Architecture, str]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., seed: _Optional[int] = ..., differential_privacy: _Optional[_Union[DifferentialPrivacy, _Mapping]] = ..., privacy_cost: _Optional[_Union[_privacy_pb2.PrivacyCost, _Mapping]] = ..., steps: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., initialized_from: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., code_version: _Optional[str] = ..., processes: _Optional[int] = ...) -> None: ...
 
 class TrainRequest(_message.Message):
-    __slots__ = ("model", "dataset", "task", "architecture", "hyperparameters", "differential_privacy", "initialize_from", "seed", "request_id", "revision")
+    __slots__ = ("model", "dataset", "task", "architecture", "hyperparameters", "differential_privacy", "initialize_from", "seed", "request_id", "revision", "processes")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +150,7 @@ class TrainRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
     model: str
     dataset: _refs_pb2.DatasetRef
     task: str
@@ -158,7 +161,8 @@ class TrainRequest(_message.Message):
     seed: int
     request_id: str
     revision: _refs_pb2.DatasetRevision
-    def __init__(self, model: _Optional[str] = ..., dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., task: _Optional[str] = ..., architecture: _Optional[_Union[Architecture, str]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., differential_privacy: _Optional[_Union[DifferentialPrivacy, _Mapping]] = ..., initialize_from: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., seed: _Optional[int] = ..., request_id: _Optional[str] = ..., revision: _Optional[_Union[_refs_pb2.DatasetRevision, _Mapping]] = ...) -> None: ...
+    processes: int
+    def __init__(self, model: _Optional[str] = ..., dataset: _Optional[_Union[_refs_pb2.DatasetRef, _Mapping]] = ..., task: _Optional[str] = ..., architecture: _Optional[_Union[Architecture, str]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., differential_privacy: _Optional[_Union[DifferentialPrivacy, _Mapping]] = ..., initialize_from: _Optional[_Union[_refs_pb2.ModelRef, _Mapping]] = ..., seed: _Optional[int] = ..., request_id: _Optional[str] = ..., revision: _Optional[_Union[_refs_pb2.DatasetRevision, _Mapping]] = ..., processes: _Optional[int] = ...) -> None: ...
 
 class TrainResponse(_message.Message):
     __slots__ = ("operation",)

@@ -72,7 +72,8 @@ def model_version_to_proto(stored: StoredModel, bucket: str) -> ts.ModelVersion:
         record=refs_pb2.ObjectRef(bucket=bucket, key=prefix + RECORD))
     training = version.training_record
     training.MergeFrom(ts.TrainingRecord(dataset=refs_pb2.DatasetRef(**record["dataset"]), seed=record["seed"],
-                                         steps=record["steps"], code_version=record["code_version"]))
+                                         steps=record["steps"], code_version=record["code_version"],
+                                         processes=record.get("processes") or 1))
     if stored.kind == "generator":  # the anonymizer's: its record has no classifier hyperparameters
         training.task = "generator"
         training.classes.extend(stored.config.classes)

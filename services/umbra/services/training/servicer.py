@@ -3,6 +3,9 @@ Internal: the caller holds the service credential and names the tenant in x-umbr
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+
 from umbra.classifiers import evaluation, job
 from umbra.classifiers.registry import ModelRegistry
 from umbra.inference import publications
@@ -23,8 +26,10 @@ def _tenant() -> str:
 
 class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
     def __init__(self, store: ObjectStore, operations: OperationRunner, *, inference_url: str = "",
-                 ready_timeout: float = 60.0):
+                 ready_timeout: float = 60.0, max_processes: int = job.DEFAULT_MAX_PROCESSES):
+        """`max_processes`: the most data-parallel processes one Train may ask for (its `processes`)."""
         self.store, self.registry = store, ModelRegistry(store)
+        self.max_processes = max_processes
         self.inference_url, self.ready_timeout = inference_url, ready_timeout
         self._train = LongRunning(operations, "Train", ts.TrainRequest, ts.TrainMetadata, plan=self._plan_train,
                                   run=self._run_train)
@@ -37,6 +42,7 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
         return ts.TrainResponse(operation=self._train.start(_tenant(), request))
 
     def _plan_train(self, tenant: str, request: ts.TrainRequest) -> job.Job:
+        """The checked job, with the run id its checkpoints are kept under when the request has a request_id."""
         bucket = keys.bucket(tenant)
         model = names.model(request.model, "model")
         reader = dataset_reader(self.store, bucket, request.dataset, "dataset")
@@ -49,11 +55,12 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
         revised = (dataset_reader(self.store, bucket, request.revision.revised, "revision.revised")
                    if request.revision.HasField("revised") else None)
         h = request.hyperparameters
-        return job.plan(self.registry, bucket, model=model, reader=reader, task=request.task,
-                        split=request.dataset.split or "train", architecture=architecture, hyper=hyper,
-                        image_size=h.image_size, width=h.width, mirror_average=h.mirror_average, dp=dp,
-                        seed=request.seed, start=start, revised=revised, removed=request.revision.removed_keys,
-                        revise=revise)
+        planned = job.plan(self.registry, bucket, model=model, reader=reader, task=request.task,
+                           split=request.dataset.split or "train", architecture=architecture, hyper=hyper,
+                           image_size=h.image_size, width=h.width, mirror_average=h.mirror_average, dp=dp,
+                           seed=request.seed, start=start, revised=revised, removed=request.revision.removed_keys,
+                           revise=revise, processes=request.processes, max_processes=self.max_processes)
+        return dataclasses.replace(planned, run=_run_id(request))
 
     def _run_train(self, ctx: OperationContext, planned: job.Job) -> ts.ModelVersion:
         def progress(stage: str, epoch=None, checkpoint: str = "", privacy: dict | None = None) -> None:
@@ -66,7 +73,7 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
             ctx.report(stage=stage, done=epoch.epoch, total=epoch.epochs, unit="epochs",
                        message=f"loss {epoch.loss:.4f}" + (f", epsilon {epoch.epsilon:.3f}" if privacy else ""))
 
-        result = job.run(planned, run_id=names.operation(ctx.name), progress=progress,
+        result = job.run(planned, run_id=planned.run or names.operation(ctx.name), progress=progress,
                          cancelled=lambda: ctx.cancelled)
         ctx.metadata.ClearField("checkpoint")  # the run's checkpoints are gone once its version is written
         stored = self.registry.get(planned.bucket, result.model, result.version)
@@ -127,3 +134,12 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
         model_id, number = names.model_version(request.name, "name")
         self.registry.delete(keys.bucket(_tenant()), model_id, number)
         return ts.DeleteModelVersionResponse()
+
+
+def _run_id(request: ts.TrainRequest) -> str:
+    """The run id of a request with a request_id: 32 hex digits of the SHA-256 of the whole request, so the retry
+    of an interrupted Train (a new operation, the same request_id and request) resumes from the checkpoints of the
+    run it repeats; "" without a request_id (the operation's own id is the run's)."""
+    if not request.request_id:
+        return ""
+    return hashlib.sha256(b"Train\0" + request.SerializeToString(deterministic=True)).hexdigest()[:32]
