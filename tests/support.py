@@ -192,3 +192,26 @@ def write_extractor(store, bucket: str, name: str, *, task: str = "gender", clas
     config = ModelConfig("groupnorm_cnn", len(classes), image_size, classes=list(classes), width=8)
     ModelRegistry(store).write(bucket, name, config, create(config).state_dict(),
                                {"task": task, "classes": list(classes), "dataset": {"dataset": "datasets/faces"}})
+
+
+def write_tiny_generator(store, bucket: str) -> None:
+    """models/gen version 1: a tiny random generator conditioned on gender and age of datasets/faces version 1 (trained
+    on other data: its ε_g is not charged), for the dataset-wide anonymization tests."""
+    import torch
+
+    from umbra.classifiers.registry import ModelRegistry
+    from umbra.diffusion.attributes import schema_for
+    from umbra.diffusion.generator import build
+    from umbra.diffusion.generator_config import GeneratorConfig
+    from umbra.storage.datasets import DatasetReader
+
+    columns: dict[str, list[str]] = {}
+    for sample in DatasetReader(store, bucket, "faces", 1).samples():
+        for name, value in sample.labels.items():
+            columns.setdefault(name, []).append(value)
+    config = GeneratorConfig(image_size=16, attributes=schema_for(columns, ["gender", "age"]), channels=(8, 16, 16),
+                             attention=False)
+    torch.manual_seed(0)
+    ModelRegistry(store).write(bucket, "gen", config, build(config).state_dict(),
+                               {"kind": "generator", "privacy": {"dp": False},
+                                "dataset": {"dataset": "datasets/public", "version": 1}})

@@ -16,14 +16,12 @@ import time
 
 import grpc
 import pytest
-import torch
 
-from support import SERVICE_TOKEN, free_port, start_service, status_details
+from support import SERVICE_TOKEN, free_port, start_service, status_details, write_tiny_generator
 from umbra.anonymization import dataset as anonymized_dataset
 from umbra.anonymization import shards as shard_rule
 from umbra.anonymizer.v1 import anonymizer_service_pb2 as an
 from umbra.anonymizer.v1 import anonymizer_service_pb2_grpc
-from umbra.classifiers.registry import ModelRegistry
 from umbra.client.datasets import DatasetsClient
 from umbra.client.operations import OperationsClient
 from umbra.common.v1 import privacy_pb2, refs_pb2
@@ -33,9 +31,6 @@ from umbra.coordinator.v1 import ledger_service_pb2 as ls
 from umbra.coordinator.v1 import ledger_service_pb2_grpc
 from umbra.dataset import synthetic
 from umbra.dataset.images import SizePolicy
-from umbra.diffusion.attributes import schema_for
-from umbra.diffusion.generator import build
-from umbra.diffusion.generator_config import GeneratorConfig
 from umbra.services.coordinator.sharding import anonymize_sharded
 from umbra.storage import keys
 from umbra.storage.datasets import DatasetReader
@@ -62,26 +57,12 @@ def system(tmp_path_factory):
         DatasetsClient(coordinator.channel()).upload(faces, "faces", progress=False, shard_bytes=8_000,
                                                      policy=SizePolicy(size=16))
         store = LocalObjectStore(home / "objects")
-        write_generator(store)
+        write_tiny_generator(store, BUCKET)
         reference = reserve(coordinator)
         result = run(replicas[0], request(reference))  # one replica, as before sharding existed
         yield coordinator, replicas, store, home, reference, result
         for served in (*replicas, coordinator):
             served.running.stop(grace=0)
-
-
-def write_generator(store: LocalObjectStore) -> None:
-    """A tiny random generator (trained on other data: its ε_g is not charged here)."""
-    columns: dict[str, list[str]] = {}
-    for sample in DatasetReader(store, BUCKET, "faces", 1).samples():
-        for name, value in sample.labels.items():
-            columns.setdefault(name, []).append(value)
-    config = GeneratorConfig(image_size=16, attributes=schema_for(columns, ["gender", "age"]), channels=(8, 16, 16),
-                             attention=False)
-    torch.manual_seed(0)
-    ModelRegistry(store).write(BUCKET, "gen", config, build(config).state_dict(),
-                               {"kind": "generator", "privacy": {"dp": False},
-                                "dataset": {"dataset": "datasets/public", "version": 1}})
 
 
 def reserve(coordinator) -> int:

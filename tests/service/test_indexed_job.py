@@ -18,14 +18,12 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from google.protobuf import json_format
 
-from support import SERVICE_TOKEN, start_service
+from support import SERVICE_TOKEN, start_service, write_tiny_generator
 from umbra.anonymization.shards import SHARD_SAMPLES
 from umbra.anonymizer.v1 import anonymizer_service_pb2 as an
 from umbra.anonymizer.v1 import anonymizer_service_pb2_grpc
-from umbra.classifiers.registry import ModelRegistry
 from umbra.client.datasets import DatasetsClient
 from umbra.client.operations import OperationsClient
 from umbra.common.v1 import privacy_pb2, refs_pb2
@@ -35,12 +33,8 @@ from umbra.coordinator.v1 import ledger_service_pb2 as ls
 from umbra.coordinator.v1 import ledger_service_pb2_grpc
 from umbra.dataset import synthetic
 from umbra.dataset.images import SizePolicy
-from umbra.diffusion.attributes import schema_for
-from umbra.diffusion.generator import build
-from umbra.diffusion.generator_config import GeneratorConfig
 from umbra.services.anonymizer import indexed_job
 from umbra.storage import keys
-from umbra.storage.datasets import DatasetReader
 
 FACES = 600
 SHARDS = -(-FACES // SHARD_SAMPLES)
@@ -117,25 +111,11 @@ def system(tmp_path_factory, s3_server):
         faces = synthetic.write_folder(home / "faces", FACES, size=16, seed=4)
         DatasetsClient(coordinator.channel()).upload(faces, "faces", progress=False, policy=SizePolicy(size=16))
         store = s3_server.store()
-        write_generator(store, keys.bucket(tenant))
+        write_tiny_generator(store, keys.bucket(tenant))
         yield coordinator, anonymizer, store, home, tenant, s3
     finally:
         for served in (anonymizer, coordinator):
             served.running.stop(grace=0)
-
-
-def write_generator(store, bucket: str) -> None:
-    """A tiny random generator (trained on other data: its ε_g is not charged here)."""
-    columns: dict[str, list[str]] = {}
-    for sample in DatasetReader(store, bucket, "faces", 1).samples():
-        for name, value in sample.labels.items():
-            columns.setdefault(name, []).append(value)
-    config = GeneratorConfig(image_size=16, attributes=schema_for(columns, ["gender", "age"]), channels=(8, 16, 16),
-                             attention=False)
-    torch.manual_seed(0)
-    ModelRegistry(store).write(bucket, "gen", config, build(config).state_dict(),
-                               {"kind": "generator", "privacy": {"dp": False},
-                                "dataset": {"dataset": "datasets/public", "version": 1}})
 
 
 def dataset_request(version: int, **fields) -> an.AnonymizeDatasetRequest:

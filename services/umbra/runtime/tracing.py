@@ -3,8 +3,7 @@ calls to S3 and to the inference server. docs/operations.md lists the spans and 
 
     tracing.configure("anonymizer")          # in `umbra serve`: the process's tracer provider and instrumentation
     tracing.add_exporter(InMemorySpanExporter())   # tests: every span, as it ends
-    parent = tracing.current()               # hand a context to another thread ...
-    with tracing.attached(parent): ...       # ... and continue the trace there
+    parent = tracing.current()               # hand a context to another thread (an operation's span takes it)
 
 What makes the spans, all of it OpenTelemetry's own instrumentation:
 - every gRPC server call: `opentelemetry-instrumentation-grpc`'s server interceptor (added by umbra.runtime.server,
@@ -24,12 +23,11 @@ costs a warning and the dropped spans, never a slower or failed call.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -119,27 +117,6 @@ def shutdown() -> None:
 def current() -> otel_context.Context:
     """The current context, to continue its trace on another thread."""
     return otel_context.get_current()
-
-
-@contextlib.contextmanager
-def attached(parent: otel_context.Context | None) -> Iterator[None]:
-    """Makes `parent` the current context for a block (on a thread that did not start the trace)."""
-    if parent is None:
-        yield
-        return
-    token = otel_context.attach(parent)
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
-
-
-def ids() -> tuple[str, str]:
-    """The current trace id and span id (hex), or ("", "") outside a span: what a log line carries."""
-    span = trace.get_current_span().get_span_context()
-    if not span.is_valid:
-        return "", ""
-    return trace.format_trace_id(span.trace_id), trace.format_span_id(span.span_id)
 
 
 class WarnOnFailure(SpanExporter):
